@@ -1,0 +1,160 @@
+//! `b24-emulator`: runs one emulated Bitrix24 portal until SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+
+/// Runs an emulated Bitrix24 portal (REST over incoming webhooks, cloud
+/// limits, outbound events) for tests, benchmarks and trying the relay.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7001")]
+    listen: SocketAddr,
+    /// The portal's domain as events report it.
+    #[arg(long, default_value = "portal.test")]
+    domain: String,
+    /// Incoming webhook as USER_ID:SECRET[:scope,scope...]; repeatable.
+    /// Without scopes it gets crm, user, bizproc and im.
+    #[arg(long = "webhook", required = true)]
+    webhooks: Vec<String>,
+    /// Leaky bucket as BURST/DRAIN_PER_SECOND (cloud: 50/2, Enterprise: 250/5).
+    #[arg(long, default_value = "50/2")]
+    rate_limit: String,
+    /// Seed data (pipelines, user fields, users, records, handlers) as JSON.
+    #[arg(long)]
+    seed: Option<PathBuf>,
+    /// Serve HTTPS with a self-signed certificate, printed at start.
+    #[arg(long)]
+    tls_self_signed: bool,
+}
+
+struct WebhookArg {
+    user_id: i64,
+    secret: String,
+    scopes: Vec<String>,
+}
+
+fn parse_webhook(text: &str) -> anyhow::Result<WebhookArg> {
+    let mut parts = text.splitn(3, ':');
+    let user_id = parts
+        .next()
+        .and_then(|u| u.parse().ok())
+        .context("--webhook must look like USER_ID:SECRET (user id is a number)")?;
+    let secret = parts
+        .next()
+        .filter(|s| !s.is_empty())
+        .context("--webhook must look like USER_ID:SECRET (secret missing)")?;
+    if !secret.chars().all(|c| c.is_ascii_alphanumeric()) {
+        bail!("--webhook secret must be letters and digits only");
+    }
+    let scopes = match parts.next() {
+        Some(list) => list
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
+        None => ["crm", "user", "bizproc", "im"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+    };
+    Ok(WebhookArg {
+        user_id,
+        secret: secret.to_string(),
+        scopes,
+    })
+}
+
+fn parse_rate(text: &str) -> anyhow::Result<(u32, f64)> {
+    let (burst, drain) = text
+        .split_once('/')
+        .context("--rate-limit must look like BURST/DRAIN, e.g. 50/2")?;
+    let burst: u32 = burst
+        .trim()
+        .parse()
+        .context("--rate-limit burst must be a whole number")?;
+    let drain: f64 = drain
+        .trim()
+        .parse()
+        .context("--rate-limit drain must be a number")?;
+    if burst == 0 || !drain.is_finite() || drain < 0.0 {
+        bail!("--rate-limit needs a burst above 0 and a non-negative drain");
+    }
+    Ok((burst, drain))
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot listen for SIGTERM")?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result.context("cannot listen for SIGINT")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let (burst, drain) = parse_rate(&args.rate_limit)?;
+    let mut builder = b24_emulator::Portal::builder()
+        .domain(&args.domain)
+        .listen(args.listen)
+        .rate_limit(burst, drain);
+    for text in &args.webhooks {
+        let hook = parse_webhook(text)?;
+        let scopes: Vec<&str> = hook.scopes.iter().map(String::as_str).collect();
+        builder = builder.webhook(hook.user_id, &hook.secret, &scopes);
+    }
+    if let Some(seed) = &args.seed {
+        builder = builder.seed_file(seed);
+    }
+    if args.tls_self_signed {
+        builder = builder.tls_self_signed();
+    }
+    let portal = builder
+        .start()
+        .await
+        .context("cannot start the emulated portal")?;
+    if let Some(pem) = portal.certificate_pem() {
+        println!("{pem}");
+    }
+    println!(
+        "emulated portal {} at {} (admin API under {}/_emulator/)",
+        portal.domain(),
+        portal.url(),
+        portal.url()
+    );
+    wait_for_signal().await?;
+    portal.shutdown().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn webhook_and_rate_arguments_parse_with_clear_errors() {
+        let hook = parse_webhook("1:SECRET").unwrap();
+        assert_eq!(
+            (hook.user_id, hook.secret.as_str(), hook.scopes.len()),
+            (1, "SECRET", 4)
+        );
+        assert_eq!(parse_webhook("7:abc:crm").unwrap().scopes, vec!["crm"]);
+        assert!(parse_webhook("x:abc").is_err());
+        assert!(parse_webhook("1:").is_err());
+        assert_eq!(parse_rate("250/5").unwrap(), (250, 5.0));
+        assert!(parse_rate("0/2").is_err());
+        assert!(parse_rate("50").is_err());
+    }
+}

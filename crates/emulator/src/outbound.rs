@@ -1,0 +1,399 @@
+//! Outbound calls, as Bitrix24's queue servers make them: outgoing webhooks
+//! (events with an application token), the built-in "Webhook" automation rule,
+//! and application robots. Form-encoded, fired once, never retried.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use tokio_util::task::TaskTracker;
+
+use crate::clock;
+use crate::error::ApiError;
+use crate::fields::EntityType;
+use crate::shared::Shared;
+use crate::store::Change;
+
+/// An outgoing webhook bound to an event (`ONCRMDEALUPDATE`, ...).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EventHandler {
+    pub event: String,
+    pub url: String,
+    pub application_token: String,
+}
+
+/// The built-in "Webhook" automation rule on a deal stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WebhookRule {
+    pub stage_id: String,
+    pub url: String,
+}
+
+/// An application's automation rule (robot) placed on a deal stage.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RobotHandler {
+    pub code: String,
+    pub handler: String,
+    pub stage_id: String,
+    #[serde(default)]
+    pub properties: Map<String, Value>,
+    #[serde(default = "yes")]
+    pub use_subscription: bool,
+    pub application_token: String,
+}
+
+fn yes() -> bool {
+    true
+}
+
+macro_rules! redacted_debug {
+    ($ty:ident { $($field:ident),* }) => {
+        impl std::fmt::Debug for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($ty))
+                    $(.field(stringify!($field), &self.$field))*
+                    .field("application_token", &"[redacted]")
+                    .finish()
+            }
+        }
+    };
+}
+redacted_debug!(EventHandler { event, url });
+redacted_debug!(RobotHandler {
+    code,
+    handler,
+    stage_id,
+    properties,
+    use_subscription
+});
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct HandlerSeed {
+    pub events: Vec<EventHandler>,
+    pub webhook_rules: Vec<WebhookRule>,
+    pub robots: Vec<RobotHandler>,
+}
+
+/// One outbound call and how it went.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Delivery {
+    pub kind: String,
+    pub url: String,
+    /// The exact form body sent.
+    pub body: String,
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    pub at: f64,
+}
+
+/// A robot run waiting for (or answered by) `bizproc.event.send`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RobotRun {
+    #[serde(skip)]
+    pub event_token: String,
+    pub code: String,
+    pub deal_id: i64,
+    pub return_values: Option<Value>,
+    pub log_message: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct Outbound {
+    handlers: Mutex<HandlerSeed>,
+    deliveries: Arc<Mutex<Vec<Delivery>>>,
+    robot_runs: Mutex<Vec<RobotRun>>,
+    client: reqwest::Client,
+    tasks: TaskTracker,
+}
+
+fn random_hex(len: usize) -> String {
+    (0..len)
+        .map(|_| char::from(b"0123456789abcdef"[rand::random_range(0..16)]))
+        .collect()
+}
+
+/// Builds a PHP-style form body keeping the field order Bitrix24 uses:
+/// each leaf is encoded on its own by the shared encoder and joined.
+fn ordered_form(leaves: &[(&[&str], String)]) -> String {
+    leaves
+        .iter()
+        .map(|(path, value)| {
+            let mut nested = json!(value);
+            for segment in path.iter().rev() {
+                nested = json!({ *segment: nested });
+            }
+            b24_phpform::encode(&nested)
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+impl Outbound {
+    pub fn new(handlers: HandlerSeed, delivery_timeout: Duration) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .timeout(delivery_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or_default();
+        Self {
+            handlers: Mutex::new(handlers),
+            deliveries: Arc::new(Mutex::new(Vec::new())),
+            robot_runs: Mutex::new(Vec::new()),
+            client,
+            tasks: TaskTracker::new(),
+        }
+    }
+
+    pub fn handlers(&self) -> HandlerSeed {
+        self.handlers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn add_handlers(&self, more: HandlerSeed) {
+        let mut handlers = self.handlers.lock().unwrap_or_else(|e| e.into_inner());
+        handlers.events.extend(more.events);
+        handlers.webhook_rules.extend(more.webhook_rules);
+        handlers.robots.extend(more.robots);
+    }
+
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        self.deliveries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn robot_runs(&self) -> Vec<RobotRun> {
+        self.robot_runs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Stops accepting deliveries and waits (bounded) for those in flight.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.tasks.close();
+        let _ = tokio::time::timeout(grace, self.tasks.wait()).await;
+    }
+
+    /// Reacts to a write: events for deals, and stage automation when a deal
+    /// enters a stage.
+    pub fn on_change(&self, shared: &Shared, change: &Change) {
+        if change.entity != EntityType::Deal {
+            return;
+        }
+        let handlers = self.handlers();
+        let event = if change.added {
+            "ONCRMDEALADD"
+        } else if change.category_before != change.category_after {
+            "ONCRMDEALMOVETOCATEGORY"
+        } else {
+            "ONCRMDEALUPDATE"
+        };
+        let ts = (clock::now_unix() as i64).to_string();
+        for (index, handler) in handlers.events.iter().enumerate() {
+            if !handler.event.eq_ignore_ascii_case(event) {
+                continue;
+            }
+            let mut leaves: Vec<(&[&str], String)> = vec![
+                (&["event"], event.to_string()),
+                (&["event_handler_id"], (index + 1).to_string()),
+                (&["data", "FIELDS", "ID"], change.id.to_string()),
+            ];
+            if event == "ONCRMDEALMOVETOCATEGORY" {
+                leaves.push((
+                    &["data", "FIELDS", "CATEGORY_ID"],
+                    change.category_after.unwrap_or(0).to_string(),
+                ));
+                leaves.push((
+                    &["data", "FIELDS", "STAGE_ID"],
+                    change.stage_after.clone().unwrap_or_default(),
+                ));
+            }
+            leaves.extend([
+                (&["ts"][..], ts.clone()),
+                (&["auth", "domain"][..], shared.domain.clone()),
+                (
+                    &["auth", "client_endpoint"][..],
+                    format!("https://{}/rest/", shared.domain),
+                ),
+                (
+                    &["auth", "server_endpoint"][..],
+                    "https://oauth.bitrix.info/rest/".to_string(),
+                ),
+                (&["auth", "member_id"][..], shared.member_id.clone()),
+                (
+                    &["auth", "application_token"][..],
+                    handler.application_token.clone(),
+                ),
+            ]);
+            self.deliver("event", &handler.url, ordered_form(&leaves));
+        }
+        let entered = change.stage_after.is_some() && change.stage_after != change.stage_before;
+        let Some(stage) = change.stage_after.as_deref().filter(|_| entered) else {
+            return;
+        };
+        let document = format!("DEAL_{}", change.id);
+        for rule in handlers
+            .webhook_rules
+            .iter()
+            .filter(|r| r.stage_id == stage)
+        {
+            let body = ordered_form(&[
+                (&["document_id", "0"], "crm".into()),
+                (&["document_id", "1"], "CCrmDocumentDeal".into()),
+                (&["document_id", "2"], document.clone()),
+            ]);
+            self.deliver("webhookRule", &rule.url, body);
+        }
+        for robot in handlers.robots.iter().filter(|r| r.stage_id == stage) {
+            let event_token = format!("{}|{}", random_hex(32), random_hex(16));
+            let workflow_id = random_hex(24);
+            let mut leaves: Vec<(Vec<String>, String)> = vec![
+                (vec!["workflow_id".into()], workflow_id),
+                (vec!["code".into()], robot.code.clone()),
+                (vec!["document_id".into(), "0".into()], "crm".into()),
+                (
+                    vec!["document_id".into(), "1".into()],
+                    "CCrmDocumentDeal".into(),
+                ),
+                (vec!["document_id".into(), "2".into()], document.clone()),
+                (vec!["document_type".into(), "0".into()], "crm".into()),
+                (
+                    vec!["document_type".into(), "1".into()],
+                    "CCrmDocumentDeal".into(),
+                ),
+                (vec!["document_type".into(), "2".into()], "DEAL".into()),
+                (vec!["event_token".into()], event_token.clone()),
+            ];
+            for (name, value) in &robot.properties {
+                leaves.push((
+                    vec!["properties".into(), name.clone()],
+                    crate::params::scalar_text(value),
+                ));
+            }
+            let use_subscription = if robot.use_subscription { "Y" } else { "N" };
+            let auth = [
+                ("access_token", random_hex(40)),
+                ("expires_in", "3600".to_string()),
+                ("scope", "crm,bizproc".to_string()),
+                ("domain", shared.domain.clone()),
+                (
+                    "server_endpoint",
+                    "https://oauth.bitrix.info/rest/".to_string(),
+                ),
+                (
+                    "client_endpoint",
+                    format!("https://{}/rest/", shared.domain),
+                ),
+                ("member_id", shared.member_id.clone()),
+                ("user_id", "1".to_string()),
+                ("status", "L".to_string()),
+                ("application_token", robot.application_token.clone()),
+            ];
+            leaves.push((vec!["use_subscription".into()], use_subscription.into()));
+            leaves.push((vec!["timeout_duration".into()], "0".into()));
+            leaves.push((vec!["ts".into()], ts.clone()));
+            for (key, value) in auth {
+                leaves.push((vec!["auth".into(), key.into()], value));
+            }
+            let borrowed: Vec<(Vec<&str>, String)> = leaves
+                .iter()
+                .map(|(p, v)| (p.iter().map(String::as_str).collect(), v.clone()))
+                .collect();
+            let refs: Vec<(&[&str], String)> = borrowed
+                .iter()
+                .map(|(p, v)| (p.as_slice(), v.clone()))
+                .collect();
+            self.robot_runs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(RobotRun {
+                    event_token,
+                    code: robot.code.clone(),
+                    deal_id: change.id,
+                    return_values: None,
+                    log_message: None,
+                });
+            self.deliver("robot", &robot.handler, ordered_form(&refs));
+        }
+    }
+
+    /// `bizproc.event.send`: the robot's answer, accepted once per token.
+    pub fn complete_robot(
+        &self,
+        token: &str,
+        return_values: Value,
+        log_message: Option<String>,
+    ) -> Result<(), ApiError> {
+        let mut runs = self.robot_runs.lock().unwrap_or_else(|e| e.into_inner());
+        let run = runs
+            .iter_mut()
+            .find(|r| !token.is_empty() && r.event_token == token && r.return_values.is_none())
+            .ok_or_else(|| {
+                ApiError::new(
+                    http::StatusCode::FORBIDDEN,
+                    "ACCESS_DENIED",
+                    "Access denied! Event token is not valid or expired",
+                )
+            })?;
+        run.return_values = Some(return_values);
+        run.log_message = log_message;
+        Ok(())
+    }
+
+    fn deliver(&self, kind: &str, url: &str, body: String) {
+        let client = self.client.clone();
+        let deliveries = Arc::clone(&self.deliveries);
+        let (kind, url) = (kind.to_string(), url.to_string());
+        self.tasks.spawn(async move {
+            let at = clock::now_unix();
+            let result = client
+                .post(&url)
+                .header(
+                    http::header::CONTENT_TYPE,
+                    "application/x-www-form-urlencoded",
+                )
+                .body(body.clone())
+                .send()
+                .await;
+            let (status, error) = match result {
+                Ok(response) => (Some(response.status().as_u16()), None),
+                Err(err) => (None, Some(describe_error(&err))),
+            };
+            tracing::debug!(kind, status, "outbound delivery finished");
+            deliveries
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(Delivery {
+                    kind,
+                    url,
+                    body,
+                    status,
+                    error,
+                    at,
+                });
+        });
+    }
+}
+
+/// A transport error without the URL (which may carry a secret).
+fn describe_error(err: &reqwest::Error) -> String {
+    if err.is_timeout() {
+        "timed out".into()
+    } else if err.is_connect() {
+        "connection failed".into()
+    } else {
+        "request failed".into()
+    }
+}
