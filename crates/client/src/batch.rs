@@ -1,0 +1,410 @@
+//! `batch`: up to 50 commands per HTTP request; longer batches are split into
+//! several requests, run in order. A request whose outcome is unknown is
+//! never repeated: its commands are reported as [`CommandOutcome::Unknown`]
+//! and the caller decides (BITRIX24.md §4: resend only what failed).
+
+use std::collections::HashMap;
+
+use serde_json::{Map, Value};
+
+use crate::client::{BodyFormat, validate_method};
+use crate::references::{UnresolvedReference, substitute_earlier_results};
+use crate::response::as_count;
+use crate::retry::is_read_method;
+use crate::{ApiError, ApiErrorKind, Client, Error};
+
+/// Most commands Bitrix24 accepts in one `batch` request.
+pub const MAX_BATCH_COMMANDS: usize = 50;
+
+/// Named commands to run with `batch`. Parameters may refer to earlier
+/// results with `$result[name][FIELD]`, as Bitrix24 allows.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Batch {
+    commands: Vec<BatchCommand>,
+    halt_on_error: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchCommand {
+    pub name: String,
+    pub method: String,
+    pub params: Value,
+}
+
+impl Batch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Stop at the first failing command (Bitrix24's `halt=1`); the rest are
+    /// reported as [`CommandOutcome::NotRun`].
+    pub fn halt_on_error(mut self, halt: bool) -> Self {
+        self.halt_on_error = halt;
+        self
+    }
+
+    /// Adds a command. Names must be unique, non-empty and free of `[`, `]`
+    /// and whitespace (they appear inside `$result[..]` references).
+    pub fn push(
+        &mut self,
+        name: impl Into<String>,
+        method: &str,
+        params: Value,
+    ) -> Result<&mut Self, Error> {
+        let name = name.into();
+        if name.is_empty() || name.contains(['[', ']']) || name.chars().any(char::is_whitespace) {
+            return Err(Error::Config(format!(
+                "batch command name `{name}` must be non-empty, without brackets or spaces"
+            )));
+        }
+        if self.commands.iter().any(|command| command.name == name) {
+            return Err(Error::Config(format!(
+                "batch command name `{name}` is used twice"
+            )));
+        }
+        validate_method(method)?;
+        if !(params.is_object() || params.is_null()) {
+            return Err(Error::Config(format!(
+                "parameters of batch command `{name}` must be a JSON object"
+            )));
+        }
+        self.commands.push(BatchCommand {
+            name,
+            method: method.to_owned(),
+            params,
+        });
+        Ok(self)
+    }
+
+    /// [`Batch::push`] for chaining.
+    pub fn with(
+        mut self,
+        name: impl Into<String>,
+        method: &str,
+        params: Value,
+    ) -> Result<Self, Error> {
+        self.push(name, method, params)?;
+        Ok(self)
+    }
+
+    pub fn commands(&self) -> &[BatchCommand] {
+        &self.commands
+    }
+
+    pub fn len(&self) -> usize {
+        self.commands.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.commands.is_empty()
+    }
+}
+
+/// What happened to one command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CommandOutcome {
+    Done(CommandResult),
+    /// The portal ran the command and reported this error.
+    Failed(ApiError),
+    /// Not executed: never sent (an earlier request failed, `halt_on_error`
+    /// stopped the batch, or a command it refers to did not succeed). Safe
+    /// to send again.
+    NotRun,
+    /// Sent in a request whose outcome is unknown: it may have run.
+    Unknown,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandResult {
+    pub result: Value,
+    pub next: Option<u64>,
+    pub total: Option<u64>,
+}
+
+/// Per-command outcomes, in the order the commands were added.
+#[derive(Debug)]
+pub struct BatchOutcome {
+    pub commands: Vec<(BatchCommand, CommandOutcome)>,
+    /// Why the batch stopped early, if it did (the error of a whole request).
+    pub stopped_by: Option<Error>,
+    /// HTTP requests sent (one per chunk of at most 50 commands).
+    pub requests: usize,
+    halt_on_error: bool,
+}
+
+impl BatchOutcome {
+    pub fn get(&self, name: &str) -> Option<&CommandOutcome> {
+        self.commands
+            .iter()
+            .find(|(command, _)| command.name == name)
+            .map(|(_, outcome)| outcome)
+    }
+
+    /// The result of a command that succeeded.
+    pub fn result(&self, name: &str) -> Option<&Value> {
+        match self.get(name)? {
+            CommandOutcome::Done(done) => Some(&done.result),
+            _ => None,
+        }
+    }
+
+    /// True when every command succeeded.
+    pub fn all_done(&self) -> bool {
+        self.commands
+            .iter()
+            .all(|(_, outcome)| matches!(outcome, CommandOutcome::Done(_)))
+    }
+
+    /// The commands that surely did not run, as a new batch to send later.
+    pub fn not_run(&self) -> Batch {
+        Batch {
+            commands: self
+                .commands
+                .iter()
+                .filter(|(_, outcome)| *outcome == CommandOutcome::NotRun)
+                .map(|(command, _)| command.clone())
+                .collect(),
+            halt_on_error: self.halt_on_error,
+        }
+    }
+}
+
+impl Client {
+    /// Runs a batch, split into requests of at most [`MAX_BATCH_COMMANDS`].
+    /// A reference to a command sent in an earlier request is filled in here
+    /// from its result, the way Bitrix24 fills in references itself (only
+    /// `$result[..]`, in parameter values). Each request follows the rules of
+    /// [`Client::call`]; a batch counts as a read only when every command is.
+    pub async fn batch(&self, batch: &Batch) -> BatchOutcome {
+        let mut outcomes: Vec<CommandOutcome> = vec![CommandOutcome::NotRun; batch.len()];
+        let mut earlier: HashMap<String, Option<Value>> = HashMap::new();
+        let mut stopped_by = None;
+        let mut requests = 0;
+        let mut halted = false;
+        for (chunk_index, chunk) in batch.commands.chunks(MAX_BATCH_COMMANDS).enumerate() {
+            if halted || stopped_by.is_some() {
+                break;
+            }
+            let offset = chunk_index * MAX_BATCH_COMMANDS;
+            let mut cmd = Map::new();
+            let mut sent = Vec::new();
+            for (index, command) in chunk.iter().enumerate() {
+                match substitute_earlier_results(&command.params, &earlier) {
+                    Ok(params) => {
+                        cmd.insert(
+                            command.name.clone(),
+                            Value::String(command_line(command, &params)),
+                        );
+                        sent.push(offset + index);
+                    }
+                    Err(UnresolvedReference(missing)) => {
+                        tracing::debug!(
+                            command = %command.name,
+                            refers_to = %missing,
+                            "batch command not sent: it refers to a command that did not succeed"
+                        );
+                        outcomes[offset + index] = CommandOutcome::NotRun;
+                    }
+                }
+            }
+            if !sent.is_empty() {
+                let read_only = sent
+                    .iter()
+                    .all(|&i| is_read_method(&batch.commands[i].method));
+                let params = serde_json::json!({
+                    "halt": u8::from(batch.halt_on_error),
+                    "cmd": cmd,
+                });
+                requests += 1;
+                match self
+                    .execute("batch", &params, BodyFormat::Json, read_only)
+                    .await
+                {
+                    Ok(response) => {
+                        for &i in &sent {
+                            let outcome = command_outcome(
+                                self.portal(),
+                                &batch.commands[i],
+                                &response.result,
+                            );
+                            if matches!(outcome, CommandOutcome::Failed(_)) && batch.halt_on_error {
+                                halted = true;
+                            }
+                            outcomes[i] = outcome;
+                        }
+                    }
+                    Err(error) => {
+                        let outcome = if error.may_have_executed() {
+                            CommandOutcome::Unknown
+                        } else {
+                            CommandOutcome::NotRun
+                        };
+                        for &i in &sent {
+                            outcomes[i] = outcome.clone();
+                        }
+                        stopped_by = Some(error);
+                    }
+                }
+            }
+            for (index, command) in chunk.iter().enumerate() {
+                let result = match &outcomes[offset + index] {
+                    CommandOutcome::Done(done) => Some(done.result.clone()),
+                    _ => None,
+                };
+                earlier.insert(command.name.clone(), result);
+            }
+        }
+        BatchOutcome {
+            commands: batch.commands.iter().cloned().zip(outcomes).collect(),
+            stopped_by,
+            requests,
+            halt_on_error: batch.halt_on_error,
+        }
+    }
+}
+
+/// `method?query` as Bitrix24 parses it with PHP's `parse_str`.
+fn command_line(command: &BatchCommand, params: &Value) -> String {
+    let query = b24_phpform::encode(params);
+    if query.is_empty() {
+        command.method.clone()
+    } else {
+        format!("{}?{query}", command.method)
+    }
+}
+
+/// Reads one command's outcome from the `batch` result, whose parts are
+/// objects keyed by command name, or lists when PHP saw integer-like names.
+fn command_outcome(portal: &str, command: &BatchCommand, batch_result: &Value) -> CommandOutcome {
+    let part = |key: &str| {
+        batch_result
+            .get(key)
+            .and_then(|part| entry(part, &command.name))
+    };
+    if let Some(error) = part("result_error") {
+        let code = error
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("UNKNOWN_ERROR")
+            .to_owned();
+        return CommandOutcome::Failed(ApiError {
+            kind: ApiErrorKind::from_code(&code),
+            description: error
+                .get("error_description")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            code,
+            status: 200,
+            method: command.method.clone(),
+            portal: portal.to_owned(),
+            retry_at: None,
+        });
+    }
+    match part("result") {
+        Some(result) => CommandOutcome::Done(CommandResult {
+            result: result.clone(),
+            next: part("result_next").and_then(as_count),
+            total: part("result_total").and_then(as_count),
+        }),
+        // Skipped by halt=1 after an earlier failure.
+        None => CommandOutcome::NotRun,
+    }
+}
+
+fn entry<'a>(container: &'a Value, name: &str) -> Option<&'a Value> {
+    match container {
+        Value::Object(map) => map.get(name),
+        Value::Array(items) => name.parse::<usize>().ok().and_then(|i| items.get(i)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn command(name: &str, method: &str) -> BatchCommand {
+        BatchCommand {
+            name: name.into(),
+            method: method.into(),
+            params: Value::Null,
+        }
+    }
+
+    #[test]
+    fn validates_commands() {
+        let mut batch = Batch::new();
+        batch
+            .push("deal", "crm.item.get", json!({"entityTypeId": 2, "id": 1}))
+            .unwrap();
+        assert!(batch.push("deal", "crm.item.get", Value::Null).is_err());
+        assert!(batch.push("", "crm.item.get", Value::Null).is_err());
+        assert!(batch.push("a[b]", "crm.item.get", Value::Null).is_err());
+        assert!(batch.push("a b", "crm.item.get", Value::Null).is_err());
+        assert!(batch.push("ok", "crm.item.get?x=1", Value::Null).is_err());
+        assert!(batch.push("ok", "crm.item.get", json!([1])).is_err());
+        assert_eq!(batch.len(), 1);
+    }
+
+    #[test]
+    fn command_lines_use_php_form_encoding() {
+        let command = BatchCommand {
+            name: "c".into(),
+            method: "crm.item.add".into(),
+            params: Value::Null,
+        };
+        let params = json!({"entityTypeId": 2, "fields": {"title": "A & B", "contactIds": ["$result[contact]"]}});
+        assert_eq!(
+            command_line(&command, &params),
+            "crm.item.add?entityTypeId=2&fields[contactIds][0]=%24result%5Bcontact%5D&fields[title]=A%20%26%20B"
+        );
+        assert_eq!(command_line(&command, &Value::Null), "crm.item.add");
+    }
+
+    #[test]
+    fn reads_results_errors_and_skipped_commands() {
+        let result = json!({
+            "result": {"list": [{"ID": "1"}], "get": {"ID": "7"}},
+            "result_error": {"bad": {"error": "NOT_FOUND", "error_description": "Not found"}},
+            "result_total": {"list": 120},
+            "result_next": {"list": 50},
+        });
+        assert_eq!(
+            command_outcome("p", &command("list", "crm.deal.list"), &result),
+            CommandOutcome::Done(CommandResult {
+                result: json!([{"ID": "1"}]),
+                next: Some(50),
+                total: Some(120)
+            })
+        );
+        let CommandOutcome::Failed(error) =
+            command_outcome("p", &command("bad", "crm.item.get"), &result)
+        else {
+            panic!("expected a failure")
+        };
+        assert_eq!(
+            (error.kind, error.description.as_str()),
+            (ApiErrorKind::NotFound, "Not found")
+        );
+        assert_eq!(
+            command_outcome("p", &command("skipped", "crm.item.get"), &result),
+            CommandOutcome::NotRun
+        );
+    }
+
+    #[test]
+    fn reads_list_shaped_parts_from_integer_names() {
+        let result = json!({"result": ["zero", "one"], "result_error": []});
+        assert_eq!(
+            command_outcome("p", &command("1", "crm.item.get"), &result),
+            CommandOutcome::Done(CommandResult {
+                result: json!("one"),
+                next: None,
+                total: None
+            })
+        );
+    }
+}

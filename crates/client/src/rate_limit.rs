@@ -1,0 +1,348 @@
+//! Client-side leaky buckets, one per portal, shared by every client that is
+//! given the same [`RateLimits`]. Bitrix24 counts +1 per HTTP request and
+//! drains Y per second, refusing requests above X (BITRIX24.md §4); waiting
+//! here keeps the portal from ever answering `QUERY_LIMIT_EXCEEDED`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::Error;
+
+/// Bucket size and drain rate of one portal.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BucketConfig {
+    /// Requests allowed back to back (X).
+    pub burst: u32,
+    /// Requests per second the bucket drains (Y).
+    pub drain_per_second: f64,
+}
+
+impl BucketConfig {
+    /// Every plan but Enterprise: X=50, Y=2.
+    pub const STANDARD: Self = Self {
+        burst: 50,
+        drain_per_second: 2.0,
+    };
+    /// Enterprise plans: X=250, Y=5.
+    pub const ENTERPRISE: Self = Self {
+        burst: 250,
+        drain_per_second: 5.0,
+    };
+
+    fn validate(self) -> Result<Self, Error> {
+        if self.burst == 0 || !(self.drain_per_second.is_finite() && self.drain_per_second > 0.0) {
+            return Err(Error::Config(format!(
+                "rate limit needs a burst of at least 1 and a positive drain rate, got burst {} and drain {}/s",
+                self.burst, self.drain_per_second
+            )));
+        }
+        Ok(self)
+    }
+}
+
+impl Default for BucketConfig {
+    fn default() -> Self {
+        Self::STANDARD
+    }
+}
+
+/// The registry of per-portal limiters. Create one per process and clone it
+/// into every client; clones share the buckets.
+#[derive(Clone)]
+pub struct RateLimits {
+    registry: Arc<Mutex<Registry>>,
+}
+
+struct Registry {
+    default: BucketConfig,
+    overrides: HashMap<String, BucketConfig>,
+    portals: HashMap<String, Arc<PortalLimiter>>,
+}
+
+impl RateLimits {
+    /// Every portal gets `default` unless [`RateLimits::set_portal`] says otherwise.
+    pub fn new(default: BucketConfig) -> Result<Self, Error> {
+        Ok(Self {
+            registry: Arc::new(Mutex::new(Registry {
+                default: default.validate()?,
+                overrides: HashMap::new(),
+                portals: HashMap::new(),
+            })),
+        })
+    }
+
+    /// Sets one portal's bucket (e.g. [`BucketConfig::ENTERPRISE`]); applies
+    /// at once, also to clients already running. `portal` is `host[:port]`.
+    pub fn set_portal(&self, portal: &str, config: BucketConfig) -> Result<(), Error> {
+        let config = config.validate()?;
+        let key = portal.to_ascii_lowercase();
+        let mut registry = self.registry.lock().expect("rate limit registry poisoned");
+        if let Some(limiter) = registry.portals.get(&key) {
+            limiter.bucket.lock().expect("bucket poisoned").config = config;
+        }
+        registry.overrides.insert(key, config);
+        Ok(())
+    }
+
+    /// The limiter of one portal, created on first use.
+    pub fn portal(&self, portal: &str) -> Arc<PortalLimiter> {
+        let key = portal.to_ascii_lowercase();
+        let mut registry = self.registry.lock().expect("rate limit registry poisoned");
+        let config = registry
+            .overrides
+            .get(&key)
+            .copied()
+            .unwrap_or(registry.default);
+        registry
+            .portals
+            .entry(key)
+            .or_insert_with(|| Arc::new(PortalLimiter::new(config)))
+            .clone()
+    }
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        Self::new(BucketConfig::STANDARD).expect("the standard bucket is valid")
+    }
+}
+
+/// The request bucket of one portal plus the methods the portal has blocked
+/// for exceeding their time budget (`OPERATION_TIME_LIMIT`).
+pub struct PortalLimiter {
+    bucket: Mutex<LeakyBucket>,
+    blocked_methods: Mutex<HashMap<String, SystemTime>>,
+    last_reset_at: Mutex<HashMap<String, SystemTime>>,
+}
+
+impl PortalLimiter {
+    fn new(config: BucketConfig) -> Self {
+        Self {
+            bucket: Mutex::new(LeakyBucket::new(config, Instant::now())),
+            blocked_methods: Mutex::new(HashMap::new()),
+            last_reset_at: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes a slot for one HTTP request, waiting first if the bucket is
+    /// full. Returns how long it waited.
+    pub async fn acquire(&self) -> Duration {
+        let wait = self
+            .bucket
+            .lock()
+            .expect("bucket poisoned")
+            .reserve(Instant::now());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        wait
+    }
+
+    /// The portal said `QUERY_LIMIT_EXCEEDED`: someone else (another process
+    /// or server on the same IP) is using the bucket too, so treat it as full.
+    pub fn saturate(&self) {
+        self.bucket
+            .lock()
+            .expect("bucket poisoned")
+            .saturate(Instant::now());
+    }
+
+    /// Remembers `time.operating_reset_at` from a successful answer.
+    pub(crate) fn note_operating_reset(&self, method: &str, at: SystemTime) {
+        self.last_reset_at
+            .lock()
+            .expect("reset map poisoned")
+            .insert(method.to_owned(), at);
+    }
+
+    /// The last `operating_reset_at` seen for `method`.
+    pub(crate) fn last_operating_reset(&self, method: &str) -> Option<SystemTime> {
+        self.last_reset_at
+            .lock()
+            .expect("reset map poisoned")
+            .get(method)
+            .copied()
+    }
+
+    /// `method` answered `OPERATION_TIME_LIMIT`: hold every call to it until
+    /// `until`.
+    pub(crate) fn block_method(&self, method: &str, until: SystemTime) {
+        let mut blocked = self.blocked_methods.lock().expect("block map poisoned");
+        let entry = blocked.entry(method.to_owned()).or_insert(until);
+        if *entry < until {
+            *entry = until;
+        }
+    }
+
+    /// When `method` may be called again, if it is blocked now.
+    pub(crate) fn blocked_until(&self, method: &str, now: SystemTime) -> Option<SystemTime> {
+        let mut blocked = self.blocked_methods.lock().expect("block map poisoned");
+        match blocked.get(method) {
+            Some(&until) if until > now => Some(until),
+            Some(_) => {
+                blocked.remove(method);
+                None
+            }
+            None => None,
+        }
+    }
+}
+
+/// Virtual-scheduling leaky bucket: `level` counts requests not yet drained,
+/// including ones reserved for the future, so waiters queue fairly.
+#[derive(Debug)]
+struct LeakyBucket {
+    config: BucketConfig,
+    level: f64,
+    updated: Instant,
+}
+
+impl LeakyBucket {
+    fn new(config: BucketConfig, now: Instant) -> Self {
+        Self {
+            config,
+            level: 0.0,
+            updated: now,
+        }
+    }
+
+    fn drain(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.level = (self.level - elapsed * self.config.drain_per_second).max(0.0);
+        self.updated = now;
+    }
+
+    /// Reserves one request and returns how long to wait before sending it,
+    /// so that the portal's counter is at most `burst` when it arrives.
+    fn reserve(&mut self, now: Instant) -> Duration {
+        self.drain(now);
+        let burst = f64::from(self.config.burst);
+        let excess = self.level + 1.0 - burst;
+        self.level += 1.0;
+        if excess <= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(excess / self.config.drain_per_second)
+        }
+    }
+
+    fn saturate(&mut self, now: Instant) {
+        self.drain(now);
+        self.level = self.level.max(f64::from(self.config.burst));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bucket(burst: u32, drain: f64) -> (LeakyBucket, Instant) {
+        let start = Instant::now();
+        let config = BucketConfig {
+            burst,
+            drain_per_second: drain,
+        };
+        (LeakyBucket::new(config, start), start)
+    }
+
+    #[test]
+    fn burst_passes_then_requests_are_spaced_by_the_drain_rate() {
+        let (mut bucket, start) = bucket(3, 2.0);
+        for _ in 0..3 {
+            assert_eq!(bucket.reserve(start), Duration::ZERO);
+        }
+        assert_eq!(bucket.reserve(start), Duration::from_millis(500));
+        assert_eq!(bucket.reserve(start), Duration::from_millis(1000));
+        // After the reserved ones drained, the fourth slot frees up again.
+        let later = start + Duration::from_secs(1);
+        assert_eq!(bucket.reserve(later), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn draining_frees_slots() {
+        let (mut bucket, start) = bucket(2, 2.0);
+        bucket.reserve(start);
+        bucket.reserve(start);
+        assert_eq!(
+            bucket.reserve(start + Duration::from_millis(500)),
+            Duration::ZERO
+        );
+        assert_eq!(
+            bucket.reserve(start + Duration::from_millis(500)),
+            Duration::from_millis(500)
+        );
+    }
+
+    #[test]
+    fn saturation_makes_the_next_request_wait() {
+        let (mut bucket, start) = bucket(50, 2.0);
+        bucket.saturate(start);
+        assert_eq!(bucket.reserve(start), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn registry_shares_one_limiter_per_portal() {
+        let limits = RateLimits::default();
+        let clone = limits.clone();
+        let a = limits.portal("Portal.Test");
+        let b = clone.portal("portal.test");
+        let other = limits.portal("other.test");
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(!Arc::ptr_eq(&a, &other));
+    }
+
+    #[test]
+    fn portal_overrides_apply_to_existing_limiters() {
+        let limits = RateLimits::default();
+        let limiter = limits.portal("big.test");
+        limits
+            .set_portal("big.test", BucketConfig::ENTERPRISE)
+            .unwrap();
+        assert_eq!(
+            limiter.bucket.lock().unwrap().config,
+            BucketConfig::ENTERPRISE
+        );
+        assert_eq!(
+            limits.portal("big.test").bucket.lock().unwrap().config,
+            BucketConfig::ENTERPRISE
+        );
+    }
+
+    #[test]
+    fn rejects_useless_configs() {
+        for config in [
+            BucketConfig {
+                burst: 0,
+                drain_per_second: 1.0,
+            },
+            BucketConfig {
+                burst: 1,
+                drain_per_second: 0.0,
+            },
+            BucketConfig {
+                burst: 1,
+                drain_per_second: f64::NAN,
+            },
+        ] {
+            assert!(RateLimits::new(config).is_err(), "{config:?}");
+        }
+    }
+
+    #[test]
+    fn blocked_methods_expire() {
+        let limiter = PortalLimiter::new(BucketConfig::STANDARD);
+        let now = SystemTime::now();
+        limiter.block_method("crm.item.list", now + Duration::from_secs(30));
+        limiter.block_method("crm.item.list", now + Duration::from_secs(10));
+        assert_eq!(
+            limiter.blocked_until("crm.item.list", now),
+            Some(now + Duration::from_secs(30))
+        );
+        assert_eq!(limiter.blocked_until("crm.item.get", now), None);
+        assert_eq!(
+            limiter.blocked_until("crm.item.list", now + Duration::from_secs(31)),
+            None
+        );
+    }
+}
