@@ -1,0 +1,690 @@
+//! The configuration: one TOML file, deserialized and validated once into
+//! [`Config`]. Every error names the key it is about.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use b24_nodes::{MIN_INTERVAL, Source};
+use http::Uri;
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// Why a configuration was refused: the key (`server.listen`,
+/// `route[2].allow`…) and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {detail}")]
+    Read { path: String, detail: String },
+    #[error("{0}")]
+    Syntax(String),
+    #[error("{key}: {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        problem: problem.into(),
+    }
+}
+
+/// The validated configuration of one edge.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub nodes: NodesConfig,
+    pub client_ip: ClientIpConfig,
+    /// In file order; matching is by longest prefix.
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: Vec<SocketAddr>,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    /// `/metrics`, `/healthz` and `/readyz` (plain HTTP); none when absent.
+    pub metrics_listen: Option<SocketAddr>,
+    pub limits: Limits,
+    /// How often the certificate files are checked for a new version.
+    pub tls_reload_poll: Duration,
+}
+
+/// Bounds that protect the edge and its upstreams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request body forwarded, in bytes (413 above it).
+    pub max_body: u64,
+    /// Time a client has to complete the TLS handshake and each request's
+    /// headers before its connection is closed.
+    pub header_timeout: Duration,
+    pub upstream_connect_timeout: Duration,
+    /// Time the upstream has to start its response (504 after it).
+    pub upstream_timeout: Duration,
+    /// Connections served at once; further clients wait to be accepted.
+    pub max_connections: usize,
+    /// On shutdown, how long in-flight requests may take to finish.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body: 10 * 1024 * 1024,
+            header_timeout: Duration::from_secs(10),
+            upstream_connect_timeout: Duration::from_secs(5),
+            upstream_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NodesConfig {
+    pub source: Source,
+    pub cache: Option<PathBuf>,
+    /// Between two requests to a URL source; at least 60 s.
+    pub refresh: Duration,
+    /// Addresses admitted wherever `nodes` is, even with no list at all.
+    pub extra: Vec<IpNet>,
+    /// How often a file source is checked for a new version.
+    pub file_poll: Duration,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ClientIpConfig {
+    /// Peers whose X-Forwarded-For and PROXY header are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Expect a PROXY protocol (v1 or v2) header from trusted peers.
+    pub proxy_protocol: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Matched against the request path as a plain string prefix.
+    pub prefix: String,
+    /// Scheme and authority only; the request path is forwarded unchanged.
+    pub upstream: Uri,
+    /// PEM file of the CA(s) that sign an `https` upstream's certificate;
+    /// the system roots are used when absent.
+    pub ca_file: Option<PathBuf>,
+    pub allow: Vec<Allow>,
+}
+
+/// One entry of a route's `allow` list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Allow {
+    Any,
+    Nodes,
+    Network(IpNet),
+}
+
+impl RouteConfig {
+    pub fn uses_nodes(&self) -> bool {
+        self.allow.contains(&Allow::Nodes)
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })?;
+        Config::from_toml(&text)
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Syntax(syntax_message(&e)))?;
+        raw.validate()
+    }
+
+    /// Whether any route admits by the nodes list.
+    pub fn uses_nodes(&self) -> bool {
+        self.routes.iter().any(RouteConfig::uses_nodes)
+    }
+}
+
+/// toml's message names the key and the line; its excerpt of the file could
+/// show a secret someone put in a URL, so only the first line is kept.
+fn syntax_message(e: &toml::de::Error) -> String {
+    let mut text = String::from("invalid config");
+    if let Some(span) = e.span() {
+        text.push_str(&format!(" (at byte {})", span.start));
+    }
+    text.push_str(": ");
+    text.push_str(e.message().lines().next().unwrap_or("").trim());
+    text
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    server: RawServer,
+    #[serde(default)]
+    nodes: RawNodes,
+    #[serde(default)]
+    client_ip: RawClientIp,
+    #[serde(default)]
+    route: Vec<RawRoute>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Size {
+    Bytes(u64),
+    Text(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: OneOrMany,
+    tls_cert: PathBuf,
+    tls_key: PathBuf,
+    metrics_listen: Option<String>,
+    max_body: Option<Size>,
+    header_timeout: Option<String>,
+    upstream_connect_timeout: Option<String>,
+    upstream_timeout: Option<String>,
+    max_connections: Option<usize>,
+    shutdown_timeout: Option<String>,
+    tls_reload_poll: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawNodes {
+    source: Option<String>,
+    cache: Option<PathBuf>,
+    refresh: Option<String>,
+    #[serde(default)]
+    extra: Vec<String>,
+    file_poll: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawClientIp {
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
+    #[serde(default)]
+    proxy_protocol: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    prefix: String,
+    upstream: String,
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    allow: Vec<String>,
+}
+
+impl RawConfig {
+    fn validate(self) -> Result<Config, ConfigError> {
+        let server = self.server.validate()?;
+        let nodes = self.nodes.validate()?;
+        let client_ip = ClientIpConfig {
+            trusted_proxies: networks(
+                "client_ip.trusted_proxies",
+                &self.client_ip.trusted_proxies,
+            )?,
+            proxy_protocol: self.client_ip.proxy_protocol,
+        };
+        if client_ip.proxy_protocol && client_ip.trusted_proxies.is_empty() {
+            return Err(invalid(
+                "client_ip.proxy_protocol",
+                "is on but client_ip.trusted_proxies is empty; list the load balancers that send the PROXY header",
+            ));
+        }
+        if self.route.is_empty() {
+            return Err(invalid(
+                "route",
+                "no [[route]] is configured; the edge would deny everything",
+            ));
+        }
+        let mut routes = Vec::with_capacity(self.route.len());
+        for (index, raw) in self.route.into_iter().enumerate() {
+            let route = raw.validate(index)?;
+            if routes
+                .iter()
+                .any(|r: &RouteConfig| r.prefix == route.prefix)
+            {
+                return Err(invalid(
+                    format!("route[{index}].prefix"),
+                    format!("{:?} is used by an earlier route", route.prefix),
+                ));
+            }
+            routes.push(route);
+        }
+        Ok(Config {
+            server,
+            nodes,
+            client_ip,
+            routes,
+        })
+    }
+}
+
+impl RawServer {
+    fn validate(self) -> Result<ServerConfig, ConfigError> {
+        let listen_texts = match self.listen {
+            OneOrMany::One(one) => vec![one],
+            OneOrMany::Many(many) => many,
+        };
+        if listen_texts.is_empty() {
+            return Err(invalid("server.listen", "is empty"));
+        }
+        let listen = listen_texts
+            .iter()
+            .map(|text| socket_addr("server.listen", text))
+            .collect::<Result<Vec<_>, _>>()?;
+        let metrics_listen = self
+            .metrics_listen
+            .as_deref()
+            .map(|text| socket_addr("server.metrics_listen", text))
+            .transpose()?;
+        let defaults = Limits::default();
+        let max_body = match self.max_body {
+            None => defaults.max_body,
+            Some(Size::Bytes(n)) => n,
+            Some(Size::Text(text)) => parse_size(&text).ok_or_else(|| {
+                invalid(
+                    "server.max_body",
+                    format!("{text:?} is not a size like 10485760, \"512KiB\" or \"10MiB\""),
+                )
+            })?,
+        };
+        let max_connections = self.max_connections.unwrap_or(defaults.max_connections);
+        if max_connections == 0 {
+            return Err(invalid("server.max_connections", "must be at least 1"));
+        }
+        let limits = Limits {
+            max_body,
+            header_timeout: duration(
+                "server.header_timeout",
+                self.header_timeout,
+                defaults.header_timeout,
+            )?,
+            upstream_connect_timeout: duration(
+                "server.upstream_connect_timeout",
+                self.upstream_connect_timeout,
+                defaults.upstream_connect_timeout,
+            )?,
+            upstream_timeout: duration(
+                "server.upstream_timeout",
+                self.upstream_timeout,
+                defaults.upstream_timeout,
+            )?,
+            max_connections,
+            shutdown_timeout: duration(
+                "server.shutdown_timeout",
+                self.shutdown_timeout,
+                defaults.shutdown_timeout,
+            )?,
+        };
+        Ok(ServerConfig {
+            listen,
+            tls_cert: self.tls_cert,
+            tls_key: self.tls_key,
+            metrics_listen,
+            limits,
+            tls_reload_poll: duration(
+                "server.tls_reload_poll",
+                self.tls_reload_poll,
+                Duration::from_secs(5),
+            )?,
+        })
+    }
+}
+
+impl RawNodes {
+    fn validate(self) -> Result<NodesConfig, ConfigError> {
+        let source = match self.source.as_deref() {
+            None => Source::default(),
+            Some(text) => text
+                .parse::<Source>()
+                .map_err(|e| invalid("nodes.source", e.to_string()))?,
+        };
+        let refresh = duration("nodes.refresh", self.refresh, Duration::from_secs(300))?;
+        if refresh < MIN_INTERVAL {
+            return Err(invalid(
+                "nodes.refresh",
+                format!(
+                    "{} is below {}; Bitrix24 asks for at most one request a minute",
+                    humantime::format_duration(refresh),
+                    humantime::format_duration(MIN_INTERVAL)
+                ),
+            ));
+        }
+        Ok(NodesConfig {
+            source,
+            cache: self.cache,
+            refresh,
+            extra: networks("nodes.extra", &self.extra)?,
+            file_poll: duration("nodes.file_poll", self.file_poll, Duration::from_secs(1))?,
+        })
+    }
+}
+
+impl RawRoute {
+    fn validate(self, index: usize) -> Result<RouteConfig, ConfigError> {
+        let key = |name: &str| format!("route[{index}].{name}");
+        if !self.prefix.starts_with('/') {
+            return Err(invalid(
+                key("prefix"),
+                format!("{:?} must start with '/'", self.prefix),
+            ));
+        }
+        let upstream: Uri = self
+            .upstream
+            .parse()
+            .map_err(|_| invalid(key("upstream"), "is not a URL like http://127.0.0.1:8080"))?;
+        let scheme = upstream.scheme_str().unwrap_or("");
+        if scheme != "http" && scheme != "https" {
+            return Err(invalid(
+                key("upstream"),
+                "must start with http:// or https://",
+            ));
+        }
+        if upstream.authority().is_none() {
+            return Err(invalid(key("upstream"), "has no host"));
+        }
+        if upstream
+            .authority()
+            .is_some_and(|a| a.as_str().contains('@'))
+        {
+            return Err(invalid(key("upstream"), "must not contain credentials"));
+        }
+        if upstream
+            .path_and_query()
+            .is_some_and(|p| p.as_str() != "/" && !p.as_str().is_empty())
+        {
+            return Err(invalid(
+                key("upstream"),
+                "must have no path or query; the request path is forwarded unchanged",
+            ));
+        }
+        if self.ca_file.is_some() && scheme != "https" {
+            return Err(invalid(
+                key("ca_file"),
+                "is only used with an https:// upstream",
+            ));
+        }
+        let mut allow = Vec::with_capacity(self.allow.len());
+        for entry in &self.allow {
+            let parsed = match entry.trim() {
+                "any" => Allow::Any,
+                "nodes" => Allow::Nodes,
+                text => Allow::Network(parse_network(text).ok_or_else(|| {
+                    invalid(
+                        key("allow"),
+                        format!(
+                            "{entry:?} is not \"nodes\", \"any\", an IP address or a CIDR network"
+                        ),
+                    )
+                })?),
+            };
+            allow.push(parsed);
+        }
+        Ok(RouteConfig {
+            prefix: self.prefix,
+            upstream,
+            ca_file: self.ca_file,
+            allow,
+        })
+    }
+}
+
+fn socket_addr(key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+    text.trim().parse().map_err(|_| {
+        invalid(
+            key,
+            format!("{text:?} is not an address:port like 0.0.0.0:443 or [::]:443"),
+        )
+    })
+}
+
+fn duration(key: &str, text: Option<String>, default: Duration) -> Result<Duration, ConfigError> {
+    let Some(text) = text else {
+        return Ok(default);
+    };
+    let value = humantime::parse_duration(text.trim()).map_err(|e| {
+        invalid(
+            key,
+            format!("{text:?} is not a duration like \"30s\" or \"500ms\": {e}"),
+        )
+    })?;
+    if value.is_zero() {
+        return Err(invalid(key, "must be more than zero"));
+    }
+    Ok(value)
+}
+
+fn networks(key: &str, entries: &[String]) -> Result<Vec<IpNet>, ConfigError> {
+    entries
+        .iter()
+        .map(|text| {
+            parse_network(text).ok_or_else(|| {
+                invalid(
+                    key,
+                    format!("{text:?} is not an IP address or a CIDR network"),
+                )
+            })
+        })
+        .collect()
+}
+
+/// An address or a network, host bits cleared.
+fn parse_network(text: &str) -> Option<IpNet> {
+    b24_nodes::parse_network(text.trim()).map(|net| net.trunc())
+}
+
+/// `1048576`, `512KiB`, `10MiB`, `1GiB` (also kB/MB/GB, powers of ten).
+fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" | "k" => 1 << 10,
+        "mib" | "m" => 1 << 20,
+        "gib" | "g" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        _ => return None,
+    };
+    number.checked_mul(factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [server]
+        listen = "127.0.0.1:8443"
+        tls_cert = "/c.pem"
+        tls_key = "/k.pem"
+
+        [[route]]
+        prefix = "/"
+        upstream = "http://127.0.0.1:8080"
+        allow = ["nodes"]
+    "#;
+
+    fn error_of(text: &str) -> String {
+        Config::from_toml(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let config = Config::from_toml(MINIMAL).unwrap();
+        assert_eq!(
+            config.server.listen,
+            vec!["127.0.0.1:8443".parse().unwrap()]
+        );
+        assert_eq!(config.server.limits, Limits::default());
+        assert_eq!(config.nodes.source, Source::default());
+        assert_eq!(config.nodes.refresh, Duration::from_secs(300));
+        assert_eq!(config.routes[0].allow, vec![Allow::Nodes]);
+        assert!(config.uses_nodes());
+    }
+
+    #[test]
+    fn full_config() {
+        let text = r#"
+            [server]
+            listen = ["127.0.0.1:8443", "[::1]:8443"]
+            tls_cert = "/c.pem"
+            tls_key = "/k.pem"
+            metrics_listen = "127.0.0.1:9901"
+            max_body = "1MiB"
+            header_timeout = "2s"
+            upstream_timeout = "500ms"
+            max_connections = 5
+
+            [nodes]
+            source = "/var/lib/nodesync/app.json"
+            refresh = "10m"
+            extra = ["10.1.2.3", "192.168.0.0/16"]
+
+            [client_ip]
+            trusted_proxies = ["10.0.0.0/8"]
+            proxy_protocol = true
+
+            [[route]]
+            prefix = "/rest/"
+            upstream = "https://portal.internal:443"
+            ca_file = "/ca.pem"
+            allow = ["nodes", "10.0.0.0/8", "any"]
+        "#;
+        let config = Config::from_toml(text).unwrap();
+        assert_eq!(config.server.listen.len(), 2);
+        assert_eq!(config.server.limits.max_body, 1 << 20);
+        assert_eq!(
+            config.server.limits.upstream_timeout,
+            Duration::from_millis(500)
+        );
+        assert_eq!(config.server.limits.max_connections, 5);
+        assert!(matches!(config.nodes.source, Source::File(_)));
+        assert_eq!(config.nodes.extra.len(), 2);
+        assert!(config.client_ip.proxy_protocol);
+        assert_eq!(
+            config.routes[0].allow,
+            vec![
+                Allow::Nodes,
+                Allow::Network("10.0.0.0/8".parse().unwrap()),
+                Allow::Any
+            ]
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            (
+                MINIMAL.replace("127.0.0.1:8443", "nowhere"),
+                "server.listen",
+            ),
+            (
+                MINIMAL.replace("allow = [\"nodes\"]", "allow = [\"nodez\"]"),
+                "route[0].allow",
+            ),
+            (
+                MINIMAL.replace("http://127.0.0.1:8080", "ftp://x"),
+                "route[0].upstream",
+            ),
+            (
+                MINIMAL.replace("http://127.0.0.1:8080", "http://h/base"),
+                "route[0].upstream",
+            ),
+            (
+                MINIMAL.replace("prefix = \"/\"", "prefix = \"api\""),
+                "route[0].prefix",
+            ),
+            (
+                format!("{MINIMAL}\n[nodes]\nrefresh = \"30s\"\n"),
+                "nodes.refresh",
+            ),
+            (
+                format!("{MINIMAL}\n[nodes]\nrefresh = \"soon\"\n"),
+                "nodes.refresh",
+            ),
+            (
+                format!("{MINIMAL}\n[nodes]\nextra = [\"1.2.3\"]\n"),
+                "nodes.extra",
+            ),
+            (
+                format!("{MINIMAL}\n[client_ip]\nproxy_protocol = true\n"),
+                "client_ip.proxy_protocol",
+            ),
+            (
+                MINIMAL.replace("[server]", "[server]\nmax_body = \"lots\""),
+                "server.max_body",
+            ),
+            (
+                MINIMAL.replace("[server]", "[server]\nupstream_timeout = \"0s\""),
+                "server.upstream_timeout",
+            ),
+            (
+                MINIMAL.replace("[server]", "[server]\nlisten_typo = 1"),
+                "listen_typo",
+            ),
+            (
+                format!("{MINIMAL}\n[[route]]\nprefix = \"/\"\nupstream = \"http://h\"\n"),
+                "route[1].prefix",
+            ),
+        ];
+        for (text, key) in cases {
+            let message = error_of(&text);
+            assert!(message.contains(key), "{key}: {message}");
+        }
+        assert!(error_of(&MINIMAL.replace("[[route]]", "[[nothing]]")).contains("nothing"));
+    }
+
+    #[test]
+    fn secrets_in_urls_stay_out_of_errors() {
+        let text =
+            format!("{MINIMAL}\n[nodes]\nsource = \"ftp://user:s3cret@host/x?token=t0ken\"\n");
+        let message = error_of(&text);
+        assert!(message.contains("nodes.source"), "{message}");
+        assert!(
+            !message.contains("s3cret") && !message.contains("t0ken"),
+            "{message}"
+        );
+        let text = MINIMAL.replace("http://127.0.0.1:8080", "http://user:s3cret@127.0.0.1:8080");
+        let message = error_of(&text);
+        assert!(!message.contains("s3cret"), "{message}");
+        // A syntax error near a secret does not quote the line.
+        let text =
+            format!("{MINIMAL}\n[nodes]\nsource = \"https://h/app.json?token=t0ken\" junk\n");
+        let message = error_of(&text);
+        assert!(!message.contains("t0ken"), "{message}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1024"), Some(1024));
+        assert_eq!(parse_size("10MiB"), Some(10 << 20));
+        assert_eq!(parse_size("2 kb"), Some(2000));
+        assert_eq!(parse_size("x"), None);
+        assert_eq!(parse_size("5 parsecs"), None);
+    }
+}
