@@ -1,0 +1,265 @@
+//! nodesync as cron runs it: separate processes against a real HTTP source
+//! on loopback, sharing a cache file.
+
+mod common;
+
+use std::path::Path;
+
+use b24_nodes::CacheRecord;
+use b24_testkit::{NodesServer, Reply};
+use common::{nodesync, text};
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(args: &[&str]) -> Run {
+    let out = nodesync(args);
+    Run {
+        code: out.status.code().unwrap(),
+        stdout: text(&out.stdout),
+        stderr: text(&out.stderr),
+    }
+}
+
+/// Runs nodesync in a blocking thread so the async test server keeps serving.
+async fn run_async(args: Vec<String>) -> Run {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(&args)
+    })
+    .await
+    .unwrap()
+}
+
+fn args(list: &[&str], dir: &Path, url: &str) -> Vec<String> {
+    let mut all: Vec<String> = list.iter().map(|s| s.to_string()).collect();
+    all.extend([
+        "--source".into(),
+        url.into(),
+        "--cache".into(),
+        dir.join("cache.json").display().to_string(),
+    ]);
+    all
+}
+
+/// Pretends the last request was `secs` seconds earlier than recorded, as if
+/// time had passed (the 60 s rule lives in the cache file).
+fn age_cache(dir: &Path, secs: u64) {
+    let path = dir.join("cache.json");
+    let mut record = CacheRecord::load(&path).unwrap().unwrap();
+    record.attempted_at = record.attempted_at.map(|t| t - secs);
+    record.store(&path).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cron_runs_ask_once_a_minute_and_print_only_news() {
+    let server = NodesServer::start(Reply::nodes(&["195.208.184.200", "89.208.230.2"])).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bitrix24.nft");
+    let prom = dir.path().join("nodesync.prom");
+    let base = [
+        "--emit",
+        "nftables",
+        "--output",
+        out.to_str().unwrap(),
+        "--textfile",
+        prom.to_str().unwrap(),
+    ];
+
+    let first = run_async(args(&base, dir.path(), &server.url())).await;
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    assert!(
+        first.stdout.contains("added 195.208.184.200") && first.stdout.contains("updated"),
+        "{}",
+        first.stdout
+    );
+    assert!(
+        std::fs::read_to_string(&out)
+            .unwrap()
+            .contains("89.208.230.2")
+    );
+    assert_eq!(server.hits(), 1);
+
+    // A second process within 60 s does not touch the network and says nothing.
+    let second = run_async(args(&base, dir.path(), &server.url())).await;
+    assert_eq!(
+        (second.code, second.stdout.as_str(), second.stderr.as_str()),
+        (0, "", "")
+    );
+    assert_eq!(server.hits(), 1);
+
+    // After a minute it asks again, with the ETag, and gets a 304: still quiet.
+    age_cache(dir.path(), 61);
+    let third = run_async(args(&base, dir.path(), &server.url())).await;
+    assert_eq!(
+        (third.code, third.stdout.as_str(), third.stderr.as_str()),
+        (0, "", "")
+    );
+    assert_eq!((server.hits(), server.not_modified()), (2, 1));
+
+    // A change is news: one line per network.
+    server.set(Reply::nodes(&["195.208.184.200", "89.208.230.3"]));
+    age_cache(dir.path(), 61);
+    let fourth = run_async(args(&base, dir.path(), &server.url())).await;
+    assert_eq!(fourth.code, 0, "{}", fourth.stderr);
+    assert_eq!(
+        fourth.stdout,
+        format!(
+            "nodesync: added 89.208.230.3\nnodesync: removed 89.208.230.2\nnodesync: updated {}\n",
+            out.display()
+        )
+    );
+    let metrics = std::fs::read_to_string(&prom).unwrap();
+    assert!(
+        metrics.contains("nodesync_nodes{family=\"ipv4\"} 2\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("nodesync_consecutive_failures 0\n"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_source_falls_back_to_the_last_good_list() {
+    let server = NodesServer::start(Reply::nodes(&["195.208.184.200"])).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("allow.conf");
+    let prom = dir.path().join("nodesync.prom");
+    let base = [
+        "--emit",
+        "nginx",
+        "--output",
+        out.to_str().unwrap(),
+        "--textfile",
+        prom.to_str().unwrap(),
+    ];
+    assert_eq!(
+        run_async(args(&base, dir.path(), &server.url())).await.code,
+        0
+    );
+    let good = std::fs::read_to_string(&out).unwrap();
+
+    for (reply, says) in [
+        (Reply::Status(500, "oops".into()), "HTTP 500"),
+        (
+            Reply::raw(
+                "<html><body>down for maintenance</body></html>",
+                "text/html",
+            ),
+            "HTML page",
+        ),
+        (Reply::raw(r#"{"nodes": []}"#, "application/json"), "empty"),
+    ] {
+        server.set(reply);
+        age_cache(dir.path(), 61);
+        let r = run_async(args(&base, dir.path(), &server.url())).await;
+        assert_eq!(r.code, 3, "{}", r.stderr);
+        assert!(
+            r.stderr.contains(says) && r.stderr.contains("using the last good list"),
+            "{}",
+            r.stderr
+        );
+        assert_eq!(
+            r.stdout, "",
+            "the output did not change, so nothing else is said"
+        );
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), good);
+    }
+    let metrics = std::fs::read_to_string(&prom).unwrap();
+    assert!(
+        metrics.contains("nodesync_consecutive_failures 3\n"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nothing_usable_is_exit_1_and_nothing_is_emitted() {
+    let server = NodesServer::start(Reply::Status(503, "busy".into())).await;
+    let dir = tempfile::tempdir().unwrap();
+    let r = run_async(args(&["--emit", "plain"], dir.path(), &server.url())).await;
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(r.stdout, "");
+    assert!(r.stderr.contains("no cached list"), "{}", r.stderr);
+    // Offline with no cache: same.
+    let offline = run_async(args(
+        &["--emit", "plain", "--offline"],
+        dir.path(),
+        &server.url(),
+    ))
+    .await;
+    assert_eq!(offline.code, 1, "{}", offline.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_shrink_is_refused_unless_forced() {
+    let server =
+        NodesServer::start(Reply::nodes(&["1.1.1.1", "2.2.2.2", "3.3.3.3", "4.4.4.4"])).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("list.txt");
+    let base = ["--emit", "plain", "--output", out.to_str().unwrap()];
+    assert_eq!(
+        run_async(args(&base, dir.path(), &server.url())).await.code,
+        0
+    );
+
+    server.set(Reply::nodes(&["1.1.1.1"]));
+    age_cache(dir.path(), 61);
+    let refused = run_async(args(&base, dir.path(), &server.url())).await;
+    assert_eq!(refused.code, 3, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("75%") && refused.stderr.contains("--force"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count(), 4);
+
+    age_cache(dir.path(), 61);
+    let mut forced = base.to_vec();
+    forced.push("--force");
+    let accepted = run_async(args(&forced, dir.path(), &server.url())).await;
+    assert_eq!(accepted.code, 0, "{}", accepted.stderr);
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "1.1.1.1\n");
+}
+
+#[test]
+fn offline_uses_the_cache_and_usage_errors_are_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = common::workspace_file("deploy/examples/app.json");
+    let cache = dir.path().join("cache.json");
+    let with = |extra: &[&str]| {
+        let mut a = vec![
+            "--source",
+            example.to_str().unwrap(),
+            "--cache",
+            cache.to_str().unwrap(),
+        ];
+        a.extend_from_slice(extra);
+        run(&a)
+    };
+    let json = with(&["--emit", "json"]);
+    assert_eq!(json.code, 0, "{}", json.stderr);
+    assert!(json.stdout.contains("\"195.208.184.200\""));
+    // The file source is gone; --offline still has the list.
+    let offline = run(&[
+        "--source",
+        "/nonexistent/app.json",
+        "--cache",
+        cache.to_str().unwrap(),
+        "--emit",
+        "plain",
+        "--offline",
+    ]);
+    assert_eq!(offline.code, 0, "{}", offline.stderr);
+    assert!(offline.stdout.contains("195.208.184.200\n"));
+
+    let bad = with(&["--emit", "nftables", "--extra", "not-a-network"]);
+    assert_eq!(bad.code, 2);
+    assert!(bad.stderr.contains("--extra"), "{}", bad.stderr);
+    assert_eq!(with(&["--emit", "yaml"]).code, 2);
+    let help = run(&["--help"]);
+    assert!(help.stdout.contains("Exit codes:") && help.stdout.contains("--max-shrink"));
+}
