@@ -1,0 +1,118 @@
+//! Compatibility with the official Python SDK (`b24pysdk` from PyPI): the
+//! test makes a venv under the cargo target dir, installs the SDK, and runs
+//! `tests/sdk/compat.py` against an HTTPS emulated portal. Where the SDK and
+//! the emulator disagree, the emulator is wrong.
+//!
+//! Needs `python3` with the `venv` module (Debian: `python3-venv`) and access
+//! to PyPI. Without the venv module the test prints why and skips.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use b24_emulator::Portal;
+use common::SECRET;
+
+fn venv_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("b24pysdk-venv")
+}
+
+fn run(command: &mut Command) -> std::process::Output {
+    command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"))
+}
+
+/// Makes the venv and installs the SDK once; `None` means python3's venv
+/// module is missing on this machine.
+fn sdk_python() -> Option<PathBuf> {
+    let dir = venv_dir();
+    let python = dir.join("bin").join("python3");
+    let installed = python.exists()
+        && run(Command::new(&python).args(["-c", "import b24pysdk"]))
+            .status
+            .success();
+    if installed {
+        return Some(python);
+    }
+    let made = run(Command::new("python3")
+        .args(["-m", "venv", "--clear"])
+        .arg(&dir));
+    if !made.status.success() {
+        eprintln!(
+            "SKIPPED python SDK compatibility test: `python3 -m venv` failed (install the Debian package python3-venv): {}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        return None;
+    }
+    let pip = run(Command::new(&python).args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "b24pysdk",
+    ]));
+    assert!(
+        pip.status.success(),
+        "pip install b24pysdk failed: {}",
+        String::from_utf8_lossy(&pip.stderr)
+    );
+    Some(python)
+}
+
+fn write_ca(dir: &Path, pem: &str) -> PathBuf {
+    let path = dir.join("emulator-ca.pem");
+    std::fs::write(&path, pem).expect("write certificate");
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_python_sdk_sees_a_bitrix24_portal() {
+    let Some(python) = tokio::task::spawn_blocking(sdk_python).await.unwrap() else {
+        return;
+    };
+    let portal = Portal::builder()
+        .domain("sdk.test")
+        .webhook(1, SECRET, &["crm", "user"])
+        .tls_self_signed()
+        .start()
+        .await
+        .expect("portal starts");
+    let scratch = tempfile::tempdir().unwrap();
+    let ca = write_ca(
+        scratch.path(),
+        portal
+            .certificate_pem()
+            .expect("TLS portal has a certificate"),
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/compat.py");
+    let domain = format!("127.0.0.1:{}", portal.addr().port());
+    let mut command = tokio::process::Command::new(&python);
+    command
+        .arg(&script)
+        .arg(&domain)
+        .arg(format!("1/{SECRET}"))
+        .arg(portal.url())
+        .arg(&ca)
+        .env("REQUESTS_CA_BUNDLE", &ca)
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(300), command.output())
+        .await
+        .expect("SDK script finished in time")
+        .expect("SDK script ran");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}");
+    assert!(
+        output.status.success() && stdout.contains("SDK COMPATIBLE"),
+        "SDK disagrees with the emulator:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        !stderr.contains(SECRET) && !stdout.contains(SECRET),
+        "the webhook secret leaked into the SDK's output"
+    );
+    portal.shutdown().await;
+}
