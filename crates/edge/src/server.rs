@@ -226,9 +226,11 @@ pub async fn start(config: Config) -> Result<EdgeHandle, StartError> {
             tokio::spawn(accept_loop(
                 listener,
                 AcceptContext {
-                    state: state.clone(),
-                    acceptor: acceptor.clone(),
-                    http: http.clone(),
+                    conn: ConnContext {
+                        state: state.clone(),
+                        acceptor: acceptor.clone(),
+                        http: http.clone(),
+                    },
                     permits: permits.clone(),
                     graceful: graceful.clone(),
                 },
@@ -269,11 +271,18 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// What each connection's task needs.
 #[derive(Clone)]
-struct AcceptContext {
+struct ConnContext {
     state: Arc<EdgeState>,
     acceptor: TlsAcceptor,
     http: auto::Builder<TokioExecutor>,
+}
+
+/// What an accept loop needs. The shutdown handle stays here: connection
+/// tasks get a watcher, so that [`EdgeHandle::shutdown`] can own it again.
+struct AcceptContext {
+    conn: ConnContext,
     permits: Arc<Semaphore>,
     graceful: Arc<GracefulShutdown>,
 }
@@ -299,7 +308,13 @@ async fn accept_loop(listener: TcpListener, ctx: AcceptContext, stop: Cancellati
             _ = stop.cancelled() => return,
         };
         let watcher = ctx.graceful.watcher();
-        tokio::spawn(serve_connection(ctx.clone(), stream, peer, watcher, permit));
+        tokio::spawn(serve_connection(
+            ctx.conn.clone(),
+            stream,
+            peer,
+            watcher,
+            permit,
+        ));
     }
 }
 
@@ -313,7 +328,7 @@ impl Drop for OpenConnection {
 }
 
 async fn serve_connection(
-    ctx: AcceptContext,
+    ctx: ConnContext,
     mut stream: TcpStream,
     peer: SocketAddr,
     watcher: Watcher,

@@ -1,0 +1,271 @@
+//! Who gets through: the nodes list, `any` and CIDR routes, IPv6, HTTP/1.1
+//! and h2 — real sockets, real TLS.
+
+mod common;
+
+use b24_testkit::{NodesServer, Reply};
+use common::*;
+
+fn nodes_section_url(server: &NodesServer, dir: &std::path::Path) -> String {
+    format!(
+        "[nodes]\nsource = \"{}\"\ncache = \"{}\"\n",
+        server.url(),
+        dir.join("nodes-cache.json").display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_are_admitted_and_others_get_403() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = TestCerts::new(dir.path());
+    let upstream = Upstream::start().await;
+    let nodes = NodesServer::start(Reply::nodes(&["127.0.0.2", "127.0.1.0/24"])).await;
+    let edge = start_edge(&format!(
+        "{}{}{}",
+        server_section(&certs, "127.0.0.1:0", ""),
+        nodes_section_url(&nodes, dir.path()),
+        route("/", &upstream.url(), &["nodes"]),
+    ))
+    .await;
+    // The first refresh happens at start-up.
+    eventually("the list is loaded", || async {
+        edge.nodes().current().is_some()
+    })
+    .await;
+    assert_eq!(nodes.hits(), 1);
+
+    let (status, body) = get(
+        &client(&certs, "127.0.0.2", false),
+        &url(&edge, "/hook?x=1"),
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (200, "upstream saw /hook"));
+    let seen = upstream.seen();
+    assert_eq!(seen.len(), 1);
+    let headers = &seen[0].headers;
+    assert_eq!(headers["x-forwarded-for"], "127.0.0.2");
+    assert_eq!(headers["x-real-ip"], "127.0.0.2");
+    assert_eq!(headers["x-forwarded-proto"], "https");
+    assert_eq!(headers["x-forwarded-host"], edge.addrs()[0].to_string());
+    assert_eq!(headers["host"], edge.addrs()[0].to_string());
+
+    // A CIDR entry of the list admits every address in it.
+    let (status, _) = get(&client(&certs, "127.0.1.77", false), &url(&edge, "/hook")).await;
+    assert_eq!(status, 200);
+    assert_eq!(upstream.count(), 2);
+
+    let (status, body) = get(&client(&certs, "127.0.0.3", false), &url(&edge, "/hook")).await;
+    assert_eq!(status, 403);
+    assert!(body.len() < 64, "a short body: {body:?}");
+    assert_eq!(
+        upstream.count(),
+        2,
+        "a denied request never reaches the upstream"
+    );
+
+    let metrics = scrape(&edge).await;
+    assert_eq!(
+        sample(&metrics, "b24_edge_denials_total{reason=\"not_in_nodes\"}"),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "b24_edge_requests_total{route=\"/\",status=\"200\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "b24_edge_requests_total{route=\"/\",status=\"403\"}"
+        ),
+        1.0
+    );
+    assert!(edge.shutdown().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_and_cidr_routes_and_longest_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = TestCerts::new(dir.path());
+    let upstream = Upstream::start().await;
+    let list = dir.path().join("app.json");
+    replace_file(&list, nodes_json(&["127.0.0.2"]).as_bytes());
+    let edge = start_edge(&format!(
+        "{}[nodes]\nsource = \"{}\"\n{}{}{}{}",
+        server_section(&certs, "127.0.0.1:0", ""),
+        list.display(),
+        route("/", &upstream.url(), &["nodes"]),
+        route("/public/", &upstream.url(), &["any"]),
+        route(
+            "/office/",
+            &upstream.url(),
+            &["127.0.0.4/32", "127.0.2.0/24"]
+        ),
+        route("/office/events/", &upstream.url(), &["nodes"]),
+    ))
+    .await;
+    eventually("the list is loaded", || async {
+        edge.nodes().current().is_some()
+    })
+    .await;
+    let stranger = client(&certs, "127.0.0.3", false);
+    let office = client(&certs, "127.0.2.9", false);
+    let node = client(&certs, "127.0.0.2", false);
+
+    assert_eq!(get(&stranger, &url(&edge, "/public/status")).await.0, 200);
+    assert_eq!(get(&stranger, &url(&edge, "/office/a")).await.0, 403);
+    assert_eq!(get(&office, &url(&edge, "/office/a")).await.0, 200);
+    assert_eq!(
+        get(
+            &client(&certs, "127.0.0.4", false),
+            &url(&edge, "/office/a")
+        )
+        .await
+        .0,
+        200
+    );
+    // The longer prefix wins: the office network is not a node.
+    assert_eq!(get(&office, &url(&edge, "/office/events/1")).await.0, 403);
+    assert_eq!(get(&node, &url(&edge, "/office/events/1")).await.0, 200);
+    assert_eq!(get(&node, &url(&edge, "/office/a")).await.0, 403);
+    assert_eq!(upstream.count(), 4);
+    let paths: Vec<String> = upstream.seen().into_iter().map(|s| s.path).collect();
+    assert_eq!(
+        paths,
+        [
+            "/public/status",
+            "/office/a",
+            "/office/a",
+            "/office/events/1"
+        ]
+    );
+
+    let metrics = scrape(&edge).await;
+    assert_eq!(
+        sample(&metrics, "b24_edge_denials_total{reason=\"not_allowed\"}"),
+        2.0
+    );
+    assert_eq!(
+        sample(&metrics, "b24_edge_denials_total{reason=\"not_in_nodes\"}"),
+        1.0
+    );
+    assert!(edge.shutdown().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_route_is_denied() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = TestCerts::new(dir.path());
+    let upstream = Upstream::start().await;
+    let edge = start_edge(&format!(
+        "{}{}",
+        server_section(&certs, "127.0.0.1:0", ""),
+        route("/hooks/", &upstream.url(), &["any"]),
+    ))
+    .await;
+    let anyone = client(&certs, "127.0.0.3", false);
+    assert_eq!(get(&anyone, &url(&edge, "/hooks/1")).await.0, 200);
+    assert_eq!(get(&anyone, &url(&edge, "/elsewhere")).await.0, 403);
+    assert_eq!(upstream.count(), 1);
+    let metrics = scrape(&edge).await;
+    assert_eq!(
+        sample(&metrics, "b24_edge_denials_total{reason=\"no_route\"}"),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "b24_edge_requests_total{route=\"none\",status=\"403\"}"
+        ),
+        1.0
+    );
+    // No route uses the nodes list, so there is nothing to be unready about.
+    assert_eq!(admin_get(&edge, "/readyz").await.0, 200);
+    assert!(edge.shutdown().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = TestCerts::new(dir.path());
+    let upstream = Upstream::start().await;
+    let list = dir.path().join("app.json");
+    replace_file(&list, nodes_json(&["::1"]).as_bytes());
+    let edge = start_edge(&format!(
+        "{}[nodes]\nsource = \"{}\"\n{}{}",
+        server_section(&certs, "[::1]:0", ""),
+        list.display(),
+        route("/", &upstream.url(), &["nodes"]),
+        route("/v4/", &upstream.url(), &["127.0.0.0/8"]),
+    ))
+    .await;
+    eventually("the list is loaded", || async {
+        edge.nodes().current().is_some()
+    })
+    .await;
+    let v6 = client(&certs, "::1", false);
+    let (status, body) = get(&v6, &url(&edge, "/hook")).await;
+    assert_eq!((status, body.as_str()), (200, "upstream saw /hook"));
+    assert_eq!(upstream.seen()[0].headers["x-forwarded-for"], "::1");
+    assert_eq!(get(&v6, &url(&edge, "/v4/x")).await.0, 403);
+    assert_eq!(upstream.count(), 1);
+    assert!(edge.shutdown().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_and_streaming_bodies() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = TestCerts::new(dir.path());
+    let upstream = Upstream::start().await;
+    let list = dir.path().join("app.json");
+    replace_file(&list, nodes_json(&["127.0.0.2"]).as_bytes());
+    let edge = start_edge(&format!(
+        "{}[nodes]\nsource = \"{}\"\n{}",
+        server_section(&certs, "127.0.0.1:0", ""),
+        list.display(),
+        route("/", &upstream.url(), &["nodes"]),
+    ))
+    .await;
+    eventually("the list is loaded", || async {
+        edge.nodes().current().is_some()
+    })
+    .await;
+
+    // ALPN picks h2 when the client offers it.
+    let h2 = client(&certs, "127.0.0.2", true);
+    let response = h2.get(url(&edge, "/over-h2")).send().await.unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "upstream saw /over-h2");
+    assert_eq!(upstream.seen()[0].headers["x-forwarded-for"], "127.0.0.2");
+    let denied = client(&certs, "127.0.0.3", true)
+        .get(url(&edge, "/over-h2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (denied.version(), denied.status().as_u16()),
+        (reqwest::Version::HTTP_2, 403)
+    );
+
+    // A 4 MiB upload sent in chunks, echoed back in full, over both protocols.
+    for client in [h2, client(&certs, "127.0.0.2", false)] {
+        let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+            (0..64).map(|i| Ok(vec![i as u8; 64 * 1024])).collect();
+        let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
+        let response = client
+            .post(url(&edge, "/echo"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let echoed = response.bytes().await.unwrap();
+        assert_eq!(echoed.len(), 4 * 1024 * 1024);
+        assert!(echoed[..64 * 1024].iter().all(|b| *b == 0));
+        assert!(echoed[63 * 64 * 1024..].iter().all(|b| *b == 63));
+    }
+    assert!(edge.shutdown().await);
+}
