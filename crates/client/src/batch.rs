@@ -5,9 +5,9 @@
 
 use std::collections::HashMap;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use crate::client::{BodyFormat, validate_method};
+use crate::client::{BodyFormat, EncodedBody, validate_method};
 use crate::references::{UnresolvedReference, substitute_earlier_results};
 use crate::response::as_count;
 use crate::retry::is_read_method;
@@ -127,7 +127,8 @@ pub struct BatchOutcome {
     pub commands: Vec<(BatchCommand, CommandOutcome)>,
     /// Why the batch stopped early, if it did (the error of a whole request).
     pub stopped_by: Option<Error>,
-    /// HTTP requests sent (one per chunk of at most 50 commands).
+    /// `batch` requests made, one per chunk of at most 50 commands (a retry
+    /// of the same chunk is not counted again).
     pub requests: usize,
     halt_on_error: bool,
 }
@@ -186,15 +187,12 @@ impl Client {
                 break;
             }
             let offset = chunk_index * MAX_BATCH_COMMANDS;
-            let mut cmd = Map::new();
+            let mut cmd: Vec<(&str, String)> = Vec::new();
             let mut sent = Vec::new();
             for (index, command) in chunk.iter().enumerate() {
                 match substitute_earlier_results(&command.params, &earlier) {
                     Ok(params) => {
-                        cmd.insert(
-                            command.name.clone(),
-                            Value::String(command_line(command, &params)),
-                        );
+                        cmd.push((&command.name, command_line(command, &params)));
                         sent.push(offset + index);
                     }
                     Err(UnresolvedReference(missing)) => {
@@ -211,15 +209,9 @@ impl Client {
                 let read_only = sent
                     .iter()
                     .all(|&i| is_read_method(&batch.commands[i].method));
-                let params = serde_json::json!({
-                    "halt": u8::from(batch.halt_on_error),
-                    "cmd": cmd,
-                });
+                let body = batch_body(batch.halt_on_error, &cmd);
                 requests += 1;
-                match self
-                    .execute("batch", &params, BodyFormat::Json, read_only)
-                    .await
-                {
+                match self.execute("batch", &body, read_only).await {
                     Ok(response) => {
                         for &i in &sent {
                             let outcome = command_outcome(
@@ -260,6 +252,26 @@ impl Client {
             requests,
             halt_on_error: batch.halt_on_error,
         }
+    }
+}
+
+/// `{"halt":0,"cmd":{"name":"method?query",..}}` with the commands in the
+/// order they were added: Bitrix24 runs them in body order, and
+/// `serde_json::Map` would sort them by name.
+fn batch_body(halt_on_error: bool, cmd: &[(&str, String)]) -> EncodedBody {
+    let mut body = format!("{{\"halt\":{},\"cmd\":{{", u8::from(halt_on_error));
+    for (index, (name, line)) in cmd.iter().enumerate() {
+        if index > 0 {
+            body.push(',');
+        }
+        body.push_str(&Value::from(*name).to_string());
+        body.push(':');
+        body.push_str(&Value::from(line.as_str()).to_string());
+    }
+    body.push_str("}}");
+    EncodedBody {
+        bytes: body.into_bytes(),
+        format: BodyFormat::Json,
     }
 }
 
@@ -347,6 +359,22 @@ mod tests {
         assert!(batch.push("ok", "crm.item.get?x=1", Value::Null).is_err());
         assert!(batch.push("ok", "crm.item.get", json!([1])).is_err());
         assert_eq!(batch.len(), 1);
+    }
+
+    #[test]
+    fn batch_body_keeps_the_command_order() {
+        let cmd = vec![
+            ("z_contact", "crm.contact.add?fields[NAME]=A".to_owned()),
+            (
+                "a_deal",
+                "crm.item.add?fields[contactId]=%24result%5Bz_contact%5D".to_owned(),
+            ),
+        ];
+        let body = batch_body(true, &cmd);
+        assert_eq!(
+            String::from_utf8(body.bytes).unwrap(),
+            r#"{"halt":1,"cmd":{"z_contact":"crm.contact.add?fields[NAME]=A","a_deal":"crm.item.add?fields[contactId]=%24result%5Bz_contact%5D"}}"#
+        );
     }
 
     #[test]

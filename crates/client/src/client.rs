@@ -194,20 +194,18 @@ impl Client {
         params: &Value,
         format: BodyFormat,
     ) -> Result<Response, Error> {
-        self.execute(method, params, format, is_read_method(method))
-            .await
+        let body = encode_body(params, format)?;
+        self.execute(method, &body, is_read_method(method)).await
     }
 
     pub(crate) async fn execute(
         &self,
         method: &str,
-        params: &Value,
-        format: BodyFormat,
+        body: &EncodedBody,
         read_only: bool,
     ) -> Result<Response, Error> {
         validate_method(method)?;
         let inner = &*self.inner;
-        let body = encode_body(params, format)?;
         let mut attempt = 0u32;
         let mut refreshed = false;
         loop {
@@ -222,7 +220,7 @@ impl Client {
                 Auth::OAuth(session) => session.method_url(method),
             };
             let started = Instant::now();
-            let sent = self.send(url, &body, format).await;
+            let sent = self.send(url, body).await;
             let elapsed = started.elapsed();
             let (outcome, status, verdict) = self.judge(method, read_only, sent);
             inner.observer.request_finished(&RequestEvent {
@@ -295,13 +293,8 @@ impl Client {
         Ok(())
     }
 
-    async fn send(
-        &self,
-        url: Url,
-        body: &[u8],
-        format: BodyFormat,
-    ) -> Result<(u16, Vec<u8>), reqwest::Error> {
-        let content_type = match format {
+    async fn send(&self, url: Url, body: &EncodedBody) -> Result<(u16, Vec<u8>), reqwest::Error> {
+        let content_type = match body.format {
             BodyFormat::Json => "application/json",
             BodyFormat::Form => "application/x-www-form-urlencoded",
         };
@@ -311,7 +304,7 @@ impl Client {
             .post(url)
             .header(CONTENT_TYPE, content_type)
             .header(ACCEPT, "application/json")
-            .body(body.to_vec())
+            .body(body.bytes.clone())
             .send()
             .await?;
         let status = response.status().as_u16();
@@ -456,7 +449,13 @@ pub(crate) fn validate_method(method: &str) -> Result<(), Error> {
     }
 }
 
-fn encode_body(params: &Value, format: BodyFormat) -> Result<Vec<u8>, Error> {
+/// A request body ready to send (and to resend on a retry).
+pub(crate) struct EncodedBody {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) format: BodyFormat,
+}
+
+pub(crate) fn encode_body(params: &Value, format: BodyFormat) -> Result<EncodedBody, Error> {
     match params {
         Value::Null | Value::Object(_) => {}
         _ => {
@@ -465,11 +464,12 @@ fn encode_body(params: &Value, format: BodyFormat) -> Result<Vec<u8>, Error> {
             ));
         }
     }
-    Ok(match format {
+    let bytes = match format {
         BodyFormat::Json if params.is_null() => b"{}".to_vec(),
         BodyFormat::Json => serde_json::to_vec(params).expect("a JSON value serializes"),
         BodyFormat::Form => b24_phpform::encode(params).into_bytes(),
-    })
+    };
+    Ok(EncodedBody { bytes, format })
 }
 
 #[cfg(test)]
@@ -489,17 +489,14 @@ mod tests {
 
     #[test]
     fn bodies() {
-        assert_eq!(encode_body(&Value::Null, BodyFormat::Json).unwrap(), b"{}");
+        let bytes = |params: Value, format| encode_body(&params, format).unwrap().bytes;
+        assert_eq!(bytes(Value::Null, BodyFormat::Json), b"{}");
+        assert_eq!(bytes(json!({"id": 5}), BodyFormat::Json), br#"{"id":5}"#);
         assert_eq!(
-            encode_body(&json!({"id": 5}), BodyFormat::Json).unwrap(),
-            br#"{"id":5}"#
-        );
-        assert_eq!(
-            encode_body(
-                &json!({"fields": {"PHONE": [{"VALUE": "1"}]}}),
+            bytes(
+                json!({"fields": {"PHONE": [{"VALUE": "1"}]}}),
                 BodyFormat::Form
-            )
-            .unwrap(),
+            ),
             b"fields[PHONE][0][VALUE]=1"
         );
         assert!(encode_body(&json!([1]), BodyFormat::Json).is_err());
