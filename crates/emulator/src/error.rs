@@ -66,6 +66,14 @@ impl ApiError {
         )
     }
 
+    pub fn invalid_token() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            "The access token provided is invalid.",
+        )
+    }
+
     pub fn insufficient_scope() -> Self {
         Self::new(
             StatusCode::FORBIDDEN,

@@ -234,10 +234,9 @@ impl FieldDef {
         multiple: bool,
         options: Vec<EnumOption>,
     ) -> Self {
-        let camel = camel.map(str::to_string).unwrap_or_else(|| {
-            let rest = upper.strip_prefix("UF_CRM_").unwrap_or(upper);
-            format!("ufCrm_{rest}")
-        });
+        let camel = camel
+            .map(str::to_string)
+            .unwrap_or_else(|| camel_user_field_name(upper));
         Self {
             camel,
             upper: upper.to_string(),
@@ -303,6 +302,42 @@ impl FieldDef {
     pub fn describe_legacy(&self) -> Value {
         Value::Object(self.describe_common(true))
     }
+}
+
+/// Bitrix24's camelCase name of a user field. The "regular" conversion
+/// applies to `UF_CRM_<number>_<digits or letters>` (`UF_CRM_10_5186744711` →
+/// `ufCrm10_5186744711`, `UF_CRM_3_DIGIT` → `ufCrm3Digit`); every other name
+/// only has its prefix replaced so it stays reversible (`UF_CRM_1747309879` →
+/// `ufCrm_1747309879`, `UF_CRM_3_DIGIT10` → `ufCrm_3_DIGIT10`).
+pub fn camel_user_field_name(upper: &str) -> String {
+    let Some(rest) = upper.strip_prefix("UF_CRM_") else {
+        return upper.to_string();
+    };
+    if let Some((number, tail)) = rest.split_once('_') {
+        let numbered = !number.is_empty() && number.chars().all(|c| c.is_ascii_digit());
+        if numbered && !tail.is_empty() && tail.chars().all(|c| c.is_ascii_digit()) {
+            return format!("ufCrm{number}_{tail}");
+        }
+        let words: Vec<&str> = tail.split('_').collect();
+        let letters_only = words
+            .iter()
+            .all(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_uppercase()));
+        if numbered && letters_only {
+            let pascal: String = words
+                .iter()
+                .map(|w| {
+                    let lower = w.to_ascii_lowercase();
+                    let mut chars = lower.chars();
+                    chars
+                        .next()
+                        .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
+                        .unwrap_or_default()
+                })
+                .collect();
+            return format!("ufCrm{number}{pascal}");
+        }
+    }
+    format!("ufCrm_{rest}")
 }
 
 /// The built-in fields of an entity type, in the order Bitrix24 lists them.
@@ -465,6 +500,21 @@ mod tests {
         assert_eq!(def.camel, "ufCrm_1721244707107");
         assert_eq!(def.describe_item()["upperName"], "UF_CRM_1721244707107");
         assert_eq!(def.describe_item()["isDynamic"], true);
+    }
+
+    #[test]
+    fn user_field_camel_names_follow_the_documented_table() {
+        for (upper, camel) in [
+            ("UF_CRM_3_DIGIT", "ufCrm3Digit"),
+            ("UF_CRM_3_1747309727", "ufCrm3_1747309727"),
+            ("UF_CRM_3_DIGIT10", "ufCrm_3_DIGIT10"),
+            ("UF_CRM_3_DIGIT_10", "ufCrm_3_DIGIT_10"),
+            ("UF_CRM_1747309879", "ufCrm_1747309879"),
+            ("UF_CRM_10_5186744711", "ufCrm10_5186744711"),
+            ("UF_CRM_COLOR", "ufCrm_COLOR"),
+        ] {
+            assert_eq!(camel_user_field_name(upper), camel, "{upper}");
+        }
     }
 
     #[test]

@@ -139,7 +139,18 @@ async fn handle(
         [user_id, secret, method] if !method.is_empty() => (*user_id, *secret, *method),
         // `/rest/METHOD?auth=...` is the application (OAuth) form; no
         // application is installed on the emulator, so no token is valid.
-        _ => return Ok(error_response(&ApiError::no_auth_found())),
+        _ => {
+            let has_token = req
+                .uri()
+                .query()
+                .is_some_and(|q| q.split('&').any(|p| p.starts_with("auth=")));
+            let error = if has_token {
+                ApiError::invalid_token()
+            } else {
+                ApiError::no_auth_found()
+            };
+            return Ok(error_response(&error));
+        }
     };
     let method = exec::method_name(raw_method);
     let Some(webhook) = shared.webhook(user_id, secret).cloned() else {

@@ -140,6 +140,20 @@ async fn auth_scope_and_unknown_method_errors_match_bitrix() {
         .await
         .unwrap();
     assert_eq!(no_auth.status().as_u16(), 401);
+    assert_eq!(
+        no_auth.json::<Value>().await.unwrap()["error"],
+        "NO_AUTH_FOUND"
+    );
+    let bad_token = http
+        .post(format!("{}/rest/crm.item.list?auth=abc", portal.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_token.status().as_u16(), 401);
+    assert_eq!(
+        bad_token.json::<Value>().await.unwrap()["error"],
+        "invalid_token"
+    );
 
     let no_scope = http
         .post(format!("{}crm.deal.list", portal.webhook_url(2, "nocrm")))
@@ -369,6 +383,28 @@ async fn list_fields_carry_portal_specific_option_ids() {
     )
     .await;
     assert_eq!(status, 200);
+    let (status, legacy) = call(
+        &target,
+        "crm.deal.add",
+        json!({"fields": {"UF_CRM_COLOR": 45}}),
+    )
+    .await;
+    assert_eq!(
+        (status, legacy["error"].as_str()),
+        (400, Some("")),
+        "the deprecated API answers with an empty code: {legacy}"
+    );
+    let (status, scalar) = call(
+        &target,
+        "crm.item.add",
+        json!({"entityTypeId": 2, "fields": {"contactIds": 5}}),
+    )
+    .await;
+    assert_eq!(
+        (status, scalar["error"].as_str()),
+        (400, Some("100")),
+        "a multiple field needs a list: {scalar}"
+    );
     let (status, wrong) = call(
         &target,
         "crm.item.add",

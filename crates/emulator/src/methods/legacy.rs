@@ -64,7 +64,11 @@ fn get(call: &Call<'_>, entity: EntityType) -> MethodResult {
 
 fn add(call: &Call<'_>, entity: EntityType) -> MethodResult {
     let input = fields_param(call)?;
-    let (id, change) = call.shared.store().add(entity, &input, write_ctx(call))?;
+    let (id, change) = call
+        .shared
+        .store()
+        .add(entity, &input, write_ctx(call))
+        .map_err(as_legacy)?;
     call.shared.outbound.on_change(call.shared, &change);
     Ok(Output::value(json!(id)))
 }
@@ -78,6 +82,16 @@ fn update(call: &Call<'_>, entity: EntityType) -> MethodResult {
         .update(entity, id, &input, write_ctx(call))?;
     call.shared.outbound.on_change(call.shared, &change);
     Ok(Output::value(json!(true)))
+}
+
+/// The old CRM classes report validation problems as a bare 400 with an
+/// empty error code and the message in `error_description`.
+fn as_legacy(err: ApiError) -> ApiError {
+    if err.status == http::StatusCode::BAD_REQUEST {
+        ApiError::legacy(err.description)
+    } else {
+        err
+    }
 }
 
 fn resolve_legacy(state: &State, entity: EntityType, name: &str) -> Option<String> {

@@ -276,6 +276,17 @@ impl State {
                 continue;
             }
             given.push(def.camel.clone());
+            let scalar = !matches!(raw, Value::Array(_) | Value::Object(_) | Value::Null);
+            if ctx.api == Api::Item && def.multiple && scalar && def.multifield_type.is_none() {
+                return Err(ApiError::new(
+                    http::StatusCode::BAD_REQUEST,
+                    "100",
+                    format!(
+                        "Expected iterable value for multiple field, but got {} instead",
+                        php_type(raw)
+                    ),
+                ));
+            }
             match def.kind {
                 FieldKind::Multifield => match def.multifield_type {
                     Some(type_id) => multifields.extend(
@@ -449,6 +460,16 @@ impl State {
             out.insert("entityTypeId".into(), json!(entity.type_id()));
         }
         out
+    }
+}
+
+fn php_type(value: &Value) -> &'static str {
+    match value {
+        Value::String(_) => "string",
+        Value::Number(n) if n.is_f64() => "double",
+        Value::Number(_) => "integer",
+        Value::Bool(_) => "boolean",
+        _ => "array",
     }
 }
 
