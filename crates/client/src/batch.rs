@@ -384,7 +384,7 @@ mod tests {
             method: "crm.item.add".into(),
             params: Value::Null,
         };
-        let params = json!({"entityTypeId": 2, "fields": {"title": "A & B", "contactIds": ["$result[contact]"]}});
+        let params = json!({"entityTypeId": 2, "fields": {"contactIds": ["$result[contact]"], "title": "A & B"}});
         assert_eq!(
             command_line(&command, &params),
             "crm.item.add?entityTypeId=2&fields[contactIds][0]=%24result%5Bcontact%5D&fields[title]=A%20%26%20B"

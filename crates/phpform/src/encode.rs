@@ -120,7 +120,7 @@ mod tests {
     fn scalars() {
         assert_eq!(
             encode(
-                &json!({"t": true, "f": false, "n": null, "i": -42, "u": 18446744073709551615u64})
+                &json!({"f": false, "i": -42, "n": null, "t": true, "u": 18446744073709551615u64})
             ),
             "f=0&i=-42&n=&t=1&u=18446744073709551615"
         );
