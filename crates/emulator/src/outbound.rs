@@ -25,7 +25,7 @@ pub struct EventHandler {
 }
 
 /// The built-in "Webhook" automation rule on a deal stage.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WebhookRule {
     pub stage_id: String,
@@ -50,26 +50,84 @@ fn yes() -> bool {
     true
 }
 
-macro_rules! redacted_debug {
-    ($ty:ident { $($field:ident),* }) => {
-        impl std::fmt::Debug for $ty {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.debug_struct(stringify!($ty))
-                    $(.field(stringify!($field), &self.$field))*
-                    .field("application_token", &"[redacted]")
-                    .finish()
+/// A URL fit for Debug output: a handler URL may carry a secret in its
+/// query string (`?secret=...`) or user info, so both are hidden.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            let had_query = parsed.query().is_some();
+            parsed.set_query(None);
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            let mut text = parsed.to_string();
+            if had_query {
+                text.push_str("?[redacted]");
             }
+            text
         }
-    };
+        Err(_) => "[unparsable url]".into(),
+    }
 }
-redacted_debug!(EventHandler { event, url });
-redacted_debug!(RobotHandler {
-    code,
-    handler,
-    stage_id,
-    properties,
-    use_subscription
-});
+
+impl std::fmt::Debug for EventHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventHandler")
+            .field("event", &self.event)
+            .field("url", &redact_url(&self.url))
+            .field("application_token", &"[redacted]")
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for RobotHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RobotHandler")
+            .field("code", &self.code)
+            .field("handler", &redact_url(&self.handler))
+            .field("stage_id", &self.stage_id)
+            .field("properties", &self.properties)
+            .field("use_subscription", &self.use_subscription)
+            .field("application_token", &"[redacted]")
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for WebhookRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookRule")
+            .field("stage_id", &self.stage_id)
+            .field("url", &redact_url(&self.url))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("kind", &self.kind)
+            .field("url", &redact_url(&self.url))
+            .field(
+                "body",
+                &format_args!("[{} bytes, may hold tokens]", self.body.len()),
+            )
+            .field("status", &self.status)
+            .field("error", &self.error)
+            .field("at", &self.at)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for RobotRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RobotRun")
+            .field("event_token", &"[redacted]")
+            .field("code", &self.code)
+            .field("deal_id", &self.deal_id)
+            .field("return_values", &self.return_values)
+            .field("log_message", &self.log_message)
+            .finish()
+    }
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
@@ -80,7 +138,7 @@ pub struct HandlerSeed {
 }
 
 /// One outbound call and how it went.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Delivery {
     pub kind: String,
@@ -93,7 +151,7 @@ pub struct Delivery {
 }
 
 /// A robot run waiting for (or answered by) `bizproc.event.send`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RobotRun {
     #[serde(skip)]
@@ -395,5 +453,55 @@ fn describe_error(err: &reqwest::Error) -> String {
         "connection failed".into()
     } else {
         "request failed".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_hides_tokens_and_url_secrets() {
+        let handlers = HandlerSeed {
+            events: vec![EventHandler {
+                event: "ONCRMDEALADD".into(),
+                url: "https://u:pw@relay.test/in?key=s1".into(),
+                application_token: "tok-a".into(),
+            }],
+            webhook_rules: vec![WebhookRule {
+                stage_id: "WON".into(),
+                url: "https://relay.test/hook?secret=s2".into(),
+            }],
+            robots: vec![RobotHandler {
+                code: "c".into(),
+                handler: "https://relay.test/robot?k=s3".into(),
+                stage_id: "WON".into(),
+                properties: Map::new(),
+                use_subscription: true,
+                application_token: "tok-b".into(),
+            }],
+        };
+        let delivery = Delivery {
+            kind: "event".into(),
+            url: "https://relay.test/hook?secret=s4".into(),
+            body: "auth[application_token]=tok-c".into(),
+            status: Some(200),
+            error: None,
+            at: 0.0,
+        };
+        let run = RobotRun {
+            event_token: "tok-d".into(),
+            code: "c".into(),
+            deal_id: 1,
+            return_values: None,
+            log_message: None,
+        };
+        let text = format!("{handlers:?} {delivery:?} {run:?}");
+        for secret in [
+            "pw", "s1", "s2", "s3", "s4", "tok-a", "tok-b", "tok-c", "tok-d",
+        ] {
+            assert!(!text.contains(secret), "{secret} leaked: {text}");
+        }
+        assert!(text.contains("https://relay.test/hook?[redacted]"));
     }
 }
