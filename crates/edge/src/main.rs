@@ -7,7 +7,7 @@ use anyhow::Context;
 use b24_edge::{Config, VERSION};
 use clap::{Parser, ValueEnum};
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::{error, info};
+use tracing::info;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
@@ -37,7 +37,7 @@ fn main() -> std::process::ExitCode {
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            error!("{e:#}");
+            // One line on stderr, whatever the log level.
             eprintln!("b24-edge: {e:#}");
             std::process::ExitCode::FAILURE
         }

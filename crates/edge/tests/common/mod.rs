@@ -123,6 +123,7 @@ pub struct Seen {
 pub struct Upstream {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
     _stop: watch::Sender<bool>,
 }
 
@@ -133,6 +134,8 @@ impl Upstream {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let (stop, mut stopped) = watch::channel(false);
         let task_seen = seen.clone();
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let task_connections = connections.clone();
         tokio::spawn(async move {
             loop {
                 let stream = tokio::select! {
@@ -142,6 +145,7 @@ impl Upstream {
                     },
                     _ = stopped.changed() => return,
                 };
+                task_connections.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let seen = task_seen.clone();
                 let mut conn_stopped = stopped.clone();
                 tokio::spawn(async move {
@@ -158,6 +162,7 @@ impl Upstream {
         Upstream {
             addr,
             seen,
+            connections,
             _stop: stop,
         }
     }
@@ -168,6 +173,11 @@ impl Upstream {
 
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn count(&self) -> usize {

@@ -1,0 +1,281 @@
+//! The real `b24-edge` binary: `--version`, `--check-config`, config errors,
+//! SIGHUP certificate reload and SIGTERM drain, and no secrets in its logs.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use common::*;
+use tokio::process::{Child, Command};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_b24-edge");
+
+async fn free_port() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+struct Running {
+    child: Child,
+    https: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+    log: PathBuf,
+}
+
+impl Running {
+    fn signal(&self, signal: i32) {
+        let pid = self.child.id().expect("still running") as i32;
+        // SAFETY: kill(2) with a pid we spawned and a valid signal number.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Starts the binary with `config` (in which `{https}` and `{admin}` are
+/// replaced by free ports) and waits until it answers `/healthz`.
+async fn run_edge(dir: &Path, config: &str) -> Running {
+    let https: std::net::SocketAddr = format!("127.0.0.1:{}", free_port().await).parse().unwrap();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port().await).parse().unwrap();
+    let config = config
+        .replace("{https}", &https.to_string())
+        .replace("{admin}", &admin.to_string());
+    let path = dir.join("edge.toml");
+    std::fs::write(&path, config).unwrap();
+    let log = dir.join("edge.log");
+    let child = Command::new(BINARY)
+        .arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let running = Running {
+        child,
+        https,
+        admin,
+        log,
+    };
+    eventually("the binary answers /healthz", || async {
+        reqwest::get(format!("http://{admin}/healthz"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    running
+}
+
+fn config_text(certs: &TestCerts, dir: &Path, upstream: &Upstream, server_extra: &str) -> String {
+    let cache = dir.join("cache.json");
+    let list = NodeListFile::write(&cache);
+    format!(
+        "[server]\nlisten = \"{{https}}\"\nmetrics_listen = \"{{admin}}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n{server_extra}\n\
+         [nodes]\nsource = \"http://127.0.0.1:9/webhook/app.json?token=s3cret-token\"\ncache = \"{}\"\n\n{}",
+        certs.cert_path.display(),
+        certs.key_path.display(),
+        list.display(),
+        route("/", &upstream.url(), &["nodes"]),
+    )
+}
+
+/// A cache file holding 127.0.0.1, for a source that is never reachable.
+struct NodeListFile;
+
+impl NodeListFile {
+    fn write(path: &Path) -> PathBuf {
+        let list =
+            b24_nodes::NodeList::parse(nodes_json(&["127.0.0.1"]).as_bytes(), &Default::default())
+                .unwrap();
+        let mut record = b24_nodes::CacheRecord::new("http://127.0.0.1:9/webhook/app.json".into());
+        record.set_list(&list);
+        record.store(path).unwrap();
+        path.to_owned()
+    }
+}
+
+#[tokio::test]
+async fn version_names_the_revision() {
+    let output = Command::new(BINARY)
+        .arg("--version")
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        text.starts_with(&format!("b24-edge {} (", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+    assert!(text.trim_end().ends_with(')'), "{text}");
+}
+
+#[tokio::test]
+async fn check_config_accepts_good_and_names_the_bad_key() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = TestCerts::new(dir.path());
+    let upstream = Upstream::start().await;
+    let good = config_text(&certs, dir.path(), &upstream, "")
+        .replace("{https}", "127.0.0.1:8443")
+        .replace("{admin}", "127.0.0.1:9901");
+    let path = dir.path().join("edge.toml");
+    std::fs::write(&path, &good).unwrap();
+    let output = Command::new(BINARY)
+        .arg("--config")
+        .arg(&path)
+        .arg("--check-config")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let cases = [
+        (
+            good.replace("[nodes]", "[nodes]\nrefresh = \"10s\""),
+            "nodes.refresh",
+        ),
+        (
+            good.replace("allow = [\"nodes\"]", "allow = [\"everyone\"]"),
+            "route[0].allow",
+        ),
+        (good.replace("127.0.0.1:8443", "localhost"), "server.listen"),
+        (
+            good.replace(
+                &certs.key_path.display().to_string(),
+                "/nonexistent/key.pem",
+            ),
+            "/nonexistent/key.pem",
+        ),
+    ];
+    for (text, key) in cases {
+        std::fs::write(&path, &text).unwrap();
+        let output = Command::new(BINARY)
+            .arg("--config")
+            .arg(&path)
+            .arg("--check-config")
+            .output()
+            .await
+            .unwrap();
+        assert!(!output.status.success(), "{key}");
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert!(stderr.contains(key), "{key}: {stderr}");
+        assert_eq!(
+            stderr.trim_end().lines().count(),
+            1,
+            "one message: {stderr}"
+        );
+        assert!(!stderr.contains("s3cret"), "{stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_certificate_for_new_connections() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let mut certs = TestCerts::new(dir.path());
+    let upstream = Upstream::start().await;
+    // The file watcher is slowed down so that only SIGHUP can explain a reload.
+    let config = config_text(&certs, dir.path(), &upstream, "tls_reload_poll = \"1h\"");
+    let edge = run_edge(dir.path(), &config).await;
+    let first = certs.leaf_der.clone();
+
+    let tls = tls_over(&certs, tcp_from("127.0.0.1", edge.https).await)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.peer_certificates().unwrap()[0], first);
+    let mut old_conn = h1_over(tls).await;
+    assert_eq!(send_get(&mut old_conn, "/before").await.0, 200);
+
+    certs.issue(2032);
+    let second = certs.leaf_der.clone();
+    let tls = tls_over(&certs, tcp_from("127.0.0.1", edge.https).await)
+        .await
+        .unwrap();
+    assert_eq!(
+        tls.get_ref().1.peer_certificates().unwrap()[0],
+        first,
+        "no reload without a signal"
+    );
+
+    edge.signal(libc::SIGHUP);
+    eventually("new connections get the new certificate", || async {
+        let tls = tls_over(&certs, tcp_from("127.0.0.1", edge.https).await)
+            .await
+            .unwrap();
+        tls.get_ref().1.peer_certificates().unwrap()[0] == second
+    })
+    .await;
+    assert_eq!(
+        send_get(&mut old_conn, "/after").await.0,
+        200,
+        "the old connection still works"
+    );
+    let metrics = reqwest::get(format!("http://{}/metrics", edge.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        sample(&metrics, "b24_edge_certificate_expiry_timestamp_seconds"),
+        1_956_528_000.0
+    );
+    let mut edge = edge;
+    edge.signal(libc::SIGTERM);
+    let status = tokio::time::timeout(GENEROUS, edge.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+    assert!(edge.log().contains("certificate reloaded"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_the_request_in_flight_and_exits_0() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = TestCerts::new(dir.path());
+    let upstream = Upstream::start().await;
+    let config = config_text(&certs, dir.path(), &upstream, "");
+    let mut edge = run_edge(dir.path(), &config).await;
+
+    let tls = tls_over(&certs, tcp_from("127.0.0.1", edge.https).await)
+        .await
+        .unwrap();
+    let mut conn = h1_over(tls).await;
+    let in_flight = tokio::spawn(async move { send_get(&mut conn, "/slow/1500").await });
+    eventually("the slow request reached the upstream", || async {
+        upstream.count() == 1
+    })
+    .await;
+
+    edge.signal(libc::SIGTERM);
+    let (status, body) = tokio::time::timeout(GENEROUS, in_flight)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((status, body.as_str()), (200, "upstream saw /slow/1500"));
+    let exit = tokio::time::timeout(GENEROUS, edge.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+    // Once stopped, nothing accepts connections.
+    assert!(tokio::net::TcpStream::connect(edge.https).await.is_err());
+
+    let log = edge.log();
+    assert!(log.contains("finishing in-flight requests"), "{log}");
+    // The source URL's token never reaches the log, even at debug level and
+    // with the source failing.
+    assert!(log.contains("nodes refresh failed"), "{log}");
+    assert!(!log.contains("s3cret"), "{log}");
+}

@@ -1,0 +1,426 @@
+//! Client addresses behind load balancers (X-Forwarded-For, PROXY v1/v2),
+//! limits and upstream faults, certificate reload on file change, and the
+//! metrics that follow them.
+
+mod common;
+
+use b24_edge::client_ip::encode_v2;
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Nodes: 127.0.0.2 only. Trusted proxy: 127.0.0.5.
+async fn edge_behind_proxy(
+    certs: &TestCerts,
+    dir: &std::path::Path,
+    upstream: &Upstream,
+    proxy_protocol: bool,
+) -> b24_edge::EdgeHandle {
+    let list = dir.join("app.json");
+    replace_file(&list, nodes_json(&["127.0.0.2"]).as_bytes());
+    let edge = start_edge(&format!(
+        "{}[nodes]\nsource = \"{}\"\n[client_ip]\ntrusted_proxies = [\"127.0.0.5/32\"]\nproxy_protocol = {proxy_protocol}\n{}",
+        server_section(certs, "127.0.0.1:0", ""),
+        list.display(),
+        route("/", &upstream.url(), &["nodes"]),
+    ))
+    .await;
+    eventually("the list is loaded", || async {
+        edge.nodes().current().is_some()
+    })
+    .await;
+    edge
+}
+
+async fn get_with_xff(client: &reqwest::Client, url: &str, xff: &str) -> u16 {
+    client
+        .get(url)
+        .header("x-forwarded-for", xff)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_for_is_believed_only_from_trusted_proxies() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = TestCerts::new(dir.path());
+    let upstream = Upstream::start().await;
+    let edge = edge_behind_proxy(&certs, dir.path(), &upstream, false).await;
+    let target = url(&edge, "/x");
+    let balancer = client(&certs, "127.0.0.5", false);
+    let stranger = client(&certs, "127.0.0.3", false);
+
+    assert_eq!(get_with_xff(&balancer, &target, "127.0.0.2").await, 200);
+    let seen = upstream.seen();
+    assert_eq!(seen[0].headers["x-forwarded-for"], "127.0.0.2, 127.0.0.5");
+    assert_eq!(seen[0].headers["x-real-ip"], "127.0.0.2");
+    // The balancer itself is not a node.
+    assert_eq!(get(&balancer, &target).await.0, 403);
+    // A client that prepends a node's address does not become one: the
+    // rightmost untrusted hop counts.
+    assert_eq!(
+        get_with_xff(&balancer, &target, "127.0.0.2, 127.0.0.3").await,
+        403
+    );
+    // The same header from anyone else changes nothing.
+    assert_eq!(get_with_xff(&stranger, &target, "127.0.0.2").await, 403);
+    let node = client(&certs, "127.0.0.2", false);
+    assert_eq!(get_with_xff(&node, &target, "6.6.6.6").await, 200);
+    let seen = upstream.seen();
+    assert_eq!(seen.len(), 2);
+    // The untrusted claim is not passed on either.
+    assert_eq!(seen[1].headers["x-forwarded-for"], "127.0.0.2");
+    assert!(edge.shutdown().await);
+}
+
+async fn proxied_get(
+    certs: &TestCerts,
+    from: &str,
+    edge: &b24_edge::EdgeHandle,
+    header: &[u8],
+) -> std::io::Result<(u16, String)> {
+    let mut tcp = tcp_from(from, edge.addrs()[0]).await;
+    tcp.write_all(header).await?;
+    let tls = tls_over(certs, tcp).await?;
+    let mut sender = h1_over(tls).await;
+    Ok(send_get(&mut sender, "/proxied").await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_v1_and_v2_from_trusted_peers_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = TestCerts::new(dir.path());
+    let upstream = Upstream::start().await;
+    let edge = edge_behind_proxy(&certs, dir.path(), &upstream, true).await;
+    let dst = edge.addrs()[0];
+
+    let v1_node = format!("PROXY TCP4 127.0.0.2 {} 40000 {}\r\n", dst.ip(), dst.port());
+    let (status, _) = proxied_get(&certs, "127.0.0.5", &edge, v1_node.as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(upstream.seen()[0].headers["x-real-ip"], "127.0.0.2");
+    assert_eq!(upstream.seen()[0].headers["x-forwarded-for"], "127.0.0.2");
+
+    let v1_stranger = format!("PROXY TCP4 127.0.0.3 {} 40000 {}\r\n", dst.ip(), dst.port());
+    let (status, _) = proxied_get(&certs, "127.0.0.5", &edge, v1_stranger.as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(status, 403);
+
+    let v2_node = encode_v2("127.0.0.2:40001".parse().unwrap(), dst);
+    assert_eq!(
+        proxied_get(&certs, "127.0.0.5", &edge, &v2_node)
+            .await
+            .unwrap()
+            .0,
+        200
+    );
+    let v2_stranger = encode_v2("127.0.0.3:40001".parse().unwrap(), dst);
+    assert_eq!(
+        proxied_get(&certs, "127.0.0.5", &edge, &v2_stranger)
+            .await
+            .unwrap()
+            .0,
+        403
+    );
+    assert_eq!(upstream.count(), 2);
+
+    // From an untrusted peer a PROXY header is not read: it breaks the TLS
+    // handshake and nobody is admitted.
+    let forged = proxied_get(&certs, "127.0.0.3", &edge, v1_node.as_bytes()).await;
+    assert!(forged.is_err());
+    let forged = proxied_get(&certs, "127.0.0.3", &edge, &v2_node).await;
+    assert!(forged.is_err());
+    // Untrusted peers still connect directly and are judged by their address.
+    assert_eq!(
+        proxied_get(&certs, "127.0.0.2", &edge, b"")
+            .await
+            .unwrap()
+            .0,
+        200
+    );
+    assert_eq!(upstream.count(), 3);
+    // A trusted peer that sends no header is cut off.
+    assert!(proxied_get(&certs, "127.0.0.5", &edge, b"").await.is_err());
+    let metrics = scrape(&edge).await;
+    assert!(sample(&metrics, "b24_edge_tls_handshake_failures_total") >= 3.0);
+    assert!(edge.shutdown().await);
+}
+
+/// Anyone may use `/`; the upstream is configurable per test.
+async fn open_edge(certs: &TestCerts, upstream: &str, server_extra: &str) -> b24_edge::EdgeHandle {
+    start_edge(&format!(
+        "{}{}",
+        server_section(certs, "127.0.0.1:0", server_extra),
+        route("/", upstream, &["any"]),
+    ))
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_over_the_limit_get_413() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = TestCerts::new(dir.path());
+    let upstream = Upstream::start().await;
+    let edge = open_edge(&certs, &upstream.url(), "max_body = \"1KiB\"").await;
+    for http2 in [false, true] {
+        let client = client(&certs, "127.0.0.3", http2);
+        let declared = client
+            .post(url(&edge, "/echo"))
+            .body(vec![b'x'; 2048])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(declared.status(), 413);
+        let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+            (0..8).map(|_| Ok(vec![b'y'; 512])).collect();
+        let streamed = client
+            .post(url(&edge, "/echo"))
+            .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+                chunks,
+            )))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(streamed.status(), 413);
+        let fits = client
+            .post(url(&edge, "/echo"))
+            .body(vec![b'z'; 1024])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(fits.status(), 200);
+        assert_eq!(fits.bytes().await.unwrap().len(), 1024);
+    }
+    // Only the bodies that fit arrived whole.
+    assert!(upstream.seen().iter().all(|s| s.body_len <= 1024));
+    let metrics = scrape(&edge).await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "b24_edge_requests_total{route=\"/\",status=\"413\"}"
+        ),
+        4.0
+    );
+    assert!(edge.shutdown().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_get_the_connection_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = TestCerts::new(dir.path());
+    let upstream = Upstream::start().await;
+    let edge = open_edge(&certs, &upstream.url(), "header_timeout = \"500ms\"").await;
+    let tcp = tcp_from("127.0.0.3", edge.addrs()[0]).await;
+    let mut tls = tls_over(&certs, tcp).await.unwrap();
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
+        .await
+        .unwrap();
+    // Then nothing more: the edge must hang up rather than wait forever.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(GENEROUS, tls.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the connection stayed open");
+    assert!(!String::from_utf8_lossy(&rest).contains("200 OK"));
+    assert_eq!(upstream.count(), 0);
+
+    // A TCP client that never starts TLS is cut off too.
+    let mut idle = tcp_from("127.0.0.3", edge.addrs()[0]).await;
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(GENEROUS, idle.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+    let metrics = scrape(&edge).await;
+    assert!(sample(&metrics, "b24_edge_tls_handshake_failures_total") >= 1.0);
+    assert!(edge.shutdown().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_upstream_is_502_and_slow_upstream_is_504() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = TestCerts::new(dir.path());
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let closed_addr = closed.local_addr().unwrap();
+    drop(closed);
+    let upstream = Upstream::start().await;
+    let edge = start_edge(&format!(
+        "{}{}{}",
+        server_section(&certs, "127.0.0.1:0", "upstream_timeout = \"300ms\""),
+        route("/", &upstream.url(), &["any"]),
+        route("/gone/", &format!("http://{closed_addr}"), &["any"]),
+    ))
+    .await;
+    let client = client(&certs, "127.0.0.3", false);
+    assert_eq!(get(&client, &url(&edge, "/gone/x")).await.0, 502);
+    assert_eq!(get(&client, &url(&edge, "/slow/5000")).await.0, 504);
+    assert_eq!(get(&client, &url(&edge, "/slow/0")).await.0, 200);
+    let metrics = scrape(&edge).await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "b24_edge_upstream_errors_total{route=\"/gone/\",kind=\"connect\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "b24_edge_upstream_errors_total{route=\"/\",kind=\"timeout\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "b24_edge_requests_total{route=\"/gone/\",status=\"502\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "b24_edge_requests_total{route=\"/\",status=\"504\"}"
+        ),
+        1.0
+    );
+    assert!(edge.shutdown().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_upstream_connections_are_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = TestCerts::new(dir.path());
+    let upstream = Upstream::start().await;
+    let edge = open_edge(&certs, &upstream.url(), "").await;
+    let client = client(&certs, "127.0.0.3", false);
+    for _ in 0..5 {
+        assert_eq!(get(&client, &url(&edge, "/pooled")).await.0, 200);
+    }
+    assert_eq!(
+        upstream.connections(),
+        1,
+        "five sequential requests, one upstream connection"
+    );
+    assert!(edge.shutdown().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_files_changing_are_picked_up_for_new_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut certs = TestCerts::new(dir.path());
+    let upstream = Upstream::start().await;
+    let edge = open_edge(&certs, &upstream.url(), "tls_reload_poll = \"100ms\"").await;
+    let first = certs.leaf_der.clone();
+    let metrics = scrape(&edge).await;
+    let expiry_2031 = 1_924_992_000.0; // 2031-01-01T00:00:00Z
+    assert_eq!(
+        sample(&metrics, "b24_edge_certificate_expiry_timestamp_seconds"),
+        expiry_2031
+    );
+
+    // An established connection keeps working across the reload.
+    let tcp = tcp_from("127.0.0.3", edge.addrs()[0]).await;
+    let tls = tls_over(&certs, tcp).await.unwrap();
+    assert_eq!(tls.get_ref().1.peer_certificates().unwrap()[0], first);
+    let mut old_conn = h1_over(tls).await;
+    assert_eq!(send_get(&mut old_conn, "/before").await.0, 200);
+
+    let not_after = certs.issue(2032);
+    assert_eq!(not_after, 1_956_528_000);
+    let second = certs.leaf_der.clone();
+    eventually("new connections get the new certificate", || async {
+        let tcp = tcp_from("127.0.0.3", edge.addrs()[0]).await;
+        let tls = tls_over(&certs, tcp).await.unwrap();
+        tls.get_ref().1.peer_certificates().unwrap()[0] == second
+    })
+    .await;
+    assert_eq!(send_get(&mut old_conn, "/after").await.0, 200);
+    let metrics = scrape(&edge).await;
+    assert_eq!(
+        sample(&metrics, "b24_edge_certificate_expiry_timestamp_seconds"),
+        not_after as f64
+    );
+
+    // A broken key file is refused; the current certificate stays.
+    replace_file(
+        &certs.key_path,
+        b"-----BEGIN PRIVATE KEY-----\nbm9wZQ==\n-----END PRIVATE KEY-----\n",
+    );
+    eventually("the bad reload was counted", || async {
+        sample(
+            &scrape(&edge).await,
+            "b24_edge_certificate_reload_failures_total",
+        ) >= 1.0
+    })
+    .await;
+    let tcp = tcp_from("127.0.0.3", edge.addrs()[0]).await;
+    let tls = tls_over(&certs, tcp).await.unwrap();
+    assert_eq!(tls.get_ref().1.peer_certificates().unwrap()[0], second);
+    assert!(edge.shutdown().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_and_nodes_gauges() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = TestCerts::new(dir.path());
+    let upstream = Upstream::start().await;
+    let list = dir.path().join("app.json");
+    replace_file(
+        &list,
+        nodes_json(&["127.0.0.2", "127.0.1.0/24", "::1", "2001:db8::/32"]).as_bytes(),
+    );
+    let edge = start_edge(&format!(
+        "{}[nodes]\nsource = \"{}\"\n{}",
+        server_section(&certs, "127.0.0.1:0", ""),
+        list.display(),
+        route("/", &upstream.url(), &["nodes"]),
+    ))
+    .await;
+    eventually("the list is loaded", || async {
+        edge.nodes().current().is_some()
+    })
+    .await;
+    let metrics = scrape(&edge).await;
+    assert_eq!(
+        sample(&metrics, "b24_edge_nodes_networks{family=\"ipv4\"}"),
+        2.0
+    );
+    assert_eq!(
+        sample(&metrics, "b24_edge_nodes_networks{family=\"ipv6\"}"),
+        2.0
+    );
+    assert_eq!(sample(&metrics, "b24_edge_open_connections"), 0.0);
+    assert!(metrics.contains("b24_edge_nodes_last_success_age_seconds "));
+
+    let tcp = tcp_from("127.0.0.2", edge.addrs()[0]).await;
+    let mut conn = h1_over(tls_over(&certs, tcp).await.unwrap()).await;
+    assert_eq!(send_get(&mut conn, "/a").await.0, 200);
+    let metrics = scrape(&edge).await;
+    assert_eq!(sample(&metrics, "b24_edge_open_connections"), 1.0);
+    assert_eq!(
+        sample(
+            &metrics,
+            "b24_edge_request_duration_seconds_count{route=\"/\"}"
+        ),
+        1.0
+    );
+    drop(conn);
+    eventually("the closed connection is no longer counted", || async {
+        sample(&scrape(&edge).await, "b24_edge_open_connections") == 0.0
+    })
+    .await;
+
+    let mut garbage = tcp_from("127.0.0.2", edge.addrs()[0]).await;
+    garbage.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(GENEROUS, garbage.read_to_end(&mut sink)).await;
+    eventually("the failed handshake is counted", || async {
+        sample(
+            &scrape(&edge).await,
+            "b24_edge_tls_handshake_failures_total",
+        ) == 1.0
+    })
+    .await;
+    assert!(edge.shutdown().await);
+}
