@@ -83,6 +83,16 @@ pub fn as_f64(value: &Value) -> Option<f64> {
     }
 }
 
+/// A JSON number as PHP prints it: whole values without a fraction
+/// (`19000`, not `19000.0`), so typed clients can read ids and counts.
+pub fn number(value: f64) -> Value {
+    if value.fract() == 0.0 && value.abs() < 9.0e15 {
+        Value::from(value as i64)
+    } else {
+        Value::from(value)
+    }
+}
+
 /// PHP truthiness for flags such as `halt` or `useOriginalUfNames`.
 pub fn as_flag(value: &Value) -> bool {
     match value {

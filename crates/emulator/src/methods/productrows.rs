@@ -8,7 +8,7 @@ use super::{Call, MethodResult, Output};
 use crate::error::ApiError;
 use crate::fields::EntityType;
 use crate::filter;
-use crate::params::{as_f64, as_i64, as_list, get_ci, scalar_text};
+use crate::params::{as_f64, as_i64, as_list, get_ci, number, scalar_text};
 use crate::store::State;
 use crate::store::values::Api;
 
@@ -67,12 +67,12 @@ fn build_rows(
             let raw = get_ci(input, key).cloned();
             let value = match (raw, numeric) {
                 (Some(v), true) if !scalar_text(&v).is_empty() => {
-                    json!(as_f64(&v).ok_or_else(|| ApiError::field_not_valid(key))?)
+                    number(as_f64(&v).ok_or_else(|| ApiError::field_not_valid(key))?)
                 }
                 (Some(v), false) => json!(scalar_text(&v)),
-                _ if *camel == "sort" => json!((index as f64 + 1.0) * 10.0),
+                _ if *camel == "sort" => json!((index + 1) * 10),
                 _ if default.is_empty() => Value::Null,
-                _ if *numeric => json!(default.parse::<f64>().unwrap_or(0.0)),
+                _ if *numeric => number(default.parse::<f64>().unwrap_or(0.0)),
                 _ => json!(default),
             };
             stored.insert((*camel).into(), value);
@@ -117,7 +117,7 @@ fn replace_rows(
         .and_then(|r| r.get_mut(&owner_id))
     {
         if record.get("isManualOpportunity").and_then(Value::as_str) != Some("Y") {
-            record.insert("opportunity".into(), json!(sum));
+            record.insert("opportunity".into(), number(sum));
         }
     }
     Ok(built)

@@ -183,11 +183,11 @@ impl State {
                 record.entry("title").or_insert(json!(title));
                 for (key, value) in [
                     ("currencyId", json!(self.currency)),
-                    ("opportunity", json!(0.0)),
+                    ("opportunity", json!(0)),
                     ("isManualOpportunity", json!("N")),
                     ("isNew", json!("Y")),
                     ("isRecurring", json!("N")),
-                    ("taxValue", json!(0.0)),
+                    ("taxValue", json!(0)),
                 ] {
                     record.entry(key).or_insert(value);
                 }

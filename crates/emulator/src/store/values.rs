@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::error::ApiError;
 use crate::fields::{FieldDef, FieldKind};
-use crate::params::{as_f64, as_i64, as_list, scalar_text};
+use crate::params::{as_f64, as_i64, as_list, number, scalar_text};
 
 /// Which API family is asking.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,7 +91,7 @@ fn normalize_one(def: &FieldDef, raw: &Value) -> Result<Value, ApiError> {
         | FieldKind::CompanyRef
         | FieldKind::ContactRef
         | FieldKind::LeadRef => json!(as_i64(raw).ok_or_else(invalid)?),
-        FieldKind::Double => json!(as_f64(raw).ok_or_else(invalid)?),
+        FieldKind::Double => number(as_f64(raw).ok_or_else(invalid)?),
         FieldKind::Flag => {
             let text = scalar_text(raw).to_ascii_uppercase();
             match text.as_str() {
