@@ -142,6 +142,12 @@ where
 }
 
 /// OAuth credentials of an application installed on a portal.
+///
+/// Build one [`Client`](crate::Client) from them and clone that client
+/// wherever the portal is called: clones share the tokens, so concurrent
+/// `expired_token` answers lead to a single refresh. Two clients built
+/// separately from the same pair would each refresh, and the second refresh
+/// would fail because the first one used up the refresh token.
 #[derive(Clone)]
 pub struct OAuth {
     pub(crate) rest_root: Url,
