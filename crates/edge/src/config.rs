@@ -680,6 +680,19 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_is_valid_and_shows_the_defaults() {
+        let text = include_str!("../../../deploy/config/edge.example.toml");
+        let config = Config::from_toml(text).unwrap();
+        assert_eq!(config.server.limits, Limits::default());
+        assert_eq!(config.server.tls_reload_poll, Duration::from_secs(5));
+        assert_eq!(config.nodes.source, Source::default());
+        assert_eq!(config.nodes.refresh, Duration::from_secs(300));
+        assert_eq!(config.nodes.file_poll, Duration::from_secs(1));
+        assert!(!config.client_ip.proxy_protocol);
+        assert_eq!(config.routes.len(), 1);
+    }
+
+    #[test]
     fn sizes() {
         assert_eq!(parse_size("1024"), Some(1024));
         assert_eq!(parse_size("10MiB"), Some(10 << 20));
