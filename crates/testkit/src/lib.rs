@@ -1,6 +1,9 @@
-//! Test-only helpers shared by the workspace's tests: a scriptable HTTP
-//! server on loopback that plays the Bitrix24 `app.json` endpoint (answers,
-//! failures, ETags, hangs) and counts what it was asked.
+//! Test-only helpers shared by the workspace's tests and benchmarks: a
+//! scriptable HTTP server on loopback that plays the Bitrix24 `app.json`
+//! endpoint (answers, failures, ETags, hangs) and counts what it was asked,
+//! and deterministic synthetic lists.
+
+pub mod synthetic;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
