@@ -157,14 +157,57 @@ impl BatchOutcome {
     }
 
     /// The commands that surely did not run, as a new batch to send later.
+    /// See [`BatchOutcome::safe_to_resend`] for how references are handled.
     pub fn not_run(&self) -> Batch {
+        self.resend_batch(|outcome| *outcome == CommandOutcome::NotRun)
+    }
+
+    /// [`BatchOutcome::not_run`] plus the commands the portal refused without
+    /// running them (`QUERY_LIMIT_EXCEEDED`, `OPERATION_TIME_LIMIT`): a batch
+    /// that can be sent as it is. Other failures and [`CommandOutcome::Unknown`]
+    /// need the caller's judgement (look the target up first).
+    ///
+    /// References to commands that succeeded are filled in from their
+    /// results, since those commands are not sent again. Commands that refer
+    /// to a command that failed or whose outcome is unknown are left out.
+    pub fn safe_to_resend(&self) -> Batch {
+        self.resend_batch(|outcome| match outcome {
+            CommandOutcome::NotRun => true,
+            CommandOutcome::Failed(error) => matches!(
+                error.kind,
+                ApiErrorKind::QueryLimitExceeded | ApiErrorKind::OperationTimeLimit
+            ),
+            CommandOutcome::Done(_) | CommandOutcome::Unknown => false,
+        })
+    }
+
+    fn resend_batch(&self, resend: impl Fn(&CommandOutcome) -> bool) -> Batch {
+        let left_behind: HashMap<String, Option<Value>> = self
+            .commands
+            .iter()
+            .filter(|(_, outcome)| !resend(outcome))
+            .map(|(command, outcome)| {
+                let result = match outcome {
+                    CommandOutcome::Done(done) => Some(done.result.clone()),
+                    _ => None,
+                };
+                (command.name.clone(), result)
+            })
+            .collect();
+        let commands = self
+            .commands
+            .iter()
+            .filter(|(_, outcome)| resend(outcome))
+            .filter_map(|(command, _)| {
+                let params = substitute_earlier_results(&command.params, &left_behind).ok()?;
+                Some(BatchCommand {
+                    params,
+                    ..command.clone()
+                })
+            })
+            .collect();
         Batch {
-            commands: self
-                .commands
-                .iter()
-                .filter(|(_, outcome)| *outcome == CommandOutcome::NotRun)
-                .map(|(command, _)| command.clone())
-                .collect(),
+            commands,
             halt_on_error: self.halt_on_error,
         }
     }
@@ -359,6 +402,83 @@ mod tests {
         assert!(batch.push("ok", "crm.item.get?x=1", Value::Null).is_err());
         assert!(batch.push("ok", "crm.item.get", json!([1])).is_err());
         assert_eq!(batch.len(), 1);
+    }
+
+    fn outcome_of(entries: Vec<(BatchCommand, CommandOutcome)>) -> BatchOutcome {
+        BatchOutcome {
+            commands: entries,
+            stopped_by: None,
+            requests: 1,
+            halt_on_error: false,
+        }
+    }
+
+    fn failed(kind_code: &str) -> CommandOutcome {
+        CommandOutcome::Failed(ApiError {
+            kind: ApiErrorKind::from_code(kind_code),
+            code: kind_code.into(),
+            description: String::new(),
+            status: 200,
+            method: "crm.item.add".into(),
+            portal: "p".into(),
+            retry_at: None,
+        })
+    }
+
+    #[test]
+    fn resend_batches_fill_in_results_of_commands_that_are_not_resent() {
+        let with = |name: &str, params: Value| BatchCommand {
+            name: name.into(),
+            method: "crm.item.add".into(),
+            params,
+        };
+        let outcome = outcome_of(vec![
+            (
+                with("contact", Value::Null),
+                CommandOutcome::Done(CommandResult {
+                    result: json!(41),
+                    next: None,
+                    total: None,
+                }),
+            ),
+            (with("lost", Value::Null), CommandOutcome::Unknown),
+            (
+                with("limited", json!({"c": "$result[contact]"})),
+                failed("QUERY_LIMIT_EXCEEDED"),
+            ),
+            (with("denied", Value::Null), failed("ACCESS_DENIED")),
+            (
+                with(
+                    "deal",
+                    json!({"contactId": "$result[contact]", "after": "$result[limited]"}),
+                ),
+                CommandOutcome::NotRun,
+            ),
+            (
+                with("needs_lost", json!({"x": "$result[lost][ID]"})),
+                CommandOutcome::NotRun,
+            ),
+            (
+                with("comment", json!({"text": "contact $result[contact]"})),
+                CommandOutcome::NotRun,
+            ),
+        ]);
+
+        // `deal` refers to `limited`, which failed and is not in this batch.
+        let not_run = outcome.not_run();
+        let names: Vec<&str> = not_run.commands().iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["comment"]);
+        assert_eq!(not_run.commands()[0].params, json!({"text": "contact 41"}));
+
+        let safe = outcome.safe_to_resend();
+        let names: Vec<&str> = safe.commands().iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["limited", "deal", "comment"]);
+        assert_eq!(safe.commands()[0].params, json!({"c": 41}));
+        // `limited` is resent in the same batch: its reference is for the portal.
+        assert_eq!(
+            safe.commands()[1].params,
+            json!({"contactId": 41, "after": "$result[limited]"})
+        );
     }
 
     #[test]

@@ -176,6 +176,19 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn substitution_never_panics_and_leaves_plain_text_alone(
+            text in "(\\$result|\\[|\\]|contact|deal|failed|item|ids|title|[01 ]|é|\\$){0,30}",
+            plain in "[^$]{0,40}",
+        ) {
+            let earlier = earlier();
+            let _ = substitute_earlier_results(&Value::String(text), &earlier);
+            let plain = Value::String(plain);
+            proptest::prop_assert_eq!(substitute_earlier_results(&plain, &earlier), Ok(plain.clone()));
+        }
+    }
+
     #[test]
     fn references_to_failed_commands_are_reported() {
         let params = json!({"fields": ["$result[failed][ID]"]});
