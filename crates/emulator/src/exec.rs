@@ -78,14 +78,19 @@ pub async fn run_single(
     }
     let result = match &plan.fail {
         Some(err) => Err(err.clone()),
-        None => methods::dispatch(
-            method,
-            &Call {
-                shared,
-                webhook,
-                params,
-            },
-        ),
+        // A bug in a handler must look like PHP's fatal error (500), not a
+        // dropped connection that a client would read as "maybe executed".
+        None => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            methods::dispatch(
+                method,
+                &Call {
+                    shared,
+                    webhook,
+                    params,
+                },
+            )
+        }))
+        .unwrap_or_else(|_| Err(ApiError::internal())),
     };
     let finish = clock::now_unix();
     let processing = finish - start;

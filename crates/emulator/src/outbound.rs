@@ -123,6 +123,7 @@ impl std::fmt::Debug for RobotRun {
             .field("event_token", &"[redacted]")
             .field("code", &self.code)
             .field("deal_id", &self.deal_id)
+            .field("use_subscription", &self.use_subscription)
             .field("return_values", &self.return_values)
             .field("log_message", &self.log_message)
             .finish()
@@ -158,6 +159,8 @@ pub struct RobotRun {
     pub event_token: String,
     pub code: String,
     pub deal_id: i64,
+    /// Only robots registered with `USE_SUBSCRIPTION` may answer.
+    pub use_subscription: bool,
     pub return_values: Option<Value>,
     pub log_message: Option<String>,
 }
@@ -315,8 +318,22 @@ impl Outbound {
             self.deliver("webhookRule", &rule.url, body);
         }
         for robot in handlers.robots.iter().filter(|r| r.stage_id == stage) {
-            let event_token = format!("{}|{}", random_hex(32), random_hex(16));
-            let workflow_id = random_hex(24);
+            // Shapes as the portal makes them: workflow `A51601_82584_96831_81132`,
+            // token `<uniqid>|<workflow>|<32 chars>.<64 hex>`.
+            let workflow_id = format!(
+                "A{}_{}_{}_{}",
+                rand::random_range(10_000..100_000),
+                rand::random_range(10_000..100_000),
+                rand::random_range(10_000..100_000),
+                rand::random_range(10_000..100_000)
+            );
+            let event_token = format!(
+                "{}.{}|{workflow_id}|{}.{}",
+                random_hex(14),
+                rand::random_range(10_000_000..100_000_000),
+                random_hex(32),
+                random_hex(32) + &random_hex(32)
+            );
             let mut leaves: Vec<(Vec<String>, String)> = vec![
                 (vec!["workflow_id".into()], workflow_id),
                 (vec!["code".into()], robot.code.clone()),
@@ -341,8 +358,12 @@ impl Outbound {
                 ));
             }
             let use_subscription = if robot.use_subscription { "Y" } else { "N" };
+            // Field order as the portal sends it; `expires` is required by
+            // the official SDK's workflow-payload parser.
+            let now = clock::now_unix() as i64;
             let auth = [
-                ("access_token", random_hex(40)),
+                ("access_token", random_hex(70)),
+                ("expires", (now + 3600).to_string()),
                 ("expires_in", "3600".to_string()),
                 ("scope", "crm,bizproc".to_string()),
                 ("domain", shared.domain.clone()),
@@ -350,13 +371,14 @@ impl Outbound {
                     "server_endpoint",
                     "https://oauth.bitrix.info/rest/".to_string(),
                 ),
+                ("status", "L".to_string()),
                 (
                     "client_endpoint",
                     format!("https://{}/rest/", shared.domain),
                 ),
                 ("member_id", shared.member_id.clone()),
                 ("user_id", "1".to_string()),
-                ("status", "L".to_string()),
+                ("refresh_token", random_hex(70)),
                 ("application_token", robot.application_token.clone()),
             ];
             leaves.push((vec!["use_subscription".into()], use_subscription.into()));
@@ -380,6 +402,7 @@ impl Outbound {
                     event_token,
                     code: robot.code.clone(),
                     deal_id: change.id,
+                    use_subscription: robot.use_subscription,
                     return_values: None,
                     log_message: None,
                 });
@@ -397,12 +420,17 @@ impl Outbound {
         let mut runs = self.robot_runs.lock().unwrap_or_else(|e| e.into_inner());
         let run = runs
             .iter_mut()
-            .find(|r| !token.is_empty() && r.event_token == token && r.return_values.is_none())
+            .find(|r| {
+                !token.is_empty()
+                    && r.event_token == token
+                    && r.use_subscription
+                    && r.return_values.is_none()
+            })
             .ok_or_else(|| {
                 ApiError::new(
                     http::StatusCode::FORBIDDEN,
                     "ACCESS_DENIED",
-                    "Access denied! Event token is not valid or expired",
+                    "Access denied!",
                 )
             })?;
         run.return_values = Some(return_values);
@@ -493,6 +521,7 @@ mod tests {
             event_token: "tok-d".into(),
             code: "c".into(),
             deal_id: 1,
+            use_subscription: true,
             return_values: None,
             log_message: None,
         };

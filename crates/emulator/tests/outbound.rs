@@ -180,6 +180,8 @@ async fn robots_get_the_application_payload_and_answer_with_event_send() {
     assert_eq!(form["use_subscription"], "Y");
     for key in [
         "access_token",
+        "expires",
+        "refresh_token",
         "expires_in",
         "scope",
         "domain",

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use b24_emulator::Portal;
-use common::SECRET;
+use b24_emulator::{EventHandler, HandlerSeed, Portal, RobotHandler};
+use common::{Receiver, SECRET};
 
 fn venv_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("b24pysdk-venv")
@@ -74,13 +74,32 @@ async fn official_python_sdk_sees_a_bitrix24_portal() {
     let Some(python) = tokio::task::spawn_blocking(sdk_python).await.unwrap() else {
         return;
     };
+    let receiver = Receiver::start().await;
+    let mut properties = serde_json::Map::new();
+    properties.insert("route".into(), serde_json::json!("wholesale"));
     let portal = Portal::builder()
         .domain("sdk.test")
-        .webhook(1, SECRET, &["crm", "user"])
+        .webhook(1, SECRET, &["crm", "user", "bizproc"])
         .tls_self_signed()
         .start()
         .await
         .expect("portal starts");
+    portal.admin().add_handlers(HandlerSeed {
+        events: vec![EventHandler {
+            event: "ONCRMDEALUPDATE".into(),
+            url: receiver.url("/events"),
+            application_token: "sdk-app-token".into(),
+        }],
+        robots: vec![RobotHandler {
+            code: "transfer_deal".into(),
+            handler: receiver.url("/robot"),
+            stage_id: "WON".into(),
+            properties,
+            use_subscription: true,
+            application_token: "sdk-app-token".into(),
+        }],
+        ..HandlerSeed::default()
+    });
     let scratch = tempfile::tempdir().unwrap();
     let ca = write_ca(
         scratch.path(),
@@ -115,4 +134,5 @@ async fn official_python_sdk_sees_a_bitrix24_portal() {
         "the webhook secret leaked into the SDK's output"
     );
     portal.shutdown().await;
+    receiver.stop();
 }

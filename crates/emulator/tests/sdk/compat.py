@@ -6,10 +6,14 @@ Usage: compat.py DOMAIN USER_ID/SECRET ADMIN_BASE_URL CA_FILE
 """
 
 import sys
+import time
+from urllib.parse import parse_qsl
 
 import requests
 from b24pysdk import BitrixWebhook, Client
 from b24pysdk import errors
+from b24pysdk.credentials.oauth_event_data import OAuthEventData
+from b24pysdk.credentials.oauth_workflow_data import OAuthWorkflowData
 
 domain, token, admin_base, ca_file = sys.argv[1:5]
 # One attempt: the SDK would otherwise sleep and retry every 503.
@@ -34,6 +38,31 @@ check(got["id"] == item["id"] and got["stageId"] == "NEW", "crm.item.get reads i
 
 updated = client.crm.item.update(entity_type_id=2, bitrix_id=item["id"], fields={"stageId": "WON"}).result["item"]
 check(updated["stageId"] == "WON" and updated["title"] == "From SDK", "crm.item.update changes only what it was given")
+
+# The update fired an outgoing-webhook event and an application robot on
+# WON; the SDK's own parsers for handler payloads must accept both bodies.
+session = requests.Session()
+session.verify = ca_file
+deliveries = []
+for _ in range(250):
+    deliveries = session.get(f"{admin_base}/_emulator/deliveries").json()
+    if len(deliveries) >= 2:
+        break
+    time.sleep(0.02)
+by_kind = {d["kind"]: d for d in deliveries}
+event = OAuthEventData.from_dict(dict(parse_qsl(by_kind["event"]["body"])))
+check(event.event == "ONCRMDEALUPDATE" and event.data["FIELDS"]["ID"] == str(item["id"]), "SDK parses the ONCRMDEALUPDATE payload")
+check(event.auth.application_token == "sdk-app-token" and event.auth.domain == "sdk.test", "event auth block carries domain and application token")
+workflow = OAuthWorkflowData.from_dict(dict(parse_qsl(by_kind["robot"]["body"])))
+check(workflow.code == "transfer_deal" and workflow.document_id == ["crm", "CCrmDocumentDeal", f"DEAL_{item['id']}"], "SDK parses the robot payload")
+check(workflow.use_subscription and workflow.properties == {"route": "wholesale"} and workflow.auth.user_id == 1, "robot payload properties, subscription and auth")
+sent = client.bizproc.event.send(event_token=workflow.event_token, return_values={"targetDealId": "77"}, log_message="copied").result
+check(sent is True, "bizproc.event.send accepts the robot's event token")
+try:
+    client.bizproc.event.send(event_token=workflow.event_token, return_values={}).result
+    check(False, "a used event token is refused")
+except errors.BitrixAPIAccessDenied as err:
+    check(err.error == "ACCESS_DENIED", "a used event token raises BitrixAPIAccessDenied")
 
 legacy = client.crm.deal.get(bitrix_id=item["id"]).result
 check(legacy["ID"] == str(item["id"]) and legacy["STAGE_ID"] == "WON", "crm.deal.get shows the same deal in UPPER_CASE")
@@ -69,8 +98,6 @@ try:
 except errors.BitrixAPINotFound as err:
     check(err.error == "NOT_FOUND", "missing item raises BitrixAPINotFound")
 
-session = requests.Session()
-session.verify = ca_file
 session.put(f"{admin_base}/_emulator/limits", json={"operatingLimitSecs": 0.01}).raise_for_status()
 session.put(f"{admin_base}/_emulator/faults", json={"methods": {"crm.item.fields": {"latencyMs": 30}}}).raise_for_status()
 client.crm.item.fields(entity_type_id=2).result
