@@ -259,7 +259,11 @@ impl Client {
                 },
                 Verdict::OperatingLimit { error, until } => {
                     inner.limiter.block_method(method, until);
-                    if attempt >= inner.retry.max_attempts {
+                    let wait = until.duration_since(SystemTime::now()).unwrap_or_default();
+                    // Give up with the portal's own error; otherwise the next
+                    // turn of the loop waits until the method frees up.
+                    if attempt >= inner.retry.max_attempts || wait > inner.retry.max_operating_wait
+                    {
                         return Err(error);
                     }
                 }

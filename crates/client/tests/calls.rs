@@ -311,6 +311,11 @@ async fn a_method_blocked_for_too_long_fails_fast_with_its_reset_time() {
             Some(UNIX_EPOCH + Duration::from_secs(reset_at))
         );
     }
+    // The first error is the portal's own, description and all.
+    assert_eq!(
+        first.api().unwrap().description,
+        "Method is blocked due to operation time limit."
+    );
     // The block is remembered: the second call never reached the portal.
     assert_eq!(portal.seen().len(), 1);
     // Other methods are not blocked.
