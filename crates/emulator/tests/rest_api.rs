@@ -510,6 +510,16 @@ async fn multifields_append_without_row_id_and_duplicates_are_found() {
     )
     .await;
     assert_eq!(none["result"], json!([]));
+    let (status, untyped) = call(
+        &portal,
+        "crm.duplicate.findbycomm",
+        json!({"values": ["x"]}),
+    )
+    .await;
+    assert_eq!(
+        (status, untyped["error"].as_str()),
+        (400, Some("Communication type is not defined"))
+    );
     let (_, item) = call(
         &portal,
         "crm.item.get",

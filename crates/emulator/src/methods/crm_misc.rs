@@ -91,7 +91,12 @@ fn status_entries(call: &Call<'_>) -> Vec<Map<String, Value>> {
             "SEMANTICS": semantics.filter(|s| *s != "P"),
         });
         if let Some(category) = category {
-            entry["CATEGORY_ID"] = json!(category.to_string());
+            // The general pipeline's stages show no category id.
+            entry["CATEGORY_ID"] = if category == 0 {
+                Value::Null
+            } else {
+                json!(category.to_string())
+            };
             entry["EXTRA"] = json!({"SEMANTICS": extra_semantics, "COLOR": "#39A8EF"});
         }
         entries.push(entry.as_object().cloned().unwrap_or_default());
@@ -178,10 +183,25 @@ fn find_by_comm(call: &Call<'_>) -> MethodResult {
         .text("type")
         .unwrap_or_default()
         .to_ascii_uppercase();
+    // This method words its errors in the code itself, as documented.
+    let bad = |code: String, description: &str| {
+        Err(ApiError::new(
+            http::StatusCode::BAD_REQUEST,
+            &code,
+            description,
+        ))
+    };
+    if kind.is_empty() {
+        return bad(
+            "Communication type is not defined".into(),
+            "Parameter 'type' is required.",
+        );
+    }
     if kind != "PHONE" && kind != "EMAIL" {
-        return Err(ApiError::legacy(
-            "Communication type is not defined or invalid.",
-        ));
+        return bad(
+            format!("Communication type '{kind}' is not supported in current context"),
+            "",
+        );
     }
     let values: Vec<String> = call
         .params
@@ -193,12 +213,16 @@ fn find_by_comm(call: &Call<'_>) -> MethodResult {
         .filter(|v| !v.is_empty())
         .collect();
     if values.is_empty() {
-        return Err(ApiError::legacy("Communication values is not defined."));
+        return bad(
+            "Communication values is not defined".into(),
+            "Parameter 'values' is required.",
+        );
     }
     if values.len() > 20 {
-        return Err(ApiError::legacy(
-            "Communication values is too long (max 20).",
-        ));
+        return bad(
+            "Too many communication values".into(),
+            "No more than 20 values are allowed.",
+        );
     }
     let wanted = call
         .params
@@ -237,6 +261,14 @@ fn find_by_comm(call: &Call<'_>) -> MethodResult {
     }))
 }
 
+fn owner_not_found() -> ApiError {
+    ApiError::new(
+        http::StatusCode::BAD_REQUEST,
+        "OWNER_NOT_FOUND",
+        "Owner of the item not found",
+    )
+}
+
 fn comment_add(call: &Call<'_>) -> MethodResult {
     let fields = call.params.object("fields");
     let entity_id = get_ci(&fields, "ENTITY_ID").and_then(as_i64).unwrap_or(0);
@@ -247,14 +279,13 @@ fn comment_add(call: &Call<'_>) -> MethodResult {
     let comment = get_ci(&fields, "COMMENT")
         .map(scalar_text)
         .unwrap_or_default();
-    let entity = EntityType::parse(&entity_type)
-        .ok_or_else(|| ApiError::legacy("ENTITY_TYPE is not defined or invalid."))?;
+    let entity = EntityType::parse(&entity_type).ok_or_else(owner_not_found)?;
     if comment.trim().is_empty() {
-        return Err(ApiError::legacy("COMMENT is not defined."));
+        return Err(ApiError::invalid_arg("Empty comment"));
     }
     let mut state = call.shared.store();
     if state.get(entity, entity_id).is_none() {
-        return Err(ApiError::not_found("Entity not found"));
+        return Err(owner_not_found());
     }
     let id = state.comments.len() as i64 + 1;
     let author = get_ci(&fields, "AUTHOR_ID")
