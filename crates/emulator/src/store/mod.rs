@@ -159,7 +159,9 @@ impl State {
         let mut record = Record::new();
         record.insert("id".into(), json!(id));
         self.apply(entity, &mut record, input, ctx, true)?;
-        let now = clock::iso8601(clock::now_unix());
+        let now_unix = clock::now_unix();
+        let midnight = (now_unix / 86_400.0).floor() * 86_400.0;
+        let now = clock::iso8601(now_unix);
         for (key, value) in [
             ("createdBy", json!(ctx.user_id)),
             ("updatedBy", json!(ctx.user_id)),
@@ -188,6 +190,11 @@ impl State {
                     ("isNew", json!("Y")),
                     ("isRecurring", json!("N")),
                     ("taxValue", json!(0)),
+                    ("begindate", json!(clock::iso8601(midnight))),
+                    (
+                        "closedate",
+                        json!(clock::iso8601(midnight + 7.0 * 86_400.0)),
+                    ),
                 ] {
                     record.entry(key).or_insert(value);
                 }
@@ -442,7 +449,9 @@ impl State {
                         values::render(def, record.get(&def.camel), api, ctx, owner),
                     );
                 }
-                Api::Legacy if def.in_legacy_api() => {
+                // The deprecated API accepts CONTACT_IDS / COMPANY_IDS on
+                // writes but reads them through separate `*.items.get` methods.
+                Api::Legacy if def.in_legacy_api() && !def.legacy.ends_with("_IDS") => {
                     let stored = if def.multifield_type.is_some() {
                         record.get("fm")
                     } else {
