@@ -107,6 +107,19 @@ impl Admin {
         self.shared.outbound.deliveries()
     }
 
+    /// Waits until at least `count` deliveries finished (or `timeout`
+    /// passed) and returns what there is; deliveries run in the background.
+    pub async fn wait_for_deliveries(&self, count: usize, timeout: Duration) -> Vec<Delivery> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let deliveries = self.deliveries();
+            if deliveries.len() >= count || tokio::time::Instant::now() >= deadline {
+                return deliveries;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub fn robot_runs(&self) -> Vec<RobotRun> {
         self.shared.outbound.robot_runs()
     }

@@ -140,6 +140,7 @@ async fn handle(
         // `/rest/METHOD?auth=...` is the application (OAuth) form; no
         // application is installed on the emulator, so no token is valid.
         _ => {
+            shared.count_request(&exec::method_name(rest_path));
             let has_token = req
                 .uri()
                 .query()
@@ -153,10 +154,12 @@ async fn handle(
         }
     };
     let method = exec::method_name(raw_method);
+    // Every HTTP request is counted, refused ones too: tests assert on what
+    // a client sent, not on what succeeded.
+    shared.count_request(&method);
     let Some(webhook) = shared.webhook(user_id, secret).cloned() else {
         return Ok(error_response(&ApiError::invalid_credentials()));
     };
-    shared.count_request(&method);
     let started = clock::now_unix();
     if !shared.limits.admit(peer.ip(), started) {
         return Ok(error_response(&ApiError::query_limit()));

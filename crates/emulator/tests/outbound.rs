@@ -233,14 +233,10 @@ async fn failed_deliveries_are_recorded_and_never_retried() {
         json!({"entityTypeId": 2, "fields": {}}),
     )
     .await;
-    let mut deliveries = Vec::new();
-    for _ in 0..300 {
-        deliveries = portal.admin().deliveries();
-        if !deliveries.is_empty() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let deliveries = portal
+        .admin()
+        .wait_for_deliveries(1, std::time::Duration::from_secs(10))
+        .await;
     assert_eq!(deliveries.len(), 1);
     assert_eq!(deliveries[0].status, None);
     assert_eq!(deliveries[0].error.as_deref(), Some("connection failed"));
