@@ -510,6 +510,21 @@ async fn multifields_append_without_row_id_and_duplicates_are_found() {
     )
     .await;
     assert_eq!(none["result"], json!([]));
+    let (_, listed) = call(
+        &portal,
+        "crm.contact.list",
+        json!({"filter": {"EMAIL": "ann@example.com"}, "select": ["ID", "EMAIL"]}),
+    )
+    .await;
+    assert_eq!(listed["result"][0]["ID"], id.to_string());
+    assert_eq!(listed["result"][0]["EMAIL"][0]["VALUE"], "Ann@Example.com");
+    let (_, nobody) = call(
+        &portal,
+        "crm.contact.list",
+        json!({"filter": {"PHONE": "+0"}}),
+    )
+    .await;
+    assert_eq!(nobody["total"], 0);
     let (status, untyped) = call(
         &portal,
         "crm.duplicate.findbycomm",

@@ -117,6 +117,35 @@ fn list(call: &Call<'_>, entity: EntityType) -> MethodResult {
         })
         .collect();
     let conditions = filter::parse_filter(&known, &resolve).unwrap_or_default();
+    // PHONE / EMAIL / WEB / IM filter on any row of that multifield by value.
+    let multifield_filters: Vec<(String, Vec<String>)> = call
+        .params
+        .object("filter")
+        .iter()
+        .filter_map(|(key, value)| {
+            let kind = key.trim_start_matches('=').to_ascii_uppercase();
+            let is_multifield = entity != EntityType::Deal
+                && matches!(kind.as_str(), "PHONE" | "EMAIL" | "WEB" | "IM");
+            is_multifield.then(|| {
+                (
+                    kind,
+                    as_list(value)
+                        .iter()
+                        .map(|v| scalar_text(v).to_lowercase())
+                        .collect(),
+                )
+            })
+        })
+        .collect();
+    let has_multifield = |record: &Map<String, Value>| {
+        let rows = as_list(record.get("fm").unwrap_or(&Value::Null));
+        multifield_filters.iter().all(|(kind, wanted)| {
+            rows.iter().any(|row| {
+                row["typeId"] == kind.as_str()
+                    && wanted.contains(&scalar_text(&row["value"]).to_lowercase())
+            })
+        })
+    };
     let order_param = call.params.object("order");
     let mut order: Vec<(String, bool)> = order_param
         .iter()
@@ -153,7 +182,7 @@ fn list(call: &Call<'_>, entity: EntityType) -> MethodResult {
     };
     let mut matching: Vec<&Map<String, Value>> = records
         .values()
-        .filter(|r| filter::matches(r, &conditions))
+        .filter(|r| filter::matches(r, &conditions) && has_multifield(r))
         .collect();
     filter::sort(&mut matching, &order);
     let page = filter::page(matching.len(), call.params.int("start").unwrap_or(0));
