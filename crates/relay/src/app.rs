@@ -1,0 +1,247 @@
+//! A running relay: store, portals, intake listener, metrics listener and
+//! workers, started together and stopped together.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::intake::Intake;
+use crate::metrics::Metrics;
+use crate::portals::Portals;
+use crate::store::{SqliteStore, Store, StoreError};
+use crate::transfer::Transfer;
+use crate::worker::Workers;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("opening the store {path}: {source}")]
+    Store { path: String, source: StoreError },
+    #[error("portal clients: {0}")]
+    Client(#[from] b24_client::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// The shared parts every command builds on.
+pub struct Parts {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn Store>,
+    pub metrics: Arc<Metrics>,
+    pub transfer: Arc<Transfer>,
+}
+
+impl Parts {
+    pub fn open(config: Config) -> Result<Self, StartError> {
+        let store = SqliteStore::open(&config.store).map_err(|source| StartError::Store {
+            path: config.store.display().to_string(),
+            source,
+        })?;
+        let store: Arc<dyn Store> = Arc::new(store);
+        let config = Arc::new(config);
+        let metrics = Arc::new(Metrics::new());
+        let portals = Arc::new(Portals::new(&config, metrics.clone())?);
+        let transfer = Arc::new(Transfer {
+            config: config.clone(),
+            portals,
+            store: store.clone(),
+        });
+        Ok(Self {
+            config,
+            store,
+            metrics,
+            transfer,
+        })
+    }
+}
+
+/// A started relay; [`Relay::shutdown`] stops it.
+pub struct Relay {
+    pub addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    pub metrics: Arc<Metrics>,
+    pub store: Arc<dyn Store>,
+    stop: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl Relay {
+    /// Opens the store, makes jobs left running by a previous process due
+    /// again (one serving process per SQLite file), binds the listeners and
+    /// starts the workers.
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        let parts = Parts::open(config)?;
+        let released = parts
+            .store
+            .release_running()
+            .map_err(|source| StartError::Store {
+                path: parts.config.store.display().to_string(),
+                source,
+            })?;
+        if released > 0 {
+            tracing::info!(
+                released,
+                "jobs left running by the previous process are due again"
+            );
+        }
+        let listener = bind(parts.config.listen).await?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: parts.config.listen,
+            source,
+        })?;
+        let metrics_listener = match parts.config.metrics_listen {
+            Some(metrics_addr) => Some(bind(metrics_addr).await?),
+            None => None,
+        };
+        let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let stop = CancellationToken::new();
+        let wake = Arc::new(Notify::new());
+        let mut tasks = JoinSet::new();
+        let intake = Arc::new(Intake {
+            config: parts.config.clone(),
+            store: parts.store.clone(),
+            metrics: parts.metrics.clone(),
+            wake: wake.clone(),
+        });
+        tasks.spawn(serve_http(listener, stop.clone(), move |request| {
+            let intake = Arc::clone(&intake);
+            async move { intake.handle(request).await }
+        }));
+        if let Some(listener) = metrics_listener {
+            let metrics = parts.metrics.clone();
+            tasks.spawn(serve_http(listener, stop.clone(), move |request| {
+                let metrics = Arc::clone(&metrics);
+                async move { metrics_page(&metrics, &request) }
+            }));
+        }
+        let workers = Arc::new(Workers {
+            transfer: parts.transfer.clone(),
+            metrics: parts.metrics.clone(),
+            wake,
+        });
+        let count = parts.config.workers;
+        tasks.spawn(workers.run(count, stop.clone()));
+        tracing::info!(%addr, ?metrics_addr, workers = count, "b24-relay serving");
+        Ok(Self {
+            addr,
+            metrics_addr,
+            metrics: parts.metrics,
+            store: parts.store,
+            stop,
+            tasks,
+        })
+    }
+
+    /// Stops accepting and working; transfers in flight are abandoned and
+    /// run again on the next start (each step is safe to repeat).
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        let all = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(10), all)
+            .await
+            .is_err()
+        {
+            self.tasks.abort_all();
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+fn metrics_page(metrics: &Metrics, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let (status, body, kind) = match request.uri().path() {
+        "/metrics" => (
+            StatusCode::OK,
+            metrics.render(),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+        "/healthz" => (StatusCode::OK, "ok\n".to_owned(), "text/plain"),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "not found\n".to_owned(),
+            "text/plain",
+        ),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(kind));
+    response
+}
+
+/// HTTP/1.1 accept loop with keep-alive; connections end with `stop`.
+async fn serve_http<F, Fut>(listener: TcpListener, stop: CancellationToken, handler: F)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let mut connections = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, _) = match accepted {
+            Ok(pair) => pair,
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let service = service_fn(move |request| {
+                let handler = handler.clone();
+                async move { Ok::<_, Infallible>(handler(request).await) }
+            });
+            let connection = http1::Builder::new()
+                .header_read_timeout(Duration::from_secs(10))
+                .timer(hyper_util::rt::TokioTimer::new())
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), connection).await;
+                }
+            }
+        });
+        while connections.try_join_next().is_some() {}
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+}

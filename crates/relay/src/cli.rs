@@ -1,0 +1,418 @@
+//! The command line: `serve`, `check`, `transfer`, `fields`, `jobs`.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+use crate::app::{Parts, Relay};
+use crate::config::{Config, Route, ValueRule};
+use crate::mapping::FieldCatalog;
+use crate::store::{Job, JobState};
+use crate::transfer::{RouteOutcome, Transferred};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "b24-relay",
+    version,
+    about = "Transfers deals between Bitrix24 portals, exactly once"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run intake, workers and metrics.
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Check credentials, scopes, methods and the mapping against live fields.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Queue one deal for transfer, or show what would be written (--dry-run).
+    Transfer {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        route: String,
+        #[arg(long)]
+        deal: i64,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Both portals' deal fields and list options side by side, and a suggested mapping.
+    Fields {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        route: String,
+    },
+    /// List, show and replay jobs.
+    Jobs {
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: JobsAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsAction {
+    List {
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    Show {
+        id: i64,
+    },
+    /// Queue a finished or failed job again (after fixing its cause).
+    Replay {
+        id: Option<i64>,
+        #[arg(long)]
+        failed: bool,
+    },
+}
+
+fn load(path: &std::path::Path) -> anyhow::Result<Config> {
+    Config::load(path).with_context(|| format!("configuration {}", path.display()))
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { config } => {
+            let relay = Relay::start(load(&config)?).await?;
+            wait_for_signal().await;
+            tracing::info!("stopping");
+            relay.shutdown().await;
+            Ok(())
+        }
+        Command::Check { config } => check(load(&config)?).await,
+        Command::Transfer {
+            config,
+            route,
+            deal,
+            dry_run,
+        } => transfer(load(&config)?, &route, deal, dry_run).await,
+        Command::Fields { config, route } => fields(load(&config)?, &route).await,
+        Command::Jobs { config, action } => {
+            let config = config.context("--config is required")?;
+            jobs(load(&config)?, action)
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn route_of<'a>(config: &'a Config, name: &str) -> anyhow::Result<&'a Route> {
+    config.route(name).with_context(|| {
+        let known: Vec<&str> = config.routes.iter().map(|r| r.name.as_str()).collect();
+        format!("no route `{name}`; configured: {}", known.join(", "))
+    })
+}
+
+fn show_job(job: &Job) -> String {
+    format!(
+        "job {} [{}] {} deal {} via {} attempts {}{}{}",
+        job.id,
+        job.state.as_str(),
+        job.portal,
+        job.deal_id,
+        job.trigger,
+        job.attempts,
+        job.target_deal_id
+            .map(|t| format!(" target {t}"))
+            .unwrap_or_default(),
+        job.message
+            .as_deref()
+            .map(|m| format!(": {m}"))
+            .unwrap_or_default(),
+    )
+}
+
+/// `jobs list|show|replay`; returns what it printed (tests read it).
+pub fn jobs_output(config: Config, action: JobsAction) -> anyhow::Result<Vec<String>> {
+    let parts = Parts::open(config)?;
+    let store = &parts.store;
+    Ok(match action {
+        JobsAction::List { state, limit } => {
+            let state = match state {
+                Some(text) => Some(JobState::parse(&text).with_context(|| {
+                    format!("unknown state `{text}`; use pending, running, done, skipped or failed")
+                })?),
+                None => None,
+            };
+            store.jobs(state, limit)?.iter().map(show_job).collect()
+        }
+        JobsAction::Show { id } => {
+            let job = store.job(id)?.with_context(|| format!("no job {id}"))?;
+            vec![show_job(&job)]
+        }
+        JobsAction::Replay {
+            id: Some(id),
+            failed: false,
+        } => {
+            store.replay(id)?;
+            vec![format!("job {id} queued again")]
+        }
+        JobsAction::Replay {
+            id: None,
+            failed: true,
+        } => {
+            let count = store.replay_failed()?;
+            vec![format!("{count} failed deal(s) queued again")]
+        }
+        JobsAction::Replay { .. } => bail!("give a job id or --failed, not both"),
+    })
+}
+
+fn jobs(config: Config, action: JobsAction) -> anyhow::Result<()> {
+    for line in jobs_output(config, action)? {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+async fn transfer(config: Config, route: &str, deal: i64, dry_run: bool) -> anyhow::Result<()> {
+    let portal = route_of(&config, route)?.from.clone();
+    let parts = Parts::open(config)?;
+    if !dry_run {
+        // Through the queue, so the serving relay is the only writer.
+        let queued = parts.store.enqueue(&portal, deal, "cli")?;
+        println!(
+            "deal {deal} queued as job {}{}; the running relay transfers it",
+            queued.job_id,
+            if queued.coalesced { " (merged)" } else { "" }
+        );
+        return Ok(());
+    }
+    match parts.transfer.run(&portal, deal, true).await {
+        Ok(Transferred::Skipped(reason)) => println!("would skip: {reason}"),
+        Ok(Transferred::Routes(outcomes)) => {
+            for outcome in outcomes.iter().filter(|o| o.route() == route) {
+                if let RouteOutcome::Planned { fields, .. } = outcome {
+                    println!("{}", serde_json::to_string_pretty(fields)?);
+                }
+            }
+        }
+        Err(error) => bail!("dry run failed: {error}"),
+    }
+    Ok(())
+}
+
+fn methods_for(config: &Config, portal: &str) -> Vec<&'static str> {
+    let mut methods = BTreeSet::new();
+    for route in config.routes.iter().filter(|r| r.from == portal) {
+        methods.extend(["batch", "crm.item.get"]);
+        if route.products {
+            methods.insert("crm.item.productrow.list");
+        }
+        if route.writeback_comment {
+            methods.insert("crm.timeline.comment.add");
+        }
+        if route.writeback_field.is_some() {
+            methods.insert("crm.item.update");
+        }
+        if route.responsible.is_some() {
+            methods.insert("user.get");
+        }
+        if !route.values.is_empty() {
+            methods.insert("crm.item.fields");
+        }
+    }
+    for route in config.routes.iter().filter(|r| r.to == portal) {
+        methods.extend(["batch", "crm.item.add", "crm.item.update", "crm.item.list"]);
+        if route.products {
+            methods.insert("crm.item.productrow.set");
+        }
+        if route.contact || route.company {
+            methods.insert("crm.duplicate.findbycomm");
+        }
+        if route.responsible.is_some() {
+            methods.insert("user.get");
+        }
+        if !route.values.is_empty() {
+            methods.insert("crm.item.fields");
+        }
+    }
+    methods.into_iter().collect()
+}
+
+/// Problems of a route's mapping against the portals' live deal fields.
+pub fn mapping_problems(
+    route: &Route,
+    source: &FieldCatalog,
+    target: &FieldCatalog,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (from, to) in &route.fields {
+        if !source.contains_key(from) {
+            problems.push(format!(
+                "route {}: source field {from} does not exist on {}",
+                route.name, route.from
+            ));
+        }
+        match target.get(to) {
+            None => problems.push(format!(
+                "route {}: target field {to} does not exist on {}",
+                route.name, route.to
+            )),
+            Some(info) if info.read_only => problems.push(format!(
+                "route {}: target field {to} is read-only",
+                route.name
+            )),
+            Some(_) => {}
+        }
+    }
+    for (field, rule) in &route.values {
+        let Some(info) = target.get(field) else {
+            continue;
+        };
+        if let ValueRule::Table(table) = rule {
+            for (from, to) in table {
+                if !info.options.iter().any(|(id, _)| id == to) {
+                    problems.push(format!(
+                        "route {}: values.{field}: \"{from}\" maps to {to}, which is not an option of {field} on {}",
+                        route.name, route.to
+                    ));
+                }
+            }
+        }
+    }
+    for field in route.files.iter().chain(route.writeback_field.iter()) {
+        if !source.contains_key(field) {
+            problems.push(format!(
+                "route {}: field {field} does not exist on {}",
+                route.name, route.from
+            ));
+        }
+    }
+    for field in route.constants.keys() {
+        if !target.contains_key(field) {
+            problems.push(format!(
+                "route {}: constant field {field} does not exist on {}",
+                route.name, route.to
+            ));
+        }
+    }
+    problems
+}
+
+async fn check(config: Config) -> anyhow::Result<()> {
+    let parts = Parts::open(config)?;
+    let config = &parts.config;
+    let mut problems = Vec::new();
+    for (name, portal) in parts.transfer.portals.iter() {
+        let methods = methods_for(config, name);
+        match portal.client.check(&methods).await {
+            Ok(report) => {
+                println!("{name}: {report}");
+                problems.extend(
+                    report
+                        .problems()
+                        .into_iter()
+                        .map(|p| format!("{name}: {p}")),
+                );
+            }
+            Err(error) => problems.push(format!("{name}: {error}")),
+        }
+    }
+    let ttl = config.field_cache_ttl;
+    for route in &config.routes {
+        let (Some(from), Some(to)) = (
+            parts.transfer.portals.get(&route.from),
+            parts.transfer.portals.get(&route.to),
+        ) else {
+            continue;
+        };
+        match (
+            from.deal_catalog(ttl, true).await,
+            to.deal_catalog(ttl, true).await,
+        ) {
+            (Ok(source), Ok(target)) => problems.extend(mapping_problems(route, &source, &target)),
+            (Err(error), _) | (_, Err(error)) => problems.push(format!(
+                "route {}: reading deal fields: {error}",
+                route.name
+            )),
+        }
+    }
+    if problems.is_empty() {
+        println!("everything the routes need is there");
+        return Ok(());
+    }
+    for problem in &problems {
+        println!("PROBLEM {problem}");
+    }
+    bail!("{} problem(s) found", problems.len())
+}
+
+async fn fields(config: Config, route_name: &str) -> anyhow::Result<()> {
+    let route = route_of(&config, route_name)?.clone();
+    let parts = Parts::open(config)?;
+    let portal = |name: &str| {
+        parts
+            .transfer
+            .portals
+            .get(name)
+            .with_context(|| format!("portal {name} is not configured"))
+    };
+    let ttl = parts.config.field_cache_ttl;
+    let source = portal(&route.from)?.deal_catalog(ttl, true).await?;
+    let target = portal(&route.to)?.deal_catalog(ttl, true).await?;
+    println!(
+        "{:<28} {:<14} | {:<28} {:<14}",
+        route.from, "type", route.to, "type"
+    );
+    let names: BTreeSet<&String> = source.keys().chain(target.keys()).collect();
+    for name in names {
+        let side = |c: &FieldCatalog| {
+            c.get(name)
+                .map(|i| (format!("{name} ({})", i.title), i.kind.clone()))
+                .unwrap_or_default()
+        };
+        let (s, st) = side(&source);
+        let (t, tt) = side(&target);
+        println!("{s:<28} {st:<14} | {t:<28} {tt:<14}");
+    }
+    println!("\n# suggested mapping (same name or same title, writable on the target)");
+    let mut suggested = Vec::new();
+    for (name, info) in source.iter().filter(|(_, i)| !i.read_only) {
+        let found = target.get_key_value(name).or_else(|| {
+            target
+                .iter()
+                .find(|(_, t)| !info.title.is_empty() && t.title == info.title)
+        });
+        if let Some((target_name, target_info)) = found.filter(|(_, t)| !t.read_only) {
+            suggested.push(format!("{name} = \"{target_name}\""));
+            if target_info.kind == "enumeration" {
+                println!("values.{target_name} = {{ match = \"label\" }}");
+                for (id, label) in &info.options {
+                    let matched = target_info
+                        .options
+                        .iter()
+                        .find(|(_, l)| l.trim().eq_ignore_ascii_case(label.trim()));
+                    match matched {
+                        Some((tid, _)) => println!("#   {id} \"{label}\" -> {tid}"),
+                        None => println!("#   {id} \"{label}\" -> NO MATCH: add a table entry"),
+                    }
+                }
+            }
+        }
+    }
+    println!("fields = {{ {} }}", suggested.join(", "));
+    Ok(())
+}

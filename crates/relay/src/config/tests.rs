@@ -1,0 +1,114 @@
+use std::io::Write;
+
+use super::*;
+
+fn secret_file(dir: &tempfile::TempDir, name: &str, value: &str) -> String {
+    let path = dir.path().join(name);
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(value.as_bytes())
+        .unwrap();
+    path.display().to_string()
+}
+
+fn sample(dir: &tempfile::TempDir) -> String {
+    let partner = secret_file(dir, "p.webhook", "https://partner.test/rest/1/s3cr3tA/\n");
+    let esb = secret_file(dir, "e.webhook", "https://esb.test/rest/7/s3cr3tB/");
+    let token = secret_file(dir, "p.token", "app-t0ken");
+    format!(
+        r#"
+listen = "127.0.0.1:8080"
+store = "sqlite://{db}"
+
+[portal.partner]
+webhook = {{ file = "{partner}" }}
+application_token = {{ file = "{token}" }}
+rate = {{ burst = 50, per_second = 2 }}
+
+[portal.esb]
+webhook = {{ file = "{esb}" }}
+
+[[route]]
+name = "p2e"
+from = "partner"
+to = "esb"
+when = {{ category = 2, stages = ["C2:PREPARATION"] }}
+target = {{ category = 3, stage = "C3:NEW" }}
+fields = {{ title = "title", ufCrm_123 = "ufCrm_456", ufCrm_7 = "ufCrm_8" }}
+values.ufCrm_456 = {{ match = "label" }}
+values.ufCrm_8 = {{ "45" = "101", "46" = 102 }}
+constants = {{ sourceId = "PARTNER" }}
+contact = "match"
+writeback = {{ comment = true, field = "ufCrm_ESB" }}
+"#,
+        db = dir.path().join("relay.db").display()
+    )
+}
+
+#[test]
+fn parses_a_full_config_and_hides_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::parse(&sample(&dir)).unwrap();
+    assert_eq!(config.workers, 4);
+    assert_eq!(config.portals["partner"].rate.burst, 50);
+    assert_eq!(config.portals["esb"].public_url, "https://esb.test");
+    let route = config.route("p2e").unwrap();
+    assert_eq!(route.values["ufCrm_456"], ValueRule::Label);
+    let ValueRule::Table(table) = &route.values["ufCrm_8"] else {
+        panic!("table expected")
+    };
+    assert_eq!(table["46"], "102");
+    assert!(route.contact && !route.company);
+    assert_eq!(route.constants["sourceId"], "PARTNER");
+    let shown = format!("{config:?}");
+    for secret in ["s3cr3tA", "s3cr3tB", "app-t0ken"] {
+        assert!(!shown.contains(secret), "{shown}");
+    }
+}
+
+#[test]
+fn errors_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = sample(&dir);
+    let cases = [
+        (
+            good.replace("to = \"esb\"", "to = \"nowhere\""),
+            "route `p2e`.to",
+        ),
+        (
+            good.replace("values.ufCrm_456", "values.ufCrm_999"),
+            "values.ufCrm_999",
+        ),
+        (
+            good.replace("contact = \"match\"", "contact = \"maybe\""),
+            "contact",
+        ),
+        (good.replace("sqlite://", "postgres://"), "store"),
+        (
+            good.replace(
+                "webhook = { file",
+                "webhook = { env = \"NOPE_B24_UNSET\", file",
+            ),
+            "portal.esb.webhook",
+        ),
+    ];
+    for (text, expected) in cases {
+        let error = Config::parse(&text).unwrap_err().to_string();
+        assert!(error.contains(expected), "{expected}: {error}");
+        assert!(!error.contains("s3cr3t"), "{error}");
+    }
+}
+
+#[test]
+fn inline_secrets_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = sample(&dir).replace(
+        &format!(
+            "webhook = {{ file = \"{}\" }}",
+            dir.path().join("e.webhook").display()
+        ),
+        "webhook = \"https://esb.test/rest/7/s3cr3tB/\"",
+    );
+    let error = Config::parse(&text).unwrap_err().to_string();
+    assert!(!error.contains("s3cr3tB"), "{error}");
+}

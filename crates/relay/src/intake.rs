@@ -1,0 +1,271 @@
+//! Intake: `POST /hook/event/{portal}` (outgoing-webhook events) and
+//! `POST /hook/rule/{portal}?secret=…` (the built-in "Webhook" automation
+//! rule). A request is authenticated, validated, committed to the queue and
+//! answered at once; the transfer happens later in a worker, because
+//! Bitrix24 never re-sends an event and slows down slow handlers.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+use tokio::sync::Notify;
+
+use crate::config::{Config, PortalConfig};
+use crate::mapping::scalar;
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::worker::blocking;
+
+/// What intake needs, shared by all connections.
+pub struct Intake {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn Store>,
+    pub metrics: Arc<Metrics>,
+    pub wake: Arc<Notify>,
+}
+
+pub type HttpResponse = Response<Full<Bytes>>;
+
+fn answer(status: StatusCode, body: Value) -> HttpResponse {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn refuse(status: StatusCode, reason: impl Into<String>) -> HttpResponse {
+    answer(status, json!({"error": reason.into()}))
+}
+
+/// Why a request was refused; becomes its status and message.
+struct Refusal(StatusCode, String);
+
+fn secret_matches(given: &str, expected: &b24_client::Secret) -> bool {
+    bool::from(given.as_bytes().ct_eq(expected.expose().as_bytes()))
+}
+
+impl Intake {
+    pub async fn handle<B>(&self, request: Request<B>) -> HttpResponse
+    where
+        B: hyper::body::Body<Data = Bytes> + Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let path = request.uri().path().to_owned();
+        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let kind = match parts.as_slice() {
+            ["healthz"] => return answer(StatusCode::OK, json!({"ok": true})),
+            ["hook", kind @ ("event" | "rule"), _] => *kind,
+            _ => return refuse(StatusCode::NOT_FOUND, "unknown path"),
+        };
+        let result = self.accept(kind, parts[2], request).await;
+        let response = match result {
+            Ok(response) => response,
+            Err(Refusal(status, reason)) => {
+                tracing::info!(kind, status = status.as_u16(), %reason, "intake request refused");
+                refuse(status, reason)
+            }
+        };
+        self.metrics
+            .intake_answered(kind, response.status().as_u16());
+        response
+    }
+
+    async fn accept<B>(
+        &self,
+        kind: &str,
+        portal_name: &str,
+        request: Request<B>,
+    ) -> Result<HttpResponse, Refusal>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        if request.method() != Method::POST {
+            return Err(Refusal(StatusCode::METHOD_NOT_ALLOWED, "use POST".into()));
+        }
+        let portal = self.config.portals.get(portal_name).ok_or_else(|| {
+            Refusal(
+                StatusCode::NOT_FOUND,
+                format!("unknown portal {portal_name}"),
+            )
+        })?;
+        if kind == "rule" {
+            check_rule_secret(portal, request.uri().query().unwrap_or(""))?;
+        }
+        let json_body = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.to_ascii_lowercase().contains("json"));
+        let limit = self.config.max_body_bytes;
+        let too_large = || {
+            Refusal(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body larger than {limit} bytes"),
+            )
+        };
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Err(too_large());
+        }
+        let body = Limited::new(request.into_body(), limit)
+            .collect()
+            .await
+            .map_err(|_| too_large())?
+            .to_bytes();
+        let tree = parse_body(&body, json_body)
+            .map_err(|reason| Refusal(StatusCode::BAD_REQUEST, reason))?;
+        let (deal_id, trigger) = match kind {
+            "event" => match read_event(portal, &tree)? {
+                Some(found) => found,
+                None => {
+                    return Ok(answer(
+                        StatusCode::OK,
+                        json!({"ignored": "not a deal add/update event"}),
+                    ));
+                }
+            },
+            _ => (read_rule(&tree)?, "rule".to_owned()),
+        };
+        let name = portal.name.clone();
+        let enqueued = blocking(&self.store, move |s| s.enqueue(&name, deal_id, &trigger))
+            .await
+            .map_err(|error| {
+                tracing::error!(%error, "cannot queue an intake request");
+                Refusal(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the queue is not available".into(),
+                )
+            })?;
+        self.wake.notify_one();
+        Ok(answer(
+            StatusCode::OK,
+            json!({"ok": true, "job": enqueued.job_id, "coalesced": enqueued.coalesced}),
+        ))
+    }
+}
+
+fn check_rule_secret(portal: &PortalConfig, query: &str) -> Result<(), Refusal> {
+    let unauthorized = || Refusal(StatusCode::UNAUTHORIZED, "wrong or missing secret".into());
+    let expected = portal.rule_secret.as_ref().ok_or_else(unauthorized)?;
+    let params = b24_phpform::parse(query.as_bytes(), &b24_phpform::Limits::default())
+        .map_err(|_| unauthorized())?;
+    let given = params.get("secret").and_then(Value::as_str).unwrap_or("");
+    if secret_matches(given, expected) {
+        Ok(())
+    } else {
+        Err(unauthorized())
+    }
+}
+
+fn parse_body(body: &[u8], json_body: bool) -> Result<Value, String> {
+    if body.is_empty() {
+        return Err("empty body".into());
+    }
+    let tree = if json_body {
+        serde_json::from_slice::<Value>(body).map_err(|e| format!("invalid JSON: {e}"))?
+    } else {
+        b24_phpform::parse(body, &b24_phpform::Limits::default())
+            .map_err(|e| format!("invalid form body: {e}"))?
+    };
+    if !tree.is_object() {
+        return Err("the body must be an object or a form".into());
+    }
+    Ok(tree)
+}
+
+/// The deal id and event name of an outgoing-webhook event, after checking
+/// its token (constant time), domain and member id. `None`: an event the
+/// relay does not act on.
+fn read_event(portal: &PortalConfig, tree: &Value) -> Result<Option<(i64, String)>, Refusal> {
+    let unauthorized = |why: &str| Refusal(StatusCode::UNAUTHORIZED, why.to_owned());
+    let auth = &tree["auth"];
+    let token = auth["application_token"].as_str().unwrap_or("");
+    let expected = portal
+        .application_token
+        .as_ref()
+        .ok_or_else(|| unauthorized("this portal has no application token configured"))?;
+    if !secret_matches(token, expected) {
+        return Err(unauthorized("wrong application token"));
+    }
+    if let Some(domain) = &portal.domain {
+        if !scalar(&auth["domain"]).eq_ignore_ascii_case(domain) {
+            return Err(unauthorized("auth[domain] is not the configured portal"));
+        }
+    }
+    if let Some(member) = &portal.member_id {
+        if scalar(&auth["member_id"]) != *member {
+            return Err(unauthorized("auth[member_id] is not the configured portal"));
+        }
+    }
+    let event = tree["event"].as_str().unwrap_or("").to_ascii_uppercase();
+    if event.is_empty() {
+        return Err(Refusal(StatusCode::BAD_REQUEST, "missing event".into()));
+    }
+    if !matches!(
+        event.as_str(),
+        "ONCRMDEALADD" | "ONCRMDEALUPDATE" | "ONCRMDEALMOVETOCATEGORY"
+    ) {
+        return Ok(None);
+    }
+    let id = scalar(&tree["data"]["FIELDS"]["ID"]);
+    let deal_id = positive_id(&id).ok_or_else(|| {
+        Refusal(
+            StatusCode::BAD_REQUEST,
+            "data[FIELDS][ID] must be a deal id".into(),
+        )
+    })?;
+    Ok(Some((deal_id, event)))
+}
+
+/// `document_id[2]=DEAL_123` → 123.
+fn read_rule(tree: &Value) -> Result<i64, Refusal> {
+    let document = scalar(&tree["document_id"][2]);
+    document
+        .strip_prefix("DEAL_")
+        .and_then(positive_id)
+        .ok_or_else(|| {
+            Refusal(
+                StatusCode::BAD_REQUEST,
+                "document_id[2] must be DEAL_<id> (the rule must be on a deal)".into(),
+            )
+        })
+}
+
+fn positive_id(text: &str) -> Option<i64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse::<i64>().ok().filter(|id| *id > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_must_be_plain_positive_numbers() {
+        assert_eq!(positive_id("42"), Some(42));
+        for bad in ["", "0", "-1", "4x", " 4", "99999999999999999999"] {
+            assert_eq!(positive_id(bad), None, "{bad}");
+        }
+        let rule = b24_phpform::parse_str(
+            "document_id[0]=crm&document_id[1]=CCrmDocumentDeal&document_id[2]=DEAL_17",
+            &b24_phpform::Limits::default(),
+        )
+        .unwrap();
+        assert_eq!(read_rule(&rule).ok(), Some(17));
+        let lead = json!({"document_id": ["crm", "CCrmDocumentLead", "LEAD_17"]});
+        assert!(read_rule(&lead).is_err());
+    }
+}

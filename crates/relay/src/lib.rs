@@ -1,0 +1,19 @@
+//! The deal relay between Bitrix24 portals: takes events and automation-rule
+//! calls in, queues them durably, and transfers each source deal to exactly
+//! one target deal (fields, product rows, contact, company, files), then
+//! reports back on the source deal.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod intake;
+pub mod mapping;
+pub mod metrics;
+pub mod portals;
+pub mod store;
+pub mod transfer;
+pub mod worker;
+
+pub use app::{Parts, Relay, StartError};
+pub use config::{Config, ConfigError};
+pub use store::{Job, JobState, SqliteStore, Store};

@@ -1,0 +1,228 @@
+//! Prometheus metrics of the relay. Labels carry portal names, methods,
+//! routes and outcomes, never a secret.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use b24_client::{Observer, RequestEvent};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::store::QueueStats;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Every metric the relay exports, registered once.
+pub struct Metrics {
+    registry: Registry,
+    jobs: Family<Labels, Gauge>,
+    queue_depth: Gauge,
+    oldest_pending: Gauge<f64, AtomicU64>,
+    transfers: Family<Labels, Counter>,
+    transfer_seconds: Histogram,
+    portal_requests: Family<Labels, Counter>,
+    rate_limit_waits: Family<Labels, Counter>,
+    rate_limit_wait_seconds: Family<Labels, Counter<f64, AtomicU64>>,
+    intake: Family<Labels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("b24_relay");
+        let jobs = Family::<Labels, Gauge>::default();
+        registry.register("jobs", "Jobs by state", jobs.clone());
+        let queue_depth = Gauge::default();
+        registry.register(
+            "queue_depth",
+            "Jobs waiting or running",
+            queue_depth.clone(),
+        );
+        let oldest_pending = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "oldest_pending_job_age_seconds",
+            "Age of the oldest job not finished yet",
+            oldest_pending.clone(),
+        );
+        let transfers = Family::<Labels, Counter>::default();
+        registry.register(
+            "transfers",
+            "Transfers by route and result",
+            transfers.clone(),
+        );
+        let transfer_seconds = Histogram::new(exponential_buckets(0.05, 2.0, 14));
+        registry.register(
+            "transfer_duration_seconds",
+            "Time from claiming a job to its end",
+            transfer_seconds.clone(),
+        );
+        let portal_requests = Family::<Labels, Counter>::default();
+        registry.register(
+            "portal_requests",
+            "HTTP requests to portals by portal, method and outcome code",
+            portal_requests.clone(),
+        );
+        let rate_limit_waits = Family::<Labels, Counter>::default();
+        registry.register(
+            "rate_limit_waits",
+            "Requests that waited for the portal's leaky bucket",
+            rate_limit_waits.clone(),
+        );
+        let rate_limit_wait_seconds = Family::<Labels, Counter<f64, AtomicU64>>::default();
+        registry.register(
+            "rate_limit_wait_seconds",
+            "Time spent waiting for portals' leaky buckets",
+            rate_limit_wait_seconds.clone(),
+        );
+        let intake = Family::<Labels, Counter>::default();
+        registry.register(
+            "intake_requests",
+            "Intake requests by kind and HTTP status",
+            intake.clone(),
+        );
+        Self {
+            registry,
+            jobs,
+            queue_depth,
+            oldest_pending,
+            transfers,
+            transfer_seconds,
+            portal_requests,
+            rate_limit_waits,
+            rate_limit_wait_seconds,
+            intake,
+        }
+    }
+
+    pub fn transfer_finished(&self, route: &str, result: &str, took: Duration) {
+        self.transfers
+            .get_or_create(&vec![
+                ("route", route.to_owned()),
+                ("result", result.to_owned()),
+            ])
+            .inc();
+        self.transfer_seconds.observe(took.as_secs_f64());
+    }
+
+    pub fn intake_answered(&self, kind: &str, status: u16) {
+        self.intake
+            .get_or_create(&vec![
+                ("kind", kind.to_owned()),
+                ("status", status.to_string()),
+            ])
+            .inc();
+    }
+
+    pub fn set_queue(&self, stats: &QueueStats) {
+        let mut depth = 0;
+        for (state, count) in &stats.by_state {
+            self.jobs
+                .get_or_create(&vec![("state", state.as_str().to_owned())])
+                .set(*count as i64);
+            if matches!(
+                state,
+                crate::store::JobState::Pending | crate::store::JobState::Running
+            ) {
+                depth += *count as i64;
+            }
+        }
+        self.queue_depth.set(depth);
+        self.oldest_pending.set(
+            stats
+                .oldest_pending_age
+                .map_or(0.0, |age| age.as_secs_f64()),
+        );
+    }
+
+    /// Requests counted for one portal and outcome code (for tests and benchmarks).
+    pub fn portal_request_count(&self, portal: &str, method: &str, code: &str) -> u64 {
+        self.portal_requests
+            .get_or_create(&vec![
+                ("portal", portal.to_owned()),
+                ("method", method.to_owned()),
+                ("code", code.to_owned()),
+            ])
+            .get()
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+impl Observer for Metrics {
+    fn request_finished(&self, event: &RequestEvent<'_>) {
+        self.portal_requests
+            .get_or_create(&vec![
+                ("portal", event.portal.to_owned()),
+                ("method", event.method.to_owned()),
+                ("code", event.outcome.to_owned()),
+            ])
+            .inc();
+    }
+
+    fn rate_limit_waited(&self, portal: &str, waited: Duration) {
+        let labels = vec![("portal", portal.to_owned())];
+        self.rate_limit_waits.get_or_create(&labels).inc();
+        self.rate_limit_wait_seconds
+            .get_or_create(&labels)
+            .inc_by(waited.as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::JobState;
+
+    #[test]
+    fn renders_the_documented_families() {
+        let metrics = Metrics::new();
+        metrics.transfer_finished("p2e", "created", Duration::from_millis(300));
+        metrics.intake_answered("event", 200);
+        metrics.set_queue(&QueueStats {
+            by_state: vec![(JobState::Pending, 3), (JobState::Running, 1)],
+            oldest_pending_age: Some(Duration::from_secs(7)),
+        });
+        metrics.request_finished(&RequestEvent {
+            portal: "127.0.0.1:5",
+            method: "batch",
+            outcome: "ok",
+            status: Some(200),
+            elapsed: Duration::from_millis(3),
+            attempt: 1,
+        });
+        metrics.rate_limit_waited("127.0.0.1:5", Duration::from_millis(500));
+        let text = metrics.render();
+        for expected in [
+            "b24_relay_transfers_total{route=\"p2e\",result=\"created\"} 1",
+            "b24_relay_queue_depth 4",
+            "b24_relay_oldest_pending_job_age_seconds 7",
+            "b24_relay_jobs{state=\"pending\"} 3",
+            "b24_relay_portal_requests_total{portal=\"127.0.0.1:5\",method=\"batch\",code=\"ok\"} 1",
+            "b24_relay_rate_limit_waits_total{portal=\"127.0.0.1:5\"} 1",
+            "b24_relay_intake_requests_total{kind=\"event\",status=\"200\"} 1",
+            "b24_relay_transfer_duration_seconds_bucket",
+        ] {
+            assert!(text.contains(expected), "{expected} missing in\n{text}");
+        }
+        assert_eq!(
+            metrics.portal_request_count("127.0.0.1:5", "batch", "ok"),
+            1
+        );
+    }
+}

@@ -1,0 +1,210 @@
+//! The configured portals at run time: one REST client each (all sharing one
+//! rate-limit registry, so every call to a portal waits for its bucket), the
+//! deal field catalogue cached with a time to live, users found by e-mail,
+//! and file downloads through the same bucket.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use b24_client::{Client, Error as ClientError, RateLimits};
+use serde_json::{Value, json};
+
+use crate::config::{Config, PortalConfig};
+use crate::mapping::{FieldCatalog, parse_catalog, scalar};
+use crate::metrics::Metrics;
+
+/// All portals of the configuration.
+pub struct Portals {
+    by_name: BTreeMap<String, Arc<PortalHandle>>,
+}
+
+/// One portal: its client and caches.
+pub struct PortalHandle {
+    pub config: PortalConfig,
+    pub client: Client,
+    rate_limits: RateLimits,
+    downloader: reqwest::Client,
+    metrics: Arc<Metrics>,
+    catalog: Mutex<Option<(Instant, Arc<FieldCatalog>)>>,
+    users_by_email: Mutex<HashMap<String, Option<i64>>>,
+}
+
+impl Portals {
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Self, ClientError> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let rate_limits = RateLimits::default();
+        let downloader = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(120))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| ClientError::Config(format!("HTTP client: {}", e.without_url())))?;
+        let mut by_name = BTreeMap::new();
+        for (name, portal) in &config.portals {
+            rate_limits.set_portal(&portal.webhook.portal(), portal.rate)?;
+            let client = Client::builder(portal.webhook.clone(), rate_limits.clone())
+                .observer(metrics.clone())
+                .build()?;
+            by_name.insert(
+                name.clone(),
+                Arc::new(PortalHandle {
+                    config: portal.clone(),
+                    client,
+                    rate_limits: rate_limits.clone(),
+                    downloader: downloader.clone(),
+                    metrics: metrics.clone(),
+                    catalog: Mutex::new(None),
+                    users_by_email: Mutex::new(HashMap::new()),
+                }),
+            );
+        }
+        Ok(Self { by_name })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<PortalHandle>> {
+        self.by_name.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Arc<PortalHandle>)> {
+        self.by_name.iter()
+    }
+}
+
+impl PortalHandle {
+    /// Deal fields (`crm.item.fields`), fetched at most once per `ttl`
+    /// unless `refresh` asks for a fresh copy.
+    pub async fn deal_catalog(
+        &self,
+        ttl: Duration,
+        refresh: bool,
+    ) -> Result<Arc<FieldCatalog>, ClientError> {
+        if !refresh {
+            let cached = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((at, catalog)) = cached.as_ref().filter(|(at, _)| at.elapsed() < ttl) {
+                let _ = at;
+                return Ok(catalog.clone());
+            }
+        }
+        let response = self
+            .client
+            .call("crm.item.fields", &json!({"entityTypeId": 2}))
+            .await?;
+        let catalog = Arc::new(parse_catalog(&response.result));
+        *self.catalog.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((Instant::now(), catalog.clone()));
+        Ok(catalog)
+    }
+
+    /// The active user with this e-mail (cached, also when there is none).
+    pub async fn user_by_email(&self, email: &str) -> Result<Option<i64>, ClientError> {
+        let key = email.trim().to_ascii_lowercase();
+        if let Some(found) = self
+            .users_by_email
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return Ok(*found);
+        }
+        let response = self
+            .client
+            .call(
+                "user.get",
+                &json!({"FILTER": {"EMAIL": email, "ACTIVE": true}}),
+            )
+            .await?;
+        let found = response
+            .result
+            .as_array()
+            .and_then(|users| users.first())
+            .and_then(|user| scalar(&user["ID"]).parse::<i64>().ok());
+        self.users_by_email
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, found);
+        Ok(found)
+    }
+
+    /// Downloads a file by its `urlMachine` link (it carries the webhook's
+    /// auth), waiting for the portal's bucket like every other request.
+    /// Errors never include the URL.
+    pub async fn download(&self, url: &str) -> Result<(String, Vec<u8>), String> {
+        let waited = self
+            .rate_limits
+            .portal(self.client.portal())
+            .acquire()
+            .await;
+        if !waited.is_zero() {
+            b24_client::Observer::rate_limit_waited(&*self.metrics, self.client.portal(), waited);
+        }
+        let response = self
+            .downloader
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| format!("file download failed: {}", e.without_url()))?;
+        let status = response.status().as_u16();
+        b24_client::Observer::request_finished(
+            &*self.metrics,
+            &b24_client::RequestEvent {
+                portal: self.client.portal(),
+                method: "file.download",
+                outcome: if status == 200 { "ok" } else { "http_error" },
+                status: Some(status),
+                elapsed: Duration::ZERO,
+                attempt: 1,
+            },
+        );
+        if status != 200 {
+            return Err(format!("file download answered HTTP {status}"));
+        }
+        let name = response
+            .headers()
+            .get(http::header::CONTENT_DISPOSITION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(filename_of)
+            .unwrap_or_else(|| "file".to_owned());
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| format!("file download failed: {}", e.without_url()))?;
+        Ok((name, bytes.to_vec()))
+    }
+}
+
+/// `attachment; filename="a.pdf"` → `a.pdf`.
+fn filename_of(disposition: &str) -> Option<String> {
+    let start = disposition.find("filename=")? + "filename=".len();
+    let name = disposition[start..]
+        .split(';')
+        .next()?
+        .trim()
+        .trim_matches('"');
+    (!name.is_empty()).then(|| name.to_owned())
+}
+
+/// Numeric id from a JSON value (`5`, `"5"`); zero and junk are `None`.
+pub fn id_of(value: Option<&Value>) -> Option<i64> {
+    value
+        .map(scalar)
+        .and_then(|text| text.parse::<i64>().ok())
+        .filter(|id| *id > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_file_names_and_ids() {
+        assert_eq!(
+            filename_of("attachment; filename=\"offer.pdf\"").as_deref(),
+            Some("offer.pdf")
+        );
+        assert_eq!(filename_of("attachment").as_deref(), None);
+        assert_eq!(id_of(Some(&json!("12"))), Some(12));
+        assert_eq!(id_of(Some(&json!(0))), None);
+        assert_eq!(id_of(None), None);
+    }
+}

@@ -1,0 +1,108 @@
+use super::*;
+
+fn open() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("sub/relay.db")).unwrap();
+    (dir, store)
+}
+
+const LEASE: Duration = Duration::from_secs(60);
+
+#[test]
+fn requests_for_a_waiting_deal_coalesce() {
+    let (_dir, store) = open();
+    let first = store.enqueue("partner", 7, "ONCRMDEALUPDATE").unwrap();
+    let again = store.enqueue("partner", 7, "ONCRMDEALUPDATE").unwrap();
+    let other = store.enqueue("partner", 8, "rule").unwrap();
+    assert!(!first.coalesced && again.coalesced);
+    assert_eq!(first.job_id, again.job_id);
+    assert_ne!(first.job_id, other.job_id);
+    assert_eq!(store.job(first.job_id).unwrap().unwrap().coalesced, 1);
+}
+
+#[test]
+fn a_deal_is_never_claimed_twice_at_once() {
+    let (_dir, store) = open();
+    store.enqueue("partner", 7, "rule").unwrap();
+    let claimed = store.claim(LEASE).unwrap().unwrap();
+    assert_eq!((claimed.state, claimed.attempts), (JobState::Running, 1));
+    // A request arriving during the transfer waits for it.
+    let queued = store.enqueue("partner", 7, "rule").unwrap();
+    assert!(!queued.coalesced);
+    assert!(store.claim(LEASE).unwrap().is_none());
+    store
+        .finish(claimed.id, JobState::Done, "created", Some(5))
+        .unwrap();
+    let next = store.claim(LEASE).unwrap().unwrap();
+    assert_eq!(next.id, queued.job_id);
+    let done = store.job(claimed.id).unwrap().unwrap();
+    assert_eq!(done.target_deal_id, Some(5));
+}
+
+#[test]
+fn a_lapsed_lease_or_a_restart_makes_the_job_due_again() {
+    let (_dir, store) = open();
+    store.enqueue("partner", 1, "rule").unwrap();
+    let claimed = store.claim(Duration::ZERO).unwrap().unwrap();
+    std::thread::sleep(Duration::from_millis(5));
+    let again = store.claim(LEASE).unwrap().unwrap();
+    assert_eq!((again.id, again.attempts), (claimed.id, 2));
+    assert_eq!(store.release_running().unwrap(), 1);
+    assert_eq!(store.claim(LEASE).unwrap().unwrap().attempts, 3);
+}
+
+#[test]
+fn retry_waits_and_replay_requeues_failed_jobs() {
+    let (_dir, store) = open();
+    let id = store.enqueue("partner", 1, "rule").unwrap().job_id;
+    store.claim(LEASE).unwrap().unwrap();
+    store
+        .retry_later(id, Duration::from_secs(3600), "portal down")
+        .unwrap();
+    assert!(store.claim(LEASE).unwrap().is_none(), "not due yet");
+    assert_eq!(store.job(id).unwrap().unwrap().state, JobState::Pending);
+    assert!(matches!(
+        store.replay(id),
+        Err(StoreError::NotReplayable { .. })
+    ));
+
+    let failed = store.enqueue("partner", 2, "rule").unwrap().job_id;
+    store.claim(LEASE).unwrap().unwrap();
+    store
+        .finish(failed, JobState::Failed, "bad value", None)
+        .unwrap();
+    assert_eq!(store.jobs(Some(JobState::Failed), 10).unwrap().len(), 1);
+    assert_eq!(store.replay_failed().unwrap(), 1);
+    assert!(store.jobs(Some(JobState::Failed), 10).unwrap().is_empty());
+    let replayed = store.claim(LEASE).unwrap().unwrap();
+    assert_eq!((replayed.deal_id, replayed.trigger.as_str()), (2, "replay"));
+    let stats = store.stats().unwrap();
+    assert!(stats.oldest_pending_age.is_some());
+}
+
+#[test]
+fn links_remember_creates_in_flight_and_copied_files() {
+    let (_dir, store) = open();
+    let key = LinkKey {
+        kind: LinkKind::Deal,
+        source_portal: "partner",
+        source_id: 9,
+        target_portal: "esb",
+    };
+    assert_eq!(store.link(&key).unwrap(), None);
+    store.mark_creating(&key).unwrap();
+    assert_eq!(
+        store.link(&key).unwrap(),
+        Some(Link {
+            target_id: None,
+            synced_hash: None
+        })
+    );
+    store.set_link(&key, 44, Some("abc")).unwrap();
+    store.mark_creating(&key).unwrap();
+    assert_eq!(store.link(&key).unwrap().unwrap().target_id, Some(44));
+    store
+        .add_copied_files(&key, "ufCrm_DOCS", &[3, 1, 3])
+        .unwrap();
+    assert_eq!(store.copied_files(&key, "ufCrm_DOCS").unwrap(), vec![1, 3]);
+}

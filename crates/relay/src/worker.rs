@@ -1,0 +1,198 @@
+//! Workers: claim a job, transfer, then finish, retry later (backoff with
+//! jitter) or fail with a message. A claimed job carries a lease renewed by
+//! a heartbeat, so a job held by a killed process becomes due again.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::store::{Job, JobState, Store, StoreError};
+use crate::transfer::{Transfer, TransferError, Transferred};
+
+/// Runs a store call off the async threads (commits wait for the disk).
+pub async fn blocking<T: Send + 'static>(
+    store: &Arc<dyn Store>,
+    work: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    let store = Arc::clone(store);
+    tokio::task::spawn_blocking(move || work(&*store))
+        .await
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic.into_panic()))
+}
+
+/// Delay before attempt `attempts + 1`: exponential, capped, half jitter.
+pub fn backoff(base: Duration, max: Duration, attempts: u32) -> Duration {
+    let exponent = attempts.saturating_sub(1).min(20);
+    let ceiling = base.saturating_mul(1u32 << exponent).min(max);
+    let half = ceiling / 2;
+    let jitter = rand::rng().random_range(0..=half.as_millis().max(1) as u64);
+    half + Duration::from_millis(jitter)
+}
+
+/// The worker pool of one relay process.
+pub struct Workers {
+    pub transfer: Arc<Transfer>,
+    pub metrics: Arc<Metrics>,
+    /// Woken by intake when a job is queued.
+    pub wake: Arc<Notify>,
+}
+
+impl Workers {
+    /// Runs `count` workers and the queue-metrics refresher until `stop`.
+    pub async fn run(self: Arc<Self>, count: usize, stop: CancellationToken) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..count {
+            let workers = Arc::clone(&self);
+            let stop = stop.clone();
+            tasks.spawn(async move { workers.work(stop).await });
+        }
+        let workers = Arc::clone(&self);
+        let stop_stats = stop.clone();
+        tasks.spawn(async move {
+            loop {
+                let store = Arc::clone(&workers.transfer.store);
+                if let Ok(stats) = blocking(&store, |s| s.stats()).await {
+                    workers.metrics.set_queue(&stats);
+                }
+                tokio::select! {
+                    _ = stop_stats.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            }
+        });
+        while tasks.join_next().await.is_some() {}
+    }
+
+    async fn work(&self, stop: CancellationToken) {
+        let store = Arc::clone(&self.transfer.store);
+        let lease = self.transfer.config.lease;
+        while !stop.is_cancelled() {
+            let claimed = blocking(&store, move |s| s.claim(lease)).await;
+            let job = match claimed {
+                Ok(Some(job)) => job,
+                Ok(None) => {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = self.wake.notified() => {}
+                        _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    }
+                    continue;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "cannot claim a job");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            // A stop mid-transfer abandons the job; its lease lapses and it
+            // runs again, which every step of a transfer allows.
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = self.process(job) => {}
+            }
+        }
+    }
+
+    /// Transfers one claimed job and records how it ended.
+    pub async fn process(&self, job: Job) {
+        let started = Instant::now();
+        let store = Arc::clone(&self.transfer.store);
+        let lease = self.transfer.config.lease;
+        let heartbeat = {
+            let store = Arc::clone(&store);
+            let id = job.id;
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(lease / 3).await;
+                    let _ = blocking(&store, move |s| s.heartbeat(id, lease)).await;
+                }
+            })
+        };
+        let result = self.transfer.run(&job.portal, job.deal_id, false).await;
+        heartbeat.abort();
+        let took = started.elapsed();
+        let config = &self.transfer.config;
+        let id = job.id;
+        let recorded = match result {
+            Ok(Transferred::Skipped(reason)) => {
+                tracing::info!(job = id, deal = job.deal_id, %reason, "skipped");
+                self.metrics.transfer_finished("-", "skipped", took);
+                blocking(&store, move |s| {
+                    s.finish(id, JobState::Skipped, &reason, None)
+                })
+                .await
+            }
+            Ok(Transferred::Routes(outcomes)) => {
+                let summary: Vec<String> = outcomes
+                    .iter()
+                    .map(|o| {
+                        self.metrics
+                            .transfer_finished(o.route(), o.result_label(), took);
+                        match o.target_id() {
+                            Some(t) => format!("{}: {} deal {t}", o.route(), o.result_label()),
+                            None => format!("{}: {}", o.route(), o.result_label()),
+                        }
+                    })
+                    .collect();
+                let target = outcomes.iter().find_map(|o| o.target_id());
+                tracing::info!(job = id, deal = job.deal_id, result = %summary.join("; "), "transferred");
+                let message = summary.join("; ");
+                blocking(&store, move |s| {
+                    s.finish(id, JobState::Done, &message, target)
+                })
+                .await
+            }
+            Err(TransferError::Transient(message)) if job.attempts < config.max_attempts => {
+                let delay = backoff(
+                    config.retry_base_delay,
+                    config.retry_max_delay,
+                    job.attempts,
+                );
+                tracing::warn!(job = id, deal = job.deal_id, attempt = job.attempts, %message, retry_in = ?delay, "transfer failed; will retry");
+                self.metrics.transfer_finished("-", "retry", took);
+                blocking(&store, move |s| s.retry_later(id, delay, &message)).await
+            }
+            Err(error) => {
+                let message = match &error {
+                    TransferError::Transient(m) => {
+                        format!("{m} (gave up after {} attempts)", job.attempts)
+                    }
+                    TransferError::Permanent(m) => m.clone(),
+                };
+                tracing::error!(job = id, deal = job.deal_id, %message, "transfer failed");
+                self.metrics.transfer_finished("-", "failed", took);
+                self.transfer
+                    .report_failure(&job.portal, job.deal_id, &message)
+                    .await;
+                blocking(&store, move |s| {
+                    s.finish(id, JobState::Failed, &message, None)
+                })
+                .await
+            }
+        };
+        if let Err(error) = recorded {
+            tracing::error!(job = id, %error, "cannot record the end of a job; it will run again");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_within_bounds() {
+        let base = Duration::from_secs(2);
+        let max = Duration::from_secs(60);
+        for _ in 0..50 {
+            let first = backoff(base, max, 1);
+            assert!(first >= Duration::from_secs(1) && first <= base);
+            let late = backoff(base, max, 30);
+            assert!(late >= max / 2 && late <= max);
+        }
+    }
+}

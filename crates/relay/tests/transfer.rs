@@ -1,0 +1,378 @@
+//! End to end over real HTTP on loopback: two emulated portals and the relay
+//! in this process.
+
+mod common;
+
+use std::time::Duration;
+
+use b24_emulator::{EntityType, MethodFaults};
+use b24_relay::{Config, JobState, Relay};
+use base64::Engine;
+use common::*;
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn start_relay(config_text: &str) -> (Relay, String) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("b24_relay=debug")
+        .with_test_writer()
+        .try_init();
+    let relay = Relay::start(Config::parse(config_text).unwrap())
+        .await
+        .expect("relay starts");
+    let url = format!("http://{}", relay.addr);
+    (relay, url)
+}
+
+fn jobs_in(relay: &Relay, state: JobState) -> Vec<b24_relay::Job> {
+    relay.store.jobs(Some(state), 1000).unwrap()
+}
+
+fn idle(relay: &Relay) -> bool {
+    jobs_in(relay, JobState::Pending).is_empty() && jobs_in(relay, JobState::Running).is_empty()
+}
+
+fn comments_on(portal: &b24_emulator::Portal, deal: i64) -> Vec<String> {
+    portal
+        .admin()
+        .timeline_comments()
+        .iter()
+        .filter(|c| c["ENTITY_ID"] == json!(deal.to_string()))
+        .map(|c| c["COMMENT"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+/// The full path: an outgoing-webhook event when the deal enters the stage,
+/// everything mapped and written once, repeats and updates, and a skip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_transfers_the_deal_once_with_everything_attached() {
+    let (source, target) = start_portals(50, 2.0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(dir.path(), &source, &target, &Options::default());
+    let (relay, url) = start_relay(&text).await;
+    let admin = source.admin();
+    let contact = admin
+        .insert_record(
+            EntityType::Contact,
+            &record(json!({"name": "Ivan", "lastName": "Partner", "fm": [{"typeId": "PHONE", "value": "+79000000001", "valueType": "WORK"}]})),
+        )
+        .unwrap();
+    let company = admin
+        .insert_record(
+            EntityType::Company,
+            &record(json!({"title": "Horns & Hooves", "fm": [{"typeId": "EMAIL", "value": "office@hh.test", "valueType": "WORK"}]})),
+        )
+        .unwrap();
+    let pdf = base64::engine::general_purpose::STANDARD.encode(b"%PDF-1.4 offer");
+    let deal = admin
+        .insert_record(
+            EntityType::Deal,
+            &record(json!({
+                "title": "Boiler room", "categoryId": 2, "stageId": "C2:NEW",
+                "opportunity": 1500.5, "currencyId": "EUR", "ufCrm_LEVEL": 1,
+                "assignedById": 5, "contactId": contact, "companyId": company,
+                "ufCrm_DOCS": [["offer.pdf", pdf]]
+            })),
+        )
+        .unwrap();
+    rest(
+        &source,
+        SOURCE_SECRET,
+        "crm.item.productrow.set",
+        json!({"ownerType": "D", "ownerId": deal, "productRows": [
+            {"productName": "Boiler", "price": 1000.5, "quantity": 1},
+            {"productName": "Pipe", "price": 50, "quantity": 10}
+        ]}),
+    )
+    .await;
+    hook_up(&source, &url);
+    // Entering the stage fires the event (and the rule: the same deal, coalesced or repeated).
+    rest(
+        &source,
+        SOURCE_SECRET,
+        "crm.item.update",
+        json!({"entityTypeId": 2, "id": deal, "fields": {"stageId": "C2:PREPARATION"}}),
+    )
+    .await;
+
+    wait_until("the deal is transferred and written back", WAIT, || {
+        admin
+            .record(EntityType::Deal, deal)
+            .and_then(|d| d.get("ufCrm_ESB_DEAL_ID").cloned())
+            .is_some_and(|v| !v.is_null() && v != json!(""))
+    })
+    .await;
+    wait_until("the queue is idle", WAIT, || idle(&relay)).await;
+    let deals = target_deals(&target);
+    assert_eq!(deals.len(), 1, "{deals:?}");
+    let moved = &deals[0];
+    let target_id = moved["id"].as_i64().unwrap();
+    assert_eq!(moved["title"], "Boiler room");
+    assert_eq!(moved["opportunity"], 1500.5);
+    assert_eq!(moved["currencyId"], "EUR");
+    assert_eq!(moved["ufCrm_TIER"], 72, "Gold by label");
+    assert_eq!(moved["categoryId"], 3);
+    assert_eq!(moved["stageId"], "C3:NEW");
+    assert_eq!(moved["sourceId"], "PARTNER");
+    assert_eq!(moved["assignedById"], 17, "the user with the same e-mail");
+    assert_eq!(moved["originatorId"], "b24-relay:partner");
+    assert_eq!(moved["originId"], deal.to_string());
+    let rows = target.admin().product_rows(EntityType::Deal, target_id);
+    let names: Vec<&str> = rows
+        .iter()
+        .map(|r| r["productName"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["Boiler", "Pipe"]);
+    assert_eq!(rows[1]["quantity"], 10.0);
+    // The contact's phone matched the target's existing contact; the company was created.
+    let contacts = target.admin().records(EntityType::Contact);
+    assert_eq!(contacts.len(), 1, "matched by phone, not created");
+    assert_eq!(moved["contactId"], contacts[0]["id"]);
+    let companies = target.admin().records(EntityType::Company);
+    assert_eq!(companies.len(), 1);
+    assert_eq!(companies[0]["title"], "Horns & Hooves");
+    assert_eq!(moved["companyId"], companies[0]["id"]);
+    // The file arrived with its name and content.
+    let file = rest(
+        &target,
+        TARGET_SECRET,
+        "crm.item.get",
+        json!({"entityTypeId": 2, "id": target_id}),
+    )
+    .await;
+    let files = file["result"]["item"]["ufCrm_FILES"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(files.len(), 1, "{file}");
+    let link = files[0]["urlMachine"].as_str().unwrap();
+    let downloaded = client().get(link).send().await.unwrap();
+    assert!(
+        downloaded.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .contains("offer.pdf")
+    );
+    assert_eq!(
+        downloaded.bytes().await.unwrap().as_ref(),
+        b"%PDF-1.4 offer"
+    );
+    // Write-back: field and a comment with the target id and link.
+    assert_eq!(
+        admin.record(EntityType::Deal, deal).unwrap()["ufCrm_ESB_DEAL_ID"],
+        target_id.to_string()
+    );
+    let comments = comments_on(&source, deal);
+    assert!(
+        comments
+            .iter()
+            .any(|c| c.contains(&format!("deal #{target_id}")) && c.contains("/crm/deal/details/")),
+        "{comments:?}"
+    );
+
+    // The same event ten times: still one deal, nothing rewritten.
+    let event = admin
+        .deliveries()
+        .into_iter()
+        .find(|d| d.kind == "event")
+        .expect("an event was delivered");
+    for _ in 0..10 {
+        let status = client()
+            .post(&event.url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(event.body.clone())
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200);
+    }
+    wait_until("the repeats are handled", WAIT, || idle(&relay)).await;
+    assert_eq!(target_deals(&target).len(), 1);
+    assert_eq!(target.admin().records(EntityType::Company).len(), 1);
+    let files_after = rest(
+        &target,
+        TARGET_SECRET,
+        "crm.item.get",
+        json!({"entityTypeId": 2, "id": target_id}),
+    )
+    .await;
+    assert_eq!(
+        files_after["result"]["item"]["ufCrm_FILES"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "files not copied twice"
+    );
+
+    // An update on the source updates the same target deal.
+    rest(
+        &source,
+        SOURCE_SECRET,
+        "crm.item.update",
+        json!({"entityTypeId": 2, "id": deal, "fields": {"title": "Boiler room, 2 floors"}}),
+    )
+    .await;
+    wait_until("the update arrives", WAIT, || {
+        target
+            .admin()
+            .record(EntityType::Deal, target_id)
+            .is_some_and(|d| d["title"] == "Boiler room, 2 floors")
+    })
+    .await;
+    wait_until("the queue is idle", WAIT, || idle(&relay)).await;
+    assert_eq!(target_deals(&target).len(), 1);
+    assert_eq!(
+        files_after["result"]["item"]["ufCrm_FILES"],
+        rest(
+            &target,
+            TARGET_SECRET,
+            "crm.item.get",
+            json!({"entityTypeId": 2, "id": target_id})
+        )
+        .await["result"]["item"]["ufCrm_FILES"],
+        "existing files kept"
+    );
+
+    // A deal in another stage is skipped with the reason.
+    let other = plain_deal(&source, "Not ready", "C2:NEW");
+    rest(
+        &source,
+        SOURCE_SECRET,
+        "crm.item.update",
+        json!({"entityTypeId": 2, "id": other, "fields": {"title": "Still not ready"}}),
+    )
+    .await;
+    wait_until("the other deal is skipped", WAIT, || {
+        jobs_in(&relay, JobState::Skipped)
+            .iter()
+            .any(|j| j.deal_id == other)
+    })
+    .await;
+    let skipped = jobs_in(&relay, JobState::Skipped);
+    let reason = skipped
+        .iter()
+        .find(|j| j.deal_id == other)
+        .unwrap()
+        .message
+        .clone()
+        .unwrap();
+    assert!(reason.contains("stage C2:NEW"), "{reason}");
+    assert_eq!(target_deals(&target).len(), 1);
+    assert!(jobs_in(&relay, JobState::Failed).is_empty());
+
+    let metrics = relay.metrics.render();
+    assert!(
+        metrics
+            .contains("b24_relay_transfers_total{route=\"partner-to-esb\",result=\"created\"} 1"),
+        "{metrics}"
+    );
+    for secret in [SOURCE_SECRET, TARGET_SECRET, APP_TOKEN, RULE_SECRET] {
+        assert!(!metrics.contains(secret));
+    }
+    relay.shutdown().await;
+    source.shutdown().await;
+    target.shutdown().await;
+}
+
+/// The target runs the create but the response never comes back: the retry
+/// finds the deal by originatorId/originId instead of creating a second one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_response_to_the_create_still_gives_one_deal() {
+    let (source, target) = start_portals(50, 2.0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(dir.path(), &source, &target, &Options::default());
+    let (relay, url) = start_relay(&text).await;
+    target.faults().set_method(
+        "batch",
+        MethodFaults {
+            drop_next: 1,
+            ..MethodFaults::default()
+        },
+    );
+    let deal = plain_deal(&source, "Lost answer", "C2:PREPARATION");
+    assert_eq!(post_rule(&url, deal).await, 200);
+    wait_until("the deal is transferred", WAIT, || {
+        relay
+            .store
+            .jobs(Some(JobState::Done), 10)
+            .unwrap()
+            .iter()
+            .any(|j| j.deal_id == deal && j.target_deal_id.is_some())
+    })
+    .await;
+    let deals = target_deals(&target);
+    assert_eq!(deals.len(), 1, "{deals:?}");
+    assert_eq!(deals[0]["title"], "Lost answer");
+    let done = relay.store.jobs(Some(JobState::Done), 10).unwrap();
+    assert!(
+        done.iter().any(|j| j.attempts >= 2),
+        "the first attempt failed: {done:?}"
+    );
+    relay.shutdown().await;
+    source.shutdown().await;
+    target.shutdown().await;
+}
+
+/// An option with no match on the target fails the job with a message
+/// naming field and value, comments on the source, and a replay after the
+/// configuration is fixed transfers the deal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unmappable_value_fails_and_a_replay_after_the_fix_succeeds() {
+    let (source, target) = start_portals(50, 2.0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(dir.path(), &source, &target, &Options::default());
+    let (relay, url) = start_relay(&text).await;
+    let deal = source
+        .admin()
+        .insert_record(EntityType::Deal, &record(json!({"title": "Bronze deal", "categoryId": 2, "stageId": "C2:PREPARATION", "ufCrm_LEVEL": 3})))
+        .unwrap();
+    assert_eq!(post_rule(&url, deal).await, 200);
+    wait_until("the job fails", WAIT, || {
+        !jobs_in(&relay, JobState::Failed).is_empty()
+    })
+    .await;
+    let failed = jobs_in(&relay, JobState::Failed).remove(0);
+    let message = failed.message.clone().unwrap();
+    assert!(
+        message.contains("ufCrm_LEVEL") && message.contains("Bronze"),
+        "{message}"
+    );
+    assert_eq!(failed.attempts, 1, "a permanent error is not retried");
+    wait_until("the failure is commented", WAIT, || {
+        comments_on(&source, deal)
+            .iter()
+            .any(|c| c.contains("could not be transferred") && c.contains("Bronze"))
+    })
+    .await;
+    assert!(target_deals(&target).is_empty());
+    relay.shutdown().await;
+
+    // Fix: a table that says where Bronze goes.
+    let fixed = Options {
+        values: r#"values.ufCrm_TIER = { "1" = "72", "2" = "71", "3" = "71" }"#,
+        ..Options::default()
+    };
+    let text = config_text(dir.path(), &source, &target, &fixed);
+    let replayed = b24_relay::cli::jobs_output(
+        Config::parse(&text).unwrap(),
+        b24_relay::cli::JobsAction::Replay {
+            id: None,
+            failed: true,
+        },
+    )
+    .unwrap();
+    assert_eq!(replayed, ["1 failed deal(s) queued again"]);
+    let (relay, _) = start_relay(&text).await;
+    wait_until("the replay transfers the deal", WAIT, || {
+        target_deals(&target).len() == 1 && idle(&relay)
+    })
+    .await;
+    assert_eq!(target_deals(&target)[0]["ufCrm_TIER"], 71);
+    assert!(jobs_in(&relay, JobState::Failed).is_empty());
+    relay.shutdown().await;
+    source.shutdown().await;
+    target.shutdown().await;
+}
