@@ -177,9 +177,8 @@ fn list(call: &Call<'_>, entity: EntityType) -> MethodResult {
             || select.iter().any(|s| s == legacy)
             || legacy == "ID"
     };
-    let Some(records) = state.records.get(&entity) else {
-        return Ok(Output::page(json!([]), None, Some(0)));
-    };
+    let empty = std::collections::BTreeMap::new();
+    let records = state.records.get(&entity).unwrap_or(&empty);
     let mut matching: Vec<&Map<String, Value>> = records
         .values()
         .filter(|r| filter::matches(r, &conditions) && has_multifield(r))

@@ -123,7 +123,7 @@ fn replace_rows(
     Ok(built)
 }
 
-fn item_owner(call: &Call<'_>, source: &Map<String, Value>) -> Result<(EntityType, i64), ApiError> {
+fn item_owner(source: &Map<String, Value>) -> Result<(EntityType, i64), ApiError> {
     let owner_type = get_ci(source, "ownerType")
         .or_else(|| get_ci(source, "=ownerType"))
         .map(scalar_text)
@@ -132,7 +132,6 @@ fn item_owner(call: &Call<'_>, source: &Map<String, Value>) -> Result<(EntityTyp
         .or_else(|| get_ci(source, "=ownerId"))
         .and_then(as_i64)
         .unwrap_or(0);
-    let _ = call;
     let entity = match owner_type.as_str() {
         "D" => EntityType::Deal,
         _ => {
@@ -150,7 +149,7 @@ fn item_owner(call: &Call<'_>, source: &Map<String, Value>) -> Result<(EntityTyp
 }
 
 fn item_set(call: &Call<'_>) -> MethodResult {
-    let (entity, owner_id) = item_owner(call, &call.params.0)?;
+    let (entity, owner_id) = item_owner(&call.params.0)?;
     let rows = call
         .params
         .get("productRows")
@@ -162,7 +161,7 @@ fn item_set(call: &Call<'_>) -> MethodResult {
 
 fn item_list(call: &Call<'_>) -> MethodResult {
     let filter_param = call.params.object("filter");
-    let (entity, owner_id) = item_owner(call, &filter_param)?;
+    let (entity, owner_id) = item_owner(&filter_param)?;
     let state = call.shared.store();
     let rows = state
         .product_rows
