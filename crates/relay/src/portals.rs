@@ -4,7 +4,7 @@
 //! and file downloads through the same bucket.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use b24_client::{Client, Error as ClientError, RateLimits};
@@ -26,8 +26,18 @@ pub struct PortalHandle {
     rate_limits: RateLimits,
     downloader: reqwest::Client,
     metrics: Arc<Metrics>,
-    catalog: Mutex<Option<(Instant, Arc<FieldCatalog>)>>,
-    users_by_email: Mutex<HashMap<String, Option<i64>>>,
+    // Async locks held across the fetch: many workers needing the same
+    // catalogue or user make one request, not one each.
+    catalog: tokio::sync::Mutex<Option<(Instant, Arc<FieldCatalog>)>>,
+    users_by_email: tokio::sync::Mutex<HashMap<String, Option<i64>>>,
+}
+
+/// Requests of the bucket the relay leaves unused, so that timing jitter
+/// between our count and the portal's (and a few calls from other tools on
+/// the same webhook) do not reach the portal's limit. The drain rate, which
+/// sets sustained throughput, is kept.
+pub fn headroom(burst: u32) -> u32 {
+    (burst / 20).max(3).min(burst.saturating_sub(1))
 }
 
 impl Portals {
@@ -42,7 +52,11 @@ impl Portals {
             .map_err(|e| ClientError::Config(format!("HTTP client: {}", e.without_url())))?;
         let mut by_name = BTreeMap::new();
         for (name, portal) in &config.portals {
-            rate_limits.set_portal(&portal.webhook.portal(), portal.rate)?;
+            let bucket = b24_client::BucketConfig {
+                burst: portal.rate.burst - headroom(portal.rate.burst),
+                drain_per_second: portal.rate.drain_per_second,
+            };
+            rate_limits.set_portal(&portal.webhook.portal(), bucket)?;
             let client = Client::builder(portal.webhook.clone(), rate_limits.clone())
                 .observer(metrics.clone())
                 .build()?;
@@ -54,8 +68,8 @@ impl Portals {
                     rate_limits: rate_limits.clone(),
                     downloader: downloader.clone(),
                     metrics: metrics.clone(),
-                    catalog: Mutex::new(None),
-                    users_by_email: Mutex::new(HashMap::new()),
+                    catalog: tokio::sync::Mutex::new(None),
+                    users_by_email: tokio::sync::Mutex::new(HashMap::new()),
                 }),
             );
         }
@@ -79,32 +93,27 @@ impl PortalHandle {
         ttl: Duration,
         refresh: bool,
     ) -> Result<Arc<FieldCatalog>, ClientError> {
-        if !refresh {
-            let cached = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((at, catalog)) = cached.as_ref().filter(|(at, _)| at.elapsed() < ttl) {
-                let _ = at;
-                return Ok(catalog.clone());
-            }
+        let mut cached = self.catalog.lock().await;
+        if let Some((_, catalog)) = cached
+            .as_ref()
+            .filter(|(at, _)| !refresh && at.elapsed() < ttl)
+        {
+            return Ok(catalog.clone());
         }
         let response = self
             .client
             .call("crm.item.fields", &json!({"entityTypeId": 2}))
             .await?;
         let catalog = Arc::new(parse_catalog(&response.result));
-        *self.catalog.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((Instant::now(), catalog.clone()));
+        *cached = Some((Instant::now(), catalog.clone()));
         Ok(catalog)
     }
 
     /// The active user with this e-mail (cached, also when there is none).
     pub async fn user_by_email(&self, email: &str) -> Result<Option<i64>, ClientError> {
         let key = email.trim().to_ascii_lowercase();
-        if let Some(found) = self
-            .users_by_email
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-        {
+        let mut users = self.users_by_email.lock().await;
+        if let Some(found) = users.get(&key) {
             return Ok(*found);
         }
         let response = self
@@ -119,10 +128,7 @@ impl PortalHandle {
             .as_array()
             .and_then(|users| users.first())
             .and_then(|user| scalar(&user["ID"]).parse::<i64>().ok());
-        self.users_by_email
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, found);
+        users.insert(key, found);
         Ok(found)
     }
 
@@ -206,5 +212,8 @@ mod tests {
         assert_eq!(id_of(Some(&json!("12"))), Some(12));
         assert_eq!(id_of(Some(&json!(0))), None);
         assert_eq!(id_of(None), None);
+        assert_eq!(headroom(50), 3);
+        assert_eq!(headroom(250), 12);
+        assert_eq!(headroom(2), 1);
     }
 }
