@@ -47,6 +47,9 @@ pub struct ServerConfig {
     /// `/metrics`, `/healthz` and `/readyz` (plain HTTP); none when absent.
     pub metrics_listen: Option<SocketAddr>,
     pub limits: Limits,
+    /// Serving threads, each with its own listening sockets and upstream
+    /// pool (default: one per CPU).
+    pub workers: usize,
     /// How often the certificate files are checked for a new version.
     pub tls_reload_poll: Duration,
 }
@@ -199,6 +202,7 @@ struct RawServer {
     upstream_timeout: Option<String>,
     max_connections: Option<usize>,
     shutdown_timeout: Option<String>,
+    workers: Option<usize>,
     tls_reload_poll: Option<String>,
 }
 
@@ -311,6 +315,11 @@ impl RawServer {
         if max_connections == 0 {
             return Err(invalid("server.max_connections", "must be at least 1"));
         }
+        let workers = match self.workers {
+            Some(0) => return Err(invalid("server.workers", "must be at least 1")),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
         let limits = Limits {
             max_body,
             header_timeout: duration(
@@ -341,6 +350,7 @@ impl RawServer {
             tls_key: self.tls_key,
             metrics_listen,
             limits,
+            workers,
             tls_reload_poll: duration(
                 "server.tls_reload_poll",
                 self.tls_reload_poll,

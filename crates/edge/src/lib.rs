@@ -18,6 +18,7 @@ pub mod proxy;
 pub mod routes;
 pub mod server;
 pub mod tls;
+mod worker;
 
 pub use config::{Config, ConfigError};
 pub use server::{EdgeHandle, StartError, start};

@@ -25,7 +25,7 @@ struct Cli {
     /// Validate the configuration and the certificate, then exit.
     #[arg(long)]
     check_config: bool,
-    /// Log line format. The level comes from RUST_LOG (default info).
+    /// Log line format. The level comes from RUST_LOG (default "info,rustls=error").
     #[arg(long, value_enum, default_value = "text", env = "B24_EDGE_LOG_FORMAT")]
     log_format: LogFormat,
 }
@@ -46,7 +46,9 @@ fn main() -> std::process::ExitCode {
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // rustls warns about each client that sends an IP address as SNI
+        // (health checkers do); that is noise for an edge.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustls=error"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -65,7 +67,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         println!("configuration {} is valid", cli.config.display());
         return Ok(());
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // Requests are served by the edge's own worker threads; this runtime
+    // only carries signals and background tasks.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

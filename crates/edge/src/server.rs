@@ -1,34 +1,30 @@
-//! The running edge: listeners, the per-connection path (PROXY header, TLS,
-//! HTTP/1.1 or h2), the per-request path (client address → route decision →
-//! forward or 403), background tasks, and graceful shutdown.
+//! The running edge: configuration loaded into shared state, the serving
+//! threads started (see [`crate::worker`]), background tasks (nodes
+//! refresh, certificate watch, admin listener), the per-request decision,
+//! and graceful shutdown.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use b24_nodes::{FetchError, FetchOptions, Fetcher, LiveNodes, Schedule, run_refresh_loop};
 use http::{Request, Response, StatusCode, header};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinHandle;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, oneshot};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-use crate::client_ip::{TrustedProxies, canonical, read_proxy_header};
+use crate::client_ip::TrustedProxies;
 use crate::config::{Config, Limits};
 use crate::denylog::DenyLog;
 use crate::metrics::Metrics;
 use crate::proxy::{EdgeBody, Forwarded, Forwarder, UpstreamSetupError, text_body};
 use crate::routes::RouteTable;
 use crate::tls::{CertStore, TlsError};
+use crate::worker::{self, WorkerSetup};
 
 /// Why the edge could not start.
 #[derive(Debug, thiserror::Error)]
@@ -41,33 +37,35 @@ pub enum StartError {
     Upstream(#[from] UpstreamSetupError),
     #[error("cannot listen on {addr}: {detail}")]
     Bind { addr: SocketAddr, detail: String },
+    #[error("cannot start a worker thread: {0}")]
+    Worker(String),
 }
 
-/// What every connection and request handler shares.
+/// What every worker and request handler shares (read-mostly; counters and
+/// the nodes list are lock-free).
 pub struct EdgeState {
     pub(crate) routes: RouteTable,
     route_labels: Vec<String>,
-    forwarder: Forwarder,
     pub(crate) nodes: Arc<LiveNodes>,
-    trusted: TrustedProxies,
-    proxy_protocol: bool,
+    pub(crate) trusted: TrustedProxies,
+    pub(crate) proxy_protocol: bool,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) certs: Arc<CertStore>,
     deny_log: DenyLog,
-    limits: Limits,
+    pub(crate) limits: Limits,
     pub(crate) uses_nodes: bool,
     pub(crate) draining: AtomicBool,
 }
 
-/// A started edge. Dropping it does not stop it; call [`EdgeHandle::shutdown`].
+/// A started edge. Call [`EdgeHandle::shutdown`] to stop it gracefully;
+/// dropping it stops it at once.
 pub struct EdgeHandle {
     addrs: Vec<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
     state: Arc<EdgeState>,
     stop_accepting: CancellationToken,
     stop_background: CancellationToken,
-    accept_tasks: Vec<JoinHandle<()>>,
-    graceful: Arc<GracefulShutdown>,
+    workers_done: Vec<oneshot::Receiver<bool>>,
 }
 
 impl EdgeHandle {
@@ -104,19 +102,24 @@ impl EdgeHandle {
     /// Stops accepting, lets in-flight requests finish (at most
     /// `server.shutdown_timeout`), then stops everything. Returns whether
     /// every connection finished in time.
-    pub async fn shutdown(self) -> bool {
+    pub async fn shutdown(mut self) -> bool {
         self.state.draining.store(true, Ordering::Relaxed);
         self.stop_accepting.cancel();
-        for task in self.accept_tasks {
-            let _ = task.await;
+        let mut drained = true;
+        for done in std::mem::take(&mut self.workers_done) {
+            drained &= done.await.unwrap_or(false);
         }
-        let graceful = Arc::try_unwrap(self.graceful)
-            .unwrap_or_else(|_| unreachable!("only the accept loops hold the shutdown handle"));
-        let drained = tokio::time::timeout(self.state.limits.shutdown_timeout, graceful.shutdown())
-            .await
-            .is_ok();
         self.stop_background.cancel();
         drained
+    }
+}
+
+impl Drop for EdgeHandle {
+    fn drop(&mut self) {
+        // Without a graceful shutdown (a test that failed half-way, say),
+        // still stop every thread and task this edge started.
+        self.stop_accepting.cancel();
+        self.stop_background.cancel();
     }
 }
 
@@ -138,6 +141,8 @@ fn note_reload(state: &EdgeState, result: &Result<(), TlsError>) {
 
 /// Loads everything the configuration names, binds the listeners and starts
 /// serving. Fails before serving anything if any part is unusable.
+/// Background tasks (nodes refresh, certificate watch, admin listener) run
+/// on the caller's runtime; requests are served by `server.workers` threads.
 pub async fn start(config: Config) -> Result<EdgeHandle, StartError> {
     b24_nodes::install_crypto_provider();
     let certs = Arc::new(CertStore::open(
@@ -154,20 +159,40 @@ pub async fn start(config: Config) -> Result<EdgeHandle, StartError> {
         FetchOptions::default(),
     )?;
     let nodes = Arc::new(LiveNodes::from_fetcher(&fetcher));
-    let forwarder = Forwarder::new(&config.routes, &config.server.limits)?;
+    let workers = config.server.workers;
+    let forwarders = (0..workers)
+        .map(|_| Forwarder::new(&config.routes, &config.server.limits))
+        .collect::<Result<Vec<_>, _>>()?;
 
-    let mut listeners = Vec::with_capacity(config.server.listen.len());
-    for addr in &config.server.listen {
-        listeners.push(bind(*addr).await?);
+    // Every worker gets its own socket on each address (SO_REUSEPORT). A
+    // port 0 is resolved by the first bind and reused for the others.
+    let mut addrs = Vec::with_capacity(config.server.listen.len());
+    let mut per_worker: Vec<Vec<std::net::TcpListener>> =
+        (0..workers).map(|_| Vec::new()).collect();
+    for requested in &config.server.listen {
+        let bind_err = |e: std::io::Error| StartError::Bind {
+            addr: *requested,
+            detail: e.to_string(),
+        };
+        let first = worker::bind_shared(*requested).map_err(bind_err)?;
+        let bound = first.local_addr().map_err(bind_err)?;
+        per_worker[0].push(first);
+        for sockets in per_worker.iter_mut().skip(1) {
+            sockets.push(worker::bind_shared(bound).map_err(bind_err)?);
+        }
+        addrs.push(bound);
     }
     let admin_listener = match config.server.metrics_listen {
-        Some(addr) => Some(bind(addr).await?),
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| StartError::Bind {
+                    addr,
+                    detail: e.to_string(),
+                })?,
+        ),
         None => None,
     };
-    let addrs: Vec<SocketAddr> = listeners
-        .iter()
-        .map(|l| l.local_addr().expect("a bound socket has an address"))
-        .collect();
     let metrics_addr = admin_listener
         .as_ref()
         .map(|l| l.local_addr().expect("a bound socket has an address"));
@@ -175,7 +200,6 @@ pub async fn start(config: Config) -> Result<EdgeHandle, StartError> {
     let state = Arc::new(EdgeState {
         routes: RouteTable::new(&config.routes, &config.nodes.extra),
         route_labels: config.routes.iter().map(|r| r.prefix.clone()).collect(),
-        forwarder,
         nodes: nodes.clone(),
         trusted: TrustedProxies::new(&config.client_ip.trusted_proxies),
         proxy_protocol: config.client_ip.proxy_protocol,
@@ -186,6 +210,27 @@ pub async fn start(config: Config) -> Result<EdgeHandle, StartError> {
         uses_nodes: config.uses_nodes(),
         draining: AtomicBool::new(false),
     });
+
+    let stop_accepting = CancellationToken::new();
+    let permits = Arc::new(Semaphore::new(state.limits.max_connections));
+    let mut workers_done = Vec::with_capacity(workers);
+    for (index, (listeners, forwarder)) in per_worker.into_iter().zip(forwarders).enumerate() {
+        let (done, done_rx) = oneshot::channel();
+        let setup = WorkerSetup {
+            state: state.clone(),
+            forwarder,
+            acceptor: acceptor.clone(),
+            listeners,
+            permits: permits.clone(),
+            stop: stop_accepting.clone(),
+            done,
+        };
+        if let Err(e) = worker::spawn(index, setup) {
+            stop_accepting.cancel();
+            return Err(StartError::Worker(e.to_string()));
+        }
+        workers_done.push(done_rx);
+    }
 
     let stop_background = CancellationToken::new();
     if state.uses_nodes {
@@ -215,181 +260,21 @@ pub async fn start(config: Config) -> Result<EdgeHandle, StartError> {
             stop_background.clone(),
         ));
     }
-
-    let http = http_builder(&state.limits);
-    let graceful = Arc::new(GracefulShutdown::new());
-    let stop_accepting = CancellationToken::new();
-    let permits = Arc::new(Semaphore::new(state.limits.max_connections));
-    let accept_tasks = listeners
-        .into_iter()
-        .map(|listener| {
-            tokio::spawn(accept_loop(
-                listener,
-                AcceptContext {
-                    conn: ConnContext {
-                        state: state.clone(),
-                        acceptor: acceptor.clone(),
-                        http: http.clone(),
-                    },
-                    permits: permits.clone(),
-                    graceful: graceful.clone(),
-                },
-                stop_accepting.clone(),
-            ))
-        })
-        .collect();
-    info!(listen = ?addrs, metrics = ?metrics_addr, routes = config.routes.len(), "b24-edge started");
+    info!(listen = ?addrs, metrics = ?metrics_addr, workers, routes = config.routes.len(), "b24-edge started");
     Ok(EdgeHandle {
         addrs,
         metrics_addr,
         state,
         stop_accepting,
         stop_background,
-        accept_tasks,
-        graceful,
+        workers_done,
     })
-}
-
-async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).await.map_err(|e| StartError::Bind {
-        addr,
-        detail: e.to_string(),
-    })
-}
-
-fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(250);
-    builder
-}
-
-/// What each connection's task needs.
-#[derive(Clone)]
-struct ConnContext {
-    state: Arc<EdgeState>,
-    acceptor: TlsAcceptor,
-    http: auto::Builder<TokioExecutor>,
-}
-
-/// What an accept loop needs. The shutdown handle stays here: connection
-/// tasks get a watcher, so that [`EdgeHandle::shutdown`] can own it again.
-struct AcceptContext {
-    conn: ConnContext,
-    permits: Arc<Semaphore>,
-    graceful: Arc<GracefulShutdown>,
-}
-
-async fn accept_loop(listener: TcpListener, ctx: AcceptContext, stop: CancellationToken) {
-    loop {
-        // Wait for a free slot before accepting: over the limit, clients
-        // queue in the kernel's backlog instead of being served badly.
-        let permit = tokio::select! {
-            permit = ctx.permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-            _ = stop.cancelled() => return,
-        };
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors and the like: pause, don't spin.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.cancelled() => return,
-        };
-        let watcher = ctx.graceful.watcher();
-        tokio::spawn(serve_connection(
-            ctx.conn.clone(),
-            stream,
-            peer,
-            watcher,
-            permit,
-        ));
-    }
-}
-
-/// Keeps the open-connections gauge right however the task ends.
-struct OpenConnection(Arc<Metrics>);
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        self.0.open_connections.dec();
-    }
-}
-
-async fn serve_connection(
-    ctx: ConnContext,
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    watcher: Watcher,
-    _permit: OwnedSemaphorePermit,
-) {
-    let state = ctx.state;
-    state.metrics.open_connections.inc();
-    let _open = OpenConnection(state.metrics.clone());
-    let _ = stream.set_nodelay(true);
-    let peer_ip = canonical(peer.ip());
-    let header_timeout = state.limits.header_timeout;
-
-    // A PROXY header is read only from trusted peers; from anyone else the
-    // first bytes must be a TLS handshake.
-    let mut hop = peer_ip;
-    if state.proxy_protocol && state.trusted.contains(peer_ip) {
-        match tokio::time::timeout(header_timeout, read_proxy_header(&mut stream)).await {
-            Ok(Ok(Some(source))) => hop = canonical(source.ip()),
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => {
-                debug!(%peer, error = %e, "PROXY header rejected");
-                state.metrics.tls_handshake_failures.inc();
-                return;
-            }
-            Err(_) => {
-                debug!(%peer, "no PROXY header in time");
-                state.metrics.tls_handshake_failures.inc();
-                return;
-            }
-        }
-    }
-
-    let tls = match tokio::time::timeout(header_timeout, ctx.acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            debug!(%peer, error = %e, "TLS handshake failed");
-            state.metrics.tls_handshake_failures.inc();
-            return;
-        }
-        Err(_) => {
-            debug!(%peer, "TLS handshake timed out");
-            state.metrics.tls_handshake_failures.inc();
-            return;
-        }
-    };
-
-    let hop_trusted = state.trusted.contains(hop);
-    let service_state = state.clone();
-    let service = service_fn(move |req| {
-        let state = service_state.clone();
-        async move { Ok::<_, Infallible>(handle(&state, req, hop, hop_trusted).await) }
-    });
-    let conn = ctx.http.serve_connection(TokioIo::new(tls), service);
-    if let Err(e) = watcher.watch(conn.into_owned()).await {
-        debug!(%peer, error = %e, "connection ended with an error");
-    }
 }
 
 /// One request: decide, then forward or refuse.
-async fn handle(
+pub(crate) async fn handle(
     state: &EdgeState,
+    forwarder: &Forwarder,
     req: Request<Incoming>,
     hop: std::net::IpAddr,
     hop_trusted: bool,
@@ -409,7 +294,7 @@ async fn handle(
                 hop,
                 hop_trusted,
             };
-            match state.forwarder.forward(route, req, &who).await {
+            match forwarder.forward(route, req, &who).await {
                 Ok(response) => response,
                 Err(e) => {
                     if let Some(kind) = e.metric_kind() {

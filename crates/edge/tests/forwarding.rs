@@ -424,3 +424,40 @@ async fn connection_and_nodes_gauges() {
     .await;
     assert!(edge.shutdown().await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_1_2_and_1_3_with_alpn() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = TestCerts::new(dir.path());
+    let upstream = Upstream::start().await;
+    let edge = open_edge(&certs, &upstream.url(), "").await;
+    let cases = [
+        (
+            &rustls::version::TLS12,
+            rustls::ProtocolVersion::TLSv1_2,
+            &b"h2"[..],
+        ),
+        (
+            &rustls::version::TLS13,
+            rustls::ProtocolVersion::TLSv1_3,
+            &b"http/1.1"[..],
+        ),
+    ];
+    for (version, expected, alpn) in cases {
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(certs.root_store())
+            .with_no_client_auth();
+        config.alpn_protocols = vec![alpn.to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+        let tcp = tcp_from("127.0.0.3", edge.addrs()[0]).await;
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = connector.connect(name, tcp).await.unwrap();
+        let session = tls.get_ref().1;
+        assert_eq!(session.protocol_version(), Some(expected));
+        assert_eq!(session.alpn_protocol(), Some(alpn));
+    }
+    assert!(edge.shutdown().await);
+}
