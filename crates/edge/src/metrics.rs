@@ -5,7 +5,10 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
 
 use b24_nodes::LiveNodes;
-use prometheus_client::encoding::EncodeLabelSet;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -14,15 +17,26 @@ use prometheus_client::registry::Registry;
 
 use crate::routes::DenyReason;
 
+/// A route's label value: its prefix, or `none` when no route matched.
+/// Shared, so that labelling a request costs no allocation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct RouteLabel(Arc<str>);
+
+impl EncodeLabelValue for RouteLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        encoder.write_str(&self.0)
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub route: String,
+    pub route: RouteLabel,
     pub status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
-    pub route: String,
+    pub route: RouteLabel,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -47,6 +61,9 @@ type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
 /// Every metric the edge exports.
 pub struct Metrics {
     registry: Registry,
+    /// Per configured route, then one for "no route": its label and its
+    /// duration histogram, looked up once at start.
+    routes: Vec<(RouteLabel, Histogram)>,
     started: SystemTime,
     pub requests: Family<RequestLabels, Counter>,
     pub denials: Family<ReasonLabels, Counter>,
@@ -75,14 +92,10 @@ fn duration_histogram() -> Histogram {
     ))
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Metrics::new()
-    }
-}
-
 impl Metrics {
-    pub fn new() -> Metrics {
+    /// Metrics for an edge with these route prefixes (in configuration
+    /// order; [`Metrics::record_request`] takes an index into them).
+    pub fn new(route_prefixes: &[String]) -> Metrics {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -163,8 +176,23 @@ impl Metrics {
             "Nodes list refreshes that failed or were rejected since start",
             nodes_refresh_failures.clone(),
         );
+        let routes = route_prefixes
+            .iter()
+            .map(String::as_str)
+            .chain(["none"])
+            .map(|prefix| {
+                let label = RouteLabel(Arc::from(prefix));
+                let histogram = request_duration
+                    .get_or_create(&RouteLabels {
+                        route: label.clone(),
+                    })
+                    .clone();
+                (label, histogram)
+            })
+            .collect();
         Metrics {
             registry,
+            routes,
             started: SystemTime::now(),
             requests,
             denials,
@@ -181,18 +209,17 @@ impl Metrics {
         }
     }
 
-    pub fn record_request(&self, route: &str, status: u16, elapsed: Duration) {
+    /// Counts an answered request; `route` is the route's index, `None`
+    /// when no route matched.
+    pub fn record_request(&self, route: Option<usize>, status: u16, elapsed: Duration) {
+        let (label, histogram) = &self.routes[route.unwrap_or(self.routes.len() - 1)];
         self.requests
             .get_or_create(&RequestLabels {
-                route: route.to_owned(),
+                route: label.clone(),
                 status,
             })
             .inc();
-        self.request_duration
-            .get_or_create(&RouteLabels {
-                route: route.to_owned(),
-            })
-            .observe(elapsed.as_secs_f64());
+        histogram.observe(elapsed.as_secs_f64());
     }
 
     pub fn record_denial(&self, reason: DenyReason) {
@@ -255,8 +282,9 @@ mod tests {
 
     #[test]
     fn names_follow_conventions() {
-        let metrics = Metrics::new();
-        metrics.record_request("/", 200, Duration::from_millis(3));
+        let metrics = Metrics::new(&["/".to_string()]);
+        metrics.record_request(Some(0), 200, Duration::from_millis(3));
+        metrics.record_request(None, 403, Duration::from_millis(1));
         metrics.record_denial(DenyReason::NotInNodes);
         metrics.record_upstream_error("/", "connect");
         metrics.observe_nodes(&LiveNodes::new());
@@ -266,6 +294,7 @@ mod tests {
             "b24_edge_denials_total{reason=\"not_in_nodes\"} 1",
             "b24_edge_denials_total{reason=\"no_route\"} 0",
             "b24_edge_request_duration_seconds_count{route=\"/\"} 1",
+            "b24_edge_requests_total{route=\"none\",status=\"403\"} 1",
             "b24_edge_upstream_errors_total{route=\"/\",kind=\"connect\"} 1",
             "b24_edge_tls_handshake_failures_total 0",
             "b24_edge_open_connections 0",

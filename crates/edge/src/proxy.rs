@@ -6,7 +6,6 @@ use std::error::Error as StdError;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -156,18 +155,16 @@ impl Forwarder {
         }
         let (mut parts, body) = req.into_parts();
         rewrite_request(&mut parts, upstream, who).map_err(ForwardError::Protocol)?;
-        let exceeded = Arc::new(AtomicBool::new(false));
         let body = LimitedBody {
             inner: body,
             remaining: self.max_body,
-            exceeded: exceeded.clone(),
         };
         let request = Request::from_parts(parts, body);
         let result =
             tokio::time::timeout(self.upstream_timeout, upstream.client.request(request)).await;
         let response = match result {
             Err(_) => return Err(ForwardError::Timeout),
-            Ok(Err(_)) if exceeded.load(Ordering::Relaxed) => return Err(ForwardError::TooLarge),
+            Ok(Err(e)) if caused_by_too_large(&e) => return Err(ForwardError::TooLarge),
             Ok(Err(e)) if e.is_connect() => return Err(ForwardError::Connect(error_chain(&e))),
             Ok(Err(e)) => return Err(ForwardError::Protocol(error_chain(&e))),
             Ok(Ok(response)) => response,
@@ -375,7 +372,18 @@ struct BodyTooLarge;
 pub struct LimitedBody {
     inner: Incoming,
     remaining: u64,
-    exceeded: Arc<AtomicBool>,
+}
+
+/// Whether forwarding failed because [`LimitedBody`] cut the body off.
+fn caused_by_too_large(e: &(dyn StdError + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.is::<BodyTooLarge>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 impl Body for LimitedBody {
@@ -394,7 +402,6 @@ impl Body for LimitedBody {
                 if let Some(data) = frame.data_ref() {
                     let len = data.len() as u64;
                     if len > self.remaining {
-                        self.exceeded.store(true, Ordering::Relaxed);
                         return Poll::Ready(Some(Err(BodyTooLarge.into())));
                     }
                     self.remaining -= len;

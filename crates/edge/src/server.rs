@@ -150,7 +150,8 @@ pub async fn start(config: Config) -> Result<EdgeHandle, StartError> {
         &config.server.tls_key,
     )?);
     let acceptor = TlsAcceptor::from(crate::tls::server_config(certs.clone())?);
-    let metrics = Arc::new(Metrics::new());
+    let route_prefixes: Vec<String> = config.routes.iter().map(|r| r.prefix.clone()).collect();
+    let metrics = Arc::new(Metrics::new(&route_prefixes));
     metrics.certificate_expiry.set(certs.not_after());
 
     let fetcher = Fetcher::new(
@@ -199,7 +200,7 @@ pub async fn start(config: Config) -> Result<EdgeHandle, StartError> {
 
     let state = Arc::new(EdgeState {
         routes: RouteTable::new(&config.routes, &config.nodes.extra),
-        route_labels: config.routes.iter().map(|r| r.prefix.clone()).collect(),
+        route_labels: route_prefixes,
         nodes: nodes.clone(),
         trusted: TrustedProxies::new(&config.client_ip.trusted_proxies),
         proxy_protocol: config.client_ip.proxy_protocol,
@@ -314,7 +315,7 @@ pub(crate) async fn handle(
     };
     state
         .metrics
-        .record_request(label, response.status().as_u16(), started.elapsed());
+        .record_request(route, response.status().as_u16(), started.elapsed());
     response
 }
 

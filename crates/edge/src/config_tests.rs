@@ -1,0 +1,185 @@
+//! Tests of the configuration: defaults, every error naming its key, and
+//! the example file staying valid.
+use super::*;
+
+const MINIMAL: &str = r#"
+    [server]
+    listen = "127.0.0.1:8443"
+    tls_cert = "/c.pem"
+    tls_key = "/k.pem"
+
+    [[route]]
+    prefix = "/"
+    upstream = "http://127.0.0.1:8080"
+    allow = ["nodes"]
+"#;
+
+fn error_of(text: &str) -> String {
+    Config::from_toml(text).unwrap_err().to_string()
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let config = Config::from_toml(MINIMAL).unwrap();
+    assert_eq!(
+        config.server.listen,
+        vec!["127.0.0.1:8443".parse().unwrap()]
+    );
+    assert_eq!(config.server.limits, Limits::default());
+    assert_eq!(config.nodes.source, Source::default());
+    assert_eq!(config.nodes.refresh, Duration::from_secs(300));
+    assert_eq!(config.routes[0].allow, vec![Allow::Nodes]);
+    assert!(config.uses_nodes());
+}
+
+#[test]
+fn full_config() {
+    let text = r#"
+        [server]
+        listen = ["127.0.0.1:8443", "[::1]:8443"]
+        tls_cert = "/c.pem"
+        tls_key = "/k.pem"
+        metrics_listen = "127.0.0.1:9901"
+        max_body = "1MiB"
+        header_timeout = "2s"
+        upstream_timeout = "500ms"
+        max_connections = 5
+
+        [nodes]
+        source = "/var/lib/nodesync/app.json"
+        refresh = "10m"
+        extra = ["10.1.2.3", "192.168.0.0/16"]
+
+        [client_ip]
+        trusted_proxies = ["10.0.0.0/8"]
+        proxy_protocol = true
+
+        [[route]]
+        prefix = "/rest/"
+        upstream = "https://portal.internal:443"
+        ca_file = "/ca.pem"
+        allow = ["nodes", "10.0.0.0/8", "any"]
+    "#;
+    let config = Config::from_toml(text).unwrap();
+    assert_eq!(config.server.listen.len(), 2);
+    assert_eq!(config.server.limits.max_body, 1 << 20);
+    assert_eq!(
+        config.server.limits.upstream_timeout,
+        Duration::from_millis(500)
+    );
+    assert_eq!(config.server.limits.max_connections, 5);
+    assert!(matches!(config.nodes.source, Source::File(_)));
+    assert_eq!(config.nodes.extra.len(), 2);
+    assert!(config.client_ip.proxy_protocol);
+    assert_eq!(
+        config.routes[0].allow,
+        vec![
+            Allow::Nodes,
+            Allow::Network("10.0.0.0/8".parse().unwrap()),
+            Allow::Any
+        ]
+    );
+}
+
+#[test]
+fn errors_name_the_key() {
+    let cases = [
+        (
+            MINIMAL.replace("127.0.0.1:8443", "nowhere"),
+            "server.listen",
+        ),
+        (
+            MINIMAL.replace("allow = [\"nodes\"]", "allow = [\"nodez\"]"),
+            "route[0].allow",
+        ),
+        (
+            MINIMAL.replace("http://127.0.0.1:8080", "ftp://x"),
+            "route[0].upstream",
+        ),
+        (
+            MINIMAL.replace("http://127.0.0.1:8080", "http://h/base"),
+            "route[0].upstream",
+        ),
+        (
+            MINIMAL.replace("prefix = \"/\"", "prefix = \"api\""),
+            "route[0].prefix",
+        ),
+        (
+            format!("{MINIMAL}\n[nodes]\nrefresh = \"30s\"\n"),
+            "nodes.refresh",
+        ),
+        (
+            format!("{MINIMAL}\n[nodes]\nrefresh = \"soon\"\n"),
+            "nodes.refresh",
+        ),
+        (
+            format!("{MINIMAL}\n[nodes]\nextra = [\"1.2.3\"]\n"),
+            "nodes.extra",
+        ),
+        (
+            format!("{MINIMAL}\n[client_ip]\nproxy_protocol = true\n"),
+            "client_ip.proxy_protocol",
+        ),
+        (
+            MINIMAL.replace("[server]", "[server]\nmax_body = \"lots\""),
+            "server.max_body",
+        ),
+        (
+            MINIMAL.replace("[server]", "[server]\nupstream_timeout = \"0s\""),
+            "server.upstream_timeout",
+        ),
+        (
+            MINIMAL.replace("[server]", "[server]\nlisten_typo = 1"),
+            "listen_typo",
+        ),
+        (
+            format!("{MINIMAL}\n[[route]]\nprefix = \"/\"\nupstream = \"http://h\"\n"),
+            "route[1].prefix",
+        ),
+    ];
+    for (text, key) in cases {
+        let message = error_of(&text);
+        assert!(message.contains(key), "{key}: {message}");
+    }
+    assert!(error_of(&MINIMAL.replace("[[route]]", "[[nothing]]")).contains("nothing"));
+}
+
+#[test]
+fn secrets_in_urls_stay_out_of_errors() {
+    let text = format!("{MINIMAL}\n[nodes]\nsource = \"ftp://user:s3cret@host/x?token=t0ken\"\n");
+    let message = error_of(&text);
+    assert!(message.contains("nodes.source"), "{message}");
+    assert!(
+        !message.contains("s3cret") && !message.contains("t0ken"),
+        "{message}"
+    );
+    let text = MINIMAL.replace("http://127.0.0.1:8080", "http://user:s3cret@127.0.0.1:8080");
+    let message = error_of(&text);
+    assert!(!message.contains("s3cret"), "{message}");
+    // A syntax error near a secret does not quote the line.
+    let text = format!("{MINIMAL}\n[nodes]\nsource = \"https://h/app.json?token=t0ken\" junk\n");
+    let message = error_of(&text);
+    assert!(!message.contains("t0ken"), "{message}");
+}
+
+#[test]
+fn the_example_config_is_valid_and_shows_the_defaults() {
+    let text = include_str!("../../../deploy/config/edge.example.toml");
+    let config = Config::from_toml(text).unwrap();
+    assert_eq!(config.server.limits, Limits::default());
+    assert_eq!(config.server.tls_reload_poll, Duration::from_secs(5));
+    assert_eq!(config.nodes.source, Source::default());
+    assert_eq!(config.nodes.refresh, Duration::from_secs(300));
+    assert_eq!(config.nodes.file_poll, Duration::from_secs(1));
+    assert!(!config.client_ip.proxy_protocol);
+    assert_eq!(config.routes.len(), 1);
+}
+
+#[test]
+fn sizes() {
+    assert_eq!(parse_size("1024"), Some(1024));
+    assert_eq!(parse_size("10MiB"), Some(10 << 20));
+    assert_eq!(parse_size("2 kb"), Some(2000));
+    assert_eq!(parse_size("x"), None);
+    assert_eq!(parse_size("5 parsecs"), None);
+}
