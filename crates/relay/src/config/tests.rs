@@ -112,3 +112,35 @@ fn inline_secrets_are_refused() {
     let error = Config::parse(&text).unwrap_err().to_string();
     assert!(!error.contains("s3cr3tB"), "{error}");
 }
+
+/// The documented example parses, with its secret files and variables supplied.
+#[test]
+fn the_example_config_is_valid() {
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/config/relay.example.toml"
+    ))
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = example.clone();
+    for name in ["partner.webhook", "partner.token", "partner.rule-secret"] {
+        let value = if name.ends_with("webhook") {
+            "https://partner.bitrix24.ru/rest/1/s3cr3t/"
+        } else {
+            "s3cr3t-token"
+        };
+        let path = secret_file(&dir, name, value);
+        text = text.replace(&format!("/etc/b24-relay/{name}"), &path);
+    }
+    let var = "B24_RELAY_EXAMPLE_TEST_WEBHOOK";
+    // SAFETY: no other test reads or writes this variable.
+    unsafe { std::env::set_var(var, "https://esb.example/rest/9/s3cr3t2/") };
+    text = text.replace("B24_ESB_WEBHOOK", var);
+    let config = Config::parse(&text).unwrap();
+    let route = config.route("partner-to-esb").unwrap();
+    assert_eq!(route.stage_table["C2:WON"], "C3:WON");
+    assert_eq!(route.files, ["ufCrm_DOCS"]);
+    assert_eq!(config.portals["esb"].rate.burst, 250);
+    assert_eq!(config.lease, Duration::from_secs(120));
+    assert!(config.metrics_listen.is_some());
+}
