@@ -292,6 +292,42 @@ pub fn map_product_rows(rows: &[Value]) -> Vec<Value> {
         .collect()
 }
 
+/// `ASSIGNED_BY_ID` → `assignedById`, `UF_CRM_X` → `ufCrm_X`, `ID` → `id`.
+pub fn camel_name(upper: &str) -> String {
+    if let Some(rest) = upper.strip_prefix("UF_CRM_") {
+        return format!("ufCrm_{rest}");
+    }
+    let mut out = String::new();
+    for (index, word) in upper.split('_').filter(|w| !w.is_empty()).enumerate() {
+        let lower = word.to_ascii_lowercase();
+        if index == 0 {
+            out.push_str(&lower);
+        } else {
+            let mut chars = lower.chars();
+            if let Some(first) = chars.next() {
+                out.push(first.to_ascii_uppercase());
+                out.extend(chars);
+            }
+        }
+    }
+    out
+}
+
+/// `ufCrm_X` → `UF_CRM_X`, `assignedById` → `ASSIGNED_BY_ID`.
+pub fn upper_name(camel: &str) -> String {
+    if let Some(rest) = camel.strip_prefix("ufCrm_") {
+        return format!("UF_CRM_{rest}");
+    }
+    let mut out = String::new();
+    for c in camel.chars() {
+        if c.is_ascii_uppercase() && !out.is_empty() {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
 /// A stable digest of a JSON value (keys sorted), to notice "nothing changed".
 pub fn digest(value: &Value) -> String {
     fn canonical(value: &Value, out: &mut String) {

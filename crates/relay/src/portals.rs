@@ -5,13 +5,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use b24_client::{Client, Error as ClientError, RateLimits};
+use b24_client::{ApiErrorKind, Client, Error as ClientError, RateLimits};
 use serde_json::{Value, json};
 
 use crate::config::{Config, PortalConfig};
-use crate::mapping::{FieldCatalog, parse_catalog, scalar};
+use crate::mapping::{FieldCatalog, camel_name, parse_catalog, scalar};
 use crate::metrics::Metrics;
 
 /// All portals of the configuration.
@@ -30,6 +31,9 @@ pub struct PortalHandle {
     // catalogue or user make one request, not one each.
     catalog: tokio::sync::Mutex<Option<(Instant, Arc<FieldCatalog>)>>,
     users_by_email: tokio::sync::Mutex<HashMap<String, Option<i64>>>,
+    /// Set once the portal answered that `crm.item.*` does not exist (a box
+    /// not updated): its deals are read with the deprecated `crm.deal.*`.
+    pub legacy_crm: std::sync::atomic::AtomicBool,
 }
 
 /// Requests of the bucket the relay leaves unused, so that timing jitter
@@ -70,6 +74,7 @@ impl Portals {
                     metrics: metrics.clone(),
                     catalog: tokio::sync::Mutex::new(None),
                     users_by_email: tokio::sync::Mutex::new(HashMap::new()),
+                    legacy_crm: std::sync::atomic::AtomicBool::new(false),
                 }),
             );
         }
@@ -100,13 +105,37 @@ impl PortalHandle {
         {
             return Ok(catalog.clone());
         }
-        let response = self
-            .client
-            .call("crm.item.fields", &json!({"entityTypeId": 2}))
-            .await?;
-        let catalog = Arc::new(parse_catalog(&response.result));
+        let catalog = Arc::new(self.fetch_catalog().await?);
         *cached = Some((Instant::now(), catalog.clone()));
         Ok(catalog)
+    }
+
+    async fn fetch_catalog(&self) -> Result<FieldCatalog, ClientError> {
+        if !self.legacy_crm.load(Ordering::Relaxed) {
+            match self
+                .client
+                .call("crm.item.fields", &json!({"entityTypeId": 2}))
+                .await
+            {
+                Ok(response) => return Ok(parse_catalog(&response.result)),
+                Err(ClientError::Api(api)) if api.kind == ApiErrorKind::MethodNotFound => {
+                    tracing::warn!(portal = %self.config.name, "crm.item.* is missing; using crm.deal.*");
+                    self.legacy_crm.store(true, Ordering::Relaxed);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        // `crm.deal.fields`: UPPER_CASE keys straight under `result`.
+        let response = self.client.call("crm.deal.fields", &json!({})).await?;
+        Ok(parse_catalog(&json!({"fields": response.result}))
+            .into_iter()
+            .map(|(name, mut info)| {
+                if info.title.is_empty() {
+                    info.title = name.clone();
+                }
+                (camel_name(&name), info)
+            })
+            .collect())
     }
 
     /// The active user with this e-mail (cached, also when there is none).

@@ -376,3 +376,80 @@ async fn an_unmappable_value_fails_and_a_replay_after_the_fix_succeeds() {
     source.shutdown().await;
     target.shutdown().await;
 }
+
+/// A box that was not updated answers ERROR_METHOD_NOT_FOUND for
+/// `crm.item.*`: the relay reads (and writes back) with `crm.deal.*`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_box_without_crm_item_is_read_with_crm_deal() {
+    let (source, target) = start_portals(50, 2.0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let admin = source.admin();
+    let contact = admin
+        .insert_record(
+            EntityType::Contact,
+            &record(json!({"name": "Anna", "lastName": "Old-box", "fm": [{"typeId": "EMAIL", "value": "anna@box.test", "valueType": "WORK"}]})),
+        )
+        .unwrap();
+    let deal = admin
+        .insert_record(
+            EntityType::Deal,
+            &record(json!({"title": "From an old box", "categoryId": 2, "stageId": "C2:PREPARATION", "ufCrm_LEVEL": 2, "contactId": contact, "assignedById": 5})),
+        )
+        .unwrap();
+    rest(&source, SOURCE_SECRET, "crm.item.productrow.set", json!({"ownerType": "D", "ownerId": deal, "productRows": [{"productName": "Valve", "price": 7, "quantity": 3}]})).await;
+    let missing = MethodFaults {
+        fail_next: u32::MAX,
+        error: b24_emulator::InjectedError {
+            status: 404,
+            code: "ERROR_METHOD_NOT_FOUND".into(),
+            description: "Method not found!".into(),
+        },
+        ..MethodFaults::default()
+    };
+    for method in [
+        "crm.item.get",
+        "crm.item.update",
+        "crm.item.productrow.list",
+        "crm.item.fields",
+    ] {
+        source.faults().set_method(method, missing.clone());
+    }
+    let options = Options {
+        values: r#"values.ufCrm_TIER = { "1" = "72", "2" = "71", "3" = "71" }"#,
+        ..Options::default()
+    };
+    let text = config_text(dir.path(), &source, &target, &options);
+    let (relay, url) = start_relay(&text).await;
+    assert_eq!(post_rule(&url, deal).await, 200);
+    wait_until("the deal is transferred and written back", WAIT, || {
+        admin
+            .record(EntityType::Deal, deal)
+            .and_then(|d| d.get("ufCrm_ESB_DEAL_ID").cloned())
+            .is_some_and(|v| !v.is_null() && v != json!(""))
+    })
+    .await;
+    let deals = target_deals(&target);
+    assert_eq!(deals.len(), 1);
+    assert_eq!(deals[0]["title"], "From an old box");
+    assert_eq!(deals[0]["ufCrm_TIER"], 71);
+    assert_eq!(deals[0]["assignedById"], 17);
+    let rows = target
+        .admin()
+        .product_rows(EntityType::Deal, deals[0]["id"].as_i64().unwrap());
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["productName"], "Valve");
+    assert_eq!(rows[0]["quantity"], 3.0);
+    let contacts = target.admin().records(EntityType::Contact);
+    let anna = contacts
+        .iter()
+        .find(|c| c["name"] == "Anna")
+        .expect("contact created");
+    assert_eq!(deals[0]["contactId"], anna["id"]);
+    assert!(
+        source.admin().request_count("crm.deal.update") == 0,
+        "write-back travels in a batch"
+    );
+    relay.shutdown().await;
+    source.shutdown().await;
+    target.shutdown().await;
+}

@@ -179,3 +179,17 @@ fn product_rows_travel_as_free_text_rows_and_digests_ignore_key_order() {
     );
     assert_ne!(digest(&json!({"a": 1})), digest(&json!({"a": 2})));
 }
+
+#[test]
+fn legacy_and_item_field_names_convert_both_ways() {
+    for (upper, camel) in [
+        ("ID", "id"),
+        ("ASSIGNED_BY_ID", "assignedById"),
+        ("STAGE_ID", "stageId"),
+        ("UF_CRM_LEVEL", "ufCrm_LEVEL"),
+        ("UF_CRM_1721244707107", "ufCrm_1721244707107"),
+    ] {
+        assert_eq!(camel_name(upper), camel);
+        assert_eq!(upper_name(camel), upper);
+    }
+}

@@ -312,13 +312,23 @@ impl Transfer {
             let current = source.deal.get(field).map(mapping::scalar);
             if current.as_deref() != Some(target_id.to_string().as_str()) {
                 let mut fields = Map::new();
-                fields.insert(field.clone(), json!(target_id));
-                push(
-                    &mut batch,
-                    "field",
-                    "crm.item.update",
-                    json!({"entityTypeId": 2, "id": source.id, "fields": fields}),
-                );
+                if from.legacy_crm.load(std::sync::atomic::Ordering::Relaxed) {
+                    fields.insert(mapping::upper_name(field), json!(target_id));
+                    push(
+                        &mut batch,
+                        "field",
+                        "crm.deal.update",
+                        json!({"id": source.id, "fields": fields}),
+                    );
+                } else {
+                    fields.insert(field.clone(), json!(target_id));
+                    push(
+                        &mut batch,
+                        "field",
+                        "crm.item.update",
+                        json!({"entityTypeId": 2, "id": source.id, "fields": fields}),
+                    );
+                }
             }
         }
         if !batch.is_empty() {
