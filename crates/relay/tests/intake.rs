@@ -34,7 +34,11 @@ const FORM: &str = "application/x-www-form-urlencoded";
 async fn intake_refuses_what_it_must_and_queues_the_rest() {
     let (source, target) = start_portals(50, 2.0).await;
     let dir = tempfile::tempdir().unwrap();
-    let text = config_text(dir.path(), &source, &target, &Options::default());
+    let text = config_text(dir.path(), &source, &target, &Options::default()).replacen(
+        "store =",
+        "metrics_listen = \"127.0.0.1:0\"\nstore =",
+        1,
+    );
     let relay = Relay::start(Config::parse(&text).unwrap()).await.unwrap();
     let base = format!("http://{}", relay.addr);
     let event_url = format!("{base}/hook/event/partner");

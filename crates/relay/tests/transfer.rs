@@ -453,3 +453,41 @@ async fn a_source_box_without_crm_item_is_read_with_crm_deal() {
     source.shutdown().await;
     target.shutdown().await;
 }
+
+/// A target that is down gives transient errors: the job waits with
+/// backoff and succeeds once the portal is back; nothing is created twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_is_down_is_retried_until_it_comes_back() {
+    let (source, target) = start_portals(50, 2.0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(dir.path(), &source, &target, &Options::default());
+    let (relay, url) = start_relay(&text).await;
+    target.admin().set_down(true);
+    let deal = plain_deal(&source, "Patience", "C2:PREPARATION");
+    assert_eq!(post_rule(&url, deal).await, 200);
+    wait_until("a failed attempt is recorded", WAIT, || {
+        relay
+            .store
+            .jobs(None, 10)
+            .unwrap()
+            .iter()
+            .any(|j| j.state == JobState::Pending && j.attempts >= 1 && j.message.is_some())
+    })
+    .await;
+    let waiting = relay.store.jobs(None, 10).unwrap().remove(0);
+    assert!(jobs_in(&relay, JobState::Failed).is_empty(), "{waiting:?}");
+    target.admin().set_down(false);
+    wait_until("the deal arrives", WAIT, || {
+        target_deals(&target).len() == 1 && idle(&relay)
+    })
+    .await;
+    let done = jobs_in(&relay, JobState::Done);
+    assert!(
+        done.iter().any(|j| j.deal_id == deal && j.attempts >= 2),
+        "{done:?}"
+    );
+    assert_eq!(target_deals(&target).len(), 1);
+    relay.shutdown().await;
+    source.shutdown().await;
+    target.shutdown().await;
+}
