@@ -23,7 +23,7 @@ use crate::store::{Record, WriteCtx};
 /// Direct control of a running portal (cheap to clone).
 #[derive(Debug, Clone)]
 pub struct Admin {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl Admin {
@@ -178,9 +178,9 @@ fn bad_request(message: impl Into<String>) -> HttpResponse {
 }
 
 /// A malformed admin request; answered as 400 with the message.
-struct BadRequest(String);
+pub(crate) struct BadRequest(String);
 
-fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, BadRequest> {
+pub(crate) fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, BadRequest> {
     serde_json::from_slice(body).map_err(|e| BadRequest(format!("invalid JSON body: {e}")))
 }
 
@@ -188,7 +188,7 @@ fn ok(value: Value) -> HttpResponse {
     json_response(StatusCode::OK, &value)
 }
 
-fn to_value<T: serde::Serialize>(value: &T) -> Value {
+pub(crate) fn to_value<T: serde::Serialize>(value: &T) -> Value {
     serde_json::to_value(value).unwrap_or(Value::Null)
 }
 
@@ -198,10 +198,18 @@ fn seconds(value: f64, name: &str) -> Result<Duration, BadRequest> {
 }
 
 /// Serves `/_emulator/<path>`.
-pub fn handle(shared: &Arc<Shared>, method: &Method, path: &str, body: &[u8]) -> HttpResponse {
+pub async fn handle(
+    shared: &Arc<Shared>,
+    method: &Method,
+    path: &str,
+    body: &[u8],
+) -> HttpResponse {
     let admin = Admin::new(Arc::clone(shared));
     let parts: Vec<&str> = path.trim_end_matches('/').split('/').collect();
-    let result = route(&admin, method, &parts, body);
+    let result = match crate::admin_app::route(&admin, method, &parts, body).await {
+        Some(result) => result,
+        None => route(&admin, method, &parts, body),
+    };
     result.unwrap_or_else(|BadRequest(message)| bad_request(message))
 }
 

@@ -74,6 +74,23 @@ impl ApiError {
         )
     }
 
+    pub fn expired_token() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "expired_token",
+            "The access token provided has expired.",
+        )
+    }
+
+    /// The OAuth flavour of `insufficient_scope`.
+    pub fn insufficient_scope_token() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "insufficient_scope",
+            "The request requires higher privileges than provided by the access token",
+        )
+    }
+
     pub fn insufficient_scope() -> Self {
         Self::new(
             StatusCode::FORBIDDEN,

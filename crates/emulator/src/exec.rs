@@ -48,7 +48,11 @@ pub fn method_name(raw: &str) -> String {
 pub fn precheck(shared: &Shared, webhook: &Webhook, method: &str) -> Result<(), ApiError> {
     let scope = scope_of(method).ok_or_else(ApiError::method_not_found)?;
     if !webhook.has_scope(scope) {
-        return Err(ApiError::insufficient_scope());
+        return Err(if webhook.application {
+            ApiError::insufficient_scope_token()
+        } else {
+            ApiError::insufficient_scope()
+        });
     }
     if method != "batch"
         && shared

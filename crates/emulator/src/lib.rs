@@ -1,6 +1,8 @@
 //! A Bitrix24 portal emulator: one process plays one portal, answering REST calls
-//! over incoming-webhook URLs the way the cloud does (shapes, errors, limits) and
-//! delivering outbound events, so tests and benchmarks never need a real portal.
+//! over incoming-webhook URLs and, for an installed local application, over
+//! OAuth (with an authorization server for token refresh) the way the cloud
+//! does (shapes, errors, limits), and delivering outbound calls (events,
+//! install, automation rules), so tests and benchmarks never need a real portal.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), b24_emulator::StartError> {
@@ -16,6 +18,8 @@
 //! ```
 
 mod admin;
+mod admin_app;
+pub mod app;
 mod batch;
 mod clock;
 mod error;
@@ -25,19 +29,24 @@ mod fields;
 mod filter;
 pub mod limits;
 mod methods;
+mod oauth;
 pub mod outbound;
 mod params;
 mod portal;
+pub mod robots;
 mod server;
 mod shared;
 mod store;
 mod tls;
 
 pub use admin::Admin;
+pub use admin_app::Installed;
+pub use app::{AppError, AppStatus, EventBinding, IssuedTokens};
 pub use error::{ApiError, StartError};
 pub use faults::{FaultSettings, Faults, InjectedError, MethodFaults};
 pub use fields::EntityType;
 pub use limits::LimitConfig;
 pub use outbound::{Delivery, EventHandler, HandlerSeed, RobotHandler, RobotRun, WebhookRule};
 pub use portal::{Portal, PortalBuilder};
+pub use robots::AppRobot;
 pub use store::Record;

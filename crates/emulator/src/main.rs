@@ -19,8 +19,16 @@ struct Args {
     domain: String,
     /// Incoming webhook as USER_ID:SECRET[:scope,scope...]; repeatable.
     /// Without scopes it gets crm, user, bizproc and im.
-    #[arg(long = "webhook", required = true)]
+    #[arg(long = "webhook", required_unless_present = "app")]
     webhooks: Vec<String>,
+    /// A local application as CLIENT_ID:CLIENT_SECRET[:scope,scope...]
+    /// (default scopes crm, user, bizproc, im); install it through
+    /// POST /_emulator/app/install. Its authorization server is /oauth/token/.
+    #[arg(long)]
+    app: Option<String>,
+    /// Lifetime of the application's access tokens, in seconds.
+    #[arg(long, default_value_t = 3600)]
+    token_lifetime: u64,
     /// Leaky bucket as BURST/DRAIN_PER_SECOND (cloud: 50/2, Enterprise: 250/5).
     #[arg(long, default_value = "50/2")]
     rate_limit: String,
@@ -51,7 +59,40 @@ fn parse_webhook(text: &str) -> anyhow::Result<WebhookArg> {
     if !secret.chars().all(|c| c.is_ascii_alphanumeric()) {
         bail!("--webhook secret must be letters and digits only");
     }
-    let scopes = match parts.next() {
+    let scopes = scope_list(parts.next());
+    Ok(WebhookArg {
+        user_id,
+        secret: secret.to_string(),
+        scopes,
+    })
+}
+
+struct AppArg {
+    client_id: String,
+    client_secret: String,
+    scopes: Vec<String>,
+}
+
+/// `CLIENT_ID:CLIENT_SECRET[:scope,scope...]`.
+fn parse_app(text: &str) -> anyhow::Result<AppArg> {
+    let mut parts = text.splitn(3, ':');
+    let client_id = parts
+        .next()
+        .filter(|s| !s.is_empty())
+        .context("--app must look like CLIENT_ID:CLIENT_SECRET (client id missing)")?;
+    let secret = parts
+        .next()
+        .filter(|s| !s.is_empty())
+        .context("--app must look like CLIENT_ID:CLIENT_SECRET (secret missing)")?;
+    Ok(AppArg {
+        client_id: client_id.to_string(),
+        client_secret: secret.to_string(),
+        scopes: scope_list(parts.next()),
+    })
+}
+
+fn scope_list(text: Option<&str>) -> Vec<String> {
+    match text {
         Some(list) => list
             .split(',')
             .filter(|s| !s.is_empty())
@@ -61,12 +102,7 @@ fn parse_webhook(text: &str) -> anyhow::Result<WebhookArg> {
             .iter()
             .map(|s| s.to_string())
             .collect(),
-    };
-    Ok(WebhookArg {
-        user_id,
-        secret: secret.to_string(),
-        scopes,
-    })
+    }
 }
 
 fn parse_rate(text: &str) -> anyhow::Result<(u32, f64)> {
@@ -116,6 +152,13 @@ async fn main() -> anyhow::Result<()> {
         let scopes: Vec<&str> = hook.scopes.iter().map(String::as_str).collect();
         builder = builder.webhook(hook.user_id, &hook.secret, &scopes);
     }
+    if let Some(text) = &args.app {
+        let app = parse_app(text)?;
+        let scopes: Vec<&str> = app.scopes.iter().map(String::as_str).collect();
+        builder = builder
+            .application(&app.client_id, &app.client_secret, &scopes)
+            .token_lifetime(std::time::Duration::from_secs(args.token_lifetime));
+    }
     if let Some(seed) = &args.seed {
         builder = builder.seed_file(seed);
     }
@@ -157,5 +200,8 @@ mod tests {
         assert_eq!(parse_rate("250/5").unwrap(), (250, 5.0));
         assert!(parse_rate("0/2").is_err());
         assert!(parse_rate("50").is_err());
+        let app = parse_app("local.1:s3c:crm,bizproc").unwrap();
+        assert_eq!((app.client_id.as_str(), app.scopes.len()), ("local.1", 2));
+        assert!(parse_app("local.1").is_err());
     }
 }

@@ -121,8 +121,10 @@ impl std::fmt::Debug for RobotRun {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RobotRun")
             .field("event_token", &"[redacted]")
+            .field("workflow_id", &self.workflow_id)
             .field("code", &self.code)
             .field("deal_id", &self.deal_id)
+            .field("properties", &self.properties)
             .field("use_subscription", &self.use_subscription)
             .field("return_values", &self.return_values)
             .field("log_message", &self.log_message)
@@ -157,8 +159,11 @@ pub struct Delivery {
 pub struct RobotRun {
     #[serde(skip)]
     pub event_token: String,
+    pub workflow_id: String,
     pub code: String,
     pub deal_id: i64,
+    /// `properties[...]` as sent to the handler.
+    pub properties: Map<String, Value>,
     /// Only robots registered with `USE_SUBSCRIPTION` may answer.
     pub use_subscription: bool,
     pub return_values: Option<Value>,
@@ -174,7 +179,7 @@ pub struct Outbound {
     tasks: TaskTracker,
 }
 
-fn random_hex(len: usize) -> String {
+pub(crate) fn random_hex(len: usize) -> String {
     (0..len)
         .map(|_| char::from(b"0123456789abcdef"[rand::random_range(0..16)]))
         .collect()
@@ -182,7 +187,7 @@ fn random_hex(len: usize) -> String {
 
 /// Builds a PHP-style form body keeping the field order Bitrix24 uses:
 /// each leaf is encoded on its own by the shared encoder and joined.
-fn ordered_form(leaves: &[(&[&str], String)]) -> String {
+pub(crate) fn ordered_form(leaves: &[(&[&str], String)]) -> String {
     leaves
         .iter()
         .map(|(path, value)| {
@@ -225,6 +230,14 @@ impl Outbound {
         handlers.events.extend(more.events);
         handlers.webhook_rules.extend(more.webhook_rules);
         handlers.robots.extend(more.robots);
+    }
+
+    /// Drops the event handlers `unwanted` picks; returns how many went.
+    pub fn remove_events(&self, unwanted: impl Fn(&EventHandler) -> bool) -> usize {
+        let mut handlers = self.handlers.lock().unwrap_or_else(|e| e.into_inner());
+        let before = handlers.events.len();
+        handlers.events.retain(|h| !unwanted(h));
+        before - handlers.events.len()
     }
 
     pub fn deliveries(&self) -> Vec<Delivery> {
@@ -318,96 +331,15 @@ impl Outbound {
             self.deliver("webhookRule", &rule.url, body);
         }
         for robot in handlers.robots.iter().filter(|r| r.stage_id == stage) {
-            // Shapes as the portal makes them: workflow `A51601_82584_96831_81132`,
-            // token `<uniqid>|<workflow>|<32 chars>.<64 hex>`.
-            let workflow_id = format!(
-                "A{}_{}_{}_{}",
-                rand::random_range(10_000..100_000),
-                rand::random_range(10_000..100_000),
-                rand::random_range(10_000..100_000),
-                rand::random_range(10_000..100_000)
-            );
-            let event_token = format!(
-                "{}.{}|{workflow_id}|{}.{}",
-                random_hex(14),
-                rand::random_range(10_000_000..100_000_000),
-                random_hex(32),
-                random_hex(32) + &random_hex(32)
-            );
-            let mut leaves: Vec<(Vec<String>, String)> = vec![
-                (vec!["workflow_id".into()], workflow_id),
-                (vec!["code".into()], robot.code.clone()),
-                (vec!["document_id".into(), "0".into()], "crm".into()),
-                (
-                    vec!["document_id".into(), "1".into()],
-                    "CCrmDocumentDeal".into(),
-                ),
-                (vec!["document_id".into(), "2".into()], document.clone()),
-                (vec!["document_type".into(), "0".into()], "crm".into()),
-                (
-                    vec!["document_type".into(), "1".into()],
-                    "CCrmDocumentDeal".into(),
-                ),
-                (vec!["document_type".into(), "2".into()], "DEAL".into()),
-                (vec!["event_token".into()], event_token.clone()),
-            ];
-            for (name, value) in &robot.properties {
-                leaves.push((
-                    vec!["properties".into(), name.clone()],
-                    crate::params::scalar_text(value),
-                ));
-            }
-            let use_subscription = if robot.use_subscription { "Y" } else { "N" };
-            // Field order as the portal sends it; `expires` is required by
-            // the official SDK's workflow-payload parser.
-            let now = clock::now_unix() as i64;
-            let auth = [
-                ("access_token", random_hex(70)),
-                ("expires", (now + 3600).to_string()),
-                ("expires_in", "3600".to_string()),
-                ("scope", "crm,bizproc".to_string()),
-                ("domain", shared.domain.clone()),
-                (
-                    "server_endpoint",
-                    "https://oauth.bitrix.info/rest/".to_string(),
-                ),
-                ("status", "L".to_string()),
-                (
-                    "client_endpoint",
-                    format!("https://{}/rest/", shared.domain),
-                ),
-                ("member_id", shared.member_id.clone()),
-                ("user_id", "1".to_string()),
-                ("refresh_token", random_hex(70)),
-                ("application_token", robot.application_token.clone()),
-            ];
-            leaves.push((vec!["use_subscription".into()], use_subscription.into()));
-            leaves.push((vec!["timeout_duration".into()], "0".into()));
-            leaves.push((vec!["ts".into()], ts.clone()));
-            for (key, value) in auth {
-                leaves.push((vec!["auth".into(), key.into()], value));
-            }
-            let borrowed: Vec<(Vec<&str>, String)> = leaves
-                .iter()
-                .map(|(p, v)| (p.iter().map(String::as_str).collect(), v.clone()))
-                .collect();
-            let refs: Vec<(&[&str], String)> = borrowed
-                .iter()
-                .map(|(p, v)| (p.as_slice(), v.clone()))
-                .collect();
-            self.robot_runs
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(RobotRun {
-                    event_token,
-                    code: robot.code.clone(),
-                    deal_id: change.id,
-                    use_subscription: robot.use_subscription,
-                    return_values: None,
-                    log_message: None,
-                });
-            self.deliver("robot", &robot.handler, ordered_form(&refs));
+            crate::robots::start_run(shared, robot, change.id, 1);
         }
+    }
+
+    pub fn record_run(&self, run: RobotRun) {
+        self.robot_runs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(run);
     }
 
     /// `bizproc.event.send`: the robot's answer, accepted once per token.
@@ -438,38 +370,54 @@ impl Outbound {
         Ok(())
     }
 
-    fn deliver(&self, kind: &str, url: &str, body: String) {
+    /// Fires one delivery in the background; the result lands in `deliveries`.
+    pub fn deliver(&self, kind: &str, url: &str, body: String) {
         let client = self.client.clone();
         let deliveries = Arc::clone(&self.deliveries);
         let (kind, url) = (kind.to_string(), url.to_string());
         self.tasks.spawn(async move {
-            let at = clock::now_unix();
-            let result = client
-                .post(&url)
-                .header(
-                    http::header::CONTENT_TYPE,
-                    "application/x-www-form-urlencoded",
-                )
-                .body(body.clone())
-                .send()
-                .await;
-            let (status, error) = match result {
-                Ok(response) => (Some(response.status().as_u16()), None),
-                Err(err) => (None, Some(describe_error(&err))),
-            };
-            tracing::debug!(kind, status, "outbound delivery finished");
+            let delivery = send(&client, kind, url, body).await;
             deliveries
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .push(Delivery {
-                    kind,
-                    url,
-                    body,
-                    status,
-                    error,
-                    at,
-                });
+                .push(delivery);
         });
+    }
+
+    /// Delivers and waits for the outcome (the install call), recording it too.
+    pub async fn deliver_now(&self, kind: &str, url: &str, body: String) -> Delivery {
+        let delivery = send(&self.client, kind.to_string(), url.to_string(), body).await;
+        self.deliveries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(delivery.clone());
+        delivery
+    }
+}
+
+async fn send(client: &reqwest::Client, kind: String, url: String, body: String) -> Delivery {
+    let at = clock::now_unix();
+    let result = client
+        .post(&url)
+        .header(
+            http::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        )
+        .body(body.clone())
+        .send()
+        .await;
+    let (status, error) = match result {
+        Ok(response) => (Some(response.status().as_u16()), None),
+        Err(err) => (None, Some(describe_error(&err))),
+    };
+    tracing::debug!(kind, status, "outbound delivery finished");
+    Delivery {
+        kind,
+        url,
+        body,
+        status,
+        error,
+        at,
     }
 }
 
@@ -519,8 +467,10 @@ mod tests {
         };
         let run = RobotRun {
             event_token: "tok-d".into(),
+            workflow_id: "A1_2_3_4".into(),
             code: "c".into(),
             deal_id: 1,
+            properties: Map::new(),
             use_subscription: true,
             return_values: None,
             log_message: None,

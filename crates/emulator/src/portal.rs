@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::Admin;
+use crate::app::{AppConfig, Application, DEFAULT_TOKEN_LIFETIME};
 use crate::error::StartError;
 use crate::faults::Faults;
 use crate::limits::{LimitConfig, Limits};
@@ -30,6 +31,8 @@ pub struct PortalBuilder {
     seed_file: Option<PathBuf>,
     tls: bool,
     delivery_timeout: Duration,
+    app: Option<AppConfig>,
+    token_lifetime: Duration,
 }
 
 impl Default for PortalBuilder {
@@ -43,6 +46,8 @@ impl Default for PortalBuilder {
             seed_file: None,
             tls: false,
             delivery_timeout: Duration::from_secs(10),
+            app: None,
+            token_lifetime: DEFAULT_TOKEN_LIFETIME,
         }
     }
 }
@@ -57,6 +62,24 @@ impl PortalBuilder {
     /// Adds an incoming webhook `/rest/USER_ID/SECRET/` with these scopes.
     pub fn webhook(mut self, user_id: i64, secret: &str, scopes: &[&str]) -> Self {
         self.webhooks.push(Webhook::new(user_id, secret, scopes));
+        self
+    }
+
+    /// Registers a local application (`client_id` like `local.5f3e...`) with
+    /// the scopes its form grants; install it with [`Admin::install_application`].
+    pub fn application(mut self, client_id: &str, client_secret: &str, scopes: &[&str]) -> Self {
+        self.app = Some(AppConfig {
+            client_id: client_id.to_string(),
+            client_secret: client_secret.to_string(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            token_lifetime: DEFAULT_TOKEN_LIFETIME,
+        });
+        self
+    }
+
+    /// How long the application's access tokens live (3600 s by default).
+    pub fn token_lifetime(mut self, lifetime: Duration) -> Self {
+        self.token_lifetime = lifetime;
         self
     }
 
@@ -130,9 +153,15 @@ impl PortalBuilder {
 
     /// Binds the listener and starts serving.
     pub async fn start(self) -> Result<Portal, StartError> {
-        if self.webhooks.is_empty() {
-            return Err(StartError::Config("at least one webhook is needed".into()));
+        if self.webhooks.is_empty() && self.app.is_none() {
+            return Err(StartError::Config(
+                "at least one webhook or an application is needed".into(),
+            ));
         }
+        let app = self.app.clone().map(|mut config| {
+            config.token_lifetime = self.token_lifetime;
+            Application::new(config)
+        });
         if !(self.limits.drain_per_sec.is_finite() && self.limits.drain_per_sec >= 0.0)
             || self.limits.burst == 0
         {
@@ -170,6 +199,7 @@ impl PortalBuilder {
             faults: Faults::default(),
             requests: Mutex::new(Default::default()),
             outbound: Outbound::new(seed.handlers.clone(), self.delivery_timeout),
+            app,
         });
         let cancel = CancellationToken::new();
         let acceptor = tls.as_ref().map(|t| t.acceptor.clone());
@@ -224,6 +254,18 @@ impl Portal {
     /// `http://127.0.0.1:PORT/rest/USER_ID/SECRET/`
     pub fn webhook_url(&self, user_id: i64, secret: &str) -> String {
         format!("{}/rest/{user_id}/{secret}/", self.base_url)
+    }
+
+    /// `http://127.0.0.1:PORT/rest/`: the application's REST root
+    /// (`auth[client_endpoint]`); calls add `?auth=ACCESS_TOKEN`.
+    pub fn rest_url(&self) -> String {
+        format!("{}/rest/", self.base_url)
+    }
+
+    /// `http://127.0.0.1:PORT/oauth/token/`: the emulated authorization
+    /// server (what `https://oauth.bitrix.info/oauth/token/` is in the cloud).
+    pub fn oauth_token_url(&self) -> String {
+        format!("{}/oauth/token/", self.base_url)
     }
 
     /// The self-signed certificate (PEM) when serving HTTPS.

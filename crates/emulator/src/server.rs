@@ -121,7 +121,16 @@ async fn handle(
     if let Some(rest) = path.strip_prefix("/_emulator/") {
         let rest = rest.to_string();
         return Ok(match read_body(req).await {
-            Ok((parts, body)) => admin::handle(&shared, &parts.method, &rest, &body),
+            Ok((parts, body)) => admin::handle(&shared, &parts.method, &rest, &body).await,
+            Err(response) => response,
+        });
+    }
+    if crate::oauth::is_token_path(&path) {
+        // The authorization server is not the portal: "down" does not touch it.
+        let query = req.uri().query().unwrap_or("").to_string();
+        let content_type = content_type_of(&req);
+        return Ok(match read_body(req).await {
+            Ok((_, body)) => crate::oauth::token_endpoint(&shared, &query, &content_type, &body),
             Err(response) => response,
         });
     }
@@ -135,50 +144,45 @@ async fn handle(
         ));
     };
     let segments: Vec<&str> = rest_path.splitn(3, '/').collect();
-    let (user_id, secret, raw_method) = match segments.as_slice() {
-        [user_id, secret, method] if !method.is_empty() => (*user_id, *secret, *method),
-        // `/rest/METHOD?auth=...` is the application (OAuth) form; no
-        // application is installed on the emulator, so no token is valid.
-        _ => {
-            shared.count_request(&exec::method_name(rest_path));
-            let has_token = req
-                .uri()
-                .query()
-                .is_some_and(|q| q.split('&').any(|p| p.starts_with("auth=")));
-            let error = if has_token {
-                ApiError::invalid_token()
-            } else {
-                ApiError::no_auth_found()
-            };
-            return Ok(error_response(&error));
+    // `/rest/USER_ID/SECRET/METHOD` is a webhook; `/rest/METHOD?auth=...`
+    // (or `auth` in the body) is the application form.
+    let webhook_path = match segments.as_slice() {
+        [user_id, secret, method] if !method.is_empty() => {
+            Some((user_id.to_string(), secret.to_string(), method.to_string()))
         }
+        _ => None,
     };
-    let method = exec::method_name(raw_method);
+    let method = match &webhook_path {
+        Some((_, _, raw)) => exec::method_name(raw),
+        None => exec::method_name(rest_path),
+    };
     // Every HTTP request is counted, refused ones too: tests assert on what
     // a client sent, not on what succeeded.
     shared.count_request(&method);
-    let Some(webhook) = shared.webhook(user_id, secret).cloned() else {
-        return Ok(error_response(&ApiError::invalid_credentials()));
+    let query = req.uri().query().unwrap_or("").to_string();
+    let content_type = content_type_of(&req);
+    let (_, body) = match read_body(req).await {
+        Ok(read) => read,
+        Err(response) => return Ok(response),
+    };
+    let mut params = match merged_params(&query, &content_type, &body) {
+        Ok(params) => params,
+        Err(err) => return Ok(error_response(&err)),
+    };
+    let webhook = match &webhook_path {
+        Some((user_id, secret, _)) => match shared.webhook(user_id, secret) {
+            Some(webhook) => webhook.clone(),
+            None => return Ok(error_response(&ApiError::invalid_credentials())),
+        },
+        None => match crate::oauth::authenticate(&shared, &mut params.0) {
+            Ok(caller) => caller,
+            Err(err) => return Ok(error_response(&err)),
+        },
     };
     let started = clock::now_unix();
     if !shared.limits.admit(peer.ip(), started) {
         return Ok(error_response(&ApiError::query_limit()));
     }
-    let query = req.uri().query().unwrap_or("").to_string();
-    let content_type = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    let (_, body) = match read_body(req).await {
-        Ok(read) => read,
-        Err(response) => return Ok(response),
-    };
-    let params = match merged_params(&query, &content_type, &body) {
-        Ok(params) => params,
-        Err(err) => return Ok(error_response(&err)),
-    };
     if method == "crm.controller.item.getfile" {
         return Ok(download_file(&shared, &params));
     }
@@ -193,6 +197,14 @@ async fn handle(
         return Err(DropConnection);
     }
     Ok(response)
+}
+
+fn content_type_of(req: &Request<Incoming>) -> String {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
 }
 
 fn merged_params(query: &str, content_type: &str, body: &[u8]) -> Result<Params, ApiError> {

@@ -6,17 +6,21 @@ use std::sync::{Mutex, MutexGuard};
 
 use subtle::ConstantTimeEq;
 
+use crate::app::Application;
 use crate::faults::Faults;
 use crate::limits::Limits;
 use crate::outbound::Outbound;
 use crate::store::State;
 
-/// An incoming webhook: `/rest/USER_ID/SECRET/`.
+/// Who calls a REST method: an incoming webhook (`/rest/USER_ID/SECRET/`)
+/// or the installed application acting for a user (`/rest/METHOD?auth=`).
 #[derive(Clone)]
 pub struct Webhook {
     pub user_id: i64,
     secret: String,
     pub scopes: Vec<String>,
+    /// Application context: `bizproc.robot.*` and `event.*` work only here.
+    pub application: bool,
 }
 
 impl Webhook {
@@ -25,6 +29,17 @@ impl Webhook {
             user_id,
             secret: secret.to_string(),
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            application: false,
+        }
+    }
+
+    /// The application calling as `user_id` with its granted scopes.
+    pub fn application(user_id: i64, scopes: &[String]) -> Self {
+        Self {
+            user_id,
+            secret: String::new(),
+            scopes: scopes.to_vec(),
+            application: true,
         }
     }
 
@@ -40,9 +55,14 @@ impl Webhook {
         scope.is_empty() || self.scopes.iter().any(|s| s == scope)
     }
 
-    /// `/rest/1/SECRET`, the prefix of every URL this webhook calls.
+    /// `/rest/1/SECRET`, the prefix of every URL this webhook calls; an
+    /// application calls `/rest` and adds `auth=TOKEN` itself.
     pub fn auth_path(&self) -> String {
-        format!("/rest/{}/{}", self.user_id, self.secret)
+        if self.application {
+            "/rest".to_string()
+        } else {
+            format!("/rest/{}/{}", self.user_id, self.secret)
+        }
     }
 }
 
@@ -52,6 +72,7 @@ impl std::fmt::Debug for Webhook {
             .field("user_id", &self.user_id)
             .field("secret", &"[redacted]")
             .field("scopes", &self.scopes)
+            .field("application", &self.application)
             .finish()
     }
 }
@@ -69,6 +90,8 @@ pub struct Shared {
     /// HTTP requests per REST method (batch counts once, as `batch`).
     pub requests: Mutex<BTreeMap<String, u64>>,
     pub outbound: Outbound,
+    /// The local application, when the portal was built with one.
+    pub app: Option<Application>,
 }
 
 impl Shared {

@@ -2,6 +2,7 @@
 //! each family. Handlers see parameters and return a result or a Bitrix24
 //! error; limits, auth and timing are the HTTP layer's business.
 
+mod bizproc;
 mod crm_misc;
 mod item;
 mod legacy;
@@ -54,6 +55,7 @@ pub const METHODS: &[(&str, &str)] = &[
     ("user.get", "user"),
     ("im.notify", "im"),
     ("bizproc.robot.add", "bizproc"),
+    ("bizproc.robot.update", "bizproc"),
     ("bizproc.robot.list", "bizproc"),
     ("bizproc.robot.delete", "bizproc"),
     ("bizproc.event.send", "bizproc"),
@@ -124,6 +126,9 @@ pub fn dispatch(method: &str, call: &Call<'_>) -> MethodResult {
         return result;
     }
     if let Some(result) = crm_misc::dispatch(&method, call) {
+        return result;
+    }
+    if let Some(result) = bizproc::dispatch(&method, call) {
         return result;
     }
     if let Some(result) = system::dispatch(&method, call) {

@@ -1,6 +1,5 @@
 //! Portal-level methods: `scope`, `method.get`, `methods`, `server.time`,
-//! `user.get`, `im.notify`, and the application-only ones (`bizproc.robot.*`,
-//! `event.*`) that an incoming webhook may not use.
+//! `user.get`, `im.notify`.
 
 use serde_json::{Map, Value, json};
 
@@ -8,7 +7,7 @@ use super::{Call, METHODS, MethodResult, Output, scope_of};
 use crate::clock;
 use crate::error::ApiError;
 use crate::filter;
-use crate::params::{as_i64, scalar_text};
+use crate::params::as_i64;
 
 pub fn dispatch(method: &str, call: &Call<'_>) -> Option<MethodResult> {
     Some(match method {
@@ -18,16 +17,6 @@ pub fn dispatch(method: &str, call: &Call<'_>) -> Option<MethodResult> {
         "server.time" => Ok(Output::value(json!(clock::iso8601(clock::now_unix())))),
         "user.get" => user_get(call),
         "im.notify" => im_notify(call),
-        "bizproc.event.send" => event_send(call),
-        // Only an application may register robots or bind events; there is
-        // no application auth mode in the emulator yet, and a webhook is refused
-        // exactly as Bitrix24 refuses it.
-        "bizproc.robot.add"
-        | "bizproc.robot.list"
-        | "bizproc.robot.delete"
-        | "event.bind"
-        | "event.get"
-        | "event.unbind" => Err(ApiError::application_context_required()),
         _ => return None,
     })
 }
@@ -129,14 +118,4 @@ fn im_notify(call: &Call<'_>) -> MethodResult {
         "type": call.params.text("type").unwrap_or_else(|| "USER".into()),
     }));
     Ok(Output::value(json!(id)))
-}
-
-fn event_send(call: &Call<'_>) -> MethodResult {
-    let token = call.params.text("event_token").unwrap_or_default();
-    let return_values = call.params.object("return_values");
-    let log_message = call.params.get("log_message").map(scalar_text);
-    call.shared
-        .outbound
-        .complete_robot(&token, Value::Object(return_values), log_message)?;
-    Ok(Output::value(json!(true)))
 }

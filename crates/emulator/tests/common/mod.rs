@@ -151,3 +151,52 @@ impl Receiver {
         self.cancel.cancel();
     }
 }
+
+pub const CLIENT_ID: &str = "local.6f1e2d3c4b5a69.12345678";
+pub const CLIENT_SECRET: &str = "cl1entS3cretValue";
+
+/// A portal with a webhook and a local application (crm, bizproc, user).
+pub async fn app_portal() -> Portal {
+    Portal::builder()
+        .domain("source.test")
+        .webhook(1, SECRET, &["crm", "user", "bizproc", "im"])
+        .application(CLIENT_ID, CLIENT_SECRET, &["crm", "bizproc", "user"])
+        .start()
+        .await
+        .expect("portal starts")
+}
+
+/// POSTs a JSON body to `/rest/METHOD?auth=TOKEN`, the application form.
+pub async fn oauth_call(portal: &Portal, method: &str, token: &str, params: Value) -> (u16, Value) {
+    let url = format!("{}{method}?auth={token}", portal.rest_url());
+    let response = client()
+        .post(url)
+        .json(&params)
+        .send()
+        .await
+        .expect("request");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("json body"))
+}
+
+/// GETs the emulated authorization server with these query pairs.
+pub async fn token_request(portal: &Portal, pairs: &[(&str, &str)]) -> (u16, Value) {
+    let mut url = url::Url::parse(&portal.oauth_token_url()).unwrap();
+    url.query_pairs_mut().extend_pairs(pairs);
+    let response = client().get(url).send().await.expect("request");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("json body"))
+}
+
+pub fn refresh_pairs(refresh_token: &str) -> [(&str, &str); 4] {
+    [
+        ("grant_type", "refresh_token"),
+        ("client_id", CLIENT_ID),
+        ("client_secret", CLIENT_SECRET),
+        ("refresh_token", refresh_token),
+    ]
+}
+
+pub fn parse_form(body: &str) -> Value {
+    b24_phpform::parse_str(body, &b24_phpform::Limits::default()).expect("valid PHP form")
+}
