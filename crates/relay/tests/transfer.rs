@@ -236,6 +236,40 @@ async fn an_event_transfers_the_deal_once_with_everything_attached() {
         "existing files kept"
     );
 
+    // A file added on the source is added on the target; the first one stays.
+    let kept = admin.record(EntityType::Deal, deal).unwrap()["ufCrm_DOCS"].clone();
+    let first_id = kept.as_array().unwrap()[0].clone();
+    let note = base64::engine::general_purpose::STANDARD.encode(b"second file");
+    rest(&source, SOURCE_SECRET, "crm.item.update", json!({"entityTypeId": 2, "id": deal, "fields": {"ufCrm_DOCS": [{"id": first_id}, ["note.txt", note]]}})).await;
+    wait_until("the second file arrives", WAIT, || {
+        target
+            .admin()
+            .record(EntityType::Deal, target_id)
+            .and_then(|d| {
+                d.get("ufCrm_FILES")
+                    .and_then(|f| f.as_array().map(Vec::len))
+            })
+            == Some(2)
+    })
+    .await;
+    wait_until("the queue is idle", WAIT, || idle(&relay)).await;
+    let files_now = rest(
+        &target,
+        TARGET_SECRET,
+        "crm.item.get",
+        json!({"entityTypeId": 2, "id": target_id}),
+    )
+    .await;
+    let files_now = files_now["result"]["item"]["ufCrm_FILES"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(files_now.len(), 2);
+    assert_eq!(
+        files_now[0]["id"], files[0]["id"],
+        "the first file is the same one"
+    );
+
     // A deal in another stage is skipped with the reason.
     let other = plain_deal(&source, "Not ready", "C2:NEW");
     rest(

@@ -92,25 +92,27 @@ impl Upsert<'_> {
         }
         let create_in_doubt = link.is_some() && linked.is_none();
         let mut deal_id = linked;
+        // Files already copied into this target deal are not sent again.
+        let mut pending: Vec<&SourceFile> = Vec::new();
+        for file in &files {
+            if !store
+                .copied_files(&self.key, &file.source_field)?
+                .contains(&file.id)
+            {
+                pending.push(file);
+            }
+        }
         let mut existing_files: BTreeMap<String, Vec<i64>> = BTreeMap::new();
         self.look_up(
             create_in_doubt,
             &mut deal_id,
             &mut parties,
-            &files,
+            &pending,
             &mut existing_files,
         )
         .await?;
-        // Files already copied into this target deal are not sent again.
         let mut uploads: Vec<(&SourceFile, String, Vec<u8>)> = Vec::new();
-        for file in &files {
-            let copied = match deal_id {
-                Some(_) => store.copied_files(&self.key, &file.source_field)?,
-                None => Vec::new(),
-            };
-            if copied.contains(&file.id) {
-                continue;
-            }
+        for file in pending {
             let (name, data) = self
                 .target_download(file)
                 .await
@@ -333,13 +335,14 @@ impl Upsert<'_> {
     }
 
     /// One `batch` on the target for everything not known from the links:
-    /// a deal whose create is in doubt, contacts/companies, current files.
+    /// a deal whose create is in doubt, contacts/companies, and the files
+    /// already on the target deal when new ones are to be added.
     async fn look_up(
         &self,
         create_in_doubt: bool,
         deal_id: &mut Option<i64>,
         parties: &mut [Party<'_>],
-        files: &[SourceFile],
+        files: &[&SourceFile],
         existing_files: &mut BTreeMap<String, Vec<i64>>,
     ) -> Result<(), TransferError> {
         let store = &self.transfer.store;
