@@ -148,6 +148,11 @@ async fn read_items(
         }
         let record = match done.get(name) {
             Some(CommandOutcome::Done(result)) => result.result["item"].as_object().cloned(),
+            // Deleted since it was linked to the deal: the deal travels without it.
+            Some(CommandOutcome::Failed(api)) if api.kind == ApiErrorKind::NotFound => {
+                tracing::info!(deal = deal_id, "the deal's {name} no longer exists");
+                None
+            }
             other => {
                 return Err(command_error(
                     &format!("reading the deal's {name}"),
