@@ -113,7 +113,8 @@ impl Admin {
         Ok(())
     }
 
-    /// The pair issued last (install, refresh or a rule run).
+    /// The pair issued last by install or refresh (not the ones that rule
+    /// runs and events carry).
     pub fn latest_tokens(&self) -> Option<IssuedTokens> {
         self.app().ok()?.latest_tokens()
     }

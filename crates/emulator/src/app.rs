@@ -86,11 +86,21 @@ pub struct Installation {
 }
 
 /// A handler bound with `event.bind`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Clone, PartialEq, Serialize)]
 pub struct EventBinding {
     pub event: String,
     pub handler: String,
     pub auth_type: i64,
+}
+
+impl std::fmt::Debug for EventBinding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventBinding")
+            .field("event", &self.event)
+            .field("handler", &crate::outbound::redact_url(&self.handler))
+            .field("auth_type", &self.auth_type)
+            .finish()
+    }
 }
 
 /// What tests read about the application; no token values.
@@ -239,11 +249,11 @@ impl Application {
             },
         );
         state.refresh.insert(tokens.refresh_token.clone(), user_id);
-        state.latest = Some(tokens.clone());
         tokens
     }
 
-    /// Tokens for a robot run's `auth[...]` block (the rule's user).
+    /// Tokens for the `auth[...]` block of a rule run or an event (the
+    /// rule's user); they do not count as the latest pair.
     pub fn issue_for_run(&self, user_id: i64) -> Option<IssuedTokens> {
         let mut state = self.state();
         state.installation.as_ref()?;
@@ -272,6 +282,7 @@ impl Application {
         state.refresh.clear();
         state.installation = Some(installation.clone());
         let tokens = self.issue_locked(&mut state, 1);
+        state.latest = Some(tokens.clone());
         Ok((installation, tokens))
     }
 
@@ -339,7 +350,9 @@ impl Application {
             .refresh
             .remove(refresh_token)
             .ok_or_else(TokenError::invalid_grant)?;
-        Ok(self.issue_locked(state, user_id))
+        let tokens = self.issue_locked(state, user_id);
+        state.latest = Some(tokens.clone());
+        Ok(tokens)
     }
 
     /// Makes every access token issued so far expired (the test knob).
@@ -360,7 +373,7 @@ impl Application {
         count
     }
 
-    /// The pair issued last (install or refresh).
+    /// The pair issued last by install or refresh.
     pub fn latest_tokens(&self) -> Option<IssuedTokens> {
         self.state().latest.clone()
     }

@@ -294,23 +294,8 @@ impl Outbound {
                     change.stage_after.clone().unwrap_or_default(),
                 ));
             }
-            leaves.extend([
-                (&["ts"][..], ts.clone()),
-                (&["auth", "domain"][..], shared.domain.clone()),
-                (
-                    &["auth", "client_endpoint"][..],
-                    format!("https://{}/rest/", shared.domain),
-                ),
-                (
-                    &["auth", "server_endpoint"][..],
-                    "https://oauth.bitrix.info/rest/".to_string(),
-                ),
-                (&["auth", "member_id"][..], shared.member_id.clone()),
-                (
-                    &["auth", "application_token"][..],
-                    handler.application_token.clone(),
-                ),
-            ]);
+            leaves.push((&["ts"], ts.clone()));
+            leaves.extend(event_auth(shared, &handler.application_token));
             self.deliver("event", &handler.url, ordered_form(&leaves));
         }
         let entered = change.stage_after.is_some() && change.stage_after != change.stage_before;
@@ -419,6 +404,54 @@ async fn send(client: &reqwest::Client, kind: String, url: String, body: String)
         error,
         at,
     }
+}
+
+/// The `auth[...]` block of an event. A handler the installed application
+/// bound gets a working access token (the application-event shape of
+/// `api-reference/events/index.md`); an outgoing webhook gets none.
+fn event_auth(shared: &Shared, application_token: &str) -> Vec<(&'static [&'static str], String)> {
+    let app = shared
+        .app
+        .as_ref()
+        .filter(|app| app.application_token_matches(application_token));
+    if let Some((app, tokens)) = app.and_then(|app| Some((app, app.issue_for_run(1)?))) {
+        return vec![
+            (&["auth", "access_token"], tokens.access_token),
+            (&["auth", "expires_in"], tokens.expires_in.to_string()),
+            (&["auth", "scope"], app.scope_text()),
+            (&["auth", "domain"], shared.domain.clone()),
+            (
+                &["auth", "server_endpoint"],
+                "https://oauth.bitrix.info/rest/".to_string(),
+            ),
+            (&["auth", "status"], "L".to_string()),
+            (
+                &["auth", "client_endpoint"],
+                format!("{}/rest/", shared.base_url),
+            ),
+            (&["auth", "member_id"], shared.member_id.clone()),
+            (
+                &["auth", "application_token"],
+                application_token.to_string(),
+            ),
+        ];
+    }
+    vec![
+        (&["auth", "domain"], shared.domain.clone()),
+        (
+            &["auth", "client_endpoint"],
+            format!("https://{}/rest/", shared.domain),
+        ),
+        (
+            &["auth", "server_endpoint"],
+            "https://oauth.bitrix.info/rest/".to_string(),
+        ),
+        (&["auth", "member_id"], shared.member_id.clone()),
+        (
+            &["auth", "application_token"],
+            application_token.to_string(),
+        ),
+    ]
 }
 
 /// A transport error without the URL (which may carry a secret).
