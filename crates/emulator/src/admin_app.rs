@@ -49,6 +49,10 @@ impl Admin {
         let shared = &self.shared;
         let body = ordered_form(&[
             (&["event"], "ONAPPINSTALL".into()),
+            (
+                &["event_handler_id"],
+                installation.event_handler_id.to_string(),
+            ),
             (&["data", "VERSION"], "1".into()),
             (&["data", "ACTIVE"], "Y".into()),
             (&["data", "INSTALLED"], "Y".into()),

@@ -83,6 +83,8 @@ pub struct Installation {
     /// domain where the application is installed").
     pub host: String,
     pub application_token: String,
+    /// `event_handler_id` of the ONAPPINSTALL call (one per install).
+    pub event_handler_id: u64,
 }
 
 /// A handler bound with `event.bind`.
@@ -118,16 +120,19 @@ pub struct AppStatus {
     pub robots: Vec<String>,
 }
 
-/// An authorization-server refusal: `{"error", "error_description"}`.
+/// An authorization-server refusal. Shapes as the official Python SDK
+/// documents them: a bare `{"error": CODE}` for `invalid_grant`,
+/// `invalid_client` (wrong secret) and `wrong_client` (unknown client id,
+/// with HTTP 200); `invalid_request` has a description.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenError {
     pub status: StatusCode,
     pub code: &'static str,
-    pub description: &'static str,
+    pub description: Option<&'static str>,
 }
 
 impl TokenError {
-    fn new(status: StatusCode, code: &'static str, description: &'static str) -> Self {
+    fn new(status: StatusCode, code: &'static str, description: Option<&'static str>) -> Self {
         Self {
             status,
             code,
@@ -136,31 +141,27 @@ impl TokenError {
     }
 
     pub fn invalid_request(description: &'static str) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_request", description)
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            Some(description),
+        )
+    }
+
+    pub fn wrong_client() -> Self {
+        Self::new(StatusCode::OK, "wrong_client", None)
     }
 
     pub fn invalid_client() -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_client",
-            "Invalid client credentials or the application is not installed",
-        )
+        Self::new(StatusCode::BAD_REQUEST, "invalid_client", None)
     }
 
     pub fn invalid_grant() -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_grant",
-            "Invalid refresh token",
-        )
+        Self::new(StatusCode::BAD_REQUEST, "invalid_grant", None)
     }
 
     pub fn unsupported_grant_type() -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            "unsupported_grant_type",
-            "Unsupported grant type",
-        )
+        Self::new(StatusCode::BAD_REQUEST, "unsupported_grant_type", None)
     }
 }
 
@@ -178,6 +179,7 @@ struct State {
     latest: Option<IssuedTokens>,
     refreshes: u64,
     refused_refreshes: u64,
+    installs: u64,
     robots: Vec<AppRobot>,
     events: Vec<EventBinding>,
 }
@@ -272,12 +274,14 @@ impl Application {
             .host_str()
             .ok_or_else(|| invalid("no host"))?
             .to_ascii_lowercase();
+        let mut state = self.state();
+        state.installs += 1;
         let installation = Installation {
             install_url: install_url.to_string(),
             host,
             application_token: random_hex(32),
+            event_handler_id: state.installs,
         };
-        let mut state = self.state();
         state.access.clear();
         state.refresh.clear();
         state.installation = Some(installation.clone());
@@ -343,7 +347,10 @@ impl Application {
             .as_bytes()
             .ct_eq(client_secret.as_bytes())
             .into();
-        if client_id != self.config.client_id || !secret_ok || state.installation.is_none() {
+        if client_id != self.config.client_id || state.installation.is_none() {
+            return Err(TokenError::wrong_client());
+        }
+        if !secret_ok {
             return Err(TokenError::invalid_client());
         }
         let user_id = state
@@ -448,8 +455,14 @@ mod tests {
                 .code,
             "invalid_client"
         );
+        assert_eq!(
+            app.refresh("local.other", "cl1ent-s3cret", &second.refresh_token)
+                .unwrap_err()
+                .code,
+            "wrong_client"
+        );
         let status = app.status();
-        assert_eq!((status.refreshes, status.refused_refreshes), (1, 2));
+        assert_eq!((status.refreshes, status.refused_refreshes), (1, 3));
     }
 
     #[test]

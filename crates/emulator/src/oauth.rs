@@ -18,10 +18,11 @@ pub fn is_token_path(path: &str) -> bool {
 }
 
 fn refusal(err: &TokenError) -> HttpResponse {
-    json_response(
-        err.status,
-        &json!({"error": err.code, "error_description": err.description}),
-    )
+    let body = match err.description {
+        Some(description) => json!({"error": err.code, "error_description": description}),
+        None => json!({"error": err.code}),
+    };
+    json_response(err.status, &body)
 }
 
 /// `grant_type=refresh_token&client_id&client_secret&refresh_token`, as a
@@ -40,17 +41,21 @@ pub fn token_endpoint(
     let field = |name: &str| params.text(name).unwrap_or_default();
     let grant_type = field("grant_type");
     if grant_type.is_empty() {
-        return refusal(&TokenError::invalid_request("grant_type is missing"));
+        return refusal(&TokenError::invalid_request(
+            "No \"grant_type\" parameter found",
+        ));
     }
     if grant_type != "refresh_token" {
         return refusal(&TokenError::unsupported_grant_type());
     }
     let Some(app) = shared.app.as_ref() else {
-        return refusal(&TokenError::invalid_client());
+        return refusal(&TokenError::wrong_client());
     };
     let refresh_token = field("refresh_token");
     if refresh_token.is_empty() {
-        return refusal(&TokenError::invalid_request("refresh_token is missing"));
+        return refusal(&TokenError::invalid_request(
+            "No \"refresh_token\" parameter found",
+        ));
     }
     match app.refresh(&field("client_id"), &field("client_secret"), &refresh_token) {
         Ok(tokens) => {

@@ -1,6 +1,7 @@
 //! Application mode, OAuth side: the install call (ONAPPINSTALL payload),
 //! REST over `auth=ACCESS_TOKEN`, token expiry, and the authorization
-//! server's refresh (rotation, `invalid_grant`, `invalid_client`).
+//! server's refresh (rotation, `invalid_grant`, `invalid_client`,
+//! `wrong_client`).
 
 mod common;
 
@@ -29,7 +30,7 @@ async fn install_posts_the_onappinstall_form_and_issues_working_tokens() {
     assert!(
         got[0]
             .body
-            .starts_with("event=ONAPPINSTALL&data[VERSION]=1&data[ACTIVE]=Y&"),
+            .starts_with("event=ONAPPINSTALL&event_handler_id=1&data[VERSION]=1&data[ACTIVE]=Y&"),
         "{}",
         got[0].body
     );
@@ -249,6 +250,19 @@ async fn revoked_refresh_tokens_and_wrong_clients_are_refused() {
         (status, refused["error"].as_str()),
         (400, Some("invalid_client"))
     );
+    let wrong_client = [
+        ("grant_type", "refresh_token"),
+        ("client_id", "local.someone.else"),
+        ("client_secret", CLIENT_SECRET),
+        ("refresh_token", refresh.as_str()),
+    ];
+    let (status, refused) = token_request(&portal, &wrong_client).await;
+    assert_eq!((status, refused), (200, json!({"error": "wrong_client"})));
+    let (status, refused) = token_request(&portal, &refresh_pairs("")).await;
+    assert_eq!(
+        (status, refused["error_description"].as_str()),
+        (400, Some("No \"refresh_token\" parameter found"))
+    );
     let wrong_grant = [
         ("grant_type", "authorization_code"),
         ("client_id", CLIENT_ID),
@@ -329,10 +343,7 @@ async fn admin_http_endpoints_install_expire_and_count() {
 async fn a_portal_without_an_application_refuses_tokens() {
     let portal = common::portal(json!({})).await;
     let (status, refused) = token_request(&portal, &refresh_pairs("abc")).await;
-    assert_eq!(
-        (status, refused["error"].as_str()),
-        (400, Some("invalid_client"))
-    );
+    assert_eq!((status, refused), (200, json!({"error": "wrong_client"})));
     let (status, refused) = oauth_call(&portal, "scope", "abc", json!({})).await;
     assert_eq!(
         (status, refused["error"].as_str()),
