@@ -407,8 +407,9 @@ async fn send(client: &reqwest::Client, kind: String, url: String, body: String)
 }
 
 /// The `auth[...]` block of an event. A handler the installed application
-/// bound gets a working access token (the application-event shape of
-/// `api-reference/events/index.md`); an outgoing webhook gets none.
+/// bound gets working tokens — the docs' application-event example plus
+/// `expires` (which the official Python SDK requires), `user_id` and
+/// `refresh_token`, as in rule payloads; an outgoing webhook gets none.
 fn event_auth(shared: &Shared, application_token: &str) -> Vec<(&'static [&'static str], String)> {
     let app = shared
         .app
@@ -417,6 +418,7 @@ fn event_auth(shared: &Shared, application_token: &str) -> Vec<(&'static [&'stat
     if let Some((app, tokens)) = app.and_then(|app| Some((app, app.issue_for_run(1)?))) {
         return vec![
             (&["auth", "access_token"], tokens.access_token),
+            (&["auth", "expires"], tokens.expires.to_string()),
             (&["auth", "expires_in"], tokens.expires_in.to_string()),
             (&["auth", "scope"], app.scope_text()),
             (&["auth", "domain"], shared.domain.clone()),
@@ -430,6 +432,8 @@ fn event_auth(shared: &Shared, application_token: &str) -> Vec<(&'static [&'stat
                 format!("{}/rest/", shared.base_url),
             ),
             (&["auth", "member_id"], shared.member_id.clone()),
+            (&["auth", "user_id"], tokens.user_id.to_string()),
+            (&["auth", "refresh_token"], tokens.refresh_token),
             (
                 &["auth", "application_token"],
                 application_token.to_string(),

@@ -1,7 +1,8 @@
 //! Compatibility with the official Python SDK (`b24pysdk` from PyPI): the
 //! test makes a venv under the cargo target dir, installs the SDK, and runs
-//! `tests/sdk/compat.py` against an HTTPS emulated portal. Where the SDK and
-//! the emulator disagree, the emulator is wrong.
+//! `tests/sdk/compat.py` (webhook) and `tests/sdk/app_compat.py` (local
+//! application over OAuth) against an HTTPS emulated portal. Where the SDK
+//! and the emulator disagree, the emulator is wrong.
 //!
 //! Needs `python3` with the `venv` module (Debian: `python3-venv`) and access
 //! to PyPI. Without the venv module the test prints why and skips.
@@ -26,8 +27,11 @@ fn run(command: &mut Command) -> std::process::Output {
 }
 
 /// Makes the venv and installs the SDK once; `None` means python3's venv
-/// module is missing on this machine.
+/// module is missing on this machine. Tests in this file run in parallel, so
+/// only one of them builds the venv.
 fn sdk_python() -> Option<PathBuf> {
+    static SETUP: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _only_one = SETUP.lock().unwrap_or_else(|e| e.into_inner());
     let dir = venv_dir();
     let python = dir.join("bin").join("python3");
     let installed = python.exists()
@@ -133,6 +137,68 @@ async fn official_python_sdk_sees_a_bitrix24_portal() {
         !stderr.contains(SECRET) && !stdout.contains(SECRET),
         "the webhook secret leaked into the SDK's output"
     );
+    portal.shutdown().await;
+    receiver.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_python_sdk_runs_a_local_application() {
+    let Some(python) = tokio::task::spawn_blocking(sdk_python).await.unwrap() else {
+        return;
+    };
+    const CLIENT_ID: &str = "local.sdk0123456789.00000001";
+    const CLIENT_SECRET: &str = "sdkCl1entS3cret";
+    let receiver = Receiver::start().await;
+    let portal = Portal::builder()
+        .domain("sdk.test")
+        .application(CLIENT_ID, CLIENT_SECRET, &["crm", "bizproc"])
+        .tls_self_signed()
+        .start()
+        .await
+        .expect("portal starts");
+    let installed = portal
+        .admin()
+        .install_application(&receiver.url("/app/install"))
+        .await
+        .expect("install");
+    let scratch = tempfile::tempdir().unwrap();
+    let ca = write_ca(
+        scratch.path(),
+        portal
+            .certificate_pem()
+            .expect("TLS portal has a certificate"),
+    );
+    let install_body = scratch.path().join("install.form");
+    std::fs::write(&install_body, &installed.delivery.body).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/app_compat.py");
+    let mut command = tokio::process::Command::new(&python);
+    command
+        .arg(&script)
+        .arg(format!("127.0.0.1:{}", portal.addr().port()))
+        .arg(portal.url())
+        .arg(CLIENT_ID)
+        .arg(CLIENT_SECRET)
+        .arg(&install_body)
+        .arg(receiver.url(""))
+        .env("REQUESTS_CA_BUNDLE", &ca)
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(300), command.output())
+        .await
+        .expect("SDK script finished in time")
+        .expect("SDK script ran");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}");
+    assert!(
+        output.status.success() && stdout.contains("SDK APP COMPATIBLE"),
+        "SDK disagrees with the emulator's application mode:\n{stdout}\n{stderr}"
+    );
+    for secret in [CLIENT_SECRET, installed.tokens.refresh_token.as_str()] {
+        assert!(
+            !stderr.contains(secret) && !stdout.contains(secret),
+            "a secret leaked into the SDK's output"
+        );
+    }
     portal.shutdown().await;
     receiver.stop();
 }
