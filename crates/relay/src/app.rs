@@ -33,6 +33,13 @@ pub enum StartError {
     Store { path: String, source: StoreError },
     #[error("portal clients: {0}")]
     Client(#[from] b24_client::Error),
+    #[error("another `b24-relay serve` already uses {path} (one serving process per SQLite store)")]
+    Locked { path: String },
+    #[error("cannot lock {path}: {source}")]
+    Lock {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -80,6 +87,8 @@ pub struct Relay {
     pub store: Arc<dyn Store>,
     stop: CancellationToken,
     tasks: JoinSet<()>,
+    /// Held while serving: released jobs and leases assume a single server.
+    _lock: std::fs::File,
 }
 
 impl Relay {
@@ -87,6 +96,7 @@ impl Relay {
     /// again (one serving process per SQLite file), binds the listeners and
     /// starts the workers.
     pub async fn start(config: Config) -> Result<Self, StartError> {
+        let lock = lock_store(&config.store)?;
         let parts = Parts::open(config)?;
         let released = parts
             .store
@@ -146,6 +156,7 @@ impl Relay {
             store: parts.store,
             stop,
             tasks,
+            _lock: lock,
         })
     }
 
@@ -167,6 +178,36 @@ impl Drop for Relay {
     fn drop(&mut self) {
         self.stop.cancel();
     }
+}
+
+/// An exclusive `flock` on `<store>.lock`, released when the process ends
+/// (also by SIGKILL).
+fn lock_store(store: &std::path::Path) -> Result<std::fs::File, StartError> {
+    use std::os::fd::AsRawFd;
+    let path = format!("{}.lock", store.display());
+    let failed = |source| StartError::Lock {
+        path: path.clone(),
+        source,
+    };
+    if let Some(dir) = store.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(failed)?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(failed)?;
+    // SAFETY: flock on a descriptor this function owns; no memory involved.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if locked != 0 {
+        let error = std::io::Error::last_os_error();
+        return Err(match error.raw_os_error() {
+            Some(libc::EWOULDBLOCK) => StartError::Locked { path },
+            _ => failed(error),
+        });
+    }
+    Ok(file)
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {

@@ -41,6 +41,11 @@ async fn intake_refuses_what_it_must_and_queues_the_rest() {
     );
     let relay = Relay::start(Config::parse(&text).unwrap()).await.unwrap();
     let base = format!("http://{}", relay.addr);
+    let second = Relay::start(Config::parse(&text).unwrap()).await;
+    assert!(
+        matches!(second, Err(b24_relay::StartError::Locked { .. })),
+        "a second server on the same store is refused"
+    );
     let event_url = format!("{base}/hook/event/partner");
     let rule_url = |secret: &str| format!("{base}/hook/rule/partner{secret}");
     let rule_body = "document_id[0]=crm&document_id[1]=CCrmDocumentDeal&document_id[2]=DEAL_5";
