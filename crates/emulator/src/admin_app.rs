@@ -106,6 +106,13 @@ impl Admin {
         Ok(self.app()?.expire_access_tokens())
     }
 
+    /// Lets `calls` more OAuth REST calls succeed, then every access token
+    /// issued so far expires: a refresh is needed in the middle of a run.
+    pub fn expire_access_tokens_after(&self, calls: u64) -> Result<(), AppError> {
+        self.app()?.expire_access_tokens_after(calls);
+        Ok(())
+    }
+
     /// Every refresh token stops working (`invalid_grant`).
     pub fn revoke_refresh_tokens(&self) -> Result<usize, AppError> {
         Ok(self.app()?.revoke_refresh_tokens())
@@ -175,6 +182,26 @@ impl Admin {
         ))
     }
 
+    /// Like [`Admin::run_robot`], but the payload carries `application_token`
+    /// instead of the application's (and tokens that work nowhere): what a
+    /// forged call to the rule's handler looks like.
+    pub fn run_robot_forged(
+        &self,
+        code: &str,
+        deal_id: i64,
+        properties: Map<String, Value>,
+        application_token: &str,
+    ) -> Result<String, AppError> {
+        let (mut handler, user_id) = self.robot_handler(code, "", properties)?;
+        handler.application_token = application_token.to_string();
+        Ok(crate::robots::start_run(
+            &self.shared,
+            &handler,
+            deal_id,
+            user_id,
+        ))
+    }
+
     /// Places the registered rule `code` on a deal stage: it then runs
     /// whenever a deal enters `stage_id`.
     pub fn place_robot(
@@ -228,6 +255,9 @@ struct RunBody {
     deal_id: i64,
     #[serde(default)]
     properties: Map<String, Value>,
+    /// Sends this application token instead of the real one (a forged call).
+    #[serde(default)]
+    application_token: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -236,6 +266,12 @@ struct PlaceBody {
     stage_id: String,
     #[serde(default)]
     properties: Map<String, Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ExpireBody {
+    after_calls: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -288,7 +324,21 @@ pub async fn route(
             )
         }
         ("POST", ["app", "expire-tokens"]) => {
-            answer(admin.expire_access_tokens(), |n| json!({"expired": n}))
+            let wanted: ExpireBody = if body.iter().all(u8::is_ascii_whitespace) {
+                ExpireBody { after_calls: None }
+            } else {
+                match parse(body) {
+                    Ok(wanted) => wanted,
+                    Err(err) => return Some(Err(err)),
+                }
+            };
+            match wanted.after_calls {
+                Some(calls) => answer(
+                    admin.expire_access_tokens_after(calls),
+                    |()| json!({"afterCalls": calls}),
+                ),
+                None => answer(admin.expire_access_tokens(), |n| json!({"expired": n})),
+            }
         }
         ("POST", ["app", "revoke-refresh-tokens"]) => {
             answer(admin.revoke_refresh_tokens(), |n| json!({"revoked": n}))
@@ -303,10 +353,15 @@ pub async fn route(
         ("GET", ["app", "robots"]) => ok(to_value(&admin.app_robots())),
         ("GET", ["app", "events"]) => ok(to_value(&admin.app_events())),
         ("POST", ["app", "robots", code, "run"]) => match parse::<RunBody>(body) {
-            Ok(wanted) => answer(
-                admin.run_robot(code, wanted.deal_id, wanted.properties),
-                |workflow_id| json!({"workflowId": workflow_id}),
-            ),
+            Ok(wanted) => {
+                let started = match &wanted.application_token {
+                    Some(forged) => {
+                        admin.run_robot_forged(code, wanted.deal_id, wanted.properties, forged)
+                    }
+                    None => admin.run_robot(code, wanted.deal_id, wanted.properties),
+                };
+                answer(started, |workflow_id| json!({"workflowId": workflow_id}))
+            }
             Err(err) => return Some(Err(err)),
         },
         ("POST", ["app", "robots", code, "place"]) => match parse::<PlaceBody>(body) {

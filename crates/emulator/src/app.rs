@@ -180,6 +180,8 @@ struct State {
     refreshes: u64,
     refused_refreshes: u64,
     installs: u64,
+    /// Successful REST calls left before every access token expires.
+    expire_after: Option<u64>,
     robots: Vec<AppRobot>,
     events: Vec<EventBinding>,
 }
@@ -305,7 +307,7 @@ impl Application {
 
     /// The user behind a REST call's `auth=` token.
     pub fn check_access(&self, token: &str) -> Result<i64, ApiError> {
-        let state = self.state();
+        let mut state = self.state();
         let grant = state
             .access
             .get(token)
@@ -314,7 +316,19 @@ impl Application {
         if clock::now_unix() >= grant.expires_at {
             return Err(ApiError::expired_token());
         }
-        Ok(grant.user_id)
+        let user_id = grant.user_id;
+        match state.expire_after {
+            Some(0) => {
+                state.expire_after = None;
+                Self::expire_locked(&mut state);
+                Err(ApiError::expired_token())
+            }
+            Some(left) => {
+                state.expire_after = Some(left - 1);
+                Ok(user_id)
+            }
+            None => Ok(user_id),
+        }
     }
 
     /// `grant_type=refresh_token`: rotates both tokens; the used refresh
@@ -364,12 +378,22 @@ impl Application {
 
     /// Makes every access token issued so far expired (the test knob).
     pub fn expire_access_tokens(&self) -> usize {
-        let mut state = self.state();
+        Self::expire_locked(&mut self.state())
+    }
+
+    fn expire_locked(state: &mut State) -> usize {
         let past = clock::now_unix() - 1.0;
         for grant in state.access.values_mut() {
             grant.expires_at = grant.expires_at.min(past);
         }
         state.access.len()
+    }
+
+    /// Lets `calls` more REST calls with a live token succeed, then expires
+    /// every access token issued so far: "the token expires mid-run" without
+    /// the test knowing when the run is at that point.
+    pub fn expire_access_tokens_after(&self, calls: u64) {
+        self.state().expire_after = Some(calls);
     }
 
     /// Revokes every refresh token: the next refresh gets `invalid_grant`.
@@ -463,6 +487,29 @@ mod tests {
         );
         let status = app.status();
         assert_eq!((status.refreshes, status.refused_refreshes), (1, 3));
+    }
+
+    #[test]
+    fn tokens_can_expire_after_a_number_of_calls() {
+        let app = app();
+        let (_, tokens) = app.install("https://relay.test/install").unwrap();
+        app.expire_access_tokens_after(2);
+        assert_eq!(
+            app.check_access("unknown").unwrap_err().code,
+            "invalid_token"
+        );
+        assert!(app.check_access(&tokens.access_token).is_ok());
+        assert!(app.check_access(&tokens.access_token).is_ok());
+        for _ in 0..2 {
+            assert_eq!(
+                app.check_access(&tokens.access_token).unwrap_err().code,
+                "expired_token"
+            );
+        }
+        let fresh = app
+            .refresh("local.abc", "cl1ent-s3cret", &tokens.refresh_token)
+            .unwrap();
+        assert!(app.check_access(&fresh.access_token).is_ok());
     }
 
     #[test]

@@ -322,6 +322,28 @@ async fn admin_http_endpoints_install_expire_and_count() {
     let (_, fresh) = token_request(&portal, &refresh_pairs(&token.refresh_token)).await;
     assert_eq!(fresh["expires_in"], 60, "the new lifetime applies");
 
+    // Mid-run expiry: two more calls work, the third finds the token expired.
+    let fresh_access = fresh["access_token"].as_str().unwrap();
+    let armed: Value = http
+        .post(admin_url("app/expire-tokens"))
+        .json(&json!({"afterCalls": 2}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(armed, json!({"afterCalls": 2}));
+    for _ in 0..2 {
+        let (status, _) = oauth_call(&portal, "scope", fresh_access, json!({})).await;
+        assert_eq!(status, 200);
+    }
+    let (status, expired) = oauth_call(&portal, "scope", fresh_access, json!({})).await;
+    assert_eq!(
+        (status, expired["error"].as_str()),
+        (401, Some("expired_token"))
+    );
+
     let status: Value = http
         .get(admin_url("app"))
         .send()

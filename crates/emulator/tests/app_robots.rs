@@ -342,6 +342,18 @@ async fn a_rule_run_posts_the_exact_payload_and_event_send_answers_the_workflow(
     let (status, _) = oauth_call(&portal, "bizproc.event.send", &token, forged).await;
     assert_eq!(status, 403);
 
+    // A forged call: same shape, another application token, dead tokens.
+    let forged = admin
+        .run_robot_forged("transfer_deal", deal_id, properties("wholesale"), "f0rged")
+        .unwrap();
+    let got = receiver.wait_for(3).await;
+    let form = parse_form(&got[2].body);
+    assert_eq!(form["workflow_id"], forged.as_str());
+    assert_eq!(form["auth"]["application_token"], "f0rged");
+    let forged_token = form["auth"]["access_token"].as_str().unwrap();
+    let (status, _) = oauth_call(&portal, "scope", forged_token, json!({})).await;
+    assert_eq!(status, 401);
+
     // Over HTTP too.
     let http = common::client();
     let run: Value = http
