@@ -8,9 +8,10 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use b24_client::{Client, Error, OAuth, RateLimits, Secret, TokenPair, TokenStore};
+use b24_client::{Client, Error, OAuth, Paging, RateLimits, Secret, TokenPair, TokenStore};
 use b24_emulator::{Admin, Installed, Portal};
 use common::{MockPortal, Recorder, Reply, fast_retries};
+use futures_util::TryStreamExt;
 use serde_json::json;
 
 const CLIENT_ID: &str = "local.65a1b2c3d4e5f6.11223344";
@@ -163,6 +164,38 @@ async fn a_token_expiring_mid_run_is_refreshed_once_and_stored_before_use() {
         .await
         .unwrap();
     assert_eq!(admin.refresh_count(), 1);
+    setup.stop().await;
+}
+
+#[tokio::test]
+async fn a_list_paged_across_the_expiry_reads_everything_with_one_refresh() {
+    let setup = Setup::start().await;
+    let admin = setup.admin();
+    for i in 0..130 {
+        let mut deal = serde_json::Map::new();
+        deal.insert("title".into(), json!(format!("Deal {i}")));
+        admin
+            .insert_record(b24_emulator::EntityType::Deal, &deal)
+            .unwrap();
+    }
+    // The first page works; the token expires under the second.
+    admin.expire_access_tokens_after(1).unwrap();
+
+    let deals: Vec<_> = setup
+        .client
+        .list(
+            "crm.item.list",
+            json!({"entityTypeId": 2}),
+            Paging::by_id("id"),
+        )
+        .try_collect()
+        .await
+        .unwrap();
+
+    assert_eq!(deals.len(), 130);
+    assert_eq!(admin.refresh_count(), 1);
+    assert_eq!(setup.saved.lock().unwrap().len(), 1);
+    assert_eq!(setup.client.oauth_tokens().unwrap(), latest_pair(&admin));
     setup.stop().await;
 }
 
