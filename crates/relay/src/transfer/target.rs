@@ -74,8 +74,9 @@ impl Upsert<'_> {
         let hash = mapping::digest(&json!({
             "fields": self.mapped.fields,
             "rows": rows,
-            "contact": self.source.contact.as_ref().map(|c| mapping::digest(&Value::Object(c.clone()))),
-            "company": self.source.company.as_ref().map(|c| mapping::digest(&Value::Object(c.clone()))),
+            // Contacts and companies are linked, not kept in sync: only
+            // which one the deal points to matters here.
+            "parties": parties.iter().map(|p| (p.name, p.source_id)).collect::<Vec<_>>(),
             "files": files.iter().map(|f| f.id).collect::<Vec<_>>(),
         }));
         let linked = link.as_ref().and_then(|l| l.target_id);
