@@ -252,6 +252,46 @@ fn methods_for(config: &Config, portal: &str) -> Vec<&'static str> {
     methods.into_iter().collect()
 }
 
+/// The deprecated method a box without `crm.item.*` is served with.
+fn legacy_twin(method: &str) -> Option<&'static str> {
+    Some(match method {
+        "crm.item.get" => "crm.deal.get",
+        "crm.item.add" => "crm.deal.add",
+        "crm.item.update" => "crm.deal.update",
+        "crm.item.list" => "crm.deal.list",
+        "crm.item.fields" => "crm.deal.fields",
+        "crm.item.productrow.list" => "crm.deal.productrows.get",
+        "crm.item.productrow.set" => "crm.deal.productrows.set",
+        _ => return None,
+    })
+}
+
+/// The relay needs a `crm.item.*` method or its `crm.deal.*` twin: keeps
+/// whichever is usable (the item one when both are), so that only real gaps
+/// are reported.
+fn accept_legacy_twins(report: &mut b24_client::CheckReport) {
+    let usable = |report: &b24_client::CheckReport, method: &str| {
+        report
+            .methods
+            .iter()
+            .any(|m| m.method == method && m.status == b24_client::MethodStatus::Available)
+    };
+    let mut dropped: BTreeSet<String> = BTreeSet::new();
+    for check in &report.methods {
+        if let Some(twin) = legacy_twin(&check.method) {
+            let keep_item = usable(report, &check.method) || !usable(report, twin);
+            dropped.insert(if keep_item {
+                twin.to_owned()
+            } else {
+                check.method.clone()
+            });
+        }
+    }
+    report
+        .methods
+        .retain(|m| !dropped.contains(m.method.as_str()));
+}
+
 /// Problems of a route's mapping against the portals' live deal fields.
 pub fn mapping_problems(
     route: &Route,
@@ -317,9 +357,16 @@ async fn check(config: Config) -> anyhow::Result<()> {
     let config = &parts.config;
     let mut problems = Vec::new();
     for (name, portal) in parts.transfer.portals.iter() {
-        let methods = methods_for(config, name);
+        let mut methods = methods_for(config, name);
+        methods.extend(
+            methods
+                .iter()
+                .filter_map(|m| legacy_twin(m))
+                .collect::<Vec<_>>(),
+        );
         match portal.client.check(&methods).await {
-            Ok(report) => {
+            Ok(mut report) => {
+                accept_legacy_twins(&mut report);
                 println!("{name}: {report}");
                 problems.extend(
                     report
@@ -415,4 +462,48 @@ async fn fields(config: Config, route_name: &str) -> anyhow::Result<()> {
     }
     println!("fields = {{ {} }}", suggested.join(", "));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use b24_client::{CheckReport, MethodCheck, MethodStatus};
+
+    use super::*;
+
+    fn report(methods: &[(&str, MethodStatus)]) -> CheckReport {
+        CheckReport {
+            portal: "box.test".into(),
+            granted_scopes: vec!["crm".into()],
+            methods: methods
+                .iter()
+                .map(|(method, status)| MethodCheck {
+                    method: (*method).into(),
+                    status: status.clone(),
+                })
+                .collect(),
+            used_legacy_methods: false,
+        }
+    }
+
+    #[test]
+    fn a_crm_deal_twin_stands_in_for_a_missing_crm_item_method() {
+        use MethodStatus::{Available, Missing};
+        let mut old_box = report(&[
+            ("crm.item.add", Missing),
+            ("crm.deal.add", Available),
+            ("batch", Available),
+        ]);
+        accept_legacy_twins(&mut old_box);
+        assert!(old_box.is_ok(), "{:?}", old_box.problems());
+        assert_eq!(old_box.methods.len(), 2);
+
+        let mut new_box = report(&[("crm.item.add", Available), ("crm.deal.add", Missing)]);
+        accept_legacy_twins(&mut new_box);
+        assert!(new_box.is_ok());
+
+        let mut neither = report(&[("crm.item.add", Missing), ("crm.deal.add", Missing)]);
+        accept_legacy_twins(&mut neither);
+        assert_eq!(neither.problems().len(), 1);
+        assert!(neither.problems()[0].starts_with("crm.item.add"));
+    }
 }

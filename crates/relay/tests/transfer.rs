@@ -525,3 +525,102 @@ async fn a_target_that_is_down_is_retried_until_it_comes_back() {
     source.shutdown().await;
     target.shutdown().await;
 }
+
+/// A target box without `crm.item.*`: the relay notices ERROR_METHOD_NOT_FOUND
+/// and writes the deal, its rows, a new company and files with `crm.deal.*`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_box_without_crm_item_is_written_with_crm_deal() {
+    let (source, target) = start_portals(50, 2.0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let admin = source.admin();
+    let company = admin
+        .insert_record(EntityType::Company, &record(json!({"title": "Old Box Ltd", "fm": [{"typeId": "PHONE", "value": "+49 30 1234", "valueType": "WORK"}]})))
+        .unwrap();
+    let data = base64::engine::general_purpose::STANDARD.encode(b"plan");
+    let deal = admin
+        .insert_record(
+            EntityType::Deal,
+            &record(json!({"title": "To an old box", "categoryId": 2, "stageId": "C2:PREPARATION", "ufCrm_LEVEL": 1, "companyId": company, "opportunity": 10, "currencyId": "USD", "ufCrm_DOCS": [["plan.txt", data]]})),
+        )
+        .unwrap();
+    rest(&source, SOURCE_SECRET, "crm.item.productrow.set", json!({"ownerType": "D", "ownerId": deal, "productRows": [{"productName": "Gear", "price": 4, "quantity": 2}]})).await;
+    let missing = MethodFaults {
+        fail_next: u32::MAX,
+        error: b24_emulator::InjectedError {
+            status: 404,
+            code: "ERROR_METHOD_NOT_FOUND".into(),
+            description: "Method not found!".into(),
+        },
+        ..MethodFaults::default()
+    };
+    for method in [
+        "crm.item.get",
+        "crm.item.add",
+        "crm.item.update",
+        "crm.item.list",
+        "crm.item.productrow.set",
+        "crm.item.fields",
+    ] {
+        target.faults().set_method(method, missing.clone());
+    }
+    let options = Options {
+        values: r#"values.ufCrm_TIER = { "1" = "72", "2" = "71", "3" = "71" }"#,
+        ..Options::default()
+    };
+    let (relay, url) = start_relay(&config_text(dir.path(), &source, &target, &options)).await;
+    assert_eq!(post_rule(&url, deal).await, 200);
+    wait_until("the deal is transferred", WAIT, || {
+        target_deals(&target).len() == 1 && idle(&relay)
+    })
+    .await;
+    assert!(
+        jobs_in(&relay, JobState::Failed).is_empty(),
+        "{:?}",
+        jobs_in(&relay, JobState::Failed)
+    );
+    let moved = &target_deals(&target)[0];
+    let target_id = moved["id"].as_i64().unwrap();
+    assert_eq!(moved["title"], "To an old box");
+    assert_eq!(moved["ufCrm_TIER"], 72);
+    assert_eq!(moved["categoryId"], 3);
+    assert_eq!(moved["stageId"], "C3:NEW");
+    assert_eq!(moved["originId"], deal.to_string());
+    assert_eq!(moved["currencyId"], "USD");
+    let rows = target.admin().product_rows(EntityType::Deal, target_id);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["productName"], "Gear");
+    let companies = target.admin().records(EntityType::Company);
+    assert_eq!(companies.len(), 1);
+    assert_eq!(companies[0]["title"], "Old Box Ltd");
+    assert_eq!(moved["companyId"], companies[0]["id"]);
+    assert_eq!(moved["ufCrm_FILES"].as_array().map(Vec::len), Some(1));
+    assert!(target.admin().request_count("batch") >= 2);
+
+    // An update goes through crm.deal.update and keeps the file.
+    rest(
+        &source,
+        SOURCE_SECRET,
+        "crm.item.update",
+        json!({"entityTypeId": 2, "id": deal, "fields": {"title": "To an old box, v2"}}),
+    )
+    .await;
+    assert_eq!(post_rule(&url, deal).await, 200);
+    wait_until("the update arrives", WAIT, || {
+        target
+            .admin()
+            .record(EntityType::Deal, target_id)
+            .is_some_and(|d| d["title"] == "To an old box, v2")
+            && idle(&relay)
+    })
+    .await;
+    assert_eq!(target_deals(&target).len(), 1);
+    assert_eq!(
+        target.admin().record(EntityType::Deal, target_id).unwrap()["ufCrm_FILES"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    relay.shutdown().await;
+    source.shutdown().await;
+    target.shutdown().await;
+}

@@ -4,6 +4,7 @@
 //! "create in flight" marker and the `originatorId`/`originId` lookup make
 //! sure one source deal never gives two target deals.
 
+mod dialect;
 mod source;
 mod target;
 

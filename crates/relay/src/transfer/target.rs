@@ -11,10 +11,13 @@
 
 use std::collections::BTreeMap;
 
-use b24_client::{Batch, CommandOutcome};
+use std::sync::atomic::Ordering;
+
+use b24_client::{ApiErrorKind, Batch, CommandOutcome};
 use base64::Engine;
 use serde_json::{Map, Value, json};
 
+use super::dialect::Dialect;
 use super::{RouteOutcome, SourceDeal, Transfer, TransferError, command_error, originator, push};
 use crate::config::Route;
 use crate::mapping::{self, MappedDeal, scalar};
@@ -120,21 +123,19 @@ impl Upsert<'_> {
                 .map_err(TransferError::Transient)?;
             uploads.push((file, name, data));
         }
+        let dialect = self.dialect();
         let mut batch = Batch::new();
         for party in parties.iter().filter(|p| p.target_id.is_none()) {
             store.mark_creating(&self.link_key(party.kind, party.source_id))?;
-            push(
-                &mut batch,
-                &format!("{}_add", party.name),
-                "crm.item.add",
-                json!({"entityTypeId": party.entity_type_id, "fields": party_fields(party, &self.route.from)}),
-            );
+            let (method, params) =
+                dialect.add(party.entity_type_id, party_fields(party, &self.route.from));
+            push(&mut batch, &format!("{}_add", party.name), method, params);
         }
         let mut fields = self.mapped.fields.clone();
         for party in &parties {
             let value = match party.target_id {
                 Some(id) => json!(id),
-                None => json!(format!("$result[{}_add][item][id]", party.name)),
+                None => dialect.reference(&format!("{}_add", party.name)),
             };
             fields.insert(format!("{}Id", party.name), value);
         }
@@ -144,7 +145,7 @@ impl Upsert<'_> {
             target_fields
                 .entry(&file.target_field)
                 .or_default()
-                .push(json!([name, encoded]));
+                .push(dialect.upload(name, encoded));
         }
         for (field, mut values) in target_fields {
             // Keeping the ids already there: an update that omits them deletes them.
@@ -156,27 +157,18 @@ impl Upsert<'_> {
             fields.insert(field.to_owned(), Value::Array(kept));
         }
         let created = deal_id.is_none();
-        match deal_id {
-            Some(id) => push(
-                &mut batch,
-                "deal",
-                "crm.item.update",
-                json!({"entityTypeId": 2, "id": id, "fields": fields}),
-            ),
+        let (method, params) = match deal_id {
+            Some(id) => dialect.update_deal(id, fields),
             None => {
                 let mut create = self.mapped.on_create.clone();
                 create.extend(fields);
                 create.insert("originatorId".into(), json!(originator(&self.route.from)));
                 create.insert("originId".into(), json!(self.source.id.to_string()));
                 store.mark_creating(&self.key)?;
-                push(
-                    &mut batch,
-                    "deal",
-                    "crm.item.add",
-                    json!({"entityTypeId": 2, "fields": create}),
-                );
+                dialect.add(2, create)
             }
-        }
+        };
+        push(&mut batch, "deal", method, params);
         // An empty list cannot travel inside `batch` (its query-string
         // encoding drops it); a new deal has no rows anyway, and an existing
         // one is cleared by a direct call after the batch.
@@ -184,19 +176,16 @@ impl Upsert<'_> {
         if let Some(rows) = rows.filter(|r| !r.is_empty()) {
             let owner = match deal_id {
                 Some(id) => json!(id),
-                None => json!("$result[deal][item][id]"),
+                None => dialect.reference("deal"),
             };
-            push(
-                &mut batch,
-                "rows",
-                "crm.item.productrow.set",
-                json!({"ownerType": "D", "ownerId": owner, "productRows": rows}),
-            );
+            let (method, params) = dialect.set_rows(owner, rows);
+            push(&mut batch, "rows", method, params);
         }
         let done = self.target.client.batch(&batch).await;
+        self.notice_missing_item_api(&done)?;
         for party in parties.iter().filter(|p| p.target_id.is_none()) {
             let name = format!("{}_add", party.name);
-            let id = done.result(&name).and_then(|r| id_of(r["item"].get("id")));
+            let id = done.result(&name).and_then(|r| dialect.written_id(r, None));
             match id {
                 Some(id) => {
                     store.set_link(&self.link_key(party.kind, party.source_id), id, None)?
@@ -210,7 +199,10 @@ impl Upsert<'_> {
                 }
             }
         }
-        let target_id = match done.result("deal").and_then(|r| id_of(r["item"].get("id"))) {
+        let target_id = match done
+            .result("deal")
+            .and_then(|r| dialect.written_id(r, deal_id))
+        {
             Some(id) => id,
             None => {
                 let action = if created { "creating" } else { "updating" };
@@ -233,12 +225,10 @@ impl Upsert<'_> {
             store.add_copied_files(&self.key, field, &ids)?;
         }
         if clear_rows {
+            let (method, params) = dialect.set_rows(json!(target_id), Vec::new());
             self.target
                 .client
-                .call(
-                    "crm.item.productrow.set",
-                    &json!({"ownerType": "D", "ownerId": target_id, "productRows": []}),
-                )
+                .call(method, &params)
                 .await
                 .map_err(|e| super::classify(&e))?;
         } else if self.route.products
@@ -263,6 +253,36 @@ impl Upsert<'_> {
             }
         };
         Ok((outcome, hash))
+    }
+
+    fn dialect(&self) -> Dialect {
+        if self.target.legacy_crm.load(Ordering::Relaxed) {
+            Dialect::Legacy
+        } else {
+            Dialect::Item
+        }
+    }
+
+    /// A box without `crm.item.*` answers ERROR_METHOD_NOT_FOUND: from now on
+    /// its records are written with `crm.deal.*` (this attempt fails as
+    /// transient and the retry uses them).
+    fn notice_missing_item_api(
+        &self,
+        done: &b24_client::BatchOutcome,
+    ) -> Result<(), TransferError> {
+        let missing = done.commands.iter().any(|(command, outcome)| {
+            command.method.starts_with("crm.item.")
+                && matches!(outcome, CommandOutcome::Failed(api) if api.kind == ApiErrorKind::MethodNotFound)
+        });
+        if !missing {
+            return Ok(());
+        }
+        self.target.legacy_crm.store(true, Ordering::Relaxed);
+        tracing::warn!(portal = %self.route.to, "crm.item.* is missing; writing with crm.deal.*");
+        Err(TransferError::Transient(format!(
+            "crm.item.* is missing on {}; the next attempt uses crm.deal.*",
+            self.route.to
+        )))
     }
 
     fn parties(&self) -> Vec<Party<'_>> {
@@ -347,15 +367,12 @@ impl Upsert<'_> {
         existing_files: &mut BTreeMap<String, Vec<i64>>,
     ) -> Result<(), TransferError> {
         let store = &self.transfer.store;
+        let dialect = self.dialect();
         let origin = originator(&self.route.from);
         let mut batch = Batch::new();
         if create_in_doubt {
-            push(
-                &mut batch,
-                "origin",
-                "crm.item.list",
-                json!({"entityTypeId": 2, "filter": {"=originatorId": origin, "=originId": self.source.id.to_string()}, "select": ["id"]}),
-            );
+            let (method, params) = dialect.find_by_origin(2, &origin, self.source.id);
+            push(&mut batch, "origin", method, params);
         }
         for party in parties.iter_mut() {
             if let Some(link) = store.link(&self.link_key(party.kind, party.source_id))? {
@@ -364,11 +381,13 @@ impl Upsert<'_> {
             if party.target_id.is_some() {
                 continue;
             }
+            let (method, params) =
+                dialect.find_by_origin(party.entity_type_id, &origin, party.source_id);
             push(
                 &mut batch,
                 &format!("{}_origin", party.name),
-                "crm.item.list",
-                json!({"entityTypeId": party.entity_type_id, "filter": {"=originatorId": origin, "=originId": party.source_id.to_string()}, "select": ["id"]}),
+                method,
+                params,
             );
             for kind in ["PHONE", "EMAIL"] {
                 let values = communications(party.record, kind);
@@ -384,17 +403,14 @@ impl Upsert<'_> {
         }
         let file_fields: Vec<&str> = files.iter().map(|f| f.target_field.as_str()).collect();
         if let Some(id) = deal_id.filter(|_| !file_fields.is_empty()) {
-            push(
-                &mut batch,
-                "current",
-                "crm.item.get",
-                json!({"entityTypeId": 2, "id": id}),
-            );
+            let (method, params) = dialect.get_deal(id);
+            push(&mut batch, "current", method, params);
         }
         if batch.is_empty() {
             return Ok(());
         }
         let done = self.target.client.batch(&batch).await;
+        self.notice_missing_item_api(&done)?;
         let require = |name: &str| -> Result<Value, TransferError> {
             done.result(name).cloned().ok_or_else(|| {
                 command_error(
@@ -406,7 +422,7 @@ impl Upsert<'_> {
         };
         if create_in_doubt {
             let found = require("origin")?;
-            *deal_id = first_item_id(&found);
+            *deal_id = dialect.first_id(&found);
             if let Some(id) = *deal_id {
                 tracing::info!(route = %self.route.name, deal = self.source.id, target = id, "found the deal a previous attempt created");
                 store.set_link(&self.key, id, None)?;
@@ -414,7 +430,7 @@ impl Upsert<'_> {
         }
         for party in parties.iter_mut().filter(|p| p.target_id.is_none()) {
             let upper = party.name.to_ascii_uppercase();
-            let mut found = first_item_id(&require(&format!("{}_origin", party.name))?);
+            let mut found = dialect.first_id(&require(&format!("{}_origin", party.name))?);
             for kind in ["phone", "email"] {
                 let name = format!("{}_{kind}", party.name);
                 if found.is_some() || done.get(&name).is_none() {
@@ -433,24 +449,11 @@ impl Upsert<'_> {
         if deal_id.is_some() && !file_fields.is_empty() {
             let current = require("current")?;
             for field in file_fields {
-                let ids = match &current["item"][field] {
-                    Value::Array(items) => {
-                        items.iter().filter_map(|v| id_of(v.get("id"))).collect()
-                    }
-                    Value::Object(one) => id_of(one.get("id")).into_iter().collect(),
-                    _ => Vec::new(),
-                };
-                existing_files.insert(field.to_owned(), ids);
+                existing_files.insert(field.to_owned(), dialect.file_ids(&current, field));
             }
         }
         Ok(())
     }
-}
-
-fn first_item_id(list_result: &Value) -> Option<i64> {
-    list_result["items"]
-        .as_array()
-        .and_then(|items| items.iter().filter_map(|i| id_of(i.get("id"))).min())
 }
 
 /// PHONE or EMAIL values of a contact/company (`fm` rows of `crm.item.get`).
@@ -471,7 +474,7 @@ fn communications(record: &Map<String, Value>, kind: &str) -> Vec<String> {
 
 /// A new contact/company on the target: names and communications, marked
 /// with where it came from.
-fn party_fields(party: &Party<'_>, source_portal: &str) -> Value {
+fn party_fields(party: &Party<'_>, source_portal: &str) -> Map<String, Value> {
     const KEPT: &[&str] = &["name", "secondName", "lastName", "post", "title"];
     let mut fields = Map::new();
     for key in KEPT {
@@ -496,5 +499,5 @@ fn party_fields(party: &Party<'_>, source_portal: &str) -> Value {
     }
     fields.insert("originatorId".into(), json!(originator(source_portal)));
     fields.insert("originId".into(), json!(party.source_id.to_string()));
-    Value::Object(fields)
+    fields
 }
