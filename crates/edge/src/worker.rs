@@ -146,12 +146,6 @@ async fn accept_loop(
     stop: CancellationToken,
 ) {
     loop {
-        // Wait for a free slot before accepting: over the limit, clients
-        // queue in the kernel's backlog instead of being served badly.
-        let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-            _ = stop.cancelled() => return,
-        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -162,6 +156,15 @@ async fn accept_loop(
                     continue;
                 }
             },
+            _ = stop.cancelled() => return,
+        };
+        // Over the limit, this worker holds the one connection it accepted
+        // until any worker frees a slot, and accepts nothing more meanwhile:
+        // further clients wait in the kernel's backlog. (Waiting for the
+        // slot before accepting would strand clients queued on the socket
+        // of a worker that is not the next to get a slot.)
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
             _ = stop.cancelled() => return,
         };
         let watcher = graceful.watcher();

@@ -461,3 +461,46 @@ async fn tls_1_2_and_1_3_with_alpn() {
     }
     assert!(edge.shutdown().await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_limit_wait_for_a_free_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = TestCerts::new(dir.path());
+    let upstream = Upstream::start().await;
+    let edge = open_edge(&certs, &upstream.url(), "max_connections = 1").await;
+    let first = tls_over(&certs, tcp_from("127.0.0.3", edge.addrs()[0]).await)
+        .await
+        .unwrap();
+    let mut first = h1_over(first).await;
+    assert_eq!(send_get(&mut first, "/one").await.0, 200);
+
+    // The second client is not served while the first holds the only slot…
+    let second = tokio::spawn({
+        let root = certs.root_store();
+        let addr = edge.addrs()[0];
+        async move {
+            let mut config = rustls::ClientConfig::builder()
+                .with_root_certificates(root)
+                .with_no_client_auth();
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+            let tcp = tcp_from("127.0.0.3", addr).await;
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let tls = connector.connect(name, tcp).await.unwrap();
+            let mut sender = h1_over(tls).await;
+            send_get(&mut sender, "/two").await
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(!second.is_finished());
+    assert_eq!(upstream.count(), 1);
+    // …and is served as soon as the first leaves.
+    drop(first);
+    let (status, _) = tokio::time::timeout(GENEROUS, second)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(upstream.count(), 2);
+    assert!(edge.shutdown().await);
+}
