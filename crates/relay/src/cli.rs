@@ -160,7 +160,17 @@ pub fn jobs_output(config: Config, action: JobsAction) -> anyhow::Result<Vec<Str
         }
         JobsAction::Show { id } => {
             let job = store.job(id)?.with_context(|| format!("no job {id}"))?;
-            vec![show_job(&job)]
+            let mut lines = vec![show_job(&job)];
+            for attempt in store.attempts(id)? {
+                lines.push(format!(
+                    "  attempt {} ({} ms): {}: {}",
+                    attempt.number,
+                    attempt.finished_at_ms - attempt.started_at_ms,
+                    attempt.outcome,
+                    attempt.message
+                ));
+            }
+            lines
         }
         JobsAction::Replay {
             id: Some(id),

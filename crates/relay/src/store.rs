@@ -117,6 +117,17 @@ pub struct Link {
     pub synced_hash: Option<String>,
 }
 
+/// One try at a job, kept for `jobs show`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attempt {
+    pub number: u32,
+    pub started_at_ms: i64,
+    pub finished_at_ms: i64,
+    /// `done`, `skipped`, `retry` or `failed`.
+    pub outcome: String,
+    pub message: String,
+}
+
 /// Counts for metrics.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct QueueStats {
@@ -166,6 +177,9 @@ pub trait Store: Send + Sync {
         file_ids: &[i64],
     ) -> Result<(), StoreError>;
     fn stats(&self) -> Result<QueueStats, StoreError>;
+    fn record_attempt(&self, job_id: i64, attempt: &Attempt) -> Result<(), StoreError>;
+    /// Tries of a job, oldest first.
+    fn attempts(&self, job_id: i64) -> Result<Vec<Attempt>, StoreError>;
 }
 
 pub(crate) fn now_ms() -> i64 {

@@ -10,7 +10,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::store::{Job, JobState, Store, StoreError};
+use crate::store::{Attempt, Job, JobState, Store, StoreError};
 use crate::transfer::{Transfer, TransferError, Transferred};
 
 /// Runs a store call off the async threads (commits wait for the disk).
@@ -112,11 +112,35 @@ impl Workers {
                 }
             })
         };
+        let started_at_ms = crate::store::now_ms();
         let result = self.transfer.run(&job.portal, job.deal_id, false).await;
         heartbeat.abort();
+        let (outcome, summary) = match &result {
+            Ok(Transferred::Skipped(reason)) => ("skipped", reason.clone()),
+            Ok(Transferred::Routes(outcomes)) => (
+                "done",
+                outcomes
+                    .iter()
+                    .map(|o| format!("{}: {}", o.route(), o.result_label()))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+            Err(TransferError::Transient(m)) => ("retry", m.clone()),
+            Err(TransferError::Permanent(m)) => ("failed", m.clone()),
+        };
+        let attempt = Attempt {
+            number: job.attempts,
+            started_at_ms,
+            finished_at_ms: crate::store::now_ms(),
+            outcome: outcome.to_owned(),
+            message: summary,
+        };
+        let id = job.id;
+        if let Err(error) = blocking(&store, move |s| s.record_attempt(id, &attempt)).await {
+            tracing::warn!(job = id, %error, "cannot record the attempt");
+        }
         let took = started.elapsed();
         let config = &self.transfer.config;
-        let id = job.id;
         let recorded = match result {
             Ok(Transferred::Skipped(reason)) => {
                 tracing::info!(job = id, deal = job.deal_id, %reason, "skipped");

@@ -345,6 +345,29 @@ async fn a_lost_response_to_the_create_still_gives_one_deal() {
         done.iter().any(|j| j.attempts >= 2),
         "the first attempt failed: {done:?}"
     );
+    let job = done.iter().find(|j| j.deal_id == deal).unwrap();
+    let attempts = relay.store.attempts(job.id).unwrap();
+    assert_eq!(
+        attempts.first().map(|a| a.outcome.as_str()),
+        Some("retry"),
+        "{attempts:?}"
+    );
+    assert!(
+        attempts[0].message.contains("may have been executed"),
+        "{attempts:?}"
+    );
+    assert_eq!(attempts.last().map(|a| a.outcome.as_str()), Some("done"));
+    let shown = b24_relay::cli::jobs_output(
+        Config::parse(&text).unwrap(),
+        b24_relay::cli::JobsAction::Show { id: job.id },
+    )
+    .unwrap();
+    assert!(
+        shown
+            .iter()
+            .any(|l| l.contains("attempt 1") && l.contains("retry")),
+        "{shown:?}"
+    );
     relay.shutdown().await;
     source.shutdown().await;
     target.shutdown().await;

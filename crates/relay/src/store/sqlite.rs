@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Enqueued, Job, JobState, Link, LinkKey, QueueStats, Store, StoreError, now_ms};
+use super::{
+    Attempt, Enqueued, Job, JobState, Link, LinkKey, QueueStats, Store, StoreError, now_ms,
+};
 
 /// The SQLite store: one file, one process serving jobs.
 #[derive(Clone)]
@@ -55,6 +57,15 @@ CREATE TABLE IF NOT EXISTS copied_files (
     field TEXT NOT NULL,
     file_id INTEGER NOT NULL,
     PRIMARY KEY (source_portal, deal_id, target_portal, field, file_id)
+);
+CREATE TABLE IF NOT EXISTS attempts (
+    job_id INTEGER NOT NULL,
+    number INTEGER NOT NULL,
+    started_at INTEGER NOT NULL,
+    finished_at INTEGER NOT NULL,
+    outcome TEXT NOT NULL,
+    message TEXT NOT NULL,
+    PRIMARY KEY (job_id, number)
 );
 ";
 
@@ -438,6 +449,43 @@ impl Store for SqliteStore {
                 oldest_pending_age: oldest
                     .map(|at| Duration::from_millis((now_ms() - at).max(0) as u64)),
             })
+        })
+    }
+
+    fn record_attempt(&self, job_id: i64, attempt: &Attempt) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT OR REPLACE INTO attempts (job_id, number, started_at, finished_at, outcome, message)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    job_id,
+                    attempt.number,
+                    attempt.started_at_ms,
+                    attempt.finished_at_ms,
+                    attempt.outcome,
+                    attempt.message
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn attempts(&self, job_id: i64) -> Result<Vec<Attempt>, StoreError> {
+        self.with(|c| {
+            let mut statement = c.prepare(
+                "SELECT number, started_at, finished_at, outcome, message FROM attempts
+                 WHERE job_id = ?1 ORDER BY number",
+            )?;
+            let rows = statement.query_map(params![job_id], |row| {
+                Ok(Attempt {
+                    number: row.get(0)?,
+                    started_at_ms: row.get(1)?,
+                    finished_at_ms: row.get(2)?,
+                    outcome: row.get(3)?,
+                    message: row.get(4)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }
 }

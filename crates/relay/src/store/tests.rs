@@ -106,3 +106,23 @@ fn links_remember_creates_in_flight_and_copied_files() {
         .unwrap();
     assert_eq!(store.copied_files(&key, "ufCrm_DOCS").unwrap(), vec![1, 3]);
 }
+
+#[test]
+fn attempts_are_kept_in_order() {
+    let (_dir, store) = open();
+    let id = store.enqueue("partner", 1, "rule").unwrap().job_id;
+    for (number, outcome) in [(2, "done"), (1, "retry")] {
+        let attempt = Attempt {
+            number,
+            started_at_ms: 10,
+            finished_at_ms: 25,
+            outcome: outcome.into(),
+            message: format!("try {number}"),
+        };
+        store.record_attempt(id, &attempt).unwrap();
+    }
+    let attempts = store.attempts(id).unwrap();
+    let outcomes: Vec<&str> = attempts.iter().map(|a| a.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["retry", "done"]);
+    assert!(store.attempts(id + 1).unwrap().is_empty());
+}
