@@ -180,7 +180,13 @@ pub async fn move_deals(stack: &Stack, out: &mut dyn Write) -> Result<Vec<i64>, 
             seconds: WAIT.as_secs(),
         });
     }
-    for (id, delivery) in ids.iter().zip(&deliveries) {
+    // Deliveries run concurrently; each names its deal in the form body.
+    let mut deliveries: Vec<(i64, &b24_emulator::Delivery)> = deliveries
+        .iter()
+        .map(|d| (delivered_deal(&d.body), d))
+        .collect();
+    deliveries.sort_by_key(|(id, _)| *id);
+    for (id, delivery) in &deliveries {
         let answer = match (delivery.status, &delivery.error) {
             (Some(status), _) => format!("HTTP {status}"),
             (None, Some(error)) => format!("failed: {error}"),
@@ -191,7 +197,7 @@ pub async fn move_deals(stack: &Stack, out: &mut dyn Write) -> Result<Vec<i64>, 
             "   source deal #{id} → event → queue server → edge (admitted: {LISTED} is listed) → relay: {answer}"
         )?;
     }
-    if let Some(bad) = deliveries.iter().find(|d| d.status != Some(200)) {
+    if let Some((_, bad)) = deliveries.iter().find(|(_, d)| d.status != Some(200)) {
         return Err(DemoError::Unexpected(format!(
             "an event was not accepted: status {:?}, error {:?}",
             bad.status, bad.error
@@ -199,6 +205,17 @@ pub async fn move_deals(stack: &Stack, out: &mut dyn Write) -> Result<Vec<i64>, 
     }
     writeln!(out)?;
     Ok(ids)
+}
+
+/// `data[FIELDS][ID]` of an event's form body (0 when absent).
+fn delivered_deal(body: &str) -> i64 {
+    b24_phpform::parse_str(body, &b24_phpform::Limits::default())
+        .ok()
+        .and_then(|tree| {
+            let id = &tree["data"]["FIELDS"]["ID"];
+            id.as_i64().or_else(|| id.as_str()?.parse().ok())
+        })
+        .unwrap_or_default()
 }
 
 fn jobs(stack: &Stack, state: JobState) -> Result<Vec<b24_relay::Job>, DemoError> {
