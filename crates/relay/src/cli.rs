@@ -227,7 +227,7 @@ async fn transfer(config: Config, route: &str, deal: i64, dry_run: bool) -> anyh
 fn methods_for(config: &Config, portal: &str) -> Vec<&'static str> {
     let mut methods = BTreeSet::new();
     for route in config.routes.iter().filter(|r| r.from == portal) {
-        methods.extend(["batch", "crm.item.get"]);
+        methods.extend(["batch", "crm.item.get", "crm.status.list"]);
         if route.products {
             methods.insert("crm.item.productrow.list");
         }
@@ -245,7 +245,13 @@ fn methods_for(config: &Config, portal: &str) -> Vec<&'static str> {
         }
     }
     for route in config.routes.iter().filter(|r| r.to == portal) {
-        methods.extend(["batch", "crm.item.add", "crm.item.update", "crm.item.list"]);
+        methods.extend([
+            "batch",
+            "crm.item.add",
+            "crm.item.update",
+            "crm.item.list",
+            "crm.status.list",
+        ]);
         if route.products {
             methods.insert("crm.item.productrow.set");
         }
@@ -260,6 +266,31 @@ fn methods_for(config: &Config, portal: &str) -> Vec<&'static str> {
         }
     }
     methods.into_iter().collect()
+}
+
+/// Stage ids of a deal pipeline (`crm.status.list`, `DEAL_STAGE[_N]`).
+async fn pipeline_stages(
+    portal: &crate::portals::PortalHandle,
+    category: i64,
+) -> Result<BTreeSet<String>, b24_client::Error> {
+    let entity = match category {
+        0 => "DEAL_STAGE".to_owned(),
+        n => format!("DEAL_STAGE_{n}"),
+    };
+    let response = portal
+        .client
+        .call(
+            "crm.status.list",
+            &serde_json::json!({"filter": {"ENTITY_ID": entity}}),
+        )
+        .await?;
+    Ok(response
+        .result
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|status| status["STATUS_ID"].as_str().map(str::to_owned))
+        .collect())
 }
 
 /// The deprecated method a box without `crm.item.*` is served with.
@@ -405,6 +436,38 @@ async fn check(config: Config) -> anyhow::Result<()> {
                 "route {}: reading deal fields: {error}",
                 route.name
             )),
+        }
+        let target_stages: Vec<&String> = route
+            .target_stage
+            .iter()
+            .chain(route.stage_table.values())
+            .collect();
+        let checks = [
+            (
+                from,
+                route.when_category,
+                route.when_stages.iter().collect::<Vec<_>>(),
+                &route.from,
+            ),
+            (to, Some(route.target_category), target_stages, &route.to),
+        ];
+        for (portal, category, stages, portal_name) in checks {
+            let Some(category) = category.filter(|_| !stages.is_empty()) else {
+                continue;
+            };
+            match pipeline_stages(portal, category).await {
+                Ok(known) => problems
+                    .extend(stages.iter().filter(|s| !known.contains(**s)).map(|stage| {
+                    format!(
+                        "route {}: stage {stage} is not in pipeline {category} on {portal_name}",
+                        route.name
+                    )
+                })),
+                Err(error) => problems.push(format!(
+                    "route {}: reading the stages of pipeline {category} on {portal_name}: {error}",
+                    route.name
+                )),
+            }
         }
     }
     if problems.is_empty() {

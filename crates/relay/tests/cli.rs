@@ -93,10 +93,13 @@ async fn check_fields_dry_run_transfer_and_jobs() {
     assert!(!ok && text.contains("only failed"), "{text}");
 
     // A mapping that does not fit the live fields is reported, exit non-zero.
-    let broken = std::fs::read_to_string(&config).unwrap().replace(
-        "title = \"title\"",
-        "title = \"title\", ufCrm_NOPE = \"ufCrm_GONE\"",
-    );
+    let broken = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(
+            "title = \"title\"",
+            "title = \"title\", ufCrm_NOPE = \"ufCrm_GONE\"",
+        )
+        .replace("stage = \"C3:NEW\"", "stage = \"C3:NOPE\"");
     let broken_path = dir.path().join("broken.toml");
     std::fs::write(&broken_path, broken).unwrap();
     let (ok, text) = relay(&["check"], &broken_path);
@@ -107,6 +110,10 @@ async fn check_fields_dry_run_transfer_and_jobs() {
     );
     assert!(
         text.contains("target field ufCrm_GONE does not exist"),
+        "{text}"
+    );
+    assert!(
+        text.contains("stage C3:NOPE is not in pipeline 3 on esb"),
         "{text}"
     );
 
