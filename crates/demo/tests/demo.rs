@@ -139,3 +139,23 @@ fn serve_keeps_running_until_interrupted() {
     let (code, _, err) = finish(running);
     assert_eq!(code, Some(0), "stderr:\n{err}");
 }
+
+#[test]
+fn version_names_the_git_revision() {
+    let output = Command::new(env!("CARGO_BIN_EXE_b24-demo"))
+        .arg("--version")
+        .output()
+        .expect("b24-demo runs");
+    assert!(output.status.success());
+    let text = String::from_utf8_lossy(&output.stdout);
+    // "b24-demo 0.1.0 (abc1234)", or "(unknown)" outside a git checkout.
+    let revision = text
+        .trim()
+        .strip_prefix(concat!("b24-demo ", env!("CARGO_PKG_VERSION"), " ("))
+        .and_then(|rest| rest.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("unexpected --version output: {text}"));
+    assert!(
+        revision == "unknown" || revision.chars().all(|c| c.is_ascii_hexdigit()),
+        "{text}"
+    );
+}
