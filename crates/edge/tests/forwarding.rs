@@ -504,3 +504,37 @@ async fn connections_over_the_limit_wait_for_a_free_slot() {
     assert_eq!(upstream.count(), 2);
     assert!(edge.shutdown().await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_upstream_with_its_own_ca() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = TestCerts::new(dir.path());
+    // The upstream's certificate comes from another CA than the edge's.
+    let upstream_dir = dir.path().join("upstream");
+    std::fs::create_dir(&upstream_dir).unwrap();
+    let upstream_certs = TestCerts::new(&upstream_dir);
+    let upstream = Upstream::start_tls(&upstream_certs).await;
+    let upstream_ca = upstream_dir.join("ca.pem");
+    std::fs::write(&upstream_ca, &upstream_certs.ca_pem).unwrap();
+    let wrong_ca = dir.path().join("wrong-ca.pem");
+    std::fs::write(&wrong_ca, &certs.ca_pem).unwrap();
+    let edge = start_edge(&format!(
+        "{}[[route]]\nprefix = \"/\"\nupstream = \"{}\"\nca_file = \"{}\"\nallow = [\"any\"]\n\
+         [[route]]\nprefix = \"/untrusted/\"\nupstream = \"{}\"\nca_file = \"{}\"\nallow = [\"any\"]\n",
+        server_section(&certs, "127.0.0.1:0", ""),
+        upstream.https_url(),
+        upstream_ca.display(),
+        upstream.https_url(),
+        wrong_ca.display(),
+    ))
+    .await;
+    let client = client(&certs, "127.0.0.3", false);
+    let (status, body) = get(&client, &url(&edge, "/over-tls")).await;
+    assert_eq!((status, body.as_str()), (200, "upstream saw /over-tls"));
+    // An upstream whose certificate the configured CA did not sign is a
+    // bad gateway, and nothing reaches it.
+    assert_eq!(get(&client, &url(&edge, "/untrusted/x")).await.0, 502);
+    assert_eq!(upstream.count(), 1);
+    assert!(edge.shutdown().await);
+}

@@ -129,6 +129,20 @@ pub struct Upstream {
 
 impl Upstream {
     pub async fn start() -> Upstream {
+        Upstream::start_with(None).await
+    }
+
+    /// The same upstream behind TLS with the test certificate (HTTP/1.1).
+    pub async fn start_tls(certs: &TestCerts) -> Upstream {
+        let loaded = b24_edge::tls::load_cert(&certs.cert_path, &certs.key_path).unwrap();
+        let mut config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(FixedCert(loaded.key)));
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Upstream::start_with(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -148,13 +162,28 @@ impl Upstream {
                 task_connections.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let seen = task_seen.clone();
                 let mut conn_stopped = stopped.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| answer(req, seen.clone()));
-                    let conn =
-                        http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-                    tokio::select! {
-                        _ = conn => {}
-                        _ = conn_stopped.changed() => {}
+                    let builder = http1::Builder::new();
+                    match tls {
+                        None => {
+                            let conn = builder.serve_connection(TokioIo::new(stream), service);
+                            tokio::select! {
+                                _ = conn => {}
+                                _ = conn_stopped.changed() => {}
+                            }
+                        }
+                        Some(tls) => {
+                            let Ok(stream) = tls.accept(stream).await else {
+                                return;
+                            };
+                            let conn = builder.serve_connection(TokioIo::new(stream), service);
+                            tokio::select! {
+                                _ = conn => {}
+                                _ = conn_stopped.changed() => {}
+                            }
+                        }
                     }
                 });
             }
@@ -171,6 +200,10 @@ impl Upstream {
         format!("http://{}", self.addr)
     }
 
+    pub fn https_url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
@@ -182,6 +215,18 @@ impl Upstream {
 
     pub fn count(&self) -> usize {
         self.seen.lock().unwrap().len()
+    }
+}
+
+#[derive(Debug)]
+struct FixedCert(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::server::ResolvesServerCert for FixedCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
     }
 }
 
