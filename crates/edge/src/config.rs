@@ -60,7 +60,8 @@ pub struct Limits {
     /// Largest request body forwarded, in bytes (413 above it).
     pub max_body: u64,
     /// Time a client has to complete the TLS handshake and each request's
-    /// headers before its connection is closed.
+    /// headers before its connection is closed; also the idle time after
+    /// which an HTTP/1.1 keep-alive connection is closed.
     pub header_timeout: Duration,
     pub upstream_connect_timeout: Duration,
     /// Time the upstream has to start its response (504 after it).

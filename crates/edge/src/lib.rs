@@ -2,12 +2,13 @@
 //! address is allowed for the route — in practice, only when it comes from
 //! one of the servers Bitrix24 publishes in its nodes list.
 //!
-//! The request path, module by module: [`server`] accepts a connection
-//! (reading a PROXY header from trusted load balancers, see [`client_ip`]),
-//! terminates TLS ([`tls`]), and for each request decides the client
-//! address ([`client_ip`]), the route and whether the client may use it
-//! ([`routes`]), then forwards ([`proxy`]) or answers 403. Everything is
-//! counted in [`metrics`] and configured by one [`config::Config`].
+//! The request path, module by module: [`server`] loads the configuration
+//! into shared state and starts one worker thread per CPU, each accepting on
+//! its own socket; a worker reads a PROXY header from trusted load balancers
+//! ([`client_ip`]), terminates TLS ([`tls`]), and for each request decides
+//! the client address ([`client_ip`]), the route and whether the client may
+//! use it ([`routes`]), then forwards ([`proxy`]) or answers 403. Everything
+//! is counted in [`metrics`] and configured by one [`config::Config`].
 
 mod admin;
 pub mod client_ip;

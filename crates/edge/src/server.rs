@@ -43,7 +43,7 @@ pub enum StartError {
 
 /// What every worker and request handler shares (read-mostly; counters and
 /// the nodes list are lock-free).
-pub struct EdgeState {
+pub(crate) struct EdgeState {
     pub(crate) routes: RouteTable,
     route_labels: Vec<String>,
     pub(crate) nodes: Arc<LiveNodes>,
