@@ -248,6 +248,15 @@ async fn sigterm_finishes_the_request_in_flight_and_exits_0() {
     let config = config_text(&certs, dir.path(), &upstream, "");
     let mut edge = run_edge(dir.path(), &config).await;
 
+    // A denied request whose path carries a webhook secret: logged, but
+    // without the path.
+    let stranger = tls_over(&certs, tcp_from("127.0.0.3", edge.https).await)
+        .await
+        .unwrap();
+    let mut stranger = h1_over(stranger).await;
+    let (status, _) = send_get(&mut stranger, "/rest/1/s3cret-webhook-key/crm.deal.add").await;
+    assert_eq!(status, 403);
+
     let tls = tls_over(&certs, tcp_from("127.0.0.1", edge.https).await)
         .await
         .unwrap();
@@ -277,5 +286,6 @@ async fn sigterm_finishes_the_request_in_flight_and_exits_0() {
     // The source URL's token never reaches the log, even at debug level and
     // with the source failing.
     assert!(log.contains("nodes refresh failed"), "{log}");
+    assert!(log.contains("request denied"), "{log}");
     assert!(!log.contains("s3cret"), "{log}");
 }
