@@ -87,19 +87,21 @@ impl OAuthSession {
             current.tokens.refresh_token.clone()
         };
         let tokens = self.request_new_tokens(http, &refresh_token).await?;
+        // Stored before any call can use them: a process that stops after
+        // this point restarts with the pair that works. They are used even
+        // if storing failed, since the old refresh token is spent.
+        let saved = self.store.save(&self.portal, &tokens);
         {
             let mut current = self.current.lock().expect("token state poisoned");
-            current.tokens = tokens.clone();
+            current.tokens = tokens;
             current.generation += 1;
         }
         observer.token_refreshed(&self.portal);
         tracing::info!(portal = %self.portal, "OAuth tokens refreshed");
-        self.store
-            .save(&self.portal, &tokens)
-            .map_err(|source| Error::TokenStore {
-                portal: self.portal.clone(),
-                source,
-            })
+        saved.map_err(|source| Error::TokenStore {
+            portal: self.portal.clone(),
+            source,
+        })
     }
 
     async fn request_new_tokens(

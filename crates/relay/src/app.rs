@@ -65,6 +65,11 @@ impl Parts {
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::new());
         let portals = Arc::new(Portals::new(&config, metrics.clone())?);
+        for (_, portal) in portals.iter() {
+            if let Err(error) = crate::application::connect_installed(portal, &config.app, &store) {
+                tracing::error!(portal = %portal.config.name, %error, "cannot use the installed application");
+            }
+        }
         let transfer = Arc::new(Transfer {
             config: config.clone(),
             portals,
@@ -129,6 +134,13 @@ impl Relay {
             store: parts.store.clone(),
             metrics: parts.metrics.clone(),
             wake: wake.clone(),
+            portals: parts.transfer.portals.clone(),
+            public_url: parts
+                .config
+                .app
+                .public_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{addr}")),
         });
         tasks.spawn(serve_http(listener, stop.clone(), move |request| {
             let intake = Arc::clone(&intake);

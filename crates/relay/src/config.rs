@@ -47,6 +47,37 @@ pub struct Config {
     pub field_cache_ttl: Duration,
     pub portals: BTreeMap<String, PortalConfig>,
     pub routes: Vec<Route>,
+    /// Application mode (local applications, OAuth, our automation rule).
+    pub app: AppSettings,
+}
+
+/// Settings shared by the local applications of all portals.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppSettings {
+    /// Where Bitrix24 reaches the relay (`https://relay.example.com`); the
+    /// rule's handler URL is built on it. `serve` uses its own listening
+    /// address when it is not set (tests, a relay reached directly).
+    pub public_url: Option<String>,
+    /// The OAuth authorization server; refreshes go nowhere else.
+    pub token_server: String,
+    /// `CODE` of the automation rule the relay registers.
+    pub robot_code: String,
+}
+
+/// A portal's local application: its client id and secret.
+#[derive(Clone)]
+pub struct AppCredentials {
+    pub client_id: String,
+    pub client_secret: Secret,
+}
+
+impl fmt::Debug for AppCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AppCredentials")
+            .field("client_id", &self.client_id)
+            .field("client_secret", &self.client_secret)
+            .finish()
+    }
 }
 
 /// One portal: how we call it and how its calls to us are authenticated.
@@ -65,6 +96,8 @@ pub struct PortalConfig {
     pub rate: BucketConfig,
     /// Base of deal links in comments (`https://HOST`), default from the webhook.
     pub public_url: String,
+    /// The portal's local application, when application mode is used.
+    pub app: Option<AppCredentials>,
 }
 
 impl fmt::Debug for PortalConfig {
@@ -77,6 +110,7 @@ impl fmt::Debug for PortalConfig {
             .field("domain", &self.domain)
             .field("member_id", &self.member_id)
             .field("rate", &self.rate)
+            .field("app", &self.app)
             .finish()
     }
 }
@@ -150,6 +184,23 @@ struct RawConfig {
     portal: BTreeMap<String, RawPortal>,
     #[serde(default)]
     route: Vec<RawRoute>,
+    #[serde(default)]
+    app: RawAppSettings,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAppSettings {
+    public_url: Option<String>,
+    token_server: Option<String>,
+    robot_code: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAppCredentials {
+    client_id: String,
+    client_secret: toml::Value,
 }
 
 fn default_store() -> String {
@@ -215,6 +266,7 @@ struct RawPortal {
     member_id: Option<String>,
     rate: Option<RawRate>,
     public_url: Option<String>,
+    app: Option<RawAppCredentials>,
 }
 
 #[derive(Deserialize, Default)]
@@ -322,7 +374,9 @@ impl Config {
             }
             routes.push(route);
         }
+        let app = build_app_settings(raw.app)?;
         Ok(Config {
+            app,
             listen: raw.listen,
             metrics_listen: raw.metrics_listen,
             store,
@@ -341,6 +395,49 @@ impl Config {
     pub fn route(&self, name: &str) -> Option<&Route> {
         self.routes.iter().find(|r| r.name == name)
     }
+}
+
+/// Default `CODE` of the relay's automation rule.
+pub const DEFAULT_ROBOT_CODE: &str = "b24_relay_transfer_deal";
+
+fn build_app_settings(raw: RawAppSettings) -> Result<AppSettings, ConfigError> {
+    let http_url = |key: &str, value: &str| {
+        let ok = (value.starts_with("https://") || value.starts_with("http://"))
+            && !value.contains('?')
+            && !value.contains('#');
+        if ok {
+            Ok(value.trim_end_matches('/').to_owned())
+        } else {
+            Err(invalid(format!(
+                "app.{key}: `{value}` must be an http(s) URL without a query"
+            )))
+        }
+    };
+    let public_url = raw
+        .public_url
+        .map(|url| http_url("public_url", &url))
+        .transpose()?;
+    let token_server = match raw.token_server {
+        Some(url) => format!("{}/", http_url("token_server", &url)?),
+        None => b24_client::DEFAULT_TOKEN_SERVER.to_owned(),
+    };
+    let robot_code = raw
+        .robot_code
+        .unwrap_or_else(|| DEFAULT_ROBOT_CODE.to_owned());
+    let code_ok = !robot_code.is_empty()
+        && robot_code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+    if !code_ok {
+        return Err(invalid(format!(
+            "app.robot_code: `{robot_code}` may hold only letters, digits, `_`, `-` and `.`"
+        )));
+    }
+    Ok(AppSettings {
+        public_url,
+        token_server,
+        robot_code,
+    })
 }
 
 fn load_secret(key: &str, raw: &toml::Value) -> Result<Secret, ConfigError> {
@@ -401,7 +498,18 @@ fn build_portal(name: &str, raw: RawPortal) -> Result<PortalConfig, ConfigError>
     let public_url = raw
         .public_url
         .unwrap_or_else(|| format!("https://{}", webhook.portal()));
+    let app = match raw.app {
+        Some(app) if app.client_id.trim().is_empty() => {
+            return Err(invalid(format!("{key}.app.client_id: must not be empty")));
+        }
+        Some(app) => Some(AppCredentials {
+            client_id: app.client_id.trim().to_owned(),
+            client_secret: load_secret(&format!("{key}.app.client_secret"), &app.client_secret)?,
+        }),
+        None => None,
+    };
     Ok(PortalConfig {
+        app,
         name: name.to_owned(),
         webhook,
         application_token,

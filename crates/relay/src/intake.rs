@@ -1,6 +1,8 @@
-//! Intake: `POST /hook/event/{portal}` (outgoing-webhook events) and
+//! Intake: `POST /hook/event/{portal}` (outgoing-webhook events),
 //! `POST /hook/rule/{portal}?secret=…` (the built-in "Webhook" automation
-//! rule). A request is authenticated, validated, committed to the queue and
+//! rule), and in application mode `POST /app/install/{portal}` (the local
+//! application's install call) and `POST /hook/app/{portal}` (runs of the
+//! relay's own rule). A request is authenticated, validated, committed to the queue and
 //! answered at once; the transfer happens later in a worker, because
 //! Bitrix24 never re-sends an event and slows down slow handlers.
 
@@ -13,9 +15,11 @@ use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 use tokio::sync::Notify;
 
+use crate::application;
 use crate::config::{Config, PortalConfig};
 use crate::mapping::scalar;
 use crate::metrics::Metrics;
+use crate::portals::{PortalHandle, Portals};
 use crate::store::Store;
 use crate::worker::blocking;
 
@@ -25,6 +29,10 @@ pub struct Intake {
     pub store: Arc<dyn Store>,
     pub metrics: Arc<Metrics>,
     pub wake: Arc<Notify>,
+    pub portals: Arc<Portals>,
+    /// Base of the rule's handler URL (`app.public_url`, else the relay's
+    /// own address).
+    pub public_url: String,
 }
 
 pub type HttpResponse = Response<Full<Bytes>>;
@@ -60,7 +68,8 @@ impl Intake {
         let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
         let kind = match parts.as_slice() {
             ["healthz"] => return answer(StatusCode::OK, json!({"ok": true})),
-            ["hook", kind @ ("event" | "rule"), _] => *kind,
+            ["hook", kind @ ("event" | "rule" | "app"), _] => *kind,
+            ["app", "install", _] => "install",
             _ => return refuse(StatusCode::NOT_FOUND, "unknown path"),
         };
         let result = self.accept(kind, parts[2], request).await;
@@ -125,6 +134,11 @@ impl Intake {
             .to_bytes();
         let tree = parse_body(&body, json_body)
             .map_err(|reason| Refusal(StatusCode::BAD_REQUEST, reason))?;
+        match kind {
+            "install" => return self.install(portal_name, &tree).await,
+            "app" => return self.rule_run(portal_name, &tree).await,
+            _ => {}
+        }
         let (deal_id, trigger) = match kind {
             "event" => match read_event(portal, &tree)? {
                 Some(found) => found,
@@ -153,6 +167,87 @@ impl Intake {
             json!({"ok": true, "job": enqueued.job_id, "coalesced": enqueued.coalesced}),
         ))
     }
+}
+
+impl Intake {
+    fn app_portal(&self, name: &str) -> Result<&Arc<PortalHandle>, Refusal> {
+        self.portals
+            .get(name)
+            .filter(|p| p.config.app.is_some())
+            .ok_or_else(|| {
+                Refusal(
+                    StatusCode::NOT_FOUND,
+                    format!("portal {name} has no [portal.{name}.app] in the configuration"),
+                )
+            })
+    }
+
+    /// The local application's install call: tokens stored, rule registered.
+    async fn install(&self, portal_name: &str, tree: &Value) -> Result<HttpResponse, Refusal> {
+        let portal = self.app_portal(portal_name)?;
+        let action = application::install(
+            &self.config,
+            portal,
+            &self.store,
+            &self.metrics,
+            &self.public_url,
+            tree,
+        )
+        .await
+        .map_err(from_install_error)?;
+        Ok(answer(
+            StatusCode::OK,
+            json!({"ok": true, "rule": action.as_str()}),
+        ))
+    }
+
+    /// A run of the relay's rule: checked against the stored install, then
+    /// queued with its event token; answered later by `bizproc.event.send`.
+    async fn rule_run(&self, portal_name: &str, tree: &Value) -> Result<HttpResponse, Refusal> {
+        self.app_portal(portal_name)?;
+        let name = portal_name.to_owned();
+        let install = blocking(&self.store, move |s| s.app_install(&name))
+            .await
+            .map_err(|error| {
+                tracing::error!(%error, "cannot read the installed application");
+                Refusal(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the store is not available".into(),
+                )
+            })?;
+        let run = application::read_rule_run(&self.config, install.as_ref(), tree)
+            .map_err(from_install_error)?;
+        let name = portal_name.to_owned();
+        let enqueued = blocking(&self.store, move |s| {
+            s.enqueue_rule_call(
+                &name,
+                run.deal_id,
+                &run.workflow_id,
+                &run.event_token,
+                &run.route,
+            )
+        })
+        .await
+        .map_err(|error| {
+            tracing::error!(%error, "cannot queue a rule run");
+            Refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the queue is not available".into(),
+            )
+        })?;
+        self.wake.notify_one();
+        Ok(answer(
+            StatusCode::OK,
+            json!({"ok": true, "job": enqueued.job_id, "coalesced": enqueued.coalesced}),
+        ))
+    }
+}
+
+fn from_install_error(error: application::InstallError) -> Refusal {
+    Refusal(
+        StatusCode::from_u16(error.status).unwrap_or(StatusCode::BAD_REQUEST),
+        error.reason,
+    )
 }
 
 fn check_rule_secret(portal: &PortalConfig, query: &str) -> Result<(), Refusal> {

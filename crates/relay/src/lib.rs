@@ -4,6 +4,7 @@
 //! reports back on the source deal.
 
 pub mod app;
+pub mod application;
 pub mod cli;
 pub mod config;
 pub mod intake;

@@ -28,6 +28,9 @@ pub struct Metrics {
     rate_limit_waits: Family<Labels, Counter>,
     rate_limit_wait_seconds: Family<Labels, Counter<f64, AtomicU64>>,
     intake: Family<Labels, Counter>,
+    token_refreshes: Family<Labels, Counter>,
+    app_reinstall_needed: Family<Labels, Gauge>,
+    rule_answers: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -89,7 +92,28 @@ impl Metrics {
             "Intake requests by kind and HTTP status",
             intake.clone(),
         );
+        let token_refreshes = Family::<Labels, Counter>::default();
+        registry.register(
+            "oauth_token_refreshes",
+            "OAuth token refreshes by portal (host) and result",
+            token_refreshes.clone(),
+        );
+        let app_reinstall_needed = Family::<Labels, Gauge>::default();
+        registry.register(
+            "app_reinstall_needed",
+            "1 while a portal's local application must be installed again (its refresh was refused)",
+            app_reinstall_needed.clone(),
+        );
+        let rule_answers = Family::<Labels, Counter>::default();
+        registry.register(
+            "rule_answers",
+            "Answers to the automation rule (bizproc.event.send) by portal and result",
+            rule_answers.clone(),
+        );
         Self {
+            token_refreshes,
+            app_reinstall_needed,
+            rule_answers,
             registry,
             jobs,
             queue_depth,
@@ -143,6 +167,31 @@ impl Metrics {
         );
     }
 
+    /// A refresh was refused (`refused`) for a portal host.
+    pub fn token_refresh_refused(&self, host: &str) {
+        self.token_refreshes
+            .get_or_create(&vec![
+                ("portal", host.to_owned()),
+                ("result", "refused".to_owned()),
+            ])
+            .inc();
+    }
+
+    pub fn set_reinstall_needed(&self, portal: &str, needed: bool) {
+        self.app_reinstall_needed
+            .get_or_create(&vec![("portal", portal.to_owned())])
+            .set(i64::from(needed));
+    }
+
+    pub fn rule_answered(&self, portal: &str, result: &str) {
+        self.rule_answers
+            .get_or_create(&vec![
+                ("portal", portal.to_owned()),
+                ("result", result.to_owned()),
+            ])
+            .inc();
+    }
+
     /// Requests counted for one portal and outcome code (for tests and benchmarks).
     pub fn portal_request_count(&self, portal: &str, method: &str, code: &str) -> u64 {
         self.portal_requests
@@ -171,6 +220,15 @@ impl Observer for Metrics {
                 ("portal", event.portal.to_owned()),
                 ("method", event.method.to_owned()),
                 ("code", event.outcome.to_owned()),
+            ])
+            .inc();
+    }
+
+    fn token_refreshed(&self, portal: &str) {
+        self.token_refreshes
+            .get_or_create(&vec![
+                ("portal", portal.to_owned()),
+                ("result", "ok".to_owned()),
             ])
             .inc();
     }

@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use crate::config::{Config, PortalConfig};
 use crate::mapping::{FieldCatalog, camel_name, parse_catalog, scalar};
 use crate::metrics::Metrics;
+use crate::store::Store;
 
 /// All portals of the configuration.
 pub struct Portals {
@@ -34,6 +35,12 @@ pub struct PortalHandle {
     /// Set once the portal answered that `crm.item.*` does not exist (a box
     /// not updated): its deals are read with the deprecated `crm.deal.*`.
     pub legacy_crm: std::sync::atomic::AtomicBool,
+    /// The installed local application's client, while its tokens work.
+    /// One client per portal: its clones share the tokens, so concurrent
+    /// `expired_token` answers make one refresh.
+    app: std::sync::Mutex<Option<(Client, Arc<dyn Store>)>>,
+    /// Held while answering rule runs, so that no run is answered twice.
+    pub answering: tokio::sync::Mutex<()>,
 }
 
 /// Requests of the bucket the relay leaves unused, so that timing jitter
@@ -75,6 +82,8 @@ impl Portals {
                     catalog: tokio::sync::Mutex::new(None),
                     users_by_email: tokio::sync::Mutex::new(HashMap::new()),
                     legacy_crm: std::sync::atomic::AtomicBool::new(false),
+                    app: std::sync::Mutex::new(None),
+                    answering: tokio::sync::Mutex::new(()),
                 }),
             );
         }
@@ -91,6 +100,67 @@ impl Portals {
 }
 
 impl PortalHandle {
+    /// A client for the installed application (sharing the portal's rate
+    /// bucket), made the portal's application client.
+    pub fn build_app_client(&self, oauth: b24_client::OAuth) -> Result<Client, ClientError> {
+        Client::builder(oauth, self.rate_limits.clone())
+            .observer(self.metrics.clone())
+            .build()
+    }
+
+    /// Makes `client` the portal's application client; `store` records a
+    /// refused refresh.
+    pub fn use_app(&self, client: Client, store: Arc<dyn Store>) {
+        *self.app.lock().unwrap_or_else(|e| e.into_inner()) = Some((client, store));
+        self.metrics.set_reinstall_needed(&self.config.name, false);
+    }
+
+    /// The application's client, unless none is installed or its tokens
+    /// were refused.
+    pub fn app_client(&self) -> Option<Client> {
+        self.app
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|(client, _)| client.clone())
+    }
+
+    /// Stops using the application: it must be installed again.
+    pub fn disconnect_app(&self) {
+        *self.app.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.metrics.set_reinstall_needed(&self.config.name, true);
+    }
+
+    /// After an error of the application's client: if the authorization
+    /// server refused the refresh (`invalid_grant` …), the tokens are dead.
+    /// The portal is flagged in the store as needing a re-install, the
+    /// application is no longer used, and `true` is returned.
+    pub fn app_refused(&self, error: &ClientError) -> bool {
+        let ClientError::TokenRefresh { code, .. } = error else {
+            return false;
+        };
+        let taken = self.app.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.metrics.set_reinstall_needed(&self.config.name, true);
+        let Some((client, store)) = taken else {
+            return true;
+        };
+        self.metrics.token_refresh_refused(client.portal());
+        let reason = format!(
+            "the authorization server refused to refresh the tokens ({code}); install the application again"
+        );
+        tracing::error!(portal = %self.config.name, %code, "OAuth refresh refused; the local application must be installed again");
+        if let Err(store_error) = store.mark_reinstall_needed(&self.config.name, &reason) {
+            tracing::error!(portal = %self.config.name, error = %store_error, "cannot record that the application needs a re-install");
+        }
+        true
+    }
+
+    /// Source reads go through the application when it is installed (no
+    /// second webhook needed), else through the webhook.
+    pub fn reader(&self) -> Client {
+        self.app_client().unwrap_or_else(|| self.client.clone())
+    }
+
     /// Deal fields (`crm.item.fields`), fetched at most once per `ttl`
     /// unless `refresh` asks for a fresh copy.
     pub async fn deal_catalog(

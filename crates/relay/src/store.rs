@@ -5,6 +5,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use b24_client::{Secret, TokenPair};
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database: {0}")]
@@ -128,6 +130,52 @@ pub struct Attempt {
     pub message: String,
 }
 
+/// A portal's installed local application, as its install call gave it
+/// (tokens replaced by each refresh). Secrets stay redacted in `Debug`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppInstall {
+    /// `auth[client_endpoint]`: the portal's REST root.
+    pub client_endpoint: String,
+    pub domain: String,
+    pub member_id: String,
+    /// `auth[scope]` at install, comma-separated.
+    pub scopes: String,
+    pub application_token: Secret,
+    pub tokens: TokenPair,
+    /// Set when the authorization server refused a refresh: the application
+    /// must be installed again (its tokens are no longer usable).
+    pub reinstall_reason: Option<String>,
+    pub updated_at_ms: i64,
+}
+
+/// One run of the relay's automation rule waiting for its answer
+/// (`bizproc.event.send`) until its job ends.
+#[derive(Clone, PartialEq)]
+pub struct RuleCall {
+    pub id: i64,
+    pub portal: String,
+    pub job_id: i64,
+    pub deal_id: i64,
+    pub workflow_id: String,
+    /// Lets whoever holds it answer the workflow: kept out of `Debug`.
+    pub event_token: String,
+    /// The route chosen in the rule's settings.
+    pub route: String,
+}
+
+impl std::fmt::Debug for RuleCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuleCall")
+            .field("id", &self.id)
+            .field("portal", &self.portal)
+            .field("job_id", &self.job_id)
+            .field("deal_id", &self.deal_id)
+            .field("workflow_id", &self.workflow_id)
+            .field("route", &self.route)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Counts for metrics.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct QueueStats {
@@ -180,6 +228,31 @@ pub trait Store: Send + Sync {
     fn record_attempt(&self, job_id: i64, attempt: &Attempt) -> Result<(), StoreError>;
     /// Tries of a job, oldest first.
     fn attempts(&self, job_id: i64) -> Result<Vec<Attempt>, StoreError>;
+    /// Records an install (or re-install): replaces tokens and application
+    /// token, clears a re-install flag.
+    fn save_app_install(&self, portal: &str, install: &AppInstall) -> Result<(), StoreError>;
+    fn app_install(&self, portal: &str) -> Result<Option<AppInstall>, StoreError>;
+    /// Replaces the token pair after a refresh (one statement: atomic).
+    fn save_app_tokens(&self, portal: &str, tokens: &TokenPair) -> Result<(), StoreError>;
+    fn mark_reinstall_needed(&self, portal: &str, reason: &str) -> Result<(), StoreError>;
+    /// Queues the deal like [`Store::enqueue`] and, in the same transaction,
+    /// records the rule run that waits for the job's result.
+    fn enqueue_rule_call(
+        &self,
+        portal: &str,
+        deal_id: i64,
+        workflow_id: &str,
+        event_token: &str,
+        route: &str,
+    ) -> Result<Enqueued, StoreError>;
+    /// Unanswered rule runs whose job has ended, of one job or one portal.
+    fn rule_calls_to_answer(
+        &self,
+        portal: &str,
+        job_id: Option<i64>,
+    ) -> Result<Vec<RuleCall>, StoreError>;
+    /// The run was answered, or can never be (`error`).
+    fn finish_rule_call(&self, id: i64, error: Option<&str>) -> Result<(), StoreError>;
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -190,6 +263,7 @@ pub(crate) fn now_ms() -> i64 {
 }
 
 mod sqlite;
+mod sqlite_app;
 
 pub use sqlite::SqliteStore;
 

@@ -200,6 +200,18 @@ impl Workers {
         };
         if let Err(error) = recorded {
             tracing::error!(job = id, %error, "cannot record the end of a job; it will run again");
+            return;
+        }
+        // Rule runs waiting on this job (and any left unanswered before).
+        if let Some(portal) = self.transfer.portals.get(&job.portal) {
+            crate::application::answer_finished_calls(
+                &self.transfer.config,
+                portal,
+                &store,
+                &self.metrics,
+                None,
+            )
+            .await;
         }
     }
 }

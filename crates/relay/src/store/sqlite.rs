@@ -8,7 +8,8 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    Attempt, Enqueued, Job, JobState, Link, LinkKey, QueueStats, Store, StoreError, now_ms,
+    AppInstall, Attempt, Enqueued, Job, JobState, Link, LinkKey, QueueStats, RuleCall, Store,
+    StoreError, now_ms,
 };
 
 /// The SQLite store: one file, one process serving jobs.
@@ -58,6 +59,31 @@ CREATE TABLE IF NOT EXISTS copied_files (
     file_id INTEGER NOT NULL,
     PRIMARY KEY (source_portal, deal_id, target_portal, field, file_id)
 );
+CREATE TABLE IF NOT EXISTS app_installs (
+    portal TEXT PRIMARY KEY,
+    client_endpoint TEXT NOT NULL,
+    domain TEXT NOT NULL,
+    member_id TEXT NOT NULL,
+    scopes TEXT NOT NULL,
+    application_token TEXT NOT NULL,
+    access_token TEXT NOT NULL,
+    refresh_token TEXT NOT NULL,
+    reinstall_reason TEXT,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rule_calls (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    portal TEXT NOT NULL,
+    job_id INTEGER NOT NULL,
+    deal_id INTEGER NOT NULL,
+    workflow_id TEXT NOT NULL,
+    event_token TEXT NOT NULL,
+    route TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    answered_at INTEGER,
+    answer_error TEXT
+);
+CREATE INDEX IF NOT EXISTS rule_calls_open ON rule_calls(job_id) WHERE answered_at IS NULL;
 CREATE TABLE IF NOT EXISTS attempts (
     job_id INTEGER NOT NULL,
     number INTEGER NOT NULL,
@@ -88,6 +114,62 @@ fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
     })
 }
 
+/// Queues `deal_id` inside `tx`, merging into a pending job for the deal.
+pub(super) fn enqueue_in(
+    tx: &rusqlite::Transaction<'_>,
+    portal: &str,
+    deal_id: i64,
+    trigger: &str,
+) -> Result<Enqueued, StoreError> {
+    let now = now_ms();
+    let merged: Option<i64> = tx
+        .query_row(
+            "UPDATE jobs SET coalesced = coalesced + 1, updated_at = ?3
+             WHERE portal = ?1 AND deal_id = ?2 AND state = 'pending' RETURNING id",
+            params![portal, deal_id, now],
+            |row| row.get(0),
+        )
+        .optional()?;
+    Ok(match merged {
+        Some(job_id) => Enqueued {
+            job_id,
+            coalesced: true,
+        },
+        None => {
+            tx.execute(
+                "INSERT INTO jobs (portal, deal_id, trigger, state, next_run_at, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, 'pending', ?4, ?4, ?4)",
+                params![portal, deal_id, trigger, now],
+            )?;
+            Enqueued {
+                job_id: tx.last_insert_rowid(),
+                coalesced: false,
+            }
+        }
+    })
+}
+
+/// Rule runs waiting on running jobs that a pending job for the same deal
+/// supersedes now wait on that pending job (`stale_before`: only jobs whose
+/// lease lapsed before it).
+fn move_rule_calls_of_superseded(
+    tx: &rusqlite::Transaction<'_>,
+    stale_before: Option<i64>,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE rule_calls SET job_id = (
+            SELECT p.id FROM jobs p JOIN jobs j ON p.portal = j.portal AND p.deal_id = j.deal_id
+            WHERE j.id = rule_calls.job_id AND p.state = 'pending')
+         WHERE answered_at IS NULL AND job_id IN (
+            SELECT j.id FROM jobs j WHERE j.state = 'running'
+              AND (?1 IS NULL OR j.lease_until < ?1)
+              AND EXISTS (SELECT 1 FROM jobs p WHERE p.portal = j.portal
+                          AND p.deal_id = j.deal_id AND p.state = 'pending'))",
+        params![stale_before],
+    )?;
+    Ok(())
+}
+
 impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -106,7 +188,7 @@ impl SqliteStore {
         })
     }
 
-    fn with<T>(
+    pub(super) fn with<T>(
         &self,
         work: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
@@ -118,33 +200,8 @@ impl SqliteStore {
 impl Store for SqliteStore {
     fn enqueue(&self, portal: &str, deal_id: i64, trigger: &str) -> Result<Enqueued, StoreError> {
         self.with(|c| {
-            let now = now_ms();
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let merged: Option<i64> = tx
-                .query_row(
-                    "UPDATE jobs SET coalesced = coalesced + 1, updated_at = ?3
-                     WHERE portal = ?1 AND deal_id = ?2 AND state = 'pending' RETURNING id",
-                    params![portal, deal_id, now],
-                    |row| row.get(0),
-                )
-                .optional()?;
-            let enqueued = match merged {
-                Some(job_id) => Enqueued {
-                    job_id,
-                    coalesced: true,
-                },
-                None => {
-                    tx.execute(
-                        "INSERT INTO jobs (portal, deal_id, trigger, state, next_run_at, created_at, updated_at)
-                         VALUES (?1, ?2, ?3, 'pending', ?4, ?4, ?4)",
-                        params![portal, deal_id, trigger, now],
-                    )?;
-                    Enqueued {
-                        job_id: tx.last_insert_rowid(),
-                        coalesced: false,
-                    }
-                }
-            };
+            let enqueued = enqueue_in(&tx, portal, deal_id, trigger)?;
             tx.commit()?;
             Ok(enqueued)
         })
@@ -162,6 +219,7 @@ impl Store for SqliteStore {
                                    AND p.deal_id = jobs.deal_id AND p.state = 'pending')",
                 params![now],
             )?;
+            move_rule_calls_of_superseded(&tx, Some(now))?;
             tx.execute(
                 "UPDATE jobs SET state = 'done', message = 'superseded by a newer request', lease_until = NULL
                  WHERE state = 'running' AND lease_until < ?1",
@@ -232,6 +290,10 @@ impl Store for SqliteStore {
             match waiting {
                 Some(other) => {
                     tx.execute(
+                        "UPDATE rule_calls SET job_id = ?2 WHERE job_id = ?1 AND answered_at IS NULL",
+                        params![job_id, other],
+                    )?;
+                    tx.execute(
                         "UPDATE jobs SET next_run_at = MAX(next_run_at, ?2) WHERE id = ?1",
                         params![other, now + ms(delay)],
                     )?;
@@ -256,6 +318,7 @@ impl Store for SqliteStore {
     fn release_running(&self) -> Result<u64, StoreError> {
         self.with(|c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            move_rule_calls_of_superseded(&tx, None)?;
             tx.execute(
                 "UPDATE jobs SET state = 'done', message = 'superseded by a newer request', lease_until = NULL
                  WHERE state = 'running' AND EXISTS (SELECT 1 FROM jobs p WHERE p.portal = jobs.portal
@@ -487,5 +550,48 @@ impl Store for SqliteStore {
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
+    }
+
+    fn save_app_install(&self, portal: &str, install: &AppInstall) -> Result<(), StoreError> {
+        self.save_install(portal, install)
+    }
+
+    fn app_install(&self, portal: &str) -> Result<Option<AppInstall>, StoreError> {
+        self.install(portal)
+    }
+
+    fn save_app_tokens(
+        &self,
+        portal: &str,
+        tokens: &b24_client::TokenPair,
+    ) -> Result<(), StoreError> {
+        self.save_tokens(portal, tokens)
+    }
+
+    fn mark_reinstall_needed(&self, portal: &str, reason: &str) -> Result<(), StoreError> {
+        self.flag_reinstall(portal, reason)
+    }
+
+    fn enqueue_rule_call(
+        &self,
+        portal: &str,
+        deal_id: i64,
+        workflow_id: &str,
+        event_token: &str,
+        route: &str,
+    ) -> Result<Enqueued, StoreError> {
+        self.queue_rule_call(portal, deal_id, workflow_id, event_token, route)
+    }
+
+    fn rule_calls_to_answer(
+        &self,
+        portal: &str,
+        job_id: Option<i64>,
+    ) -> Result<Vec<RuleCall>, StoreError> {
+        self.calls_to_answer(portal, job_id)
+    }
+
+    fn finish_rule_call(&self, id: i64, error: Option<&str>) -> Result<(), StoreError> {
+        self.answered(id, error)
     }
 }

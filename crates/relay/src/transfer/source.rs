@@ -103,7 +103,7 @@ async fn read_items(
             json!({"ID": "$result[deal][item][assignedById]"}),
         );
     }
-    let done = portal.client.batch(&batch).await;
+    let done = portal.reader().batch(&batch).await;
     let deal = match done.get("deal") {
         Some(CommandOutcome::Done(result)) => {
             result.result["item"].as_object().cloned().ok_or_else(|| {
@@ -117,6 +117,13 @@ async fn read_items(
             return Err(missing_deal(portal, deal_id).into());
         }
         other => {
+            if let Some(error) = done.stopped_by.as_ref().filter(|e| portal.app_refused(e)) {
+                // Nothing is lost: the next attempt reads with the webhook.
+                return Err(TransferError::Transient(format!(
+                    "reading the source deal: {error}; reading with the webhook from now on"
+                ))
+                .into());
+            }
             return Err(
                 command_error("reading the source deal", other, done.stopped_by.as_ref()).into(),
             );
@@ -231,7 +238,7 @@ async fn read_legacy(
             json!({"ID": "$result[deal][ASSIGNED_BY_ID]"}),
         );
     }
-    let done = portal.client.batch(&batch).await;
+    let done = portal.reader().batch(&batch).await;
     let deal = match done.get("deal") {
         Some(CommandOutcome::Done(result)) => match &result.result {
             Value::Object(fields) => camel_record(fields),
@@ -245,6 +252,11 @@ async fn read_legacy(
             return Err(missing_deal(portal, deal_id));
         }
         other => {
+            if let Some(error) = done.stopped_by.as_ref().filter(|e| portal.app_refused(e)) {
+                return Err(TransferError::Transient(format!(
+                    "reading the source deal: {error}; reading with the webhook from now on"
+                )));
+            }
             return Err(command_error(
                 "reading the source deal (crm.deal.get)",
                 other,

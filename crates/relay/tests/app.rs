@@ -1,0 +1,436 @@
+//! Application mode end to end on loopback: the source portal (emulated)
+//! installs the local application on the relay, runs the relay's own
+//! automation rule, and the relay answers with `bizproc.event.send`; OAuth
+//! expiry, concurrent expiry, a revoked refresh token, forged runs.
+
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use b24_emulator::{Portal, RobotRun};
+use b24_relay::{Config, JobState, Relay};
+use common::*;
+use serde_json::{Map, Value, json};
+
+const WAIT: Duration = Duration::from_secs(60);
+const CLIENT_ID: &str = "local.65a1b2c3d4e5f6.12345678";
+const CLIENT_SECRET: &str = "cl1entS3cretOfTheApp";
+const ROBOT: &str = "b24_relay_transfer_deal";
+const ROUTE: &str = "partner-to-esb";
+
+/// Everything the relay (and the client) log in this test binary, to check
+/// that no secret is ever written.
+fn logs() -> &'static Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let writer = buffer.clone();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("b24_relay=debug,b24_client=debug")
+            .with_ansi(false)
+            .with_writer(move || LogWriter(writer.clone()))
+            .try_init();
+        buffer
+    })
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        std::io::stderr().write_all(bytes)?;
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn logged() -> String {
+    String::from_utf8_lossy(&logs().lock().unwrap()).into_owned()
+}
+
+async fn start_app_portals() -> (Portal, Portal) {
+    let source = Portal::builder()
+        .domain("partner.test")
+        .webhook(1, SOURCE_SECRET, &["crm", "user"])
+        .application(CLIENT_ID, CLIENT_SECRET, &["crm", "bizproc", "user"])
+        .rate_limit(50, 2.0)
+        .seed(source_seed())
+        .start()
+        .await
+        .expect("source portal starts");
+    let target = Portal::builder()
+        .domain("esb.test")
+        .webhook(1, TARGET_SECRET, &["crm", "user"])
+        .rate_limit(50, 2.0)
+        .seed(target_seed())
+        .start()
+        .await
+        .expect("target portal starts");
+    (source, target)
+}
+
+struct Setup {
+    source: Portal,
+    target: Portal,
+    relay: Relay,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn setup(workers: usize) -> Setup {
+    logs();
+    let (source, target) = start_app_portals().await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("partner.client_secret");
+    std::fs::write(&secret, CLIENT_SECRET).unwrap();
+    let options = Options {
+        workers,
+        ..Options::default()
+    };
+    let text = format!(
+        "{}\n[portal.partner.app]\nclient_id = \"{CLIENT_ID}\"\nclient_secret = {{ file = \"{}\" }}\n\n[app]\ntoken_server = \"{}\"\n",
+        config_text(dir.path(), &source, &target, &options),
+        secret.display(),
+        source.oauth_token_url(),
+    );
+    let relay = Relay::start(Config::parse(&text).unwrap())
+        .await
+        .expect("relay starts");
+    let url = format!("http://{}", relay.addr);
+    Setup {
+        source,
+        target,
+        relay,
+        url,
+        _dir: dir,
+    }
+}
+
+impl Setup {
+    async fn install(&self) {
+        let installed = self
+            .source
+            .admin()
+            .install_application(&format!("{}/app/install/partner", self.url))
+            .await
+            .expect("install call made");
+        assert_eq!(
+            installed.delivery.status,
+            Some(200),
+            "install answered: {:?}",
+            installed.delivery.error
+        );
+    }
+
+    async fn run_rule(&self, deal: i64) -> RobotRun {
+        let workflow = self.start_rule(deal);
+        self.answer_of(&workflow).await
+    }
+
+    fn start_rule(&self, deal: i64) -> String {
+        let mut properties = Map::new();
+        properties.insert("route".into(), json!(ROUTE));
+        self.source
+            .admin()
+            .run_robot(ROBOT, deal, properties)
+            .expect("the rule is registered")
+    }
+
+    async fn answer_of(&self, workflow: &str) -> RobotRun {
+        let run = self
+            .source
+            .admin()
+            .wait_for_robot_answer(workflow, WAIT)
+            .await
+            .expect("the run exists");
+        assert!(run.return_values.is_some(), "no answer for {workflow}");
+        run
+    }
+
+    fn stored_tokens(&self) -> (String, String) {
+        let install = self
+            .relay
+            .store
+            .app_install("partner")
+            .unwrap()
+            .expect("install stored");
+        (
+            install.tokens.access_token.expose().to_owned(),
+            install.tokens.refresh_token.expose().to_owned(),
+        )
+    }
+
+    fn latest_tokens(&self) -> (String, String) {
+        let latest = self.source.admin().latest_tokens().expect("tokens issued");
+        (latest.access_token, latest.refresh_token)
+    }
+
+    fn target_id_of(&self, title: &str) -> i64 {
+        target_deals(&self.target)
+            .iter()
+            .find(|d| d["title"] == json!(title))
+            .and_then(|d| d["id"].as_i64())
+            .unwrap_or_else(|| panic!("no target deal {title}"))
+    }
+
+    async fn wait_jobs_done(&self, count: usize) {
+        let relay = &self.relay;
+        wait_until("jobs done", WAIT, || {
+            relay.store.jobs(Some(JobState::Done), 100).unwrap().len() >= count
+        })
+        .await;
+    }
+
+    async fn stop(self) {
+        self.relay.shutdown().await;
+    }
+}
+
+fn secrets_absent(text: &str, secrets: &[&str]) {
+    for secret in secrets {
+        assert!(!secret.is_empty());
+        assert!(!text.contains(secret), "a secret appears in:\n{text}");
+    }
+}
+
+/// Install → tokens stored, rule registered (bizproc.robot.list); a run of
+/// the rule → the target deal is created and the workflow gets its id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_registers_the_rule_and_a_run_returns_the_target_deal() {
+    let s = setup(4).await;
+    s.install().await;
+    assert_eq!(s.stored_tokens(), s.latest_tokens());
+    let (access, _) = s.latest_tokens();
+    let listed: Value = client()
+        .post(format!(
+            "{}bizproc.robot.list?auth={access}",
+            s.source.rest_url()
+        ))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["result"], json!([ROBOT]), "{listed}");
+    let robot = &s.source.admin().app_robots()[0];
+    assert_eq!(robot.handler, format!("{}/hook/app/partner", s.url));
+    assert!(robot.use_subscription);
+    assert_eq!(robot.name["en"], "Transfer deal to esb");
+    assert_eq!(robot.name["ru"], "Передать сделку в esb");
+    assert_eq!(robot.document_type, ["crm", "CCrmDocumentDeal", "DEAL"]);
+    assert_eq!(robot.properties["route"]["Options"][ROUTE], json!(ROUTE));
+    let returns: Vec<&String> = robot.return_properties.keys().collect();
+    assert_eq!(returns, ["targetDealId", "status", "message"]);
+
+    // Installing again updates the rule instead of failing.
+    s.install().await;
+    assert_eq!(s.source.admin().app_robots().len(), 1);
+
+    let deal = plain_deal(&s.source, "Rule deal", "C2:PREPARATION");
+    let run = s.run_rule(deal).await;
+    let target = s.target_id_of("Rule deal");
+    let values = run.return_values.unwrap();
+    assert_eq!(
+        values["targetDealId"].to_string().trim_matches('"'),
+        target.to_string()
+    );
+    assert_eq!(values["status"], "done");
+    assert!(
+        run.log_message
+            .unwrap()
+            .contains(&format!("target deal {target}"))
+    );
+    assert_eq!(target_deals(&s.target).len(), 1);
+    assert_eq!(s.source.admin().refresh_count(), 0);
+    s.stop().await;
+}
+
+/// The access token expires in the middle of the run: exactly one refresh,
+/// the new pair in the store, the transfer done and answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_expiring_mid_run_is_refreshed_once_and_persisted() {
+    let s = setup(4).await;
+    s.install().await;
+    let deal = plain_deal(&s.source, "Expiring", "C2:PREPARATION");
+    // The source read works; every later OAuth call sees expired_token.
+    s.source.admin().expire_access_tokens_after(1).unwrap();
+    let run = s.run_rule(deal).await;
+    assert_eq!(run.return_values.unwrap()["status"], "done");
+    assert_eq!(s.source.admin().refresh_count(), 1);
+    assert_eq!(s.stored_tokens(), s.latest_tokens());
+    let metrics = s.relay.metrics.render();
+    assert!(
+        metrics.contains("b24_relay_oauth_token_refreshes_total{portal=")
+            && metrics.contains("result=\"ok\"} 1"),
+        "{metrics}"
+    );
+    let (access, refresh) = s.latest_tokens();
+    secrets_absent(&metrics, &[&access, &refresh, CLIENT_SECRET]);
+    secrets_absent(&logged(), &[&access, &refresh, CLIENT_SECRET]);
+    let install = s.relay.store.app_install("partner").unwrap().unwrap();
+    secrets_absent(&format!("{install:?}"), &[&access, &refresh]);
+    s.stop().await;
+}
+
+/// Several workers meet the expired token at once: still one refresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_expiry_makes_a_single_refresh() {
+    let s = setup(4).await;
+    s.install().await;
+    let deals: Vec<i64> = (0..4)
+        .map(|n| plain_deal(&s.source, &format!("Parallel {n}"), "C2:PREPARATION"))
+        .collect();
+    s.source.admin().expire_access_tokens().unwrap();
+    let workflows: Vec<String> = deals.iter().map(|d| s.start_rule(*d)).collect();
+    for workflow in &workflows {
+        let run = s.answer_of(workflow).await;
+        assert_eq!(run.return_values.unwrap()["status"], "done");
+    }
+    assert_eq!(s.source.admin().refresh_count(), 1);
+    assert_eq!(s.stored_tokens(), s.latest_tokens());
+    assert_eq!(target_deals(&s.target).len(), 4);
+    s.stop().await;
+}
+
+/// The refresh token is revoked: the portal is flagged (store, metric,
+/// log), the transfer still happens through the webhook, and the run is
+/// answered once the application is installed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_refresh_token_flags_the_portal_and_loses_nothing() {
+    let s = setup(2).await;
+    s.install().await;
+    let deal = plain_deal(&s.source, "Revoked", "C2:PREPARATION");
+    let admin = s.source.admin();
+    admin.revoke_refresh_tokens().unwrap();
+    admin.expire_access_tokens().unwrap();
+    let workflow = s.start_rule(deal);
+    s.wait_jobs_done(1).await;
+    let target = s.target_id_of("Revoked");
+    let install = s.relay.store.app_install("partner").unwrap().unwrap();
+    let reason = install.reinstall_reason.expect("portal flagged");
+    assert!(reason.contains("invalid_grant"), "{reason}");
+    assert!(
+        s.relay
+            .metrics
+            .render()
+            .contains("b24_relay_app_reinstall_needed{portal=\"partner\"} 1")
+    );
+    // No application client is left to answer with: the run waits.
+    assert!(admin.robot_run(&workflow).unwrap().return_values.is_none());
+
+    s.install().await;
+    let run = s.answer_of(&workflow).await;
+    let values = run.return_values.unwrap();
+    assert_eq!(values["status"], "done");
+    assert_eq!(
+        values["targetDealId"].to_string().trim_matches('"'),
+        target.to_string()
+    );
+    assert!(
+        s.relay
+            .metrics
+            .render()
+            .contains("b24_relay_app_reinstall_needed{portal=\"partner\"} 0")
+    );
+    assert!(
+        s.relay
+            .store
+            .app_install("partner")
+            .unwrap()
+            .unwrap()
+            .reinstall_reason
+            .is_none()
+    );
+    assert_eq!(target_deals(&s.target).len(), 1);
+    s.stop().await;
+}
+
+async fn post_run(url: &str, body: String) -> u16 {
+    client()
+        .post(format!("{url}/hook/app/partner"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+fn run_body(application_token: &str, member_id: &str) -> String {
+    format!(
+        "workflow_id=W1&code={ROBOT}&document_id[0]=crm&document_id[1]=CCrmDocumentDeal&document_id[2]=DEAL_1\
+         &event_token=T1&properties[route]={ROUTE}&auth[member_id]={member_id}&auth[application_token]={application_token}"
+    )
+}
+
+/// Runs with a wrong application token or member id, or before any install,
+/// are refused with 401 and queue nothing; a forged install is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_runs_and_installs_are_refused() {
+    let s = setup(1).await;
+    assert_eq!(post_run(&s.url, run_body("anything", "m")).await, 401);
+    s.install().await;
+    let install = s.relay.store.app_install("partner").unwrap().unwrap();
+    let token = install.application_token.expose().to_owned();
+    assert_eq!(
+        post_run(&s.url, run_body("wrong-token", &install.member_id)).await,
+        401
+    );
+    assert_eq!(
+        post_run(&s.url, run_body(&token, "another-member")).await,
+        401
+    );
+    // The emulator's own forged run reaches the handler and is refused too.
+    let deal = plain_deal(&s.source, "Forged", "C2:PREPARATION");
+    let mut properties = Map::new();
+    properties.insert("route".into(), json!(ROUTE));
+    s.source
+        .admin()
+        .run_robot_forged(ROBOT, deal, properties, "forged-app-token")
+        .unwrap();
+    wait_until("forged run delivered", WAIT, || {
+        s.source
+            .admin()
+            .deliveries()
+            .iter()
+            .any(|d| d.url.contains("/hook/app/partner") && d.status.is_some())
+    })
+    .await;
+    let forged = s.source.admin().deliveries();
+    let forged = forged
+        .iter()
+        .find(|d| d.url.contains("/hook/app/partner"))
+        .unwrap();
+    assert_eq!(forged.status, Some(401));
+    assert!(s.relay.store.jobs(None, 10).unwrap().is_empty());
+
+    // An install call with made-up tokens for this portal does not work.
+    let fake = format!(
+        "event=ONAPPINSTALL&auth[access_token]=fake&auth[refresh_token]=fake&auth[member_id]=m\
+         &auth[application_token]=evil&auth[domain]=partner.test&auth[client_endpoint]={}&auth[scope]=crm",
+        s.source.rest_url()
+    );
+    let status = client()
+        .post(format!("{}/app/install/partner", s.url))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(fake)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16();
+    assert_eq!(status, 403);
+    // The real install is untouched.
+    let still = s.relay.store.app_install("partner").unwrap().unwrap();
+    assert_eq!(still.application_token.expose(), token);
+    secrets_absent(&logged(), &[&token]);
+    s.stop().await;
+}
