@@ -3,57 +3,13 @@
 //! behind its ArcSwap) — what the edge does before forwarding.
 
 use std::hint::black_box;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use b24_edge::config::Config;
 use b24_edge::routes::RouteTable;
 use b24_nodes::{LiveNodes, NodeList};
+use b24_testkit::synthetic::{scattered_networks, scattered_probes};
 use criterion::{Criterion, criterion_group, criterion_main};
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-
-/// A deterministic pseudo-random sequence, so every run measures the same set.
-fn lcg(seed: &mut u64) -> u64 {
-    *seed = seed
-        .wrapping_mul(6_364_136_223_846_793_005)
-        .wrapping_add(1_442_695_040_888_963_407);
-    *seed >> 16
-}
-
-fn list_of(entries: usize) -> NodeList {
-    let mut seed = 42;
-    let nets = (0..entries).map(|i| {
-        let r = lcg(&mut seed);
-        if i % 4 == 3 {
-            let addr = Ipv6Addr::from((0x2a02_u128 << 112) | u128::from(r) << 32);
-            IpNet::V6(Ipv6Net::new(addr, 64).unwrap().trunc())
-        } else {
-            let prefix = [32, 32, 28, 24][(r % 4) as usize];
-            IpNet::V4(
-                Ipv4Net::new(Ipv4Addr::from(r as u32), prefix)
-                    .unwrap()
-                    .trunc(),
-            )
-        }
-    });
-    NodeList::from_networks(nets)
-}
-
-fn probes() -> Vec<IpAddr> {
-    let mut seed = 7;
-    (0..1024)
-        .map(|i| {
-            let r = lcg(&mut seed);
-            if i % 4 == 3 {
-                IpAddr::V6(Ipv6Addr::from(
-                    (0x2a02_u128 << 112) | u128::from(r) << 32 | 1,
-                ))
-            } else {
-                IpAddr::V4(Ipv4Addr::from(r as u32))
-            }
-        })
-        .collect()
-}
 
 const CONFIG: &str = r#"
 [server]
@@ -84,8 +40,10 @@ fn admission(c: &mut Criterion) {
     let config = Config::from_toml(CONFIG).unwrap();
     let table = RouteTable::new(&config.routes, &config.nodes.extra);
     let nodes = LiveNodes::new();
-    nodes.store(Arc::new(list_of(100_000)));
-    let probes = probes();
+    nodes.store(Arc::new(NodeList::from_networks(scattered_networks(
+        100_000,
+    ))));
+    let probes = scattered_probes(1024);
     let paths = ["/rest/1/event.bind", "/webhook/handler.php", "/public/ping"];
     let mut i = 0;
     c.bench_function("route_and_admission/100000_entries", |b| {
