@@ -11,6 +11,11 @@ use b24_client::{BucketConfig, Secret, Webhook};
 use serde::Deserialize;
 use serde_json::Value;
 
+mod app;
+
+pub use app::{AppCredentials, AppSettings, DEFAULT_ROBOT_CODE};
+use app::{RawAppCredentials, RawAppSettings, build_app_settings};
+
 /// A configuration problem, naming the key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -49,35 +54,6 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// Application mode (local applications, OAuth, our automation rule).
     pub app: AppSettings,
-}
-
-/// Settings shared by the local applications of all portals.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AppSettings {
-    /// Where Bitrix24 reaches the relay (`https://relay.example.com`); the
-    /// rule's handler URL is built on it. `serve` uses its own listening
-    /// address when it is not set (tests, a relay reached directly).
-    pub public_url: Option<String>,
-    /// The OAuth authorization server; refreshes go nowhere else.
-    pub token_server: String,
-    /// `CODE` of the automation rule the relay registers.
-    pub robot_code: String,
-}
-
-/// A portal's local application: its client id and secret.
-#[derive(Clone)]
-pub struct AppCredentials {
-    pub client_id: String,
-    pub client_secret: Secret,
-}
-
-impl fmt::Debug for AppCredentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AppCredentials")
-            .field("client_id", &self.client_id)
-            .field("client_secret", &self.client_secret)
-            .finish()
-    }
 }
 
 /// One portal: how we call it and how its calls to us are authenticated.
@@ -186,21 +162,6 @@ struct RawConfig {
     route: Vec<RawRoute>,
     #[serde(default)]
     app: RawAppSettings,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawAppSettings {
-    public_url: Option<String>,
-    token_server: Option<String>,
-    robot_code: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAppCredentials {
-    client_id: String,
-    client_secret: toml::Value,
 }
 
 fn default_store() -> String {
@@ -395,49 +356,6 @@ impl Config {
     pub fn route(&self, name: &str) -> Option<&Route> {
         self.routes.iter().find(|r| r.name == name)
     }
-}
-
-/// Default `CODE` of the relay's automation rule.
-pub const DEFAULT_ROBOT_CODE: &str = "b24_relay_transfer_deal";
-
-fn build_app_settings(raw: RawAppSettings) -> Result<AppSettings, ConfigError> {
-    let http_url = |key: &str, value: &str| {
-        let ok = (value.starts_with("https://") || value.starts_with("http://"))
-            && !value.contains('?')
-            && !value.contains('#');
-        if ok {
-            Ok(value.trim_end_matches('/').to_owned())
-        } else {
-            Err(invalid(format!(
-                "app.{key}: `{value}` must be an http(s) URL without a query"
-            )))
-        }
-    };
-    let public_url = raw
-        .public_url
-        .map(|url| http_url("public_url", &url))
-        .transpose()?;
-    let token_server = match raw.token_server {
-        Some(url) => format!("{}/", http_url("token_server", &url)?),
-        None => b24_client::DEFAULT_TOKEN_SERVER.to_owned(),
-    };
-    let robot_code = raw
-        .robot_code
-        .unwrap_or_else(|| DEFAULT_ROBOT_CODE.to_owned());
-    let code_ok = !robot_code.is_empty()
-        && robot_code
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
-    if !code_ok {
-        return Err(invalid(format!(
-            "app.robot_code: `{robot_code}` may hold only letters, digits, `_`, `-` and `.`"
-        )));
-    }
-    Ok(AppSettings {
-        public_url,
-        token_server,
-        robot_code,
-    })
 }
 
 fn load_secret(key: &str, raw: &toml::Value) -> Result<Secret, ConfigError> {

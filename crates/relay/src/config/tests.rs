@@ -144,3 +144,64 @@ fn the_example_config_is_valid() {
     assert_eq!(config.lease, Duration::from_secs(120));
     assert!(config.metrics_listen.is_some());
 }
+
+#[test]
+fn application_mode_keys_are_read_and_the_client_secret_hidden() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = Config::parse(&sample(&dir)).unwrap();
+    assert_eq!(
+        plain.app.token_server,
+        "https://oauth.bitrix.info/oauth/token/"
+    );
+    assert_eq!(plain.app.robot_code, DEFAULT_ROBOT_CODE);
+    assert_eq!(plain.app.public_url, None);
+    assert!(plain.portals["partner"].app.is_none());
+
+    let secret = secret_file(&dir, "p.client_secret", "Cl1entS3cretValue\n");
+    let text = format!(
+        "{}\n[portal.partner.app]\nclient_id = \"local.abc.1\"\nclient_secret = {{ file = \"{secret}\" }}\n\n[app]\npublic_url = \"https://relay.example.com/\"\ntoken_server = \"http://127.0.0.1:9/oauth/token\"\nrobot_code = \"transfer_deal\"\n",
+        sample(&dir)
+    );
+    let config = Config::parse(&text).unwrap();
+    let app = config.portals["partner"].app.as_ref().unwrap();
+    assert_eq!(app.client_id, "local.abc.1");
+    assert_eq!(app.client_secret.expose(), "Cl1entS3cretValue");
+    assert_eq!(
+        config.app.public_url.as_deref(),
+        Some("https://relay.example.com")
+    );
+    assert_eq!(config.app.token_server, "http://127.0.0.1:9/oauth/token/");
+    assert_eq!(config.app.robot_code, "transfer_deal");
+    let shown = format!("{config:?}");
+    assert!(!shown.contains("Cl1entS3cretValue"), "{shown}");
+    assert!(shown.contains("local.abc.1"));
+
+    let inline = text.replace(
+        &format!("{{ file = \"{secret}\" }}"),
+        "\"Cl1entS3cretValue\"",
+    );
+    let error = Config::parse(&inline).unwrap_err().to_string();
+    assert!(
+        error.contains("portal.partner.app.client_secret"),
+        "{error}"
+    );
+    assert!(!error.contains("Cl1entS3cretValue"), "{error}");
+
+    let bad_code = text.replace(
+        "robot_code = \"transfer_deal\"",
+        "robot_code = \"no spaces\"",
+    );
+    assert!(
+        Config::parse(&bad_code)
+            .unwrap_err()
+            .to_string()
+            .contains("app.robot_code")
+    );
+    let bad_server = text.replace("http://127.0.0.1:9/oauth/token", "oauth.bitrix.info");
+    assert!(
+        Config::parse(&bad_server)
+            .unwrap_err()
+            .to_string()
+            .contains("app.token_server")
+    );
+}

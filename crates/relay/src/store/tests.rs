@@ -126,3 +126,110 @@ fn attempts_are_kept_in_order() {
     assert_eq!(outcomes, ["retry", "done"]);
     assert!(store.attempts(id + 1).unwrap().is_empty());
 }
+
+#[test]
+fn rule_runs_wait_for_their_job_and_follow_it_when_merged() {
+    let (_dir, store) = open();
+    let queued = store
+        .enqueue_rule_call("partner", 7, "W1", "token-1", "p2e")
+        .unwrap();
+    let job = store.claim(LEASE).unwrap().unwrap();
+    assert_eq!((job.id, job.trigger.as_str()), (queued.job_id, "app-rule"));
+    // Not ended yet: nothing to answer.
+    assert!(
+        store
+            .rule_calls_to_answer("partner", None)
+            .unwrap()
+            .is_empty()
+    );
+    // A second run while the first job runs waits for the next job; the
+    // first job's retry merges into it, and so does its run.
+    let second = store
+        .enqueue_rule_call("partner", 7, "W2", "token-2", "p2e")
+        .unwrap();
+    assert_ne!(second.job_id, job.id);
+    store.retry_later(job.id, Duration::ZERO, "busy").unwrap();
+    let next = store.claim(LEASE).unwrap().unwrap();
+    assert_eq!(next.id, second.job_id);
+    store
+        .finish(next.id, JobState::Done, "created", Some(9))
+        .unwrap();
+    let calls = store.rule_calls_to_answer("partner", None).unwrap();
+    let workflows: Vec<&str> = calls.iter().map(|c| c.workflow_id.as_str()).collect();
+    assert_eq!(workflows, ["W1", "W2"]);
+    assert!(calls.iter().all(|c| c.job_id == next.id));
+    assert!(!format!("{:?}", calls[0]).contains("token-1"));
+    store.finish_rule_call(calls[0].id, None).unwrap();
+    store
+        .finish_rule_call(calls[1].id, Some("refused"))
+        .unwrap();
+    assert!(
+        store
+            .rule_calls_to_answer("partner", None)
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn runs_of_a_superseded_job_move_to_the_pending_one() {
+    let (_dir, store) = open();
+    store
+        .enqueue_rule_call("partner", 7, "W1", "token-1", "p2e")
+        .unwrap();
+    let running = store.claim(LEASE).unwrap().unwrap();
+    let pending = store.enqueue("partner", 7, "ONCRMDEALUPDATE").unwrap();
+    // The process dies; at start-up the running job is superseded.
+    store.release_running().unwrap();
+    assert_eq!(
+        store.job(running.id).unwrap().unwrap().state,
+        JobState::Done
+    );
+    let next = store.claim(LEASE).unwrap().unwrap();
+    assert_eq!(next.id, pending.job_id);
+    store
+        .finish(next.id, JobState::Failed, "broken", None)
+        .unwrap();
+    let calls = store.rule_calls_to_answer("partner", None).unwrap();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].job_id, pending.job_id);
+}
+
+#[test]
+fn installs_keep_tokens_and_a_refresh_replaces_them() {
+    let (_dir, store) = open();
+    assert!(store.app_install("partner").unwrap().is_none());
+    let pair = |a: &str, r: &str| b24_client::TokenPair {
+        access_token: Secret::new(a),
+        refresh_token: Secret::new(r),
+    };
+    let install = AppInstall {
+        client_endpoint: "https://p.test/rest/".into(),
+        domain: "p.test".into(),
+        member_id: "m1".into(),
+        scopes: "crm,bizproc".into(),
+        application_token: Secret::new("app-1"),
+        tokens: pair("a1", "r1"),
+        reinstall_reason: None,
+        updated_at_ms: 0,
+    };
+    store.save_app_install("partner", &install).unwrap();
+    store.save_app_tokens("partner", &pair("a2", "r2")).unwrap();
+    store
+        .mark_reinstall_needed("partner", "invalid_grant")
+        .unwrap();
+    let stored = store.app_install("partner").unwrap().unwrap();
+    assert_eq!(stored.tokens, pair("a2", "r2"));
+    assert_eq!(stored.reinstall_reason.as_deref(), Some("invalid_grant"));
+    let shown = format!("{stored:?}");
+    for secret in ["a2", "r2", "app-1"] {
+        assert!(!shown.contains(&format!("\"{secret}\"")), "{shown}");
+    }
+    // A new install clears the flag.
+    store.save_app_install("partner", &install).unwrap();
+    let again = store.app_install("partner").unwrap().unwrap();
+    assert_eq!(
+        (again.reinstall_reason, again.tokens),
+        (None, pair("a1", "r1"))
+    );
+}
