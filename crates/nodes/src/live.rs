@@ -95,8 +95,9 @@ impl LiveNodes {
                 status.last_error = None;
             }
             Outcome::Unchanged { list } => {
-                // A file source may have been replaced by the same list
-                // under a new name; keep the stored value consistent anyway.
+                // A handle created empty (not from the fetcher) learns the
+                // list from the first confirmation, e.g. a 304 for the
+                // cached list.
                 if self.list.load().is_none() {
                     self.list.store(Some(list.clone()));
                 }
