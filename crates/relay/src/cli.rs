@@ -1,4 +1,4 @@
-//! The command line: `serve`, `check`, `transfer`, `fields`, `jobs`.
+//! The command line: `serve`, `check`, `transfer`, `fields`, `jobs`, `app`.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -60,6 +60,13 @@ pub enum Command {
         #[command(subcommand)]
         action: JobsAction,
     },
+    /// Application mode: the "Transfer deal" rule of the local application.
+    App {
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: crate::cli_app::AppAction,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -105,6 +112,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Jobs { config, action } => {
             let config = config.context("--config is required")?;
             jobs(load(&config)?, action)
+        }
+        Command::App { config, action } => {
+            let config = config.context("--config is required")?;
+            crate::cli_app::run(load(&config)?, action).await
         }
     }
 }
@@ -419,6 +430,7 @@ async fn check(config: Config) -> anyhow::Result<()> {
             Err(error) => problems.push(format!("{name}: {error}")),
         }
     }
+    problems.extend(crate::cli_app::check_apps(&parts).await);
     let ttl = config.field_cache_ttl;
     for route in &config.routes {
         let (Some(from), Some(to)) = (

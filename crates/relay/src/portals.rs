@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use b24_client::{ApiErrorKind, Client, Error as ClientError, RateLimits};
 use serde_json::{Value, json};
 
-use crate::config::{Config, PortalConfig};
+use crate::config::{AppSettings, Config, PortalConfig};
 use crate::mapping::{FieldCatalog, camel_name, parse_catalog, scalar};
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -38,9 +38,16 @@ pub struct PortalHandle {
     /// The installed local application's client, while its tokens work.
     /// One client per portal: its clones share the tokens, so concurrent
     /// `expired_token` answers make one refresh.
-    app: std::sync::Mutex<Option<(Client, Arc<dyn Store>)>>,
+    app: std::sync::Mutex<Option<AppSlot>>,
     /// Held while answering rule runs, so that no run is answered twice.
     pub answering: tokio::sync::Mutex<()>,
+}
+
+/// The application's client and what rebuilding it needs.
+struct AppSlot {
+    client: Client,
+    store: Arc<dyn Store>,
+    settings: AppSettings,
 }
 
 /// Requests of the bucket the relay leaves unused, so that timing jitter
@@ -109,9 +116,13 @@ impl PortalHandle {
     }
 
     /// Makes `client` the portal's application client; `store` records a
-    /// refused refresh.
-    pub fn use_app(&self, client: Client, store: Arc<dyn Store>) {
-        *self.app.lock().unwrap_or_else(|e| e.into_inner()) = Some((client, store));
+    /// refused refresh and holds the pair another process may have stored.
+    pub fn use_app(&self, client: Client, store: Arc<dyn Store>, settings: AppSettings) {
+        *self.app.lock().unwrap_or_else(|e| e.into_inner()) = Some(AppSlot {
+            client,
+            store,
+            settings,
+        });
         self.metrics.set_reinstall_needed(&self.config.name, false);
     }
 
@@ -122,7 +133,7 @@ impl PortalHandle {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
-            .map(|(client, _)| client.clone())
+            .map(|slot| slot.client.clone())
     }
 
     /// Stops using the application: it must be installed again.
@@ -131,26 +142,60 @@ impl PortalHandle {
         self.metrics.set_reinstall_needed(&self.config.name, true);
     }
 
-    /// After an error of the application's client: if the authorization
-    /// server refused the refresh (`invalid_grant` …), the tokens are dead.
-    /// The portal is flagged in the store as needing a re-install, the
-    /// application is no longer used, and `true` is returned.
-    pub fn app_refused(&self, error: &ClientError) -> bool {
+    /// After an error of the application's client `failed`: if the
+    /// authorization server refused the refresh (`invalid_grant` …) and no
+    /// other process (a CLI command) stored a newer pair meanwhile, the
+    /// tokens are dead: the portal is flagged in the store as needing a
+    /// re-install, the application is no longer used, and `true` is
+    /// returned. With a newer stored pair the client is rebuilt from it and
+    /// `false` is returned (try again).
+    pub fn app_refused(&self, failed: &Client, error: &ClientError) -> bool {
         let ClientError::TokenRefresh { code, .. } = error else {
             return false;
         };
-        let taken = self.app.lock().unwrap_or_else(|e| e.into_inner()).take();
-        self.metrics.set_reinstall_needed(&self.config.name, true);
-        let Some((client, store)) = taken else {
+        let mut slot = self.app.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(current) = slot.as_ref() else {
             return true;
         };
-        self.metrics.token_refresh_refused(client.portal());
+        if current.client.oauth_tokens() != failed.oauth_tokens() {
+            // Already replaced by an earlier caller.
+            return false;
+        }
+        let name = &self.config.name;
+        let stored = current.store.app_install(name).ok().flatten();
+        if let (Some(install), Some(credentials)) = (stored, &self.config.app) {
+            let newer = install.reinstall_reason.is_none()
+                && Some(&install.tokens) != current.client.oauth_tokens().as_ref();
+            if newer {
+                let rebuilt = crate::application::oauth_for(
+                    name,
+                    credentials,
+                    &current.settings,
+                    &install,
+                    current.store.clone(),
+                )
+                .and_then(|oauth| self.build_app_client(oauth));
+                if let Ok(client) = rebuilt {
+                    tracing::info!(portal = %name, "another process refreshed the tokens; using the stored pair");
+                    if let Some(current) = slot.as_mut() {
+                        current.client = client;
+                    }
+                    return false;
+                }
+            }
+        }
+        let Some(taken) = slot.take() else {
+            return true;
+        };
+        drop(slot);
+        self.metrics.set_reinstall_needed(name, true);
+        self.metrics.token_refresh_refused(taken.client.portal());
         let reason = format!(
             "the authorization server refused to refresh the tokens ({code}); install the application again"
         );
-        tracing::error!(portal = %self.config.name, %code, "OAuth refresh refused; the local application must be installed again");
-        if let Err(store_error) = store.mark_reinstall_needed(&self.config.name, &reason) {
-            tracing::error!(portal = %self.config.name, error = %store_error, "cannot record that the application needs a re-install");
+        tracing::error!(portal = %name, %code, "OAuth refresh refused; the local application must be installed again");
+        if let Err(store_error) = taken.store.mark_reinstall_needed(name, &reason) {
+            tracing::error!(portal = %name, error = %store_error, "cannot record that the application needs a re-install");
         }
         true
     }

@@ -79,7 +79,8 @@ struct Setup {
     target: Portal,
     relay: Relay,
     url: String,
-    _dir: tempfile::TempDir,
+    config_text: String,
+    dir: tempfile::TempDir,
 }
 
 async fn setup(workers: usize) -> Setup {
@@ -107,7 +108,8 @@ async fn setup(workers: usize) -> Setup {
         target,
         relay,
         url,
-        _dir: dir,
+        config_text: text,
+        dir,
     }
 }
 
@@ -432,5 +434,96 @@ async fn forged_runs_and_installs_are_refused() {
     let still = s.relay.store.app_install("partner").unwrap().unwrap();
     assert_eq!(still.application_token.expose(), token);
     secrets_absent(&logged(), &[&token]);
+    s.stop().await;
+}
+
+/// Runs the binary with a config whose `app.public_url` is the relay's.
+fn relay_command(s: &Setup, args: &[&str]) -> (bool, String) {
+    let path = s.dir.path().join("cli.toml");
+    std::fs::write(
+        &path,
+        format!("{}public_url = \"{}\"\n", s.config_text, s.url),
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_b24-relay"))
+        .args(args)
+        .arg("--config")
+        .arg(&path)
+        .env("B24_RELAY_LOG", "debug")
+        .output()
+        .expect("the binary runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// `app status|unregister|register` and `check` while `serve` runs: the
+/// command refreshes the expired pair and stores it; the serving relay,
+/// refused with its older pair, takes the stored one instead of flagging
+/// the portal. No output holds a secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_commands_and_check_work_beside_the_server() {
+    let s = setup(2).await;
+    let (ok, text) = relay_command(&s, &["app", "status"]);
+    assert!(ok && text.contains("partner: not installed"), "{text}");
+    s.install().await;
+    let install = s.relay.store.app_install("partner").unwrap().unwrap();
+    let app_token = install.application_token.expose().to_owned();
+    let admin = s.source.admin();
+    admin.expire_access_tokens().unwrap();
+
+    let (ok, text) = relay_command(&s, &["app", "status"]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("partner: installed on partner.test") && text.contains("rule registered"),
+        "{text}"
+    );
+    assert_eq!(admin.refresh_count(), 1);
+    assert_eq!(s.stored_tokens(), s.latest_tokens());
+
+    let (ok, text) = relay_command(&s, &["app", "unregister"]);
+    assert!(
+        ok && text.contains(&format!("rule {ROBOT} deleted")),
+        "{text}"
+    );
+    assert!(admin.app_robots().is_empty());
+    let (ok, text) = relay_command(&s, &["app", "unregister"]);
+    assert!(ok && text.contains("was not registered"), "{text}");
+    let (ok, text) = relay_command(&s, &["app", "register"]);
+    assert!(
+        ok && text.contains(&format!("rule {ROBOT} added")),
+        "{text}"
+    );
+    let (ok, text) = relay_command(&s, &["app", "register", "--portal", "partner"]);
+    assert!(
+        ok && text.contains(&format!("rule {ROBOT} updated")),
+        "{text}"
+    );
+    assert_eq!(
+        admin.app_robots()[0].handler,
+        format!("{}/hook/app/partner", s.url)
+    );
+
+    let (ok, text) = relay_command(&s, &["check"]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("partner (application)") && text.contains("bizproc"),
+        "{text}"
+    );
+
+    // The server still holds the pair the command replaced.
+    let deal = plain_deal(&s.source, "Beside", "C2:PREPARATION");
+    let run = s.run_rule(deal).await;
+    assert_eq!(run.return_values.unwrap()["status"], "done");
+    let install = s.relay.store.app_install("partner").unwrap().unwrap();
+    assert!(install.reinstall_reason.is_none());
+
+    let (access, refresh) = s.latest_tokens();
+    for output in [text, logged()] {
+        secrets_absent(&output, &[&access, &refresh, &app_token, CLIENT_SECRET]);
+    }
     s.stop().await;
 }

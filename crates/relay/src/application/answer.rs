@@ -86,7 +86,7 @@ pub async fn answer_finished_calls(
         return;
     }
     let _one_answerer = portal.answering.lock().await;
-    let Some(client) = portal.app_client() else {
+    let Some(mut client) = portal.app_client() else {
         return;
     };
     let name = portal.config.name.clone();
@@ -119,15 +119,32 @@ pub async fn answer_finished_calls(
             "LOG_MESSAGE": answer.log_message(&call.route),
         });
         let id = call.id;
-        match client.call("bizproc.event.send", &params).await {
+        let mut sent = client.call("bizproc.event.send", &params).await;
+        if let Err(error) = &sent {
+            // Another process may have refreshed the pair: with the
+            // rebuilt client, one more try.
+            if !portal.app_refused(&client, error) {
+                if let Some(rebuilt) = portal
+                    .app_client()
+                    .filter(|c| c.oauth_tokens() != client.oauth_tokens())
+                {
+                    client = rebuilt;
+                    sent = client.call("bizproc.event.send", &params).await;
+                }
+            } else {
+                metrics.rule_answered(&name, "deferred");
+                tracing::warn!(portal = %name, workflow = %call.workflow_id, "rule runs wait for the application to be installed again");
+                return;
+            }
+        }
+        match sent {
             Ok(_) => {
                 tracing::info!(portal = %name, workflow = %call.workflow_id, deal = call.deal_id, status = answer.status, "rule run answered");
                 metrics.rule_answered(&name, "sent");
                 let _ = blocking(store, move |s| s.finish_rule_call(id, None)).await;
             }
-            Err(error) if portal.app_refused(&error) => {
+            Err(error) if portal.app_refused(&client, &error) => {
                 metrics.rule_answered(&name, "deferred");
-                tracing::warn!(portal = %name, workflow = %call.workflow_id, "rule runs wait for the application to be installed again");
                 return;
             }
             Err(ClientError::Api(api))

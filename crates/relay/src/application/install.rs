@@ -161,7 +161,7 @@ pub async fn install(
             tracing::error!(portal = %name, error = %e, "cannot store the installed application");
             refused(503, "the store is not available")
         })?;
-    portal.use_app(client.clone(), store.clone());
+    portal.use_app(client.clone(), store.clone(), config.app.clone());
     tracing::info!(portal = %name, domain = %record.domain, scopes = %record.scopes, "local application installed");
     let fields = robot_definition(config, &name, public_url);
     let action = register_robot(&client, &config.app.robot_code, fields)

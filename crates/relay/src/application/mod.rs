@@ -71,7 +71,7 @@ pub fn connect_installed(
         store.clone(),
     )?;
     let client = portal.build_app_client(oauth)?;
-    portal.use_app(client.clone(), store.clone());
+    portal.use_app(client.clone(), store.clone(), settings.clone());
     Ok(Some(client))
 }
 

@@ -103,7 +103,8 @@ async fn read_items(
             json!({"ID": "$result[deal][item][assignedById]"}),
         );
     }
-    let done = portal.reader().batch(&batch).await;
+    let reader = portal.reader();
+    let done = reader.batch(&batch).await;
     let deal = match done.get("deal") {
         Some(CommandOutcome::Done(result)) => {
             result.result["item"].as_object().cloned().ok_or_else(|| {
@@ -117,7 +118,11 @@ async fn read_items(
             return Err(missing_deal(portal, deal_id).into());
         }
         other => {
-            if let Some(error) = done.stopped_by.as_ref().filter(|e| portal.app_refused(e)) {
+            if let Some(error) = done
+                .stopped_by
+                .as_ref()
+                .filter(|e| portal.app_refused(&reader, e))
+            {
                 // Nothing is lost: the next attempt reads with the webhook.
                 return Err(TransferError::Transient(format!(
                     "reading the source deal: {error}; reading with the webhook from now on"
@@ -238,7 +243,8 @@ async fn read_legacy(
             json!({"ID": "$result[deal][ASSIGNED_BY_ID]"}),
         );
     }
-    let done = portal.reader().batch(&batch).await;
+    let reader = portal.reader();
+    let done = reader.batch(&batch).await;
     let deal = match done.get("deal") {
         Some(CommandOutcome::Done(result)) => match &result.result {
             Value::Object(fields) => camel_record(fields),
@@ -252,7 +258,11 @@ async fn read_legacy(
             return Err(missing_deal(portal, deal_id));
         }
         other => {
-            if let Some(error) = done.stopped_by.as_ref().filter(|e| portal.app_refused(e)) {
+            if let Some(error) = done
+                .stopped_by
+                .as_ref()
+                .filter(|e| portal.app_refused(&reader, e))
+            {
                 return Err(TransferError::Transient(format!(
                     "reading the source deal: {error}; reading with the webhook from now on"
                 )));
