@@ -160,6 +160,20 @@ impl Relay {
         });
         let count = parts.config.workers;
         tasks.spawn(workers.run(count, stop.clone()));
+        // Rule runs that ended while the application could not answer
+        // (before this start's credentials, or a re-install).
+        for (_, portal) in parts.transfer.portals.iter() {
+            if portal.app_client().is_some() {
+                let (config, portal) = (parts.config.clone(), portal.clone());
+                let (store, metrics) = (parts.store.clone(), parts.metrics.clone());
+                tasks.spawn(async move {
+                    crate::application::answer_finished_calls(
+                        &config, &portal, &store, &metrics, None,
+                    )
+                    .await
+                });
+            }
+        }
         tracing::info!(%addr, ?metrics_addr, workers = count, "b24-relay serving");
         Ok(Self {
             addr,

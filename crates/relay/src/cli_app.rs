@@ -40,7 +40,7 @@ fn app_portals<'a>(
         .portals
         .iter()
         .map(|(_, p)| p)
-        .filter(|p| p.config.app.is_some())
+        .filter(|p| p.config.app.is_some() || installed(parts, &p.config.name))
         .filter(|p| only.is_none_or(|name| p.config.name == name))
         .collect();
     if portals.is_empty() {
@@ -54,10 +54,17 @@ fn app_portals<'a>(
     Ok(portals)
 }
 
+fn installed(parts: &Parts, portal: &str) -> bool {
+    matches!(parts.store.app_install(portal), Ok(Some(_)))
+}
+
 /// Why the application of `portal` cannot be used now, for a person.
 fn not_usable(parts: &Parts, portal: &PortalHandle) -> String {
     let name = &portal.config.name;
     match parts.store.app_install(name) {
+        Ok(Some(_)) if portal.config.app.is_none() => format!(
+            "{name}: the local application is installed, but [portal.{name}.app] (client_id, client_secret) is not configured; add it and restart"
+        ),
         Ok(Some(install)) => match install.reinstall_reason {
             Some(reason) => format!("{name}: the application must be installed again: {reason}"),
             None => format!("{name}: the application cannot be used (see the log)"),
@@ -209,7 +216,7 @@ pub async fn check_apps(parts: &Parts) -> Vec<String> {
     let mut problems = Vec::new();
     let config = &parts.config;
     for (name, portal) in parts.transfer.portals.iter() {
-        if portal.config.app.is_none() {
+        if portal.config.app.is_none() && !installed(parts, name) {
             continue;
         }
         let Some(client) = portal.app_client() else {

@@ -84,6 +84,12 @@ struct Setup {
 }
 
 async fn setup(workers: usize) -> Setup {
+    setup_with(workers, true).await
+}
+
+/// `with_credentials: false`: no [portal.partner.app] yet, as when the
+/// portal calls the install URL right after the application is saved.
+async fn setup_with(workers: usize, with_credentials: bool) -> Setup {
     logs();
     let (source, target) = start_app_portals().await;
     let dir = tempfile::tempdir().unwrap();
@@ -93,10 +99,18 @@ async fn setup(workers: usize) -> Setup {
         workers,
         ..Options::default()
     };
+    let credentials = format!(
+        "\n[portal.partner.app]\nclient_id = \"{CLIENT_ID}\"\nclient_secret = {{ file = \"{}\" }}\n",
+        secret.display()
+    );
     let text = format!(
-        "{}\n[portal.partner.app]\nclient_id = \"{CLIENT_ID}\"\nclient_secret = {{ file = \"{}\" }}\n\n[app]\ntoken_server = \"{}\"\n",
+        "{}{}\n[app]\ntoken_server = \"{}\"\n",
         config_text(dir.path(), &source, &target, &options),
-        secret.display(),
+        if with_credentials {
+            credentials.as_str()
+        } else {
+            ""
+        },
         source.oauth_token_url(),
     );
     let relay = Relay::start(Config::parse(&text).unwrap())
@@ -525,5 +539,74 @@ async fn app_commands_and_check_work_beside_the_server() {
     for output in [text, logged()] {
         secrets_absent(&output, &[&access, &refresh, &app_token, CLIENT_SECRET]);
     }
+    s.stop().await;
+}
+
+/// The portal calls the install URL as soon as the application is saved,
+/// before its client id and secret are in the configuration: the tokens
+/// are stored and the rule registered; runs are queued and transferred;
+/// after a restart with the credentials the expired pair is refreshed once
+/// and the waiting run is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_install_before_the_credentials_are_configured_is_kept() {
+    let s = setup_with(2, false).await;
+    s.install().await;
+    assert_eq!(s.stored_tokens(), s.latest_tokens());
+    assert_eq!(s.source.admin().app_robots().len(), 1);
+    let (ok, text) = relay_command(&s, &["check"]);
+    assert!(!ok && text.contains("[portal.partner.app]"), "{text}");
+
+    let deal = plain_deal(&s.source, "Early", "C2:PREPARATION");
+    let workflow = s.start_rule(deal);
+    s.wait_jobs_done(1).await;
+    let target_id = s.target_id_of("Early");
+    let admin = s.source.admin();
+    // Without credentials the relay does not use the application.
+    assert!(admin.robot_run(&workflow).unwrap().return_values.is_none());
+    admin.expire_access_tokens().unwrap();
+
+    let secret = s.dir.path().join("partner.client_secret");
+    let with_credentials = format!(
+        "{}\n[portal.partner.app]\nclient_id = \"{CLIENT_ID}\"\nclient_secret = {{ file = \"{}\" }}\n",
+        s.config_text.replace(
+            &format!(
+                "\n[app]\ntoken_server = \"{}\"\n",
+                s.source.oauth_token_url()
+            ),
+            ""
+        ),
+        secret.display()
+    ) + &format!(
+        "\n[app]\ntoken_server = \"{}\"\n",
+        s.source.oauth_token_url()
+    );
+    let Setup {
+        source,
+        target,
+        relay,
+        dir,
+        ..
+    } = s;
+    relay.shutdown().await;
+    let relay = Relay::start(Config::parse(&with_credentials).unwrap())
+        .await
+        .expect("relay starts again");
+    let s = Setup {
+        url: format!("http://{}", relay.addr),
+        source,
+        target,
+        relay,
+        config_text: with_credentials,
+        dir,
+    };
+    let run = s.answer_of(&workflow).await;
+    let values = run.return_values.unwrap();
+    assert_eq!(values["status"], "done");
+    assert_eq!(
+        values["targetDealId"].to_string().trim_matches('"'),
+        target_id.to_string()
+    );
+    assert_eq!(s.source.admin().refresh_count(), 1);
+    assert_eq!(s.stored_tokens(), s.latest_tokens());
     s.stop().await;
 }

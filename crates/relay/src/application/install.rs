@@ -9,7 +9,7 @@ use subtle::ConstantTimeEq;
 
 use super::robot::{RobotAction, register_robot, robot_definition};
 use super::{answer_finished_calls, oauth_for};
-use crate::config::Config;
+use crate::config::{AppCredentials, Config};
 use crate::mapping::scalar;
 use crate::metrics::Metrics;
 use crate::portals::PortalHandle;
@@ -106,12 +106,6 @@ pub async fn install(
     tree: &Value,
 ) -> Result<RobotAction, InstallError> {
     let name = portal.config.name.clone();
-    let credentials = portal.config.app.as_ref().ok_or_else(|| {
-        refused(
-            404,
-            format!("portal {name} has no [portal.{name}.app] in the configuration"),
-        )
-    })?;
     let payload = InstallPayload::read(tree)?;
     let expected_host = portal.config.webhook.portal();
     if host_of(&payload.client_endpoint).as_deref() != Some(expected_host.as_str()) {
@@ -135,8 +129,23 @@ pub async fn install(
         reinstall_reason: None,
         updated_at_ms: 0,
     };
-    let oauth = oauth_for(&name, credentials, &config.app, &record, store.clone())
-        .map_err(|e| refused(400, format!("application credentials: {e}")))?;
+    // Without [portal.NAME.app] yet (the portal shows client id and secret
+    // only after this call), the fresh tokens still work for an hour, but
+    // no refresh can succeed: they are stored and used after a restart
+    // with the credentials.
+    let placeholder = AppCredentials {
+        client_id: String::new(),
+        client_secret: Secret::new(""),
+    };
+    let credentials = portal.config.app.as_ref();
+    let oauth = oauth_for(
+        &name,
+        credentials.unwrap_or(&placeholder),
+        &config.app,
+        &record,
+        store.clone(),
+    )
+    .map_err(|e| refused(400, format!("application credentials: {e}")))?;
     let client = portal
         .build_app_client(oauth)
         .map_err(|e| refused(500, format!("application client: {e}")))?;
@@ -161,8 +170,13 @@ pub async fn install(
             tracing::error!(portal = %name, error = %e, "cannot store the installed application");
             refused(503, "the store is not available")
         })?;
-    portal.use_app(client.clone(), store.clone(), config.app.clone());
-    tracing::info!(portal = %name, domain = %record.domain, scopes = %record.scopes, "local application installed");
+    if credentials.is_some() {
+        portal.use_app(client.clone(), store.clone(), config.app.clone());
+        tracing::info!(portal = %name, domain = %record.domain, scopes = %record.scopes, "local application installed");
+    } else {
+        tracing::warn!(portal = %name, domain = %record.domain, scopes = %record.scopes,
+            "local application installed; add [portal.{name}.app] with the client id and secret the portal shows, then restart");
+    }
     let fields = robot_definition(config, &name, public_url);
     let action = register_robot(&client, &config.app.robot_code, fields)
         .await

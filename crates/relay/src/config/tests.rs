@@ -123,7 +123,12 @@ fn the_example_config_is_valid() {
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut text = example.clone();
-    for name in ["partner.webhook", "partner.token", "partner.rule-secret"] {
+    for name in [
+        "partner.webhook",
+        "partner.token",
+        "partner.rule-secret",
+        "partner.client-secret",
+    ] {
         let value = if name.ends_with("webhook") {
             "https://partner.bitrix24.ru/rest/1/s3cr3t/"
         } else {
@@ -143,6 +148,14 @@ fn the_example_config_is_valid() {
     assert_eq!(config.portals["esb"].rate.burst, 250);
     assert_eq!(config.lease, Duration::from_secs(120));
     assert!(config.metrics_listen.is_some());
+    let app = config.portals["partner"].app.as_ref().unwrap();
+    assert_eq!(app.client_id, "local.65a1b2c3d4e5f6.12345678");
+    assert!(config.portals["esb"].app.is_none());
+    assert_eq!(
+        config.app.public_url.as_deref(),
+        Some("https://relay.example.com")
+    );
+    assert_eq!(config.app.token_server, b24_client::DEFAULT_TOKEN_SERVER);
 }
 
 #[test]
