@@ -214,6 +214,25 @@ impl Intake {
             })?;
         let run = application::read_rule_run(&self.config, install.as_ref(), tree)
             .map_err(from_install_error)?;
+        let known_route = self
+            .config
+            .route(&run.route)
+            .is_some_and(|r| r.from == portal_name);
+        if !known_route {
+            // Nothing to queue; the workflow still gets its answer.
+            let answer = application::RuleAnswer {
+                target_deal_id: None,
+                status: "failed",
+                message: format!("route `{}` is not configured for this portal", run.route),
+            };
+            let portal = self.app_portal(portal_name)?.clone();
+            let metrics = self.metrics.clone();
+            tokio::spawn(async move {
+                application::answer_now(&portal, &metrics, &run.event_token, &run.route, &answer)
+                    .await
+            });
+            return Ok(answer_json_unknown_route());
+        }
         let name = portal_name.to_owned();
         let enqueued = blocking(&self.store, move |s| {
             s.enqueue_rule_call(
@@ -238,6 +257,13 @@ impl Intake {
             json!({"ok": true, "job": enqueued.job_id, "coalesced": enqueued.coalesced}),
         ))
     }
+}
+
+fn answer_json_unknown_route() -> HttpResponse {
+    answer(
+        StatusCode::OK,
+        json!({"ok": false, "answered": "the route is not configured for this portal"}),
+    )
 }
 
 fn from_install_error(error: application::InstallError) -> Refusal {

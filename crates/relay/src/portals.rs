@@ -143,15 +143,22 @@ impl PortalHandle {
     }
 
     /// After an error of the application's client `failed`: if the
-    /// authorization server refused the refresh (`invalid_grant` …) and no
+    /// authorization server refused the refresh (`invalid_grant` …) or the
+    /// portal answered `invalid_token`, and no
     /// other process (a CLI command) stored a newer pair meanwhile, the
     /// tokens are dead: the portal is flagged in the store as needing a
     /// re-install, the application is no longer used, and `true` is
     /// returned. With a newer stored pair the client is rebuilt from it and
     /// `false` is returned (try again).
     pub fn app_refused(&self, failed: &Client, error: &ClientError) -> bool {
-        let ClientError::TokenRefresh { code, .. } = error else {
-            return false;
+        let code = match error {
+            ClientError::TokenRefresh { code, .. } => code.clone(),
+            // The portal no longer knows the token (application deleted or
+            // installed again elsewhere): as dead as a refused refresh.
+            ClientError::Api(api) if api.kind == b24_client::ApiErrorKind::InvalidToken => {
+                api.code.clone()
+            }
+            _ => return false,
         };
         let mut slot = self.app.lock().unwrap_or_else(|e| e.into_inner());
         let Some(current) = slot.as_ref() else {

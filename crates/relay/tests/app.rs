@@ -265,6 +265,17 @@ async fn install_registers_the_rule_and_a_run_returns_the_target_deal() {
     );
     assert_eq!(target_deals(&s.target).len(), 1);
     assert_eq!(s.source.admin().refresh_count(), 0);
+
+    // A route that is not configured (any more): answered at once, nothing queued.
+    let jobs_before = s.relay.store.jobs(None, 100).unwrap().len();
+    let mut properties = Map::new();
+    properties.insert("route".into(), json!("gone-route"));
+    let workflow = s.source.admin().run_robot(ROBOT, deal, properties).unwrap();
+    let run = s.answer_of(&workflow).await;
+    let values = run.return_values.unwrap();
+    assert_eq!(values["status"], "failed");
+    assert!(values["message"].as_str().unwrap().contains("gone-route"));
+    assert_eq!(s.relay.store.jobs(None, 100).unwrap().len(), jobs_before);
     s.stop().await;
 }
 

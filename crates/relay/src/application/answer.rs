@@ -171,6 +171,34 @@ pub async fn answer_finished_calls(
     }
 }
 
+/// Answers a run at once with `answer` (a run the relay will not queue).
+pub async fn answer_now(
+    portal: &PortalHandle,
+    metrics: &Metrics,
+    event_token: &str,
+    route: &str,
+    answer: &RuleAnswer,
+) {
+    let Some(client) = portal.app_client() else {
+        tracing::warn!(portal = %portal.config.name, "cannot answer a refused rule run: the application is not usable");
+        return;
+    };
+    let params = json!({
+        "EVENT_TOKEN": event_token,
+        "RETURN_VALUES": {"targetDealId": "", "status": answer.status, "message": answer.message},
+        "LOG_MESSAGE": answer.log_message(route),
+    });
+    let result = match client.call("bizproc.event.send", &params).await {
+        Ok(_) => "sent",
+        Err(error) => {
+            portal.app_refused(&client, &error);
+            tracing::warn!(portal = %portal.config.name, %error, "could not answer a refused rule run");
+            "failed"
+        }
+    };
+    metrics.rule_answered(&portal.config.name, result);
+}
+
 async fn compute(
     config: &Config,
     store: &Arc<dyn Store>,
@@ -199,4 +227,49 @@ async fn compute(
     })
     .await?;
     Ok(answer_values(&job, route.is_some(), target, &call.route))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(state: JobState, message: &str) -> Job {
+        Job {
+            id: 1,
+            portal: "partner".into(),
+            deal_id: 7,
+            trigger: "app-rule".into(),
+            state,
+            attempts: 1,
+            coalesced: 0,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            message: Some(message.into()),
+            target_deal_id: None,
+        }
+    }
+
+    #[test]
+    fn answers_follow_the_job_and_the_chosen_route() {
+        let done = answer_values(
+            &job(JobState::Done, "p2e: created deal 5"),
+            true,
+            Some(5),
+            "p2e",
+        );
+        assert_eq!((done.status, done.target_deal_id), ("done", Some(5)));
+        assert!(done.log_message("p2e").contains("target deal 5"));
+        // Done, but this route did not take the deal (another route did).
+        let other = answer_values(&job(JobState::Done, ""), true, None, "p2e");
+        assert_eq!(other.status, "skipped");
+        assert!(other.message.contains("did not take"));
+        let failed = answer_values(&job(JobState::Failed, "no such option"), true, None, "p2e");
+        assert_eq!(
+            (failed.status, failed.message.as_str()),
+            ("failed", "no such option")
+        );
+        let unknown = answer_values(&job(JobState::Done, "x"), false, None, "gone");
+        assert_eq!(unknown.status, "failed");
+        assert!(unknown.message.contains("`gone`"));
+    }
 }

@@ -16,7 +16,7 @@ use crate::config::{AppCredentials, AppSettings};
 use crate::portals::PortalHandle;
 use crate::store::{AppInstall, Store, StoreError};
 
-pub use answer::{RuleAnswer, answer_finished_calls, answer_values};
+pub use answer::{RuleAnswer, answer_finished_calls, answer_now, answer_values};
 pub use install::{InstallError, InstallPayload, RuleRun, install, read_rule_run};
 pub use robot::{RobotAction, register_robot, robot_definition, unregister_robot};
 
