@@ -351,6 +351,14 @@ async fn a_revoked_refresh_token_flags_the_portal_and_loses_nothing() {
     );
     // No application client is left to answer with: the run waits.
     assert!(admin.robot_run(&workflow).unwrap().return_values.is_none());
+    let (ok, text) = relay_command(&s, &["check"]);
+    assert!(
+        !ok && text.contains("partner: the application must be installed again")
+            && text.contains("invalid_grant"),
+        "{text}"
+    );
+    let (ok, text) = relay_command(&s, &["app", "status"]);
+    assert!(ok && text.contains("NEEDS RE-INSTALL"), "{text}");
 
     s.install().await;
     let run = s.answer_of(&workflow).await;
