@@ -6,10 +6,11 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use b24_nodes::{FetchError, FetchOptions, Fetcher, LiveNodes, Schedule, run_refresh_loop};
 use http::{Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, oneshot};
@@ -310,13 +311,51 @@ pub(crate) async fn handle(
             let reason = decision.err().unwrap_or(crate::routes::DenyReason::NoRoute);
             state.metrics.record_denial(reason);
             state.deny_log.denied(client, reason, label);
-            short_response(StatusCode::FORBIDDEN, "forbidden\n")
+            let version = req.version();
+            let mut response = short_response(StatusCode::FORBIDDEN, "forbidden\n");
+            if !drain_refused_body(req.into_body()).await && version < http::Version::HTTP_2 {
+                response.headers_mut().insert(
+                    header::CONNECTION,
+                    header::HeaderValue::from_static("close"),
+                );
+            }
+            response
         }
     };
     state
         .metrics
         .record_request(route, response.status().as_u16(), started.elapsed());
     response
+}
+
+/// The most of a refused request's body the edge reads before answering.
+const REFUSED_BODY_DRAIN: usize = 64 * 1024;
+/// How long it waits for that body.
+const REFUSED_BODY_WAIT: Duration = Duration::from_secs(2);
+
+/// Reads and discards a refused request's body, up to a bound, so that the
+/// 403 arrives cleanly: answering before the body is read makes an HTTP/2
+/// peer see its stream reset (curl: "Stream error in the HTTP/2 framing
+/// layer") and an HTTP/1.1 peer its connection reset. Returns false when the
+/// body was larger or slower than the bound; the answer then goes out anyway
+/// and an HTTP/1.1 connection is closed after it.
+async fn drain_refused_body(mut body: Incoming) -> bool {
+    let drain = async {
+        let mut seen = 0usize;
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { return false };
+            if let Some(data) = frame.data_ref() {
+                seen += data.len();
+                if seen > REFUSED_BODY_DRAIN {
+                    return false;
+                }
+            }
+        }
+        true
+    };
+    tokio::time::timeout(REFUSED_BODY_WAIT, drain)
+        .await
+        .unwrap_or(false)
 }
 
 fn short_response(status: StatusCode, body: &'static str) -> Response<EdgeBody> {

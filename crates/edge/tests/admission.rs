@@ -269,3 +269,96 @@ async fn h2_and_streaming_bodies() {
     }
     assert!(edge.shutdown().await);
 }
+
+/// Bitrix24 POSTs its events with a form body. A refused POST must still
+/// get its 403 — not a reset because the edge answered without reading the
+/// body (an HTTP/2 client sees its stream reset) — on fresh and kept-alive
+/// connections, HTTP/1.1 and h2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_posts_with_a_body_get_a_clean_403() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = TestCerts::new(dir.path());
+    let upstream = Upstream::start().await;
+    let file = dir.path().join("app.json");
+    std::fs::write(&file, nodes_json(&["127.0.0.2"])).unwrap();
+    let edge = start_edge(&format!(
+        "{}[nodes]\nsource = \"{}\"\n{}",
+        server_section(&certs, "127.0.0.1:0", ""),
+        file.display(),
+        route("/", &upstream.url(), &["nodes"]),
+    ))
+    .await;
+    eventually("the list is loaded", || async {
+        edge.nodes().current().is_some()
+    })
+    .await;
+    let event = format!(
+        "event=ONCRMDEALUPDATE&data[FIELDS][ID]=662&ts=1724140800&auth[domain]=partner.bitrix24.ru{}",
+        "&auth[application_token]=51856fefc120afa4b628cc82d3935cce".repeat(40)
+    );
+    let kept_alive_h1 = client(&certs, "127.0.0.3", false);
+    let kept_alive_h2 = client(&certs, "127.0.0.3", true);
+    for attempt in 0..40 {
+        let (fresh_h1, fresh_h2) = (
+            client(&certs, "127.0.0.3", false),
+            client(&certs, "127.0.0.3", true),
+        );
+        let clients = [
+            ("fresh HTTP/1.1", &fresh_h1),
+            ("kept-alive HTTP/1.1", &kept_alive_h1),
+            ("fresh h2", &fresh_h2),
+            ("kept-alive h2", &kept_alive_h2),
+        ];
+        for (which, c) in clients {
+            let response = c
+                .post(url(&edge, "/hook/event/partner"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(event.clone())
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("attempt {attempt}, {which} connection: {e:?}"));
+            assert_eq!(response.status(), 403, "attempt {attempt}, {which}");
+        }
+    }
+    // curl is stricter than reqwest about a stream reset after the answer
+    // (it fails with "Stream error in the HTTP/2 framing layer"), and it is
+    // what admins test with.
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &certs.ca_pem).unwrap();
+    let target = url(&edge, "/hook/event/partner");
+    let codes = tokio::task::spawn_blocking(move || {
+        (0..40)
+            .map(|_| {
+                let out = std::process::Command::new("curl")
+                    .args([
+                        "-sS",
+                        "--http2",
+                        "--interface",
+                        "127.0.0.3",
+                        "--max-time",
+                        "10",
+                    ])
+                    .arg("--cacert")
+                    .arg(&ca)
+                    .args([
+                        "-o",
+                        "/dev/null",
+                        "-w",
+                        "%{http_code}",
+                        "-d",
+                        &event,
+                        &target,
+                    ])
+                    .output()
+                    .expect("curl is installed by scripts/install-deps");
+                String::from_utf8_lossy(&out.stdout).into_owned()
+                    + &String::from_utf8_lossy(&out.stderr)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    assert!(codes.iter().all(|c| c == "403"), "curl got {codes:?}");
+    assert_eq!(upstream.count(), 0);
+    edge.shutdown().await;
+}
