@@ -19,7 +19,7 @@ pub use story::{Outcome, UNLISTED};
 pub const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (",
-    env!("B24_DEMO_GIT_REV"),
+    env!("B24_GIT_REVISION"),
     ")"
 );
 

@@ -28,6 +28,6 @@ pub use server::{EdgeHandle, StartError, start};
 pub const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (",
-    env!("B24_EDGE_GIT_REV"),
+    env!("B24_GIT_REVISION"),
     ")"
 );

@@ -9,7 +9,7 @@ use clap::Parser;
 /// Runs an emulated Bitrix24 portal (REST over incoming webhooks, cloud
 /// limits, outbound events) for tests, benchmarks and trying the relay.
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("B24_GIT_REVISION"), ")"))]
 struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:7001")]

@@ -14,6 +14,6 @@ pub mod textfile;
 pub const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (",
-    env!("NODESYNC_GIT_REVISION"),
+    env!("B24_GIT_REVISION"),
     ")"
 );

@@ -260,6 +260,17 @@ fn offline_uses_the_cache_and_usage_errors_are_exit_2() {
     assert_eq!(bad.code, 2);
     assert!(bad.stderr.contains("--extra"), "{}", bad.stderr);
     assert_eq!(with(&["--emit", "yaml"]).code, 2);
+    let version = run(&["--version"]);
+    let revision = version
+        .stdout
+        .trim()
+        .strip_prefix("nodesync 0.1.0 (")
+        .and_then(|r| r.strip_suffix(')'));
+    assert!(
+        revision.is_some_and(|r| !r.is_empty()),
+        "{}",
+        version.stdout
+    );
     let help = run(&["--help"]);
     assert!(help.stdout.contains("Exit codes:") && help.stdout.contains("--max-shrink"));
 }

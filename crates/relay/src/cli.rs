@@ -15,7 +15,7 @@ use crate::transfer::{RouteOutcome, Transferred};
 #[derive(Debug, Parser)]
 #[command(
     name = "b24-relay",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("B24_GIT_REVISION"), ")"),
     about = "Transfers deals between Bitrix24 portals, exactly once"
 )]
 pub struct Cli {
