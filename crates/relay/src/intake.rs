@@ -20,7 +20,7 @@ use crate::config::{Config, PortalConfig};
 use crate::mapping::scalar;
 use crate::metrics::Metrics;
 use crate::portals::{PortalHandle, Portals};
-use crate::store::Store;
+use crate::store::{Enqueued, Store, StoreError};
 use crate::worker::blocking;
 
 /// What intake needs, shared by all connections.
@@ -152,20 +152,8 @@ impl Intake {
             _ => (read_rule(&tree)?, "rule".to_owned()),
         };
         let name = portal.name.clone();
-        let enqueued = blocking(&self.store, move |s| s.enqueue(&name, deal_id, &trigger))
+        self.commit(move |s| s.enqueue(&name, deal_id, &trigger))
             .await
-            .map_err(|error| {
-                tracing::error!(%error, "cannot queue an intake request");
-                Refusal(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the queue is not available".into(),
-                )
-            })?;
-        self.wake.notify_one();
-        Ok(answer(
-            StatusCode::OK,
-            json!({"ok": true, "job": enqueued.job_id, "coalesced": enqueued.coalesced}),
-        ))
     }
 }
 
@@ -234,7 +222,7 @@ impl Intake {
             return Ok(answer_json_unknown_route());
         }
         let name = portal_name.to_owned();
-        let enqueued = blocking(&self.store, move |s| {
+        self.commit(move |s| {
             s.enqueue_rule_call(
                 &name,
                 run.deal_id,
@@ -244,8 +232,16 @@ impl Intake {
             )
         })
         .await
-        .map_err(|error| {
-            tracing::error!(%error, "cannot queue a rule run");
+    }
+
+    /// Commits a valid request to the store, wakes a worker and answers 200:
+    /// the acknowledgement Bitrix24 gets means the job is on disk.
+    async fn commit(
+        &self,
+        enqueue: impl FnOnce(&dyn Store) -> Result<Enqueued, StoreError> + Send + 'static,
+    ) -> Result<HttpResponse, Refusal> {
+        let enqueued = blocking(&self.store, enqueue).await.map_err(|error| {
+            tracing::error!(%error, "cannot queue an intake request");
             Refusal(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the queue is not available".into(),

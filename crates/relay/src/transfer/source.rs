@@ -180,16 +180,21 @@ async fn read_items(
         }
     }
     if responsible {
-        read.responsible_email = done
-            .result("user")
-            .and_then(Value::as_array)
-            .and_then(|users| users.first())
-            .and_then(|user| user["EMAIL"].as_str())
-            .filter(|email| !email.is_empty())
-            .map(str::to_owned);
+        read.responsible_email = responsible_email(done.result("user"));
     }
     read.deal = deal;
     Ok(read)
+}
+
+/// The e-mail of the deal's responsible user from a `user.get` result
+/// (the same shape on both dialects).
+fn responsible_email(users: Option<&Value>) -> Option<String> {
+    users
+        .and_then(Value::as_array)
+        .and_then(|users| users.first())
+        .and_then(|user| user["EMAIL"].as_str())
+        .filter(|email| !email.is_empty())
+        .map(str::to_owned)
 }
 
 fn missing_deal(portal: &PortalHandle, deal_id: i64) -> TransferError {
@@ -319,13 +324,7 @@ async fn read_legacy(
         }
     }
     if responsible {
-        read.responsible_email = done
-            .result("user")
-            .and_then(Value::as_array)
-            .and_then(|users| users.first())
-            .and_then(|user| user["EMAIL"].as_str())
-            .filter(|email| !email.is_empty())
-            .map(str::to_owned);
+        read.responsible_email = responsible_email(done.result("user"));
     }
     read.deal = deal;
     Ok(read)
