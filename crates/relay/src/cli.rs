@@ -34,6 +34,10 @@ pub enum Command {
     Check {
         #[arg(long)]
         config: PathBuf,
+        /// Only validate the configuration and load its secrets; do not
+        /// contact the portals (for CI, packaging and config management).
+        #[arg(long)]
+        offline: bool,
     },
     /// Queue one deal for transfer, or show what would be written (--dry-run).
     Transfer {
@@ -101,7 +105,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             relay.shutdown().await;
             Ok(())
         }
-        Command::Check { config } => check(load(&config)?).await,
+        Command::Check {
+            config,
+            offline: true,
+        } => {
+            let loaded = load(&config)?;
+            println!(
+                "{}: valid; {} portal(s), {} route(s); portals not contacted (--offline)",
+                config.display(),
+                loaded.portals.len(),
+                loaded.routes.len()
+            );
+            Ok(())
+        }
+        Command::Check { config, .. } => check(load(&config)?).await,
         Command::Transfer {
             config,
             route,

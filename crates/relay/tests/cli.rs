@@ -150,3 +150,29 @@ async fn check_names_a_missing_scope() {
     source.shutdown().await;
     target.shutdown().await;
 }
+
+/// `check --offline` validates the file and loads its secrets without a
+/// single request: the portals here are shut down before it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_offline_validates_without_contacting_the_portals() {
+    let (source, target) = start_portals(50, 2.0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &source, &target, &Options::default());
+    source.shutdown().await;
+    target.shutdown().await;
+
+    let (ok, text) = relay(&["check", "--offline"], &config);
+    assert!(ok, "{text}");
+    assert!(text.contains("valid; 2 portal(s), 1 route(s)"), "{text}");
+
+    let broken = dir.path().join("broken.toml");
+    let original = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &broken,
+        original.replace("[[route]]", "[[route]]\nfrom_portal = \"typo\""),
+    )
+    .unwrap();
+    let (ok, text) = relay(&["check", "--offline"], &broken);
+    assert!(!ok, "an unknown key must fail: {text}");
+    assert!(text.contains("from_portal"), "{text}");
+}
