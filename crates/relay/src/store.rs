@@ -16,6 +16,11 @@ pub enum StoreError {
         path: String,
         source: std::io::Error,
     },
+    #[error("cannot restrict {path} to its owner (it holds tokens): {source}")]
+    Permissions {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("no job {0}")]
     NoSuchJob(i64),
     #[error("job {id} is {state}; only failed (or finished) jobs can be replayed")]

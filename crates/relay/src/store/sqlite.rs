@@ -170,6 +170,29 @@ fn move_rule_calls_of_superseded(
     Ok(())
 }
 
+/// The store holds OAuth tokens and application tokens: create it readable
+/// by its owner only, and take group and other access away from an existing
+/// file. SQLite gives its -wal and -shm files the database file's mode.
+fn restrict_to_owner(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let permissions = |source| StoreError::Permissions {
+        path: path.display().to_string(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(permissions)?;
+    let mode = file.metadata().map_err(permissions)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(mode & 0o700))
+            .map_err(permissions)?;
+    }
+    Ok(())
+}
+
 impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -178,6 +201,7 @@ impl SqliteStore {
                 source,
             })?;
         }
+        restrict_to_owner(path)?;
         let connection = Connection::open(path)?;
         connection.busy_timeout(Duration::from_secs(10))?;
         connection.pragma_update(None, "journal_mode", "WAL")?;

@@ -233,3 +233,23 @@ fn installs_keep_tokens_and_a_refresh_replaces_them() {
         (None, pair("a1", "r1"))
     );
 }
+
+#[test]
+fn the_store_file_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = dir.path().join("fresh.db");
+    let store = SqliteStore::open(&fresh).unwrap();
+    store.enqueue("partner", 7, "rule").unwrap();
+    assert_eq!(mode(&fresh), 0o600);
+    assert_eq!(mode(&dir.path().join("fresh.db-wal")), 0o600);
+
+    // A store an admin created world-readable loses group and other access.
+    let existing = dir.path().join("existing.db");
+    drop(SqliteStore::open(&existing).unwrap());
+    std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o644)).unwrap();
+    SqliteStore::open(&existing).unwrap();
+    assert_eq!(mode(&existing), 0o600);
+}
