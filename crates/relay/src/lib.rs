@@ -7,6 +7,7 @@ pub mod app;
 pub mod application;
 pub mod cli;
 pub mod cli_app;
+pub mod cli_check;
 pub mod config;
 pub mod intake;
 pub mod mapping;
