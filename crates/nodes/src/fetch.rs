@@ -76,7 +76,8 @@ pub enum Outcome {
     /// The source confirmed the current list (304, or the same content).
     Unchanged { list: Arc<NodeList> },
     /// The source was asked less than the minimum interval ago (possibly by
-    /// another process); nothing was requested and the cached list stands.
+    /// another process), or a file source still holds the version already
+    /// rejected; nothing was requested and the cached list stands.
     Throttled {
         list: Option<Arc<NodeList>>,
         retry_in: Duration,
@@ -118,7 +119,9 @@ pub struct Fetcher {
     http: Option<reqwest::Client>,
     record: CacheRecord,
     list: Option<Arc<NodeList>>,
-    file_stamp: Option<FileStamp>,
+    /// The version of a file source last looked at, or why it could not
+    /// be read.
+    file_seen: Option<Result<FileStamp, FetchError>>,
     cache_error: Option<String>,
 }
 
@@ -174,7 +177,7 @@ impl Fetcher {
             http,
             record,
             list,
-            file_stamp: None,
+            file_seen: None,
             cache_error,
         })
     }
@@ -210,6 +213,7 @@ impl Fetcher {
     /// Refreshes from the source; a valid new list is accepted only if
     /// `accept` agrees.
     pub async fn refresh_with(&mut self, accept: Acceptance<'_>) -> Outcome {
+        let before = self.record.clone();
         let outcome = match self.source.clone() {
             Source::Url(url) => self.refresh_url(url, accept).await,
             Source::File(path) => self.refresh_file(&path, accept),
@@ -218,7 +222,9 @@ impl Fetcher {
             self.record.last_error = Some(error.to_string());
             self.record.consecutive_failures = self.record.consecutive_failures.saturating_add(1);
         }
-        if !matches!(outcome, Outcome::Throttled { .. }) {
+        // Only what changed is written: a file source is checked every
+        // second, and an unchanged one must not cost a write and an fsync.
+        if self.record != before {
             self.persist();
         }
         outcome
@@ -277,15 +283,24 @@ impl Fetcher {
     }
 
     fn refresh_file(&mut self, path: &Path, accept: Acceptance<'_>) -> Outcome {
-        let stamp = match file_stamp(path) {
-            Ok(stamp) => stamp,
-            Err(e) => return self.failed(self.file_error(e)),
-        };
-        if self.list.is_some() && self.file_stamp.as_ref() == Some(&stamp) {
-            return Outcome::Unchanged {
-                list: self.list.clone().expect("checked above"),
+        let seen = file_stamp(path).map_err(|e| self.file_error(e));
+        if self.file_seen.as_ref() == Some(&seen) {
+            // What was seen last time: confirmed if it was good; if it was
+            // rejected or unreadable, there is nothing new to read (one bad
+            // version is one failure and one log line, not one a second).
+            return match (&self.list, &self.record.last_error) {
+                (Some(list), None) => Outcome::Unchanged { list: list.clone() },
+                (list, _) => Outcome::Throttled {
+                    list: list.clone(),
+                    retry_in: Duration::ZERO,
+                },
             };
         }
+        self.file_seen = Some(seen.clone());
+        let stamp = match seen {
+            Ok(stamp) => stamp,
+            Err(error) => return self.failed(error),
+        };
         if stamp.len > self.options.limits.max_bytes as u64 {
             return self.failed(FetchError::Invalid {
                 origin: self.shown_source.clone(),
@@ -302,7 +317,6 @@ impl Fetcher {
         let outcome = self.accept_body(&body, accept);
         if !matches!(outcome, Outcome::Failed { .. }) {
             self.record.fetched_at = Some(unix_now());
-            self.file_stamp = Some(stamp);
         }
         outcome
     }

@@ -311,3 +311,71 @@ async fn file_sources_are_followed_by_the_refresh_loop() {
     stop.cancel();
     task.await.unwrap();
 }
+
+/// A file source is checked every second for months: an unchanged file —
+/// good or bad — must cost a `stat`, not a cache rewrite with fsync, a
+/// re-parse, a new failure and a log line each time.
+#[tokio::test]
+async fn an_unchanged_file_source_is_not_reread_nor_the_cache_rewritten() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("app.json");
+    let cache = dir.path().join("nodes.json");
+    std::fs::write(&file, r#"{"nodes": ["198.51.100.1"]}"#).unwrap();
+    let mut f = Fetcher::new(
+        Source::File(file.clone()),
+        Some(cache.clone()),
+        FetchOptions::default(),
+    )
+    .unwrap();
+    assert!(matches!(f.refresh().await, Outcome::Changed { .. }));
+    // Each cache write is a rename, so a rewrite shows as a new inode.
+    let written = std::fs::metadata(&cache).unwrap().ino();
+    for _ in 0..3 {
+        assert!(matches!(f.refresh().await, Outcome::Unchanged { .. }));
+    }
+    assert_eq!(
+        std::fs::metadata(&cache).unwrap().ino(),
+        written,
+        "the cache was rewritten"
+    );
+
+    b24_nodes::write_atomically(&file, b"<html>").unwrap();
+    assert!(matches!(f.refresh().await, Outcome::Failed { .. }));
+    let failed_once = std::fs::metadata(&cache).unwrap().ino();
+    for _ in 0..3 {
+        let outcome = f.refresh().await;
+        assert!(matches!(&outcome, Outcome::Throttled { .. }), "{outcome:?}");
+        assert!(
+            outcome
+                .list()
+                .unwrap()
+                .contains("198.51.100.1".parse().unwrap())
+        );
+    }
+    assert_eq!(
+        f.record().consecutive_failures,
+        1,
+        "one bad version is one failure"
+    );
+    assert_eq!(std::fs::metadata(&cache).unwrap().ino(), failed_once);
+
+    // A file that disappears is the same: one failure, then quiet.
+    std::fs::remove_file(&file).unwrap();
+    assert!(matches!(
+        f.refresh().await,
+        Outcome::Failed {
+            error: FetchError::File { .. },
+            ..
+        }
+    ));
+    for _ in 0..3 {
+        assert!(matches!(f.refresh().await, Outcome::Throttled { .. }));
+    }
+    assert_eq!(f.record().consecutive_failures, 2);
+
+    // A new version is read again at once.
+    b24_nodes::write_atomically(&file, br#"{"nodes": ["198.51.100.2"]}"#).unwrap();
+    assert!(matches!(f.refresh().await, Outcome::Changed { .. }));
+    assert_eq!(f.record().consecutive_failures, 0);
+}
