@@ -86,6 +86,13 @@ pub enum FieldKind {
     File,
     /// PHONE / EMAIL / WEB / IM lists (`fm` on `crm.item.*`).
     Multifield,
+    /// A link (`url` user field type, `crm.userfield.types`).
+    Url,
+    /// A binding to CRM records (`crm` user field type): values are
+    /// `{PREFIX}_{ID}` (`C_5`, `CO_3`, `D_7`, `L_4`), the prefixes the
+    /// field's settings allow (`api-reference/crm/data-types.md`,
+    /// "Format of Values for User Field Binding to CRM Elements").
+    CrmLink,
 }
 
 impl FieldKind {
@@ -109,6 +116,8 @@ impl FieldKind {
             Self::Money => "money",
             Self::File => "file",
             Self::Multifield => "crm_multifield",
+            Self::Url => "url",
+            Self::CrmLink => "crm",
         }
     }
 
@@ -146,6 +155,8 @@ impl FieldKind {
             "money" => Self::Money,
             "file" => Self::File,
             "employee" | "user" => Self::User,
+            "url" => Self::Url,
+            "crm" => Self::CrmLink,
             _ => return None,
         })
     }
@@ -184,6 +195,9 @@ pub struct FieldDef {
     /// For multifield views in the legacy API: PHONE, EMAIL, WEB, IM.
     pub multifield_type: Option<&'static str>,
     pub visibility: Visibility,
+    /// For a `crm` binding field: the record types it may point at
+    /// (`LEAD`, `DEAL`, `CONTACT`, `COMPANY`), its `settings` on the portal.
+    pub crm_types: Vec<String>,
 }
 
 impl FieldDef {
@@ -201,6 +215,7 @@ impl FieldDef {
             options: Vec::new(),
             multifield_type: None,
             visibility: Visibility::Both,
+            crm_types: Vec::new(),
         }
     }
 
@@ -250,6 +265,7 @@ impl FieldDef {
             options,
             multifield_type: None,
             visibility: Visibility::Both,
+            crm_types: Vec::new(),
         }
     }
 
@@ -287,6 +303,15 @@ impl FieldDef {
                 .map(|o| json!({"ID": o.id.to_string(), "VALUE": o.value}))
                 .collect();
             out.insert("items".into(), Value::Array(items));
+        }
+        if self.kind == FieldKind::CrmLink {
+            // As crm.item.fields shows a binding field's settings.
+            let mut settings = Map::new();
+            for kind in ["LEAD", "CONTACT", "COMPANY", "DEAL"] {
+                let on = self.crm_types.iter().any(|t| t == kind);
+                settings.insert(kind.into(), json!(if on { "Y" } else { "N" }));
+            }
+            out.insert("settings".into(), Value::Object(settings));
         }
         out
     }

@@ -22,6 +22,7 @@ mod admin_app;
 pub mod app;
 mod batch;
 mod clock;
+mod disposition;
 mod error;
 mod exec;
 pub mod faults;

@@ -17,6 +17,10 @@ struct Args {
     /// The portal's domain as events report it.
     #[arg(long, default_value = "portal.test")]
     domain: String,
+    /// The portal's `member_id` as events and installs report it (random
+    /// when not given).
+    #[arg(long)]
+    member_id: Option<String>,
     /// Incoming webhook as USER_ID:SECRET[:scope,scope...]; repeatable.
     /// Without scopes it gets crm, user, bizproc and im.
     #[arg(long = "webhook", required_unless_present = "app")]
@@ -147,6 +151,9 @@ async fn main() -> anyhow::Result<()> {
         .domain(&args.domain)
         .listen(args.listen)
         .rate_limit(burst, drain);
+    if let Some(member_id) = &args.member_id {
+        builder = builder.member_id(member_id);
+    }
     for text in &args.webhooks {
         let hook = parse_webhook(text)?;
         let scopes: Vec<&str> = hook.scopes.iter().map(String::as_str).collect();

@@ -97,5 +97,7 @@ pub fn authenticate(shared: &Shared, params: &mut Map<String, Value>) -> Result<
         return Err(ApiError::invalid_token());
     };
     let user_id = app.check_access(&token)?;
-    Ok(Webhook::application(user_id, app.scopes()))
+    let mut caller = Webhook::application(user_id, app.scopes());
+    caller.access_token = Some(token);
+    Ok(caller)
 }

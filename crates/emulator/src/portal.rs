@@ -33,6 +33,7 @@ pub struct PortalBuilder {
     delivery_timeout: Duration,
     app: Option<AppConfig>,
     token_lifetime: Duration,
+    member_id: Option<String>,
 }
 
 impl Default for PortalBuilder {
@@ -48,6 +49,7 @@ impl Default for PortalBuilder {
             delivery_timeout: Duration::from_secs(10),
             app: None,
             token_lifetime: DEFAULT_TOKEN_LIFETIME,
+            member_id: None,
         }
     }
 }
@@ -56,6 +58,13 @@ impl PortalBuilder {
     /// The portal's name as events report it (`auth[domain]`).
     pub fn domain(mut self, domain: &str) -> Self {
         self.domain = domain.to_string();
+        self
+    }
+
+    /// The portal's `member_id` (in events, installs and rule runs);
+    /// random (32 hex digits, as Bitrix24's) when not set.
+    pub fn member_id(mut self, member_id: &str) -> Self {
+        self.member_id = Some(member_id.to_string());
         self
     }
 
@@ -188,7 +197,10 @@ impl PortalBuilder {
         })?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         let base_url = format!("{scheme}://{addr}");
-        let member_id = format!("{:032x}", rand::random::<u128>());
+        let member_id = self
+            .member_id
+            .clone()
+            .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
         let shared = Arc::new(Shared {
             domain: self.domain,
             member_id,
@@ -249,6 +261,11 @@ impl Portal {
 
     pub fn domain(&self) -> &str {
         &self.shared.domain
+    }
+
+    /// `auth[member_id]` of this portal's outbound calls.
+    pub fn member_id(&self) -> &str {
+        &self.shared.member_id
     }
 
     /// `http://127.0.0.1:PORT/rest/USER_ID/SECRET/`

@@ -310,10 +310,7 @@ fn download_file(shared: &Shared, params: &Params) -> HttpResponse {
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("application/octet-stream"),
     );
-    let disposition = format!(
-        "attachment; filename=\"{}\"",
-        file.name.replace(['"', '\r', '\n'], "_")
-    );
+    let disposition = crate::disposition::content_disposition(&file.name);
     if let Ok(value) = header::HeaderValue::from_str(&disposition) {
         headers.insert(header::CONTENT_DISPOSITION, value);
     }

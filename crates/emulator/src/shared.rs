@@ -21,6 +21,8 @@ pub struct Webhook {
     pub scopes: Vec<String>,
     /// Application context: `bizproc.robot.*` and `event.*` work only here.
     pub application: bool,
+    /// The access token an application called with (file links carry it).
+    pub access_token: Option<String>,
 }
 
 impl Webhook {
@@ -30,6 +32,7 @@ impl Webhook {
             secret: secret.to_string(),
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
             application: false,
+            access_token: None,
         }
     }
 
@@ -40,6 +43,7 @@ impl Webhook {
             secret: String::new(),
             scopes: scopes.to_vec(),
             application: true,
+            access_token: None,
         }
     }
 

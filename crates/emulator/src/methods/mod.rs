@@ -112,6 +112,7 @@ impl Call<'_> {
         RenderCtx {
             base_url: self.shared.base_url.clone(),
             auth_path: self.webhook.auth_path(),
+            access_token: self.webhook.access_token.clone(),
         }
     }
 }

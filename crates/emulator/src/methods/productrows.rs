@@ -77,18 +77,60 @@ fn build_rows(
             };
             stored.insert((*camel).into(), value);
         }
-        let price = stored["price"].as_f64().unwrap_or(0.0);
-        for key in [
-            "priceExclusive",
-            "priceNetto",
-            "priceBrutto",
-            "priceAccount",
-        ] {
-            stored.insert(key.into(), json!(price));
-        }
+        derive_prices(&mut stored);
         out.push(stored);
     }
     Ok(out)
+}
+
+fn round2(value: f64) -> f64 {
+    (value * 100.0).round() / 100.0
+}
+
+/// The prices Bitrix24 derives from `price` (per unit, with discount and,
+/// when `taxIncluded` is `Y`, tax): `priceExclusive` (discount, no tax),
+/// `priceNetto` (no discount, no tax), `priceBrutto` (no discount, with
+/// tax), `priceAccount` (= price), and the per-unit `discountSum` or
+/// `discountRate`, each rounded to kopecks in that order. Checked against
+/// the answer in b24restdocs
+/// `api-reference/crm/universal/product-rows/crm-item-productrow-add.md`:
+/// price 80000, 20 % discount, 20 % tax included → exclusive 66666.67,
+/// netto 83333.34, brutto 100000.01, discountSum 16666.67.
+fn derive_prices(row: &mut Map<String, Value>) {
+    let get = |row: &Map<String, Value>, key: &str| row.get(key).and_then(Value::as_f64);
+    let price = get(row, "price").unwrap_or(0.0);
+    let tax = get(row, "taxRate").unwrap_or(0.0) / 100.0;
+    let included = row.get("taxIncluded").and_then(Value::as_str) == Some("Y");
+    let exclusive = if included {
+        round2(price / (1.0 + tax))
+    } else {
+        round2(price)
+    };
+    let netto = if get(row, "discountTypeId") == Some(1.0) {
+        let sum = round2(get(row, "discountSum").unwrap_or(0.0));
+        let netto = round2(exclusive + sum);
+        let rate = if netto > 0.0 {
+            round2(sum / netto * 100.0)
+        } else {
+            0.0
+        };
+        row.insert("discountRate".into(), number(rate));
+        netto
+    } else {
+        let rate = get(row, "discountRate").unwrap_or(0.0) / 100.0;
+        let netto = if rate < 1.0 {
+            round2(exclusive / (1.0 - rate))
+        } else {
+            exclusive
+        };
+        row.insert("discountSum".into(), number(round2(netto - exclusive)));
+        netto
+    };
+    let brutto = round2(netto * (1.0 + tax));
+    row.insert("priceExclusive".into(), number(exclusive));
+    row.insert("priceNetto".into(), number(netto));
+    row.insert("priceBrutto".into(), number(brutto));
+    row.insert("priceAccount".into(), number(price));
 }
 
 fn replace_rows(
@@ -233,4 +275,43 @@ fn legacy_set(call: &Call<'_>) -> MethodResult {
     let rows = call.params.get("rows").map(as_list).unwrap_or_default();
     replace_rows(call, EntityType::Deal, id, &rows, Api::Legacy)?;
     Ok(Output::value(json!(true)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(value: Value) -> Map<String, Value> {
+        value.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn prices_follow_discount_and_tax_as_the_docs_example() {
+        let mut r = row(
+            json!({"price": 80000.0, "discountTypeId": 2, "discountRate": 20.0, "taxRate": 20.0, "taxIncluded": "Y"}),
+        );
+        derive_prices(&mut r);
+        assert_eq!(r["priceExclusive"], json!(66666.67));
+        assert_eq!(r["priceNetto"], json!(83333.34));
+        assert_eq!(r["priceBrutto"], json!(100000.01));
+        assert_eq!(r["discountSum"], json!(16666.67));
+        assert_eq!(r["priceAccount"], json!(80000));
+        // Tax not included, absolute discount of 10.50 per unit.
+        let mut r = row(
+            json!({"price": 99.5, "discountTypeId": 1, "discountSum": 10.5, "taxRate": 10.0, "taxIncluded": "N"}),
+        );
+        derive_prices(&mut r);
+        assert_eq!(r["priceExclusive"], json!(99.5));
+        assert_eq!(r["priceNetto"], json!(110));
+        assert_eq!(r["priceBrutto"], json!(121));
+        assert_eq!(r["discountRate"], json!(9.55));
+        // No discount, no tax: everything is the price.
+        let mut r = row(
+            json!({"price": 1234.56, "discountTypeId": 2, "discountRate": 0.0, "taxRate": null}),
+        );
+        derive_prices(&mut r);
+        for key in ["priceExclusive", "priceNetto", "priceBrutto"] {
+            assert_eq!(r[key], json!(1234.56), "{key}");
+        }
+    }
 }

@@ -86,6 +86,10 @@ pub struct SeedUserField {
     pub multiple: bool,
     #[serde(default)]
     pub options: Vec<EnumOption>,
+    /// For a `crm` field: the record types it binds (`CONTACT`, `COMPANY`,
+    /// `DEAL`, `LEAD`); all four when left out.
+    #[serde(default)]
+    pub entity_types: Vec<String>,
 }
 
 impl SeedUserField {
@@ -101,14 +105,32 @@ impl SeedUserField {
         if kind == FieldKind::Enumeration && self.options.is_empty() {
             return Err(format!("list user field {} has no options", self.name));
         }
-        Ok(FieldDef::user_field(
+        let mut def = FieldDef::user_field(
             &self.name,
             self.camel_name.as_deref(),
             kind,
             self.title.as_deref().unwrap_or(&self.name),
             self.multiple,
             self.options.clone(),
-        ))
+        );
+        if kind == FieldKind::CrmLink {
+            let known = ["LEAD", "CONTACT", "COMPANY", "DEAL"];
+            def.crm_types = if self.entity_types.is_empty() {
+                known.iter().map(|t| t.to_string()).collect()
+            } else {
+                self.entity_types
+                    .iter()
+                    .map(|t| t.to_ascii_uppercase())
+                    .collect()
+            };
+            if let Some(bad) = def.crm_types.iter().find(|t| !known.contains(&t.as_str())) {
+                return Err(format!(
+                    "crm user field {}: unknown entity type {bad:?}",
+                    self.name
+                ));
+            }
+        }
+        Ok(def)
     }
 }
 

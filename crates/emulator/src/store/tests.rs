@@ -132,6 +132,7 @@ fn legacy_and_item_names_reach_the_same_fields() {
     let ctx = RenderCtx {
         base_url: "http://x".into(),
         auth_path: "/rest/1/s".into(),
+        access_token: None,
     };
     let legacy = state.render(EntityType::Deal, deal, Api::Legacy, &ctx, false);
     assert_eq!(legacy["ID"], json!(id.to_string()));

@@ -23,6 +23,10 @@ pub struct RenderCtx {
     pub base_url: String,
     /// `/rest/1/SECRET`: file links download with the caller's webhook.
     pub auth_path: String,
+    /// An application's access token: its file links carry `auth=` (as
+    /// the `urlMachine` example in b24restdocs
+    /// `api-reference/files/how-to-update-files.md` shows).
+    pub access_token: Option<String>,
 }
 
 #[derive(Clone)]
@@ -106,6 +110,26 @@ fn normalize_one(def: &FieldDef, raw: &Value) -> Result<Value, ApiError> {
                 return Err(invalid());
             }
             json!(id)
+        }
+        FieldKind::Url => {
+            let text = scalar_text(raw);
+            json!(text.trim())
+        }
+        FieldKind::CrmLink => {
+            let text = scalar_text(raw).trim().to_ascii_uppercase();
+            let (prefix, id) = text.split_once('_').ok_or_else(invalid)?;
+            let kind = match prefix {
+                "L" => "LEAD",
+                "D" => "DEAL",
+                "C" => "CONTACT",
+                "CO" => "COMPANY",
+                _ => return Err(invalid()),
+            };
+            let id_ok = id.parse::<i64>().is_ok_and(|id| id > 0);
+            if !id_ok || !def.crm_types.iter().any(|t| t == kind) {
+                return Err(invalid());
+            }
+            json!(format!("{prefix}_{id}"))
         }
         FieldKind::Money => {
             let text = scalar_text(raw);
@@ -280,6 +304,12 @@ pub fn render(
             Value::Array(rows)
         };
     }
+    // `crm.item.*` shows a multiple field without values as `[]` (the
+    // cleared field in b24restdocs `api-reference/files/how-to-update-files.md`,
+    // "To delete all files from the field, pass an empty array").
+    if api == Api::Item && def.multiple && stored.is_null() {
+        return json!([]);
+    }
     if def.kind == FieldKind::File {
         let render_file = |id: &Value| file_link(def, id, api, ctx, owner);
         return match stored {
@@ -314,10 +344,14 @@ fn file_link(def: &FieldDef, id: &Value, api: Api, ctx: &RenderCtx, owner: (i64,
     let (entity_type_id, record_id) = owner;
     let file_id = scalar_text(id);
     let token = format!("{entity_type_id}.{record_id}.{}.{file_id}", def.upper);
-    let machine = format!(
+    let mut machine = format!(
         "{}{}/crm.controller.item.getFile/?token={token}",
         ctx.base_url, ctx.auth_path
     );
+    if let Some(access_token) = &ctx.access_token {
+        machine.push_str("&auth=");
+        machine.push_str(access_token);
+    }
     match api {
         Api::Item => json!({
             "id": id,
