@@ -213,30 +213,93 @@ impl BatchOutcome {
     }
 }
 
+/// How the commands of a batch travel: runs of commands that survive a
+/// query string share one `batch` request (at most 50 each); a command
+/// holding an empty list or object goes alone as a JSON call, in its turn.
+#[derive(Debug, PartialEq)]
+enum Segment {
+    Batch(std::ops::Range<usize>),
+    Alone(usize),
+}
+
+fn segments(commands: &[BatchCommand]) -> Vec<Segment> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for (index, command) in commands.iter().enumerate() {
+        if survives_query_string(&command.params) {
+            if index - start == MAX_BATCH_COMMANDS {
+                out.push(Segment::Batch(start..index));
+                start = index;
+            }
+            continue;
+        }
+        if start < index {
+            out.push(Segment::Batch(start..index));
+        }
+        out.push(Segment::Alone(index));
+        start = index + 1;
+    }
+    if start < commands.len() {
+        out.push(Segment::Batch(start..commands.len()));
+    }
+    out
+}
+
+/// Whether PHP's `parse_str` gives the portal back what `params` says.
+/// Inside `batch` a command is a query string, where an empty list or
+/// object cannot be written: `fields[ufCrm_TAGS]=` arrives as the string
+/// `""`, which a multiple field refuses and a file field does not take as
+/// "remove every file". `null` is fine: it arrives as `""`, which clears a
+/// single-value field.
+pub fn survives_query_string(params: &Value) -> bool {
+    fn nested(value: &Value) -> bool {
+        match value {
+            Value::Array(items) => !items.is_empty() && items.iter().all(nested),
+            Value::Object(map) => !map.is_empty() && map.values().all(nested),
+            _ => true,
+        }
+    }
+    match params {
+        Value::Object(map) => map.values().all(nested),
+        _ => true,
+    }
+}
+
 impl Client {
     /// Runs a batch, split into requests of at most [`MAX_BATCH_COMMANDS`].
     /// A reference to a command sent in an earlier request is filled in here
     /// from its result, the way Bitrix24 fills in references itself (only
     /// `$result[..]`, in parameter values). Each request follows the rules of
     /// [`Client::call`]; a batch counts as a read only when every command is.
+    ///
+    /// A command whose parameters hold an empty list or object (clearing a
+    /// multiple field: `"ufCrm_TAGS": []`) cannot travel inside `batch`
+    /// (see [`survives_query_string`]): it is sent on its own as a JSON
+    /// call, in its place in the order, and counts as one more request.
     pub async fn batch(&self, batch: &Batch) -> BatchOutcome {
         let mut outcomes: Vec<CommandOutcome> = vec![CommandOutcome::NotRun; batch.len()];
         let mut earlier: HashMap<String, Option<Value>> = HashMap::new();
         let mut stopped_by = None;
         let mut requests = 0;
         let mut halted = false;
-        for (chunk_index, chunk) in batch.commands.chunks(MAX_BATCH_COMMANDS).enumerate() {
+        for segment in segments(&batch.commands) {
             if halted || stopped_by.is_some() {
                 break;
             }
-            let offset = chunk_index * MAX_BATCH_COMMANDS;
+            let range = match &segment {
+                Segment::Batch(range) => range.clone(),
+                Segment::Alone(index) => *index..*index + 1,
+            };
             let mut cmd: Vec<(&str, String)> = Vec::new();
             let mut sent = Vec::new();
-            for (index, command) in chunk.iter().enumerate() {
+            let mut alone_params = None;
+            for index in range.clone() {
+                let command = &batch.commands[index];
                 match substitute_earlier_results(&command.params, &earlier) {
                     Ok(params) => {
                         cmd.push((&command.name, command_line(command, &params)));
-                        sent.push(offset + index);
+                        alone_params = Some(params);
+                        sent.push(index);
                     }
                     Err(UnresolvedReference(missing)) => {
                         tracing::debug!(
@@ -244,49 +307,79 @@ impl Client {
                             refers_to = %missing,
                             "batch command not sent: it refers to a command that did not succeed"
                         );
-                        outcomes[offset + index] = CommandOutcome::NotRun;
+                        outcomes[index] = CommandOutcome::NotRun;
                     }
                 }
             }
             if !sent.is_empty() {
-                let read_only = sent
-                    .iter()
-                    .all(|&i| is_read_method(&batch.commands[i].method));
-                let body = batch_body(batch.halt_on_error, &cmd);
                 requests += 1;
-                match self.execute("batch", &body, read_only).await {
-                    Ok(response) => {
-                        for &i in &sent {
-                            let outcome = command_outcome(
-                                self.portal(),
-                                &batch.commands[i],
-                                &response.result,
-                            );
-                            if matches!(outcome, CommandOutcome::Failed(_)) && batch.halt_on_error {
-                                halted = true;
+                match (&segment, alone_params) {
+                    (Segment::Alone(index), Some(params)) => {
+                        let command = &batch.commands[*index];
+                        match self.call(&command.method, &params).await {
+                            Ok(response) => {
+                                outcomes[*index] = CommandOutcome::Done(CommandResult {
+                                    result: response.result,
+                                    next: response.next,
+                                    total: response.total,
+                                });
                             }
-                            outcomes[i] = outcome;
+                            Err(Error::Api(api)) => {
+                                halted = batch.halt_on_error;
+                                outcomes[*index] = CommandOutcome::Failed(api);
+                            }
+                            Err(error) => {
+                                outcomes[*index] = if error.may_have_executed() {
+                                    CommandOutcome::Unknown
+                                } else {
+                                    CommandOutcome::NotRun
+                                };
+                                stopped_by = Some(error);
+                            }
                         }
                     }
-                    Err(error) => {
-                        let outcome = if error.may_have_executed() {
-                            CommandOutcome::Unknown
-                        } else {
-                            CommandOutcome::NotRun
-                        };
-                        for &i in &sent {
-                            outcomes[i] = outcome.clone();
+                    _ => {
+                        let read_only = sent
+                            .iter()
+                            .all(|&i| is_read_method(&batch.commands[i].method));
+                        let body = batch_body(batch.halt_on_error, &cmd);
+                        match self.execute("batch", &body, read_only).await {
+                            Ok(response) => {
+                                for &i in &sent {
+                                    let outcome = command_outcome(
+                                        self.portal(),
+                                        &batch.commands[i],
+                                        &response.result,
+                                    );
+                                    if matches!(outcome, CommandOutcome::Failed(_))
+                                        && batch.halt_on_error
+                                    {
+                                        halted = true;
+                                    }
+                                    outcomes[i] = outcome;
+                                }
+                            }
+                            Err(error) => {
+                                let outcome = if error.may_have_executed() {
+                                    CommandOutcome::Unknown
+                                } else {
+                                    CommandOutcome::NotRun
+                                };
+                                for &i in &sent {
+                                    outcomes[i] = outcome.clone();
+                                }
+                                stopped_by = Some(error);
+                            }
                         }
-                        stopped_by = Some(error);
                     }
                 }
             }
-            for (index, command) in chunk.iter().enumerate() {
-                let result = match &outcomes[offset + index] {
+            for index in range {
+                let result = match &outcomes[index] {
                     CommandOutcome::Done(done) => Some(done.result.clone()),
                     _ => None,
                 };
-                earlier.insert(command.name.clone(), result);
+                earlier.insert(batch.commands[index].name.clone(), result);
             }
         }
         BatchOutcome {
@@ -478,6 +571,46 @@ mod tests {
         assert_eq!(
             safe.commands()[1].params,
             json!({"contactId": 41, "after": "$result[limited]"})
+        );
+    }
+
+    #[test]
+    fn commands_with_empty_lists_travel_alone_in_their_place() {
+        let with = |name: &str, params: Value| BatchCommand {
+            name: name.into(),
+            method: "crm.item.update".into(),
+            params,
+        };
+        let commands = vec![
+            with("a", json!({"fields": {"title": "x", "comments": null}})),
+            with("b", json!({"fields": {"ufCrm_TAGS": []}})),
+            with("c", json!({"id": 1})),
+            with("d", json!({"fields": {"fm": {}}})),
+        ];
+        assert_eq!(
+            segments(&commands),
+            vec![
+                Segment::Batch(0..1),
+                Segment::Alone(1),
+                Segment::Batch(2..3),
+                Segment::Alone(3)
+            ]
+        );
+        assert!(survives_query_string(&json!({})));
+        assert!(survives_query_string(
+            &json!({"a": null, "b": [1], "c": {"d": "e"}})
+        ));
+        assert!(!survives_query_string(&json!({"rows": []})));
+        let many: Vec<BatchCommand> = (0..120)
+            .map(|i| with(&format!("c{i}"), json!({"id": i})))
+            .collect();
+        assert_eq!(
+            segments(&many),
+            vec![
+                Segment::Batch(0..50),
+                Segment::Batch(50..100),
+                Segment::Batch(100..120)
+            ]
         );
     }
 

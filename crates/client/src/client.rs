@@ -26,28 +26,24 @@ pub enum BodyFormat {
     Form,
 }
 
-/// How long to hold a method after `OPERATION_TIME_LIMIT` when the portal
-/// gave no `operating_reset_at` (its budget is kept in 1-minute baskets).
-const DEFAULT_OPERATING_BLOCK: Duration = Duration::from_secs(60);
-
 /// A Bitrix24 REST client for one portal. Cheap to clone; clones share the
 /// connection pool, the OAuth tokens and the rate limiter.
 #[derive(Clone)]
 pub struct Client {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    portal: String,
-    auth: Auth,
-    http: reqwest::Client,
-    limiter: Arc<PortalLimiter>,
-    retry: RetryPolicy,
+pub(crate) struct Inner {
+    pub(crate) portal: String,
+    pub(crate) auth: Auth,
+    pub(crate) http: reqwest::Client,
+    pub(crate) limiter: Arc<PortalLimiter>,
+    pub(crate) retry: RetryPolicy,
     format: BodyFormat,
-    observer: Arc<dyn Observer>,
+    pub(crate) observer: Arc<dyn Observer>,
 }
 
-enum Auth {
+pub(crate) enum Auth {
     Webhook(Webhook),
     OAuth(Box<OAuthSession>),
 }
@@ -234,6 +230,7 @@ impl Client {
             tracing::debug!(portal = %inner.portal, method, outcome, attempt, "Bitrix24 request finished");
             match verdict {
                 Verdict::Done(response) => {
+                    inner.limiter.method_answered(method);
                     if let Some(at) = response.operating_reset_at() {
                         inner.limiter.note_operating_reset(method, at);
                     }
@@ -330,6 +327,7 @@ impl Client {
                 return ("connect_error".into(), None, verdict);
             }
             Err(error) => {
+                let failure = crate::TransportFailure::of(&error);
                 let label = if error.is_timeout() {
                     "timeout"
                 } else {
@@ -341,7 +339,7 @@ impl Client {
                     Verdict::Fail(Error::MayHaveExecuted {
                         portal: portal.clone(),
                         method: method.to_owned(),
-                        reason: format!("{label} after the request was sent"),
+                        reason: format!("{failure} after the request was sent"),
                     })
                 };
                 return (label.into(), None, verdict);
@@ -408,7 +406,7 @@ impl Client {
 
     /// When a method blocked by `OPERATION_TIME_LIMIT` frees up: the reset
     /// time in the answer, else the last one seen for the method, else a
-    /// minute from now.
+    /// short hold that grows while such answers keep coming.
     fn operating_block_end(&self, method: &str, time: Option<&Value>) -> SystemTime {
         let now = SystemTime::now();
         time.and_then(operating_reset_at)
@@ -419,7 +417,7 @@ impl Client {
                     .last_operating_reset(method)
                     .filter(|at| *at > now)
             })
-            .unwrap_or(now + DEFAULT_OPERATING_BLOCK)
+            .unwrap_or_else(|| now + self.inner.limiter.unexplained_limit_hold(method))
     }
 }
 

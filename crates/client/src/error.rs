@@ -23,11 +23,12 @@ pub enum Error {
     },
 
     /// The portal could not be reached, or a read failed in transit, and
-    /// retries ran out.
-    #[error("{method} on {portal}: transport error: {source}")]
+    /// retries ran out. `failure` says how (refused, dropped, timed out).
+    #[error("{method} on {portal}: {failure}")]
     Transport {
         portal: String,
         method: String,
+        failure: TransportFailure,
         #[source]
         source: reqwest::Error,
     },
@@ -98,8 +99,109 @@ impl Error {
         Error::Transport {
             portal: portal.to_owned(),
             method: method.to_owned(),
+            failure: TransportFailure::of(&source),
             source: source.without_url(),
         }
+    }
+}
+
+/// How a request failed on the wire, in the words an operator acts on:
+/// a refused connection means the portal (or a firewall) is not listening,
+/// a dropped one that something closed it mid-answer, a timeout that it
+/// answered too slowly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportFailure {
+    /// Nothing listens at the address, or a firewall rejects the connection.
+    Refused,
+    /// The name of the portal did not resolve.
+    NameNotResolved,
+    /// The TLS handshake failed (certificate, protocol).
+    Tls,
+    /// No connection within the connect timeout.
+    ConnectTimeout,
+    /// Connected, but the answer did not come in time.
+    Timeout,
+    /// The connection was closed or reset before the whole answer came.
+    Dropped,
+    /// Anything else (see the source error).
+    Other,
+}
+
+impl TransportFailure {
+    /// Reads what happened from a reqwest error and the errors under it.
+    pub fn of(error: &reqwest::Error) -> Self {
+        use std::error::Error as _;
+        let mut texts = Vec::new();
+        let mut current: Option<&(dyn std::error::Error + 'static)> = error.source();
+        while let Some(cause) = current {
+            if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+                match io.kind() {
+                    std::io::ErrorKind::ConnectionRefused => return Self::Refused,
+                    std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof => return Self::Dropped,
+                    std::io::ErrorKind::TimedOut if error.is_connect() => {
+                        return Self::ConnectTimeout;
+                    }
+                    std::io::ErrorKind::TimedOut => return Self::Timeout,
+                    _ => {}
+                }
+            }
+            if cause.downcast_ref::<rustls::Error>().is_some() {
+                return Self::Tls;
+            }
+            texts.push(cause.to_string().to_ascii_lowercase());
+            current = cause.source();
+        }
+        let said = |needle: &str| texts.iter().any(|t| t.contains(needle));
+        if error.is_timeout() {
+            return if error.is_connect() {
+                Self::ConnectTimeout
+            } else {
+                Self::Timeout
+            };
+        }
+        if said("dns error") || said("failed to lookup") || said("name or service not known") {
+            return Self::NameNotResolved;
+        }
+        if said("certificate") || said("tls") {
+            return Self::Tls;
+        }
+        if said("connection closed")
+            || said("connection reset")
+            || said("incomplete message")
+            || said("unexpected eof")
+            || said("broken pipe")
+        {
+            return Self::Dropped;
+        }
+        if error.is_connect() && said("refused") {
+            return Self::Refused;
+        }
+        Self::Other
+    }
+
+    /// Whether the request surely never reached the portal.
+    pub fn before_sending(self) -> bool {
+        matches!(
+            self,
+            Self::Refused | Self::NameNotResolved | Self::Tls | Self::ConnectTimeout
+        )
+    }
+}
+
+impl std::fmt::Display for TransportFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Refused => "connection refused (is the portal up and reachable from here?)",
+            Self::NameNotResolved => "the portal's name does not resolve (DNS)",
+            Self::Tls => "TLS handshake failed (certificate or protocol)",
+            Self::ConnectTimeout => "no connection within the connect timeout",
+            Self::Timeout => "timed out waiting for the answer",
+            Self::Dropped => "connection dropped before the whole answer came",
+            Self::Other => "transport error",
+        })
     }
 }
 

@@ -49,6 +49,7 @@ mod batch;
 mod check;
 mod client;
 mod credentials;
+mod download;
 mod error;
 mod oauth;
 mod observer;
@@ -61,11 +62,13 @@ mod secret;
 
 pub use batch::{
     Batch, BatchCommand, BatchOutcome, CommandOutcome, CommandResult, MAX_BATCH_COMMANDS,
+    survives_query_string,
 };
 pub use check::{CheckReport, MethodCheck, MethodStatus, likely_scope};
 pub use client::{BodyFormat, Client, ClientBuilder};
 pub use credentials::{Credentials, DEFAULT_TOKEN_SERVER, OAuth, TokenPair, TokenStore, Webhook};
-pub use error::{ApiError, ApiErrorKind, Error};
+pub use download::{Download, file_name};
+pub use error::{ApiError, ApiErrorKind, Error, TransportFailure};
 pub use observer::{NoopObserver, Observer, RequestEvent};
 pub use paging::{PAGE_SIZE, Paging};
 pub use rate_limit::{BucketConfig, PortalLimiter, RateLimits};

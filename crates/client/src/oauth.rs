@@ -70,6 +70,26 @@ impl OAuthSession {
         (url, current.generation)
     }
 
+    /// Sets `auth=TOKEN` on a link (replacing any token it came with) and
+    /// returns the token generation used.
+    pub(crate) fn authorize(&self, url: &mut Url) -> u64 {
+        let current = self.current.lock().expect("token state poisoned");
+        let kept: Vec<(String, String)> = url
+            .query_pairs()
+            .filter(|(key, _)| key != "auth")
+            .map(|(key, value)| (key.into_owned(), value.into_owned()))
+            .collect();
+        {
+            let mut query = url.query_pairs_mut();
+            query.clear();
+            for (key, value) in &kept {
+                query.append_pair(key, value);
+            }
+            query.append_pair("auth", current.tokens.access_token.expose());
+        }
+        current.generation
+    }
+
     /// Refreshes the tokens unless another call already did since
     /// `seen_generation` was handed out.
     pub(crate) async fn refresh(

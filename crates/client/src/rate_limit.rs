@@ -56,6 +56,9 @@ pub struct RateLimits {
 
 struct Registry {
     default: BucketConfig,
+    /// New buckets start full: after a restart the portal's counter may
+    /// still hold the previous process's requests.
+    start_full: bool,
     overrides: HashMap<String, BucketConfig>,
     portals: HashMap<String, Arc<PortalLimiter>>,
 }
@@ -66,10 +69,24 @@ impl RateLimits {
         Ok(Self {
             registry: Arc::new(Mutex::new(Registry {
                 default: default.validate()?,
+                start_full: true,
                 overrides: HashMap::new(),
                 portals: HashMap::new(),
             })),
         })
+    }
+
+    /// New buckets start empty instead of full: for tests and tools that
+    /// know no other client called the portal in the last `burst / drain`
+    /// seconds. By default a bucket starts full, because the portal's own
+    /// counter may still hold the requests of a process that just stopped
+    /// (a restart would otherwise meet `QUERY_LIMIT_EXCEEDED`).
+    pub fn starting_empty(self) -> Self {
+        self.registry
+            .lock()
+            .expect("rate limit registry poisoned")
+            .start_full = false;
+        self
     }
 
     /// Sets one portal's bucket (e.g. [`BucketConfig::ENTERPRISE`]); applies
@@ -94,10 +111,11 @@ impl RateLimits {
             .get(&key)
             .copied()
             .unwrap_or(registry.default);
+        let full = registry.start_full;
         registry
             .portals
             .entry(key)
-            .or_insert_with(|| Arc::new(PortalLimiter::new(config)))
+            .or_insert_with(|| Arc::new(PortalLimiter::new(config, full)))
             .clone()
     }
 }
@@ -114,14 +132,27 @@ pub struct PortalLimiter {
     bucket: Mutex<LeakyBucket>,
     blocked_methods: Mutex<HashMap<String, SystemTime>>,
     last_reset_at: Mutex<HashMap<String, SystemTime>>,
+    /// `OPERATION_TIME_LIMIT` answers in a row without a reset time, per method.
+    unexplained_limits: Mutex<HashMap<String, u32>>,
 }
 
+/// First hold of a method after an `OPERATION_TIME_LIMIT` that named no
+/// reset time; doubled for each further one in a row, up to a minute (the
+/// budget is kept in 1-minute baskets, so a minute always frees some).
+const FIRST_UNEXPLAINED_BLOCK: Duration = Duration::from_secs(2);
+const LONGEST_UNEXPLAINED_BLOCK: Duration = Duration::from_secs(60);
+
 impl PortalLimiter {
-    fn new(config: BucketConfig) -> Self {
+    fn new(config: BucketConfig, full: bool) -> Self {
+        let mut bucket = LeakyBucket::new(config, Instant::now());
+        if full {
+            bucket.saturate(Instant::now());
+        }
         Self {
-            bucket: Mutex::new(LeakyBucket::new(config, Instant::now())),
+            bucket: Mutex::new(bucket),
             blocked_methods: Mutex::new(HashMap::new()),
             last_reset_at: Mutex::new(HashMap::new()),
+            unexplained_limits: Mutex::new(HashMap::new()),
         }
     }
 
@@ -154,6 +185,26 @@ impl PortalLimiter {
             .lock()
             .expect("reset map poisoned")
             .insert(method.to_owned(), at);
+    }
+
+    /// How long to hold `method` after an `OPERATION_TIME_LIMIT` answer that
+    /// gave no `operating_reset_at`: short at first, doubling while they
+    /// keep coming, so one such answer does not stop the method for a minute.
+    pub(crate) fn unexplained_limit_hold(&self, method: &str) -> Duration {
+        let mut counts = self.unexplained_limits.lock().expect("limit map poisoned");
+        let count = counts.entry(method.to_owned()).or_insert(0);
+        *count = count.saturating_add(1);
+        FIRST_UNEXPLAINED_BLOCK
+            .saturating_mul(1u32 << (*count - 1).min(10))
+            .min(LONGEST_UNEXPLAINED_BLOCK)
+    }
+
+    /// `method` answered: its run of unexplained time-limit answers ends.
+    pub(crate) fn method_answered(&self, method: &str) {
+        let mut counts = self.unexplained_limits.lock().expect("limit map poisoned");
+        if !counts.is_empty() {
+            counts.remove(method);
+        }
     }
 
     /// The last `operating_reset_at` seen for `method`.
@@ -282,6 +333,15 @@ mod tests {
     }
 
     #[test]
+    fn a_new_limiter_starts_full_unless_asked_otherwise() {
+        let limits = RateLimits::default();
+        let level = |limiter: &PortalLimiter| limiter.bucket.lock().unwrap().level;
+        assert_eq!(level(&limits.portal("restarted.test")), 50.0);
+        let fresh = RateLimits::default().starting_empty();
+        assert_eq!(level(&fresh.portal("fresh.test")), 0.0);
+    }
+
+    #[test]
     fn registry_shares_one_limiter_per_portal() {
         let limits = RateLimits::default();
         let clone = limits.clone();
@@ -330,8 +390,20 @@ mod tests {
     }
 
     #[test]
+    fn unexplained_time_limits_hold_briefly_then_longer() {
+        let limiter = PortalLimiter::new(BucketConfig::STANDARD, false);
+        let holds: Vec<u64> = (0..7)
+            .map(|_| limiter.unexplained_limit_hold("batch").as_secs())
+            .collect();
+        assert_eq!(holds, [2, 4, 8, 16, 32, 60, 60]);
+        assert_eq!(limiter.unexplained_limit_hold("crm.item.list").as_secs(), 2);
+        limiter.method_answered("batch");
+        assert_eq!(limiter.unexplained_limit_hold("batch").as_secs(), 2);
+    }
+
+    #[test]
     fn blocked_methods_expire() {
-        let limiter = PortalLimiter::new(BucketConfig::STANDARD);
+        let limiter = PortalLimiter::new(BucketConfig::STANDARD, false);
         let now = SystemTime::now();
         limiter.block_method("crm.item.list", now + Duration::from_secs(30));
         limiter.block_method("crm.item.list", now + Duration::from_secs(10));

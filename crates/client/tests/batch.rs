@@ -76,7 +76,7 @@ fn run_batch(
 }
 
 fn client_for(portal: &MockPortal) -> Client {
-    Client::builder(portal.webhook(), RateLimits::default())
+    Client::builder(portal.webhook(), RateLimits::default().starting_empty())
         .retry(fast_retries(3))
         .build()
         .unwrap()

@@ -12,7 +12,7 @@ use common::{MockPortal, Recorder, Reply, SECRET, fast_retries};
 use serde_json::json;
 
 fn client_for(portal: &MockPortal, recorder: &Arc<Recorder>, attempts: u32) -> Client {
-    Client::builder(portal.webhook(), RateLimits::default())
+    Client::builder(portal.webhook(), RateLimits::default().starting_empty())
         .retry(fast_retries(attempts))
         .request_timeout(Duration::from_millis(500))
         .observer(recorder.clone())
@@ -153,7 +153,7 @@ async fn connection_failures_are_retried_and_reported_without_the_secret() {
     drop(listener);
     let webhook = Webhook::parse(&format!("http://{address}/rest/1/{SECRET}/")).unwrap();
     let recorder = Arc::new(Recorder::default());
-    let client = Client::builder(webhook, RateLimits::default())
+    let client = Client::builder(webhook, RateLimits::default().starting_empty())
         .retry(fast_retries(3))
         .observer(recorder.clone())
         .build()
@@ -295,7 +295,7 @@ async fn a_method_blocked_for_too_long_fails_fast_with_its_reset_time() {
     .await;
     let mut retry = fast_retries(3);
     retry.max_operating_wait = Duration::from_secs(5);
-    let client = Client::builder(portal.webhook(), RateLimits::default())
+    let client = Client::builder(portal.webhook(), RateLimits::default().starting_empty())
         .retry(retry)
         .build()
         .unwrap();
@@ -332,16 +332,19 @@ async fn clients_sharing_rate_limits_share_the_portal_bucket() {
         burst: 1,
         drain_per_second: 0.001,
     };
-    let shared = RateLimits::new(slow).unwrap();
+    let shared = RateLimits::new(slow).unwrap().starting_empty();
     let first = Client::builder(portal.webhook(), shared.clone())
         .build()
         .unwrap();
     let second = Client::builder(portal.webhook(), shared.clone())
         .build()
         .unwrap();
-    let separate = Client::builder(portal.webhook(), RateLimits::new(slow).unwrap())
-        .build()
-        .unwrap();
+    let separate = Client::builder(
+        portal.webhook(),
+        RateLimits::new(slow).unwrap().starting_empty(),
+    )
+    .build()
+    .unwrap();
 
     first.call("profile", &json!({})).await.unwrap();
     let waiting = tokio::time::timeout(
@@ -362,7 +365,7 @@ async fn clients_sharing_rate_limits_share_the_portal_bucket() {
 #[tokio::test]
 async fn debug_output_of_a_client_hides_the_secret() {
     let portal = MockPortal::start(|_| Reply::Json(200, json!({"result": true}))).await;
-    let client = Client::builder(portal.webhook(), RateLimits::default())
+    let client = Client::builder(portal.webhook(), RateLimits::default().starting_empty())
         .build()
         .unwrap();
     let shown = format!("{client:?}");

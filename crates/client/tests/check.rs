@@ -8,7 +8,7 @@ use common::{MockPortal, Reply, fast_retries};
 use serde_json::{Map, Value, json};
 
 fn client_for(portal: &MockPortal) -> Client {
-    Client::builder(portal.webhook(), RateLimits::default())
+    Client::builder(portal.webhook(), RateLimits::default().starting_empty())
         .retry(fast_retries(2))
         .build()
         .unwrap()

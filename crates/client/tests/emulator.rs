@@ -32,11 +32,14 @@ fn webhook(portal: &Portal, user: i64, secret: &str) -> Webhook {
 }
 
 fn client(portal: &Portal) -> Client {
-    Client::builder(webhook(portal, 1, SECRET), RateLimits::default())
-        .retry(fast_retries(5))
-        .request_timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
+    Client::builder(
+        webhook(portal, 1, SECRET),
+        RateLimits::default().starting_empty(),
+    )
+    .retry(fast_retries(5))
+    .request_timeout(Duration::from_secs(10))
+    .build()
+    .unwrap()
 }
 
 #[tokio::test]
@@ -155,13 +158,16 @@ async fn portal_errors_arrive_typed() {
     let portal = portal().await;
     let user_only = Client::builder(
         webhook(&portal, 2, "user-only-s3cr3t"),
-        RateLimits::default(),
+        RateLimits::default().starting_empty(),
     )
     .build()
     .unwrap();
-    let wrong_secret = Client::builder(webhook(&portal, 1, "wrong-s3cr3t"), RateLimits::default())
-        .build()
-        .unwrap();
+    let wrong_secret = Client::builder(
+        webhook(&portal, 1, "wrong-s3cr3t"),
+        RateLimits::default().starting_empty(),
+    )
+    .build()
+    .unwrap();
 
     let scope = user_only
         .call("crm.item.get", &json!({"entityTypeId": 2, "id": 1}))
@@ -379,10 +385,13 @@ async fn a_method_over_its_time_budget_fails_fast_with_the_reset_time() {
     );
     let mut retry = fast_retries(3);
     retry.max_operating_wait = Duration::from_secs(2);
-    let client = Client::builder(webhook(&portal, 1, SECRET), RateLimits::default())
-        .retry(retry)
-        .build()
-        .unwrap();
+    let client = Client::builder(
+        webhook(&portal, 1, SECRET),
+        RateLimits::default().starting_empty(),
+    )
+    .retry(retry)
+    .build()
+    .unwrap();
 
     let first = client
         .call("crm.item.list", &json!({"entityTypeId": 2}))
@@ -415,4 +424,94 @@ async fn a_method_over_its_time_budget_fails_fast_with_the_reset_time() {
             .is_ok()
     );
     portal.shutdown().await;
+}
+
+async fn portal_with_fields() -> Portal {
+    Portal::builder()
+        .domain("source.test")
+        .webhook(1, SECRET, &["crm", "user"])
+        .seed(json!({"userFields": [
+            {"entity": "deal", "name": "UF_CRM_TAGS", "type": "string", "multiple": true},
+            {"entity": "deal", "name": "UF_CRM_DOCS", "type": "file", "multiple": true}
+        ]}))
+        .start()
+        .await
+        .expect("emulator starts")
+}
+
+#[tokio::test]
+async fn clearing_a_multiple_field_inside_a_batch_reaches_the_portal() {
+    let portal = portal_with_fields().await;
+    let client = client(&portal);
+    let batch = Batch::new()
+        .with("deal", "crm.item.add", json!({"entityTypeId": 2, "fields": {"title": "Tagged", "ufCrm_TAGS": ["a", "b"]}}))
+        .unwrap()
+        .with("clear", "crm.item.update", json!({"entityTypeId": 2, "id": "$result[deal][item][id]", "fields": {"ufCrm_TAGS": [], "ufCrm_DOCS": [], "comments": null}}))
+        .unwrap()
+        .with("read", "crm.item.get", json!({"entityTypeId": 2, "id": "$result[deal][item][id]"}))
+        .unwrap();
+    let done = client.batch(&batch).await;
+    assert!(done.all_done(), "{:?}", done.commands);
+    assert_eq!(
+        done.requests, 3,
+        "the clearing command travels alone, in its place"
+    );
+    assert_eq!(
+        done.result("read").unwrap()["item"]["ufCrm_TAGS"],
+        json!([])
+    );
+    let deal = portal.admin().records(EntityType::Deal).remove(0);
+    assert_eq!(deal["ufCrm_TAGS"], json!([]));
+    portal.shutdown().await;
+}
+
+#[tokio::test]
+async fn downloads_take_the_real_name_and_stay_on_the_portal() {
+    let portal = portal_with_fields().await;
+    let client = client(&portal);
+    let added = client
+        .call(
+            "crm.item.add",
+            &json!({"entityTypeId": 2, "fields": {"ufCrm_DOCS": [["Договор №42.pdf", "JVBERi0="]]}}),
+        )
+        .await
+        .unwrap();
+    let link = added.result["item"]["ufCrm_DOCS"][0]["urlMachine"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let file = client.download(&link).await.unwrap();
+    assert_eq!(file.name.as_deref(), Some("Договор №42.pdf"));
+    assert_eq!(file.bytes, b"%PDF-");
+    let elsewhere = link.replace("127.0.0.1", "localhost");
+    let refused = client.download(&elsewhere).await.unwrap_err();
+    assert!(refused.to_string().contains("outside"), "{refused}");
+    assert!(!refused.to_string().contains(SECRET));
+    portal.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_portal_that_is_not_listening_is_reported_as_refused() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let webhook = Webhook::parse(&format!("http://{addr}/rest/1/{SECRET}/")).unwrap();
+    let client = Client::builder(webhook, RateLimits::default().starting_empty())
+        .retry(fast_retries(1))
+        .build()
+        .unwrap();
+    let error = client
+        .call("crm.item.get", &json!({"id": 1}))
+        .await
+        .unwrap_err();
+    let text = error.to_string();
+    assert!(text.contains("connection refused"), "{text}");
+    assert!(!text.contains(SECRET), "{text}");
+    assert!(matches!(
+        error,
+        b24_client::Error::Transport {
+            failure: b24_client::TransportFailure::Refused,
+            ..
+        }
+    ));
 }

@@ -35,6 +35,7 @@ impl Setup {
         let portal = Portal::builder()
             .domain("source.test")
             .application(CLIENT_ID, CLIENT_SECRET, &["crm", "bizproc"])
+            .seed(json!({"userFields": [{"entity": "deal", "name": "UF_CRM_DOCS", "type": "file", "multiple": true}]}))
             .start()
             .await
             .expect("emulator starts");
@@ -93,7 +94,7 @@ fn client_for(
         .with_token_server(&portal.oauth_token_url())
         .unwrap();
     let _ = rustls::crypto::ring::default_provider().install_default();
-    Client::builder(oauth, RateLimits::default())
+    Client::builder(oauth, RateLimits::default().starting_empty())
         .retry(fast_retries(3))
         .request_timeout(Duration::from_secs(10))
         .observer(recorder.clone())
@@ -264,5 +265,35 @@ async fn a_revoked_refresh_token_gives_invalid_grant_without_secrets() {
     assert_eq!(admin.refresh_count(), 0);
     assert_eq!(admin.application_status().unwrap().refused_refreshes, 1);
     assert!(setup.saved.lock().unwrap().is_empty());
+    setup.stop().await;
+}
+
+#[tokio::test]
+async fn a_file_link_whose_token_expired_downloads_after_one_refresh() {
+    let setup = Setup::start().await;
+    let admin = setup.admin();
+    let added = setup
+        .client
+        .call(
+            "crm.item.add",
+            &json!({"entityTypeId": 2, "fields": {"ufCrm_DOCS": [["Счёт №7.pdf", "JVBERi0="]]}}),
+        )
+        .await
+        .unwrap();
+    let link = added.result["item"]["ufCrm_DOCS"][0]["urlMachine"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The token the link was made with expires before the download.
+    admin.expire_access_tokens().unwrap();
+    let file = setup.client.download(&link).await.unwrap();
+    assert_eq!(file.name.as_deref(), Some("Счёт №7.pdf"));
+    assert_eq!(file.bytes, b"%PDF-");
+    assert_eq!(admin.refresh_count(), 1);
+    // A link without any token gets the client's own.
+    let bare: String = link.split("&auth=").next().unwrap().to_owned();
+    let again = setup.client.download(&bare).await.unwrap();
+    assert_eq!(again.bytes, b"%PDF-");
+    assert_eq!(admin.refresh_count(), 1);
     setup.stop().await;
 }

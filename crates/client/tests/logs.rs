@@ -58,7 +58,7 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
         }
     })
     .await;
-    let limits = RateLimits::default();
+    let limits = RateLimits::default().starting_empty();
     let webhook_client = Client::builder(portal.webhook(), limits.clone())
         .retry(fast_retries(2))
         .build()

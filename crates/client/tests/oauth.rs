@@ -48,7 +48,7 @@ fn oauth_client(
     .unwrap()
     .with_token_server(&format!("{}/oauth/token/", portal.base_url()))
     .unwrap();
-    Client::builder(oauth, RateLimits::default())
+    Client::builder(oauth, RateLimits::default().starting_empty())
         .retry(fast_retries(3))
         .request_timeout(Duration::from_secs(10))
         .observer(recorder.clone())

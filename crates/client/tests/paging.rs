@@ -8,7 +8,7 @@ use futures_util::TryStreamExt;
 use serde_json::{Value, json};
 
 fn client_for(portal: &MockPortal) -> Client {
-    Client::builder(portal.webhook(), RateLimits::default())
+    Client::builder(portal.webhook(), RateLimits::default().starting_empty())
         .retry(fast_retries(2))
         .build()
         .unwrap()
