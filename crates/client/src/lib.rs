@@ -66,7 +66,9 @@ pub use batch::{
 };
 pub use check::{CheckReport, MethodCheck, MethodStatus, likely_scope};
 pub use client::{BodyFormat, Client, ClientBuilder};
-pub use credentials::{Credentials, DEFAULT_TOKEN_SERVER, OAuth, TokenPair, TokenStore, Webhook};
+pub use credentials::{
+    Credentials, DEFAULT_TOKEN_SERVER, OAuth, TokenPair, TokenStore, TokenStoreResult, Webhook,
+};
 pub use download::{Download, file_name};
 pub use error::{ApiError, ApiErrorKind, Error, TransportFailure};
 pub use observer::{NoopObserver, Observer, RequestEvent};

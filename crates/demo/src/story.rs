@@ -218,11 +218,12 @@ fn delivered_deal(body: &str) -> i64 {
         .unwrap_or_default()
 }
 
-fn jobs(stack: &Stack, state: JobState) -> Result<Vec<b24_relay::Job>, DemoError> {
+async fn jobs(stack: &Stack, state: JobState) -> Result<Vec<b24_relay::Job>, DemoError> {
     stack
         .relay
         .store
         .jobs(Some(state), 1000)
+        .await
         .map_err(|e| DemoError::Unexpected(format!("reading the relay's queue: {e}")))
 }
 
@@ -234,7 +235,7 @@ pub async fn show_transfers(
 ) -> Result<Vec<(i64, i64)>, DemoError> {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let failed = jobs(stack, JobState::Failed)?;
+        let failed = jobs(stack, JobState::Failed).await?;
         if let Some(job) = failed.first() {
             return Err(DemoError::Unexpected(format!(
                 "the relay could not transfer deal {}: {}",
@@ -242,8 +243,9 @@ pub async fn show_transfers(
                 job.message.as_deref().unwrap_or("no message")
             )));
         }
-        let busy = jobs(stack, JobState::Pending)?.len() + jobs(stack, JobState::Running)?.len();
-        let done = jobs(stack, JobState::Done)?;
+        let busy = jobs(stack, JobState::Pending).await?.len()
+            + jobs(stack, JobState::Running).await?.len();
+        let done = jobs(stack, JobState::Done).await?;
         if busy == 0 && ids.iter().all(|id| done.iter().any(|j| j.deal_id == *id)) {
             break;
         }
