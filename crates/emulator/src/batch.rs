@@ -161,7 +161,14 @@ pub fn commands(params: &Params) -> Result<Vec<(String, String)>, ApiError> {
 }
 
 /// Runs a whole batch (already admitted by the rate limit as one request).
-pub async fn run(shared: &Shared, webhook: &Webhook, params: &Params) -> Result<Output, ApiError> {
+/// `drop_response` is set when a command's fault plan says its answer is
+/// lost: the batch runs, and the HTTP answer carrying it never arrives.
+pub async fn run(
+    shared: &Shared,
+    webhook: &Webhook,
+    params: &Params,
+    drop_response: &mut bool,
+) -> Result<Output, ApiError> {
     let halt = params.get("halt").is_some_and(as_flag);
     let mut sections = Sections::default();
     for (name, command) in commands(params)? {
@@ -179,6 +186,7 @@ pub async fn run(shared: &Shared, webhook: &Webhook, params: &Params) -> Result<
                     let resolved = substitute(Value::Object(parsed), &sections);
                     let inner = Params(resolved.as_object().cloned().unwrap_or_default());
                     let plan = shared.faults.plan(&method);
+                    *drop_response |= plan.drop_response;
                     let (result, time) =
                         exec::run_single(shared, webhook, &method, inner, &plan).await;
                     result.map(|output| (output, time))

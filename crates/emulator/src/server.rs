@@ -189,11 +189,11 @@ async fn handle(
     let plan = shared.faults.plan(&method);
     let limit = shared.limits.config().request_time_limit;
     let work = run_rest(&shared, &webhook, &method, params, &plan, started);
-    let response = match tokio::time::timeout(limit, work).await {
-        Ok(response) => response,
-        Err(_) => gateway_timeout(),
+    let (response, inner_dropped) = match tokio::time::timeout(limit, work).await {
+        Ok(done) => done,
+        Err(_) => (gateway_timeout(), false),
     };
-    if plan.drop_response {
+    if plan.drop_response || inner_dropped {
         return Err(DropConnection);
     }
     Ok(response)
@@ -222,20 +222,22 @@ async fn run_rest(
     params: Params,
     plan: &crate::faults::FaultPlan,
     started: f64,
-) -> HttpResponse {
+) -> (HttpResponse, bool) {
     if method == "batch" {
         if !plan.latency.is_zero() {
             tokio::time::sleep(plan.latency).await;
         }
+        let mut drop_response = false;
         let result: MethodResult = match &plan.fail {
             Some(err) => Err(err.clone()),
-            None => batch::run(shared, webhook, &params).await,
+            None => batch::run(shared, webhook, &params, &mut drop_response).await,
         };
         let finish = clock::now_unix();
-        return rest_response(
+        let response = rest_response(
             result,
             exec::time_block(started, finish, finish - started, None),
         );
+        return (response, drop_response);
     }
     let (result, mut time) = exec::run_single(shared, webhook, method, params, plan).await;
     // Duration covers the whole request, processing only the method itself.
@@ -245,7 +247,7 @@ async fn run_rest(
     time["duration"] = json!(finish - started);
     time["date_start"] = json!(clock::iso8601(started));
     time["date_finish"] = json!(clock::iso8601(finish));
-    rest_response(result, time)
+    (rest_response(result, time), false)
 }
 
 fn rest_response(result: MethodResult, time: Value) -> HttpResponse {
