@@ -1,6 +1,5 @@
 //! The command line: `serve`, `check`, `transfer`, `fields`, `jobs`, `app`.
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
@@ -8,7 +7,6 @@ use clap::{Parser, Subcommand};
 
 use crate::app::{Parts, Relay};
 use crate::config::{Config, Route};
-use crate::mapping::FieldCatalog;
 use crate::store::{Job, JobState};
 use crate::transfer::{RouteOutcome, Transferred};
 
@@ -125,7 +123,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             deal,
             dry_run,
         } => transfer(load(&config)?, &route, deal, dry_run).await,
-        Command::Fields { config, route } => fields(load(&config)?, &route).await,
+        Command::Fields { config, route } => {
+            crate::cli_fields::fields(load(&config)?, &route).await
+        }
         Command::Jobs { config, action } => {
             let config = config.context("--config is required")?;
             jobs(load(&config)?, action).await
@@ -146,7 +146,7 @@ async fn wait_for_signal() {
     }
 }
 
-fn route_of<'a>(config: &'a Config, name: &str) -> anyhow::Result<&'a Route> {
+pub(crate) fn route_of<'a>(config: &'a Config, name: &str) -> anyhow::Result<&'a Route> {
     config.route(name).with_context(|| {
         let known: Vec<&str> = config.routes.iter().map(|r| r.name.as_str()).collect();
         format!("no route `{name}`; configured: {}", known.join(", "))
@@ -246,7 +246,7 @@ async fn transfer(config: Config, route: &str, deal: i64, dry_run: bool) -> anyh
         );
         return Ok(());
     }
-    match parts.transfer.run(&portal, deal, true).await {
+    match parts.transfer.run(&portal, deal, true, "cli-dry-run").await {
         Ok(Transferred::Skipped(reason)) => println!("would skip: {reason}"),
         Ok(Transferred::Routes(outcomes)) => {
             for outcome in outcomes.iter().filter(|o| o.route() == route) {
@@ -257,62 +257,5 @@ async fn transfer(config: Config, route: &str, deal: i64, dry_run: bool) -> anyh
         }
         Err(error) => bail!("dry run failed: {error}"),
     }
-    Ok(())
-}
-
-async fn fields(config: Config, route_name: &str) -> anyhow::Result<()> {
-    let route = route_of(&config, route_name)?.clone();
-    let parts = Parts::open(config).await?;
-    let portal = |name: &str| {
-        parts
-            .transfer
-            .portals
-            .get(name)
-            .with_context(|| format!("portal {name} is not configured"))
-    };
-    let ttl = parts.config.field_cache_ttl;
-    let source = portal(&route.from)?.deal_catalog(ttl, true).await?;
-    let target = portal(&route.to)?.deal_catalog(ttl, true).await?;
-    println!(
-        "{:<28} {:<14} | {:<28} {:<14}",
-        route.from, "type", route.to, "type"
-    );
-    let names: BTreeSet<&String> = source.keys().chain(target.keys()).collect();
-    for name in names {
-        let side = |c: &FieldCatalog| {
-            c.get(name)
-                .map(|i| (format!("{name} ({})", i.title), i.kind.clone()))
-                .unwrap_or_default()
-        };
-        let (s, st) = side(&source);
-        let (t, tt) = side(&target);
-        println!("{s:<28} {st:<14} | {t:<28} {tt:<14}");
-    }
-    println!("\n# suggested mapping (same name or same title, writable on the target)");
-    let mut suggested = Vec::new();
-    for (name, info) in source.iter().filter(|(_, i)| !i.read_only) {
-        let found = target.get_key_value(name).or_else(|| {
-            target
-                .iter()
-                .find(|(_, t)| !info.title.is_empty() && t.title == info.title)
-        });
-        if let Some((target_name, target_info)) = found.filter(|(_, t)| !t.read_only) {
-            suggested.push(format!("{name} = \"{target_name}\""));
-            if target_info.kind == "enumeration" {
-                println!("values.{target_name} = {{ match = \"label\" }}");
-                for (id, label) in &info.options {
-                    let matched = target_info
-                        .options
-                        .iter()
-                        .find(|(_, l)| l.trim().eq_ignore_ascii_case(label.trim()));
-                    match matched {
-                        Some((tid, _)) => println!("#   {id} \"{label}\" -> {tid}"),
-                        None => println!("#   {id} \"{label}\" -> NO MATCH: add a table entry"),
-                    }
-                }
-            }
-        }
-    }
-    println!("fields = {{ {} }}", suggested.join(", "));
     Ok(())
 }

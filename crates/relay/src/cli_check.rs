@@ -8,12 +8,20 @@ use anyhow::bail;
 
 use crate::app::Parts;
 use crate::config::{Config, Route, ValueRule};
-use crate::mapping::FieldCatalog;
+use crate::mapping::{self, Catalogs, FieldCatalog, FieldType};
 
 fn methods_for(config: &Config, portal: &str) -> Vec<&'static str> {
     let mut methods = BTreeSet::new();
     for route in config.routes.iter().filter(|r| r.from == portal) {
-        methods.extend(["batch", "crm.item.get", "crm.status.list"]);
+        // The deal, its contacts and company, its responsible user, fields.
+        methods.extend([
+            "batch",
+            "crm.item.get",
+            "crm.item.list",
+            "crm.item.fields",
+            "crm.status.list",
+            "user.get",
+        ]);
         if route.products {
             methods.insert("crm.item.productrow.list");
         }
@@ -23,11 +31,9 @@ fn methods_for(config: &Config, portal: &str) -> Vec<&'static str> {
         if route.writeback_field.is_some() {
             methods.insert("crm.item.update");
         }
-        if route.responsible.is_some() {
-            methods.insert("user.get");
-        }
-        if !route.values.is_empty() {
-            methods.insert("crm.item.fields");
+        if route.notify != crate::config::Notify::Never {
+            // The responsible user's personal notification needs `im`.
+            methods.insert("im.notify");
         }
     }
     for route in config.routes.iter().filter(|r| r.to == portal) {
@@ -36,6 +42,8 @@ fn methods_for(config: &Config, portal: &str) -> Vec<&'static str> {
             "crm.item.add",
             "crm.item.update",
             "crm.item.list",
+            "crm.item.get",
+            "crm.item.fields",
             "crm.status.list",
         ]);
         if route.products {
@@ -46,9 +54,6 @@ fn methods_for(config: &Config, portal: &str) -> Vec<&'static str> {
         }
         if route.responsible.is_some() {
             methods.insert("user.get");
-        }
-        if !route.values.is_empty() {
-            methods.insert("crm.item.fields");
         }
     }
     methods.into_iter().collect()
@@ -119,61 +124,110 @@ fn accept_legacy_twins(report: &mut b24_client::CheckReport) {
         .retain(|m| !dropped.contains(m.method.as_str()));
 }
 
-/// Problems of a route's mapping against the portals' live deal fields.
+/// Problems of a route's mapping against the portals' live deal fields:
+/// every test a transfer runs on a value — field and type compatibility,
+/// each option of every mapped list, value tables, employees, CRM bindings,
+/// files, constants, the write-back field — each with the fix.
 pub fn mapping_problems(
     route: &Route,
     source: &FieldCatalog,
     target: &FieldCatalog,
 ) -> Vec<String> {
     let mut problems = Vec::new();
-    for (from, to) in &route.fields {
-        if !source.contains_key(from) {
-            problems.push(format!(
-                "route {}: source field {from} does not exist on {}",
-                route.name, route.from
-            ));
-        }
-        match target.get(to) {
-            None => problems.push(format!(
-                "route {}: target field {to} does not exist on {}",
-                route.name, route.to
-            )),
-            Some(info) if info.read_only => problems.push(format!(
-                "route {}: target field {to} is read-only",
-                route.name
-            )),
-            Some(_) => {}
-        }
-    }
-    for (field, rule) in &route.values {
-        let Some(info) = target.get(field) else {
-            continue;
-        };
-        if let ValueRule::Table(table) = rule {
-            for (from, to) in table {
-                if !info.options.iter().any(|(id, _)| id == to) {
-                    problems.push(format!(
-                        "route {}: values.{field}: \"{from}\" maps to {to}, which is not an option of {field} on {}",
-                        route.name, route.to
-                    ));
+    let name = &route.name;
+    let catalogs = Catalogs {
+        source: Some(source),
+        target: Some(target),
+    };
+    match mapping::plan_fields(route, catalogs) {
+        Err(errors) => problems.extend(errors.iter().map(|e| format!("route {name}: {e}"))),
+        Ok(plans) => {
+            for plan in &plans {
+                for error in plan.option_problems().iter().chain(&plan.shape_problems()) {
+                    problems.push(format!("route {name}: {error}"));
                 }
             }
         }
     }
-    for field in route.files.iter().chain(route.writeback_field.iter()) {
-        if !source.contains_key(field) {
-            problems.push(format!(
-                "route {}: field {field} does not exist on {}",
-                route.name, route.from
-            ));
+    for (field, rule) in &route.values {
+        let (Some(info), ValueRule::Table(table)) = (target.get(field), rule) else {
+            continue;
+        };
+        for (from, to) in table {
+            if info.option_text(to).is_none() {
+                problems.push(format!(
+                    "route {name}: values.{field}: \"{from}\" maps to {to}, which is not an option of {field} on {}; use one of: {}",
+                    route.to,
+                    info.options.iter().map(|(id, text)| format!("{id} ({text})")).collect::<Vec<_>>().join(", ")
+                ));
+            }
         }
     }
-    for field in route.constants.keys() {
-        if !target.contains_key(field) {
-            problems.push(format!(
-                "route {}: constant field {field} does not exist on {}",
-                route.name, route.to
-            ));
+    for field in &route.files {
+        let target_field = route.fields.get(field).unwrap_or(field);
+        match (source.get(field), target.get(target_field)) {
+            (None, _) => problems.push(format!(
+                "route {name}: files: {field} does not exist on {}; check the name with `b24-relay fields`",
+                route.from
+            )),
+            (_, None) => problems.push(format!(
+                "route {name}: files: target field {target_field} does not exist on {}; create a file field or map {field} to one in `fields`",
+                route.to
+            )),
+            (Some(s), Some(t)) if s.kind != FieldType::File || t.kind != FieldType::File => {
+                problems.push(format!(
+                    "route {name}: files: {field} → {target_field} must both be file fields (they are {} and {})",
+                    s.kind.name(),
+                    t.kind.name()
+                ))
+            }
+            (Some(s), Some(t)) if s.multiple && !t.multiple => problems.push(format!(
+                "route {name}: files: {field} holds several files and {target_field} one; make {target_field} multiple on {}",
+                route.to
+            )),
+            _ => {}
+        }
+    }
+    if let Some(field) = &route.writeback_field {
+        match source.get(field) {
+            None => problems.push(format!(
+                "route {name}: writeback.field {field} does not exist on {}; create a string field for the target deal id",
+                route.from
+            )),
+            Some(info) if info.read_only => problems.push(format!(
+                "route {name}: writeback.field {field} is read-only on {}",
+                route.from
+            )),
+            Some(info) if !matches!(info.kind, FieldType::String | FieldType::Integer | FieldType::Double) => {
+                problems.push(format!(
+                    "route {name}: writeback.field {field} is a {} field; use a string or integer field",
+                    info.kind.name()
+                ))
+            }
+            _ => {}
+        }
+    }
+    for (field, value) in &route.constants {
+        match target.get(field) {
+            None => problems.push(format!(
+                "route {name}: constant field {field} does not exist on {}",
+                route.to
+            )),
+            Some(info) if info.read_only => problems.push(format!(
+                "route {name}: constant field {field} is read-only on {}",
+                route.to
+            )),
+            Some(info) if info.kind == FieldType::Enumeration => {
+                let id = mapping::scalar(value);
+                if info.option_text(&id).is_none() {
+                    problems.push(format!(
+                        "route {name}: constant {field} = {id} is not an option of {field} on {}; use one of: {}",
+                        route.to,
+                        info.options.iter().map(|(id, text)| format!("{id} ({text})")).collect::<Vec<_>>().join(", ")
+                    ));
+                }
+            }
+            _ => {}
         }
     }
     problems
@@ -206,7 +260,6 @@ pub async fn check(config: Config) -> anyhow::Result<()> {
         }
     }
     problems.extend(crate::cli_app::check_apps(&parts).await);
-    let ttl = config.field_cache_ttl;
     for route in &config.routes {
         let (Some(from), Some(to)) = (
             parts.transfer.portals.get(&route.from),
@@ -214,10 +267,7 @@ pub async fn check(config: Config) -> anyhow::Result<()> {
         ) else {
             continue;
         };
-        match (
-            from.deal_catalog(ttl, true).await,
-            to.deal_catalog(ttl, true).await,
-        ) {
+        match (from.deal_catalog(true).await, to.deal_catalog(true).await) {
             (Ok(source), Ok(target)) => problems.extend(mapping_problems(route, &source, &target)),
             (Err(error), _) | (_, Err(error)) => problems.push(format!(
                 "route {}: reading deal fields: {error}",

@@ -74,6 +74,9 @@ pub struct PortalConfig {
     pub public_url: String,
     /// The portal's local application, when application mode is used.
     pub app: Option<AppCredentials>,
+    /// Language of comments and notifications written on this portal
+    /// (`language = "ru"|"en"`; default Russian for Russian-region hosts).
+    pub language: crate::messages::Language,
 }
 
 impl fmt::Debug for PortalConfig {
@@ -87,6 +90,7 @@ impl fmt::Debug for PortalConfig {
             .field("member_id", &self.member_id)
             .field("rate", &self.rate)
             .field("app", &self.app)
+            .field("language", &self.language)
             .finish()
     }
 }
@@ -118,6 +122,19 @@ pub struct Route {
     pub responsible: Option<Responsible>,
     pub writeback_comment: bool,
     pub writeback_field: Option<String>,
+    /// When the deal's responsible user gets a personal notification.
+    pub notify: Notify,
+}
+
+/// `notify = "failure" | "always" | "never"`: an `im.notify` to the source
+/// deal's responsible user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Notify {
+    /// Only when the deal could not be transferred.
+    #[default]
+    Failure,
+    Always,
+    Never,
 }
 
 /// How a list (enumeration) value becomes the target portal's option id.
@@ -228,6 +245,7 @@ struct RawPortal {
     rate: Option<RawRate>,
     public_url: Option<String>,
     app: Option<RawAppCredentials>,
+    language: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -287,6 +305,7 @@ struct RawRoute {
     responsible: Option<RawResponsible>,
     #[serde(default)]
     writeback: RawWriteback,
+    notify: Option<String>,
 }
 
 impl Config {
@@ -426,8 +445,17 @@ fn build_portal(name: &str, raw: RawPortal) -> Result<PortalConfig, ConfigError>
         }),
         None => None,
     };
+    let language = match raw.language.as_deref() {
+        None => crate::messages::Language::for_host(&webhook.portal()),
+        Some(text) => crate::messages::Language::parse(text).ok_or_else(|| {
+            invalid(format!(
+                "{key}.language: `{text}` is not one of \"ru\", \"en\""
+            ))
+        })?,
+    };
     Ok(PortalConfig {
         app,
+        language,
         name: name.to_owned(),
         webhook,
         application_token,
@@ -503,6 +531,48 @@ fn build_route(
         }
         values.insert(field, rule);
     }
+    for (source, target) in &raw.fields {
+        if let Some(why) = crate::mapping::reserved(target) {
+            return Err(invalid(format!(
+                "{key}.fields.{source}: `{target}` is written by the relay itself and cannot be a mapping target: {why}"
+            )));
+        }
+    }
+    let mut targets: Vec<&String> = raw.fields.values().collect();
+    targets.sort();
+    if let Some(twice) = targets.windows(2).find(|w| w[0] == w[1]) {
+        return Err(invalid(format!(
+            "{key}.fields: `{}` is the target of more than one source field; each target field takes one",
+            twice[0]
+        )));
+    }
+    for field in raw.constants.keys() {
+        if let Some(why) = crate::mapping::reserved(field) {
+            return Err(invalid(format!(
+                "{key}.constants.{field}: `{field}` is written by the relay itself: {why}"
+            )));
+        }
+        if raw.fields.values().any(|t| t == field) {
+            return Err(invalid(format!(
+                "{key}.constants.{field}: `{field}` is also a target in `fields`; keep one of them"
+            )));
+        }
+    }
+    for file in &raw.files {
+        if let Some(why) = crate::mapping::reserved(raw.fields.get(file).unwrap_or(file)) {
+            return Err(invalid(format!("{key}.files: {file}: {why}")));
+        }
+    }
+    let notify = match raw.notify.as_deref() {
+        None | Some("failure") => Notify::Failure,
+        Some("always") => Notify::Always,
+        Some("never") => Notify::Never,
+        Some(other) => {
+            return Err(invalid(format!(
+                "{key}.notify: `{other}` is not one of \"failure\", \"always\", \"never\""
+            )));
+        }
+    };
     let responsible = match raw.responsible {
         None => None,
         Some(r) if r.by == "email" => Some(Responsible {
@@ -538,6 +608,7 @@ fn build_route(
         responsible,
         writeback_comment: raw.writeback.comment,
         writeback_field: raw.writeback.field,
+        notify,
     })
 }
 

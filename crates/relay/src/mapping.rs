@@ -1,73 +1,28 @@
 //! Pure translation of a source deal into target fields: renames,
-//! constants, list values (by id table or by option label), stage and
-//! pipeline, money. Anything that cannot be translated is a
-//! [`MappingError`] naming the field and the value, never a silent drop.
+//! constants, list values (by id table or by option label), employees by
+//! e-mail, CRM bindings through the link table, money, single ↔ multiple,
+//! stage and pipeline. What each pair of field types does is decided once
+//! ([`plan_fields`], which `check` runs too) and applied to every value.
+//! Anything that cannot be translated is a [`MappingError`] naming the
+//! field, the value and the fix, never a silent drop.
 
 use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
-use crate::config::{Route, ValueRule};
+use crate::config::Route;
 
-/// A value the route cannot translate. The message says what to change.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("field {field}: {problem}")]
-pub struct MappingError {
-    pub field: String,
-    pub problem: String,
-}
+mod catalog;
+mod convert;
+mod labels;
+mod problem;
+mod reserved;
 
-/// One field of `crm.item.fields`.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct FieldInfo {
-    pub kind: String,
-    pub title: String,
-    pub multiple: bool,
-    pub read_only: bool,
-    /// List options: (id, text).
-    pub options: Vec<(String, String)>,
-}
-
-/// A portal's deal fields by camelCase name.
-pub type FieldCatalog = BTreeMap<String, FieldInfo>;
-
-/// Reads the `result` of `crm.item.fields` (`{fields: {name: {...}}}`).
-pub fn parse_catalog(result: &Value) -> FieldCatalog {
-    let fields = result.get("fields").unwrap_or(result);
-    let Some(fields) = fields.as_object() else {
-        return FieldCatalog::new();
-    };
-    fields
-        .iter()
-        .map(|(name, info)| {
-            let text = |key: &str| {
-                info.get(key)
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_owned()
-            };
-            let flag = |key: &str| info.get(key).and_then(Value::as_bool).unwrap_or(false);
-            let options = info
-                .get("items")
-                .and_then(Value::as_array)
-                .map(|items| {
-                    items
-                        .iter()
-                        .map(|item| (scalar(&item["ID"]), scalar(&item["VALUE"])))
-                        .collect()
-                })
-                .unwrap_or_default();
-            let info = FieldInfo {
-                kind: text("type"),
-                title: text("title"),
-                multiple: flag("isMultiple"),
-                read_only: flag("isReadOnly"),
-                options,
-            };
-            (name.clone(), info)
-        })
-        .collect()
-}
+pub use catalog::{FieldCatalog, FieldInfo, FieldType, parse_catalog};
+pub use convert::{FieldPlan, Needs, Resolved, SourceUser};
+pub use labels::{find_option, normalize as normalize_label, same_label};
+pub use problem::{CrmKind, MappingError, Problem};
+pub use reserved::{RESERVED, reserved};
 
 /// A JSON scalar as text (`5` and `"5"` both give `5`).
 pub fn scalar(value: &Value) -> String {
@@ -85,13 +40,100 @@ pub struct Catalogs<'a> {
     pub target: Option<&'a FieldCatalog>,
 }
 
-/// The target deal's fields for one source deal.
+/// The target deal's fields for one source deal. Cleared values are
+/// `null` (single) or `[]` (multiple): an update clears the target field,
+/// a create leaves it out.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct MappedDeal {
     /// Written on create and on every update.
     pub fields: Map<String, Value>,
     /// Written on create only (pipeline and starting stage).
     pub on_create: Map<String, Value>,
+}
+
+impl MappedDeal {
+    /// The fields a create sends: everything but empty values.
+    pub fn for_create(&self) -> Map<String, Value> {
+        let mut create = self.on_create.clone();
+        for (key, value) in &self.fields {
+            let empty = match value {
+                Value::Null => true,
+                Value::Array(items) => items.is_empty(),
+                Value::String(text) => text.is_empty(),
+                _ => false,
+            };
+            if !empty {
+                create.insert(key.clone(), value.clone());
+            }
+        }
+        create
+    }
+}
+
+/// The conversion plan of every mapped field of a route (files aside),
+/// or every field that cannot map. `check` and transfers both use it.
+pub fn plan_fields<'a>(
+    route: &'a Route,
+    catalogs: Catalogs<'a>,
+) -> Result<Vec<FieldPlan<'a>>, Vec<MappingError>> {
+    let mut plans = Vec::new();
+    let mut errors = Vec::new();
+    for (source_field, target_field) in &route.fields {
+        if route.files.contains(source_field) {
+            continue;
+        }
+        let source = catalogs.source.map(|c| c.get(source_field));
+        let target = catalogs.target.map(|c| c.get(target_field));
+        let error = |problem| MappingError {
+            field: source_field.clone(),
+            target_field: target_field.clone(),
+            target_title: target
+                .flatten()
+                .map(|t| t.shown(target_field).to_owned())
+                .unwrap_or_else(|| target_field.clone()),
+            problem: Box::new(problem),
+        };
+        let missing_source = matches!(source, Some(None));
+        let missing_target = matches!(target, Some(None));
+        if missing_source {
+            errors.push(error(Problem::NoSourceField {
+                portal: route.from.clone(),
+            }));
+        }
+        if missing_target {
+            errors.push(error(Problem::NoTargetField {
+                portal: route.to.clone(),
+            }));
+        }
+        if missing_source || missing_target {
+            continue;
+        }
+        match FieldPlan::new(
+            source_field,
+            target_field,
+            source.flatten(),
+            target.flatten(),
+            route.values.get(target_field),
+        ) {
+            Ok(plan) => plans.push(plan),
+            Err(problem) => errors.push(error(problem)),
+        }
+    }
+    if errors.is_empty() {
+        Ok(plans)
+    } else {
+        Err(errors)
+    }
+}
+
+/// What mapping this deal needs looked up (users, linked records).
+pub fn needs(plans: &[FieldPlan<'_>], deal: &Map<String, Value>) -> Needs {
+    let mut needs = Needs::default();
+    for plan in plans {
+        let raw = deal.get(plan.source_field).unwrap_or(&Value::Null);
+        plan.needs(raw, &mut needs);
+    }
+    needs
 }
 
 /// Whether the deal is one the route takes; `Err` says why not.
@@ -114,25 +156,39 @@ pub fn route_accepts(route: &Route, deal: &Map<String, Value>) -> Result<(), Str
     Ok(())
 }
 
-/// Maps the deal's own fields. `responsible` is the target user id already
-/// resolved by e-mail, if the route asks for it.
+/// Maps the deal's own fields with the plans of [`plan_fields`].
+/// `responsible` is the target user id already resolved by e-mail, if the
+/// route asks for it. Every field that cannot map is reported.
 pub fn map_deal(
     route: &Route,
+    plans: &[FieldPlan<'_>],
     deal: &Map<String, Value>,
-    catalogs: Catalogs<'_>,
+    resolved: &Resolved,
     responsible: Option<i64>,
-) -> Result<MappedDeal, MappingError> {
+) -> Result<MappedDeal, Vec<MappingError>> {
     let mut mapped = MappedDeal::default();
-    for (source_field, target_field) in &route.fields {
-        if route.files.contains(source_field) {
-            continue;
+    let mut errors = Vec::new();
+    let currency = deal.get("currencyId").map(scalar).unwrap_or_default();
+    for plan in plans {
+        let raw = deal.get(plan.source_field).unwrap_or(&Value::Null);
+        match plan.convert(raw, &currency, resolved) {
+            Ok(value) => {
+                mapped.fields.insert(plan.target_field.to_owned(), value);
+            }
+            Err(error) => errors.push(error),
         }
-        let raw = deal.get(source_field).cloned().unwrap_or(Value::Null);
-        let value = match route.values.get(target_field) {
-            Some(rule) => map_list_value(rule, source_field, target_field, &raw, catalogs)?,
-            None => convert_money(&raw, target_field, deal, catalogs),
-        };
-        mapped.fields.insert(target_field.clone(), value);
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    // The amount and whether it was typed in or summed from the rows
+    // travel together, so the target keeps the same amount.
+    if route.fields.get("opportunity").map(String::as_str) == Some("opportunity") {
+        if let Some(manual) = deal.get("isManualOpportunity").filter(|v| !v.is_null()) {
+            mapped
+                .fields
+                .insert("isManualOpportunity".into(), json!(scalar(manual)));
+        }
     }
     for (field, value) in &route.constants {
         mapped.fields.insert(field.clone(), value.clone());
@@ -157,109 +213,6 @@ pub fn map_deal(
         }
     }
     Ok(mapped)
-}
-
-fn option_text(catalog: Option<&FieldCatalog>, field: &str, id: &str) -> Option<String> {
-    catalog?
-        .get(field)?
-        .options
-        .iter()
-        .find(|(option, _)| option == id)
-        .map(|(_, text)| text.clone())
-}
-
-fn map_list_value(
-    rule: &ValueRule,
-    source_field: &str,
-    target_field: &str,
-    raw: &Value,
-    catalogs: Catalogs<'_>,
-) -> Result<Value, MappingError> {
-    let one = |value: &Value| -> Result<Value, MappingError> {
-        let id = scalar(value);
-        if id.is_empty() {
-            return Ok(Value::Null);
-        }
-        let shown = match option_text(catalogs.source, source_field, &id) {
-            Some(text) => format!("{id} (\"{text}\")"),
-            None => id.clone(),
-        };
-        let error = |problem: String| MappingError {
-            field: source_field.to_owned(),
-            problem,
-        };
-        let target_id = match rule {
-            ValueRule::Table(table) => table.get(&id).cloned().ok_or_else(|| {
-                error(format!(
-                    "value {shown} has no entry in values.{target_field}; add \"{id}\" = \"<target option id>\""
-                ))
-            })?,
-            ValueRule::Label => {
-                let text = option_text(catalogs.source, source_field, &id).ok_or_else(|| {
-                    error(format!(
-                        "value {id} is not an option of {source_field} on the source portal"
-                    ))
-                })?;
-                let target = catalogs.target.and_then(|c| c.get(target_field));
-                target
-                    .and_then(|info| {
-                        info.options.iter().find(|(_, label)| {
-                            label.trim().eq_ignore_ascii_case(text.trim())
-                        })
-                    })
-                    .map(|(option, _)| option.clone())
-                    .ok_or_else(|| {
-                        error(format!(
-                            "value {shown} has no option with the same text in {target_field} on the target portal; add the option there or map it with a table in values.{target_field}"
-                        ))
-                    })?
-            }
-        };
-        Ok(match target_id.parse::<i64>() {
-            Ok(number) => json!(number),
-            Err(_) => json!(target_id),
-        })
-    };
-    match raw {
-        Value::Array(values) => values
-            .iter()
-            .map(one)
-            .filter(|v| !matches!(v, Ok(Value::Null)))
-            .collect::<Result<Vec<_>, _>>()
-            .map(Value::Array),
-        other => one(other),
-    }
-}
-
-/// Money fields hold `"300|RUB"`; numeric fields a plain amount. Converts
-/// between the two when the target field's type says so.
-fn convert_money(
-    raw: &Value,
-    target_field: &str,
-    deal: &Map<String, Value>,
-    catalogs: Catalogs<'_>,
-) -> Value {
-    let Some(kind) = catalogs
-        .target
-        .and_then(|c| c.get(target_field))
-        .map(|i| i.kind.as_str())
-    else {
-        return raw.clone();
-    };
-    match (kind, raw) {
-        ("double" | "integer", Value::String(text)) if text.contains('|') => {
-            let amount = text.split('|').next().unwrap_or("").trim();
-            amount
-                .parse::<f64>()
-                .map(|n| json!(n))
-                .unwrap_or(Value::Null)
-        }
-        ("money", Value::Number(amount)) => {
-            let currency = deal.get("currencyId").map(scalar).unwrap_or_default();
-            json!(format!("{amount}|{currency}"))
-        }
-        _ => raw.clone(),
-    }
 }
 
 /// Product rows as the target's `crm.item.productrow.set` takes them.

@@ -198,6 +198,7 @@ pub(crate) fn now_ms() -> i64 {
 mod handle;
 mod sqlite;
 mod sqlite_app;
+mod sqlite_claims;
 
 pub use handle::Store;
 

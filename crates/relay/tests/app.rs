@@ -56,9 +56,9 @@ fn logged() -> String {
 async fn start_app_portals() -> (Portal, Portal) {
     let source = Portal::builder()
         .domain("partner.test")
-        .webhook(1, SOURCE_SECRET, &["crm", "user"])
+        .webhook(1, SOURCE_SECRET, &["crm", "user", "im"])
         .application(CLIENT_ID, CLIENT_SECRET, &["crm", "bizproc", "user"])
-        .rate_limit(50, 2.0)
+        .rate_limit(TEST_RATE.0, TEST_RATE.1)
         .seed(source_seed())
         .start()
         .await
@@ -66,7 +66,7 @@ async fn start_app_portals() -> (Portal, Portal) {
     let target = Portal::builder()
         .domain("esb.test")
         .webhook(1, TARGET_SECRET, &["crm", "user"])
-        .rate_limit(50, 2.0)
+        .rate_limit(TEST_RATE.0, TEST_RATE.1)
         .seed(target_seed())
         .start()
         .await
@@ -97,7 +97,8 @@ async fn setup_with(workers: usize, with_credentials: bool) -> Setup {
     std::fs::write(&secret, CLIENT_SECRET).unwrap();
     let options = Options {
         workers,
-        ..Options::default()
+        values: FULL_TABLE,
+        ..Options::fast()
     };
     let credentials = format!(
         "\n[portal.partner.app]\nclient_id = \"{CLIENT_ID}\"\nclient_secret = {{ file = \"{}\" }}\n",

@@ -28,9 +28,17 @@ fn relay(args: &[&str], config: &std::path::Path) -> (bool, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_fields_dry_run_transfer_and_jobs() {
-    let (source, target) = start_portals(50, 2.0).await;
+    let (source, target) = start_fast_portals().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &source, &target, &Options::default());
+    let config = write_config(
+        dir.path(),
+        &source,
+        &target,
+        &Options {
+            values: FULL_TABLE,
+            ..Options::fast()
+        },
+    );
 
     let (ok, text) = relay(&["check"], &config);
     assert!(ok, "{text}");
@@ -67,7 +75,7 @@ async fn check_fields_dry_run_transfer_and_jobs() {
     assert_eq!(plan["fields"]["title"], "Dry");
     assert_eq!(plan["fields"]["ufCrm_TIER"], 72);
     assert_eq!(plan["fields"]["assignedById"], 17);
-    assert_eq!(plan["fields"]["stageId"], "C3:NEW");
+    assert_eq!(plan["onCreate"]["stageId"], "C3:NEW");
     assert!(target_deals(&target).is_empty(), "a dry run writes nothing");
 
     let (ok, text) = relay(
@@ -105,11 +113,11 @@ async fn check_fields_dry_run_transfer_and_jobs() {
     let (ok, text) = relay(&["check"], &broken_path);
     assert!(!ok, "{text}");
     assert!(
-        text.contains("source field ufCrm_NOPE does not exist"),
+        text.contains("ufCrm_NOPE → ufCrm_GONE: the source field does not exist on partner"),
         "{text}"
     );
     assert!(
-        text.contains("target field ufCrm_GONE does not exist"),
+        text.contains("ufCrm_NOPE → ufCrm_GONE: the target field does not exist on esb"),
         "{text}"
     );
     assert!(
@@ -127,7 +135,7 @@ async fn check_fields_dry_run_transfer_and_jobs() {
 async fn check_names_a_missing_scope() {
     let source = b24_emulator::Portal::builder()
         .domain("partner.test")
-        .webhook(1, SOURCE_SECRET, &["crm", "user"])
+        .webhook(1, SOURCE_SECRET, &["crm", "user", "im"])
         .seed(source_seed())
         .start()
         .await
@@ -140,7 +148,7 @@ async fn check_names_a_missing_scope() {
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &source, &target, &Options::default());
+    let config = write_config(dir.path(), &source, &target, &Options::fast());
     let (ok, text) = relay(&["check"], &config);
     assert!(!ok, "{text}");
     assert!(
@@ -155,9 +163,9 @@ async fn check_names_a_missing_scope() {
 /// single request: the portals here are shut down before it runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_offline_validates_without_contacting_the_portals() {
-    let (source, target) = start_portals(50, 2.0).await;
+    let (source, target) = start_fast_portals().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &source, &target, &Options::default());
+    let config = write_config(dir.path(), &source, &target, &Options::fast());
     source.shutdown().await;
     target.shutdown().await;
 

@@ -218,3 +218,88 @@ fn application_mode_keys_are_read_and_the_client_secret_hidden() {
             .contains("app.token_server")
     );
 }
+
+#[test]
+fn the_relays_own_fields_are_refused_as_mapping_targets_with_the_key_to_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = sample(&dir);
+    for (target, hint) in [
+        ("categoryId", "target = { category"),
+        ("stageId", "stages"),
+        ("originId", "never creates one twice"),
+        ("ORIGINATOR_ID", "never creates one twice"),
+        ("contactIds", "contact = \\\"match\\\""),
+        ("companyId", "company = \\\"match\\\""),
+        ("assignedById", "responsible"),
+        ("leadId", "leads are not transferred"),
+        ("isManualOpportunity", "opportunity"),
+    ] {
+        let bad = text.replace(
+            "ufCrm_7 = \"ufCrm_8\" }",
+            &format!("ufCrm_7 = \"ufCrm_8\", ufCrm_9 = \"{target}\" }}"),
+        );
+        let error = Config::parse(&bad).unwrap_err().to_string();
+        assert!(
+            error.contains(&format!("fields.ufCrm_9: `{target}`")),
+            "{error}"
+        );
+        assert!(
+            error.contains(hint.replace("\\\"", "\"").as_str()),
+            "{target}: {error}"
+        );
+    }
+    let constant = text.replace("sourceId = \"PARTNER\"", "categoryId = 5");
+    let error = Config::parse(&constant).unwrap_err().to_string();
+    assert!(error.contains("constants.categoryId"), "{error}");
+    let twice = text.replace(
+        "ufCrm_7 = \"ufCrm_8\" }",
+        "ufCrm_7 = \"ufCrm_8\", ufCrm_9 = \"title\" }",
+    );
+    let error = Config::parse(&twice).unwrap_err().to_string();
+    assert!(
+        error.contains("`title` is the target of more than one"),
+        "{error}"
+    );
+}
+
+#[test]
+fn notify_and_language_are_read_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = sample(&dir);
+    let config = Config::parse(&text).unwrap();
+    assert_eq!(config.routes[0].notify, Notify::Failure);
+    assert_eq!(
+        config.portals["partner"].language,
+        crate::messages::Language::En
+    );
+    let always = text.replace(
+        "contact = \"match\"",
+        "contact = \"match\"\nnotify = \"always\"",
+    );
+    assert_eq!(
+        Config::parse(&always).unwrap().routes[0].notify,
+        Notify::Always
+    );
+    let wrong = text.replace(
+        "contact = \"match\"",
+        "contact = \"match\"\nnotify = \"sometimes\"",
+    );
+    assert!(
+        Config::parse(&wrong)
+            .unwrap_err()
+            .to_string()
+            .contains("notify")
+    );
+    let russian = text.replace("[portal.esb]", "[portal.esb]\nlanguage = \"ru\"");
+    assert_eq!(
+        Config::parse(&russian).unwrap().portals["esb"].language,
+        crate::messages::Language::Ru
+    );
+    let unknown = text.replace("[portal.esb]", "[portal.esb]\nlanguage = \"de\"");
+    assert!(
+        Config::parse(&unknown)
+            .unwrap_err()
+            .to_string()
+            .contains("portal.esb.language")
+    );
+}

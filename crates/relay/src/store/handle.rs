@@ -351,4 +351,63 @@ impl Store {
             Backend::Sqlite(db) => blocking(db, move |db| db.answered(id, error.as_deref())).await,
         }
     }
+    /// Claims the right to look up and create the target record of a
+    /// source party (contact, company) for `lease`; `false` while another
+    /// holder's claim runs. The holder may renew its own claim.
+    pub async fn claim_party(
+        &self,
+        key: &LinkKey<'_>,
+        holder: &str,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        let (key, holder) = (OwnedKey::of(key), holder.to_owned());
+        match &self.backend {
+            Backend::Sqlite(db) => {
+                blocking(db, move |db| db.claim_party(&key.key(), &holder, lease)).await
+            }
+        }
+    }
+
+    /// Ends `holder`'s claim on a party (its link is written, or it failed).
+    pub async fn release_party(&self, key: &LinkKey<'_>, holder: &str) -> Result<(), StoreError> {
+        let (key, holder) = (OwnedKey::of(key), holder.to_owned());
+        match &self.backend {
+            Backend::Sqlite(db) => {
+                blocking(db, move |db| db.release_party(&key.key(), &holder)).await
+            }
+        }
+    }
+
+    /// The relay wrote to a source deal: one event about it, within
+    /// `window`, is its own echo.
+    pub async fn expect_echo(
+        &self,
+        portal: &str,
+        deal_id: i64,
+        window: Duration,
+    ) -> Result<(), StoreError> {
+        let portal = portal.to_owned();
+        match &self.backend {
+            Backend::Sqlite(db) => {
+                blocking(db, move |db| db.expect_echo(&portal, deal_id, window)).await
+            }
+        }
+    }
+
+    /// Whether a job of `events` events about a deal is only the relay's
+    /// own echoes (they are then used up); more events than expected
+    /// echoes means a person changed the deal too.
+    pub async fn take_echo(
+        &self,
+        portal: &str,
+        deal_id: i64,
+        events: u32,
+    ) -> Result<bool, StoreError> {
+        let portal = portal.to_owned();
+        match &self.backend {
+            Backend::Sqlite(db) => {
+                blocking(db, move |db| db.take_echo(&portal, deal_id, events)).await
+            }
+        }
+    }
 }

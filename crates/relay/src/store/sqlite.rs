@@ -204,6 +204,7 @@ impl SqliteStore {
         connection.pragma_update(None, "journal_mode", "WAL")?;
         connection.pragma_update(None, "synchronous", "FULL")?;
         connection.execute_batch(SCHEMA)?;
+        connection.execute_batch(super::sqlite_claims::SCHEMA)?;
         Ok(Self {
             connection: Mutex::new(connection),
         })

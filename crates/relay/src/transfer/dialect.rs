@@ -1,19 +1,70 @@
-//! The two ways of writing CRM records on a target: `crm.item.*` (camelCase,
-//! `{item: ...}` answers) and, for boxes without it, the deprecated
-//! `crm.deal.*` / `crm.contact.*` / `crm.company.*` (UPPER_CASE fields,
-//! bare ids, multifields as `PHONE: [{VALUE, VALUE_TYPE}]`, files as
-//! `{fileData: [name, base64]}`).
+//! The two API families a portal's CRM records are read and written with:
+//! `crm.item.*` (camelCase, `{item: ...}` answers) and, for boxes without
+//! it, the deprecated `crm.deal.*` / `crm.contact.*` / `crm.company.*`
+//! (UPPER_CASE fields, bare ids, multifields as `PHONE: [{VALUE,
+//! VALUE_TYPE}]`, files as `{fileData: [name, base64]}`). Each portal's
+//! family is found once ([`DialectCell`]) and used for every read and write.
 
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use b24_client::{ApiError, ApiErrorKind, BatchOutcome, CommandOutcome};
 use serde_json::{Map, Value, json};
 
-use crate::mapping::{scalar, upper_name};
+use crate::mapping::{camel_name, scalar, upper_name};
 use crate::portals::id_of;
 
-/// Which API family a portal's records are written with.
+/// Which API family a portal's records are read and written with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
     Item,
     Legacy,
+}
+
+/// A portal's dialect: `crm.item.*` until the portal answers that it does
+/// not have it (`ERROR_METHOD_NOT_FOUND`), then `crm.deal.*` for good.
+#[derive(Debug, Default)]
+pub struct DialectCell(AtomicU8);
+
+const LEGACY: u8 = 1;
+
+impl DialectCell {
+    pub fn get(&self) -> Dialect {
+        if self.0.load(Ordering::Relaxed) == LEGACY {
+            Dialect::Legacy
+        } else {
+            Dialect::Item
+        }
+    }
+
+    /// Takes note of an error: `true` when it says `crm.item.*` is missing
+    /// (the portal is a box that was not updated), and from now on the
+    /// portal is read and written with `crm.deal.*`.
+    pub fn notice(&self, error: &ApiError, portal: &str) -> bool {
+        let missing =
+            error.kind == ApiErrorKind::MethodNotFound && error.method.starts_with("crm.item.");
+        if missing && self.0.swap(LEGACY, Ordering::Relaxed) != LEGACY {
+            tracing::warn!(
+                portal,
+                "crm.item.* is missing; reading and writing with crm.deal.*"
+            );
+        }
+        missing
+    }
+
+    /// [`DialectCell::notice`] for every command of a batch.
+    pub fn notice_batch(&self, done: &BatchOutcome, portal: &str) -> bool {
+        let mut missing = false;
+        for (command, outcome) in &done.commands {
+            if let CommandOutcome::Failed(api) = outcome {
+                let api = ApiError {
+                    method: command.method.clone(),
+                    ..api.clone()
+                };
+                missing |= self.notice(&api, portal);
+            }
+        }
+        missing
+    }
 }
 
 /// A REST call to put into a batch.
@@ -28,6 +79,64 @@ fn legacy_entity(entity_type_id: i64) -> &'static str {
 }
 
 impl Dialect {
+    /// Reads one record (`entity_type_id` 2, 3, 4); `id` may be a reference.
+    pub fn get(self, entity_type_id: i64, id: Value) -> Call {
+        match self {
+            Dialect::Item => (
+                "crm.item.get",
+                json!({"entityTypeId": entity_type_id, "id": id}),
+            ),
+            Dialect::Legacy => (
+                match legacy_entity(entity_type_id) {
+                    "contact" => "crm.contact.get",
+                    "company" => "crm.company.get",
+                    _ => "crm.deal.get",
+                },
+                json!({"id": id}),
+            ),
+        }
+    }
+
+    /// The record in a [`Dialect::get`] answer, in `crm.item.*` shape.
+    pub fn record(self, result: &Value) -> Option<Map<String, Value>> {
+        match self {
+            Dialect::Item => result["item"].as_object().cloned(),
+            Dialect::Legacy => result.as_object().map(camel_record),
+        }
+    }
+
+    /// A reference to a field of the deal read by command `name`.
+    pub fn deal_field_reference(self, name: &str, field: &str) -> Value {
+        match self {
+            Dialect::Item => json!(format!("$result[{name}][item][{field}]")),
+            Dialect::Legacy => json!(format!("$result[{name}][{}]", upper_name(field))),
+        }
+    }
+
+    /// The product rows of deal `deal_id`.
+    pub fn list_rows(self, deal_id: i64) -> Call {
+        match self {
+            Dialect::Item => (
+                "crm.item.productrow.list",
+                json!({"filter": {"=ownerType": "D", "=ownerId": deal_id}}),
+            ),
+            Dialect::Legacy => ("crm.deal.productrows.get", json!({"id": deal_id})),
+        }
+    }
+
+    /// Rows in a [`Dialect::list_rows`] answer, camelCase.
+    pub fn rows(self, result: &Value) -> Option<Vec<Value>> {
+        match self {
+            Dialect::Item => result["productRows"].as_array().cloned(),
+            Dialect::Legacy => result.as_array().map(|rows| {
+                rows.iter()
+                    .filter_map(Value::as_object)
+                    .map(|row| Value::Object(camel_record(row)))
+                    .collect()
+            }),
+        }
+    }
+
     /// Records with this `originatorId` / `originId`, ids only.
     pub fn find_by_origin(self, entity_type_id: i64, originator: &str, origin_id: i64) -> Call {
         match self {
@@ -154,6 +263,40 @@ impl Dialect {
     }
 }
 
+/// A `crm.deal.*`-shaped record in `crm.item.*` shape: camelCase keys,
+/// multifields (`PHONE`, `EMAIL`, ...) as `fm` rows, file links as
+/// `urlMachine`.
+pub fn camel_record(record: &Map<String, Value>) -> Map<String, Value> {
+    let mut out = Map::new();
+    let mut fm = Vec::new();
+    for (key, value) in record {
+        if matches!(key.as_str(), "PHONE" | "EMAIL" | "WEB" | "IM") {
+            for row in value.as_array().into_iter().flatten() {
+                fm.push(
+                    json!({"typeId": key, "value": row["VALUE"], "valueType": row["VALUE_TYPE"]}),
+                );
+            }
+            continue;
+        }
+        let value = match value {
+            Value::Array(items) => Value::Array(items.iter().map(legacy_file).collect()),
+            other => legacy_file(other),
+        };
+        out.insert(camel_name(key), value);
+    }
+    if !fm.is_empty() {
+        out.insert("fm".into(), Value::Array(fm));
+    }
+    out
+}
+
+fn legacy_file(value: &Value) -> Value {
+    match value.get("downloadUrl") {
+        Some(url) => json!({"id": value["id"], "urlMachine": url}),
+        None => value.clone(),
+    }
+}
+
 /// camelCase fields to UPPER_CASE ones; `fm` rows to `PHONE`/`EMAIL`/... lists.
 fn legacy_fields(fields: Map<String, Value>) -> Map<String, Value> {
     let mut out = Map::new();
@@ -176,6 +319,22 @@ fn legacy_fields(fields: Map<String, Value>) -> Map<String, Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn legacy_names_and_records_become_item_shaped() {
+        let record = json!({"ID": "3", "NAME": "Ivan", "PHONE": [{"ID": "9", "VALUE": "+1", "VALUE_TYPE": "WORK", "TYPE_ID": "PHONE"}],
+                            "UF_CRM_DOCS": [{"id": 4, "showUrl": "/x", "downloadUrl": "http://h/d"}]});
+        let camel = camel_record(record.as_object().unwrap());
+        assert_eq!(camel["id"], "3");
+        assert_eq!(
+            camel["fm"],
+            json!([{"typeId": "PHONE", "value": "+1", "valueType": "WORK"}])
+        );
+        assert_eq!(
+            camel["ufCrm_DOCS"],
+            json!([{"id": 4, "urlMachine": "http://h/d"}])
+        );
+    }
 
     #[test]
     fn legacy_calls_use_upper_case_and_bare_ids() {

@@ -1,17 +1,18 @@
-//! Reading the source side in one `batch`: the deal, and — through
-//! `$result[deal][item][...]` references — its product rows, contact,
-//! company and responsible user. A box without `crm.item.*` is read with
-//! `crm.deal.*` instead, and its UPPER_CASE answer is turned into the
-//! camelCase shape the rest of the relay works with.
-
-use std::sync::atomic::Ordering;
+//! Reading the source side in one `batch`, in the portal's dialect: the
+//! deal, and — through `$result[deal][...]` references, which Bitrix24
+//! fills in whole (arrays stay arrays: `CRestUtil::processBatchElement`)
+//! — its product rows, all its contacts, its company, its responsible user
+//! and the users its employee fields name. Everything comes back in
+//! `crm.item.*` shape.
 
 use b24_client::{ApiErrorKind, Batch, CommandOutcome};
 use serde_json::{Map, Value, json};
 
-use super::{TransferError, command_error, push};
+use super::dialect::Dialect;
+use super::error::{ErrorKind, TransferError};
+use super::push;
 use crate::config::Route;
-use crate::mapping::camel_name;
+use crate::mapping::SourceUser;
 use crate::portals::{PortalHandle, id_of};
 
 /// The source deal and what hangs off it.
@@ -20,367 +21,272 @@ pub struct SourceDeal {
     pub id: i64,
     pub deal: Map<String, Value>,
     pub rows: Vec<Value>,
-    pub contact: Option<Map<String, Value>>,
+    /// Every contact of the deal, the primary one first.
+    pub contacts: Vec<Map<String, Value>>,
     pub company: Option<Map<String, Value>>,
-    pub responsible_email: Option<String>,
+    /// The responsible user (id, name, e-mail).
+    pub responsible: Option<(i64, SourceUser)>,
 }
 
+impl SourceDeal {
+    pub fn title(&self) -> String {
+        crate::mapping::scalar(self.deal.get("title").unwrap_or(&Value::Null))
+    }
+
+    pub fn responsible_email(&self) -> Option<&str> {
+        self.responsible
+            .as_ref()
+            .and_then(|(_, user)| user.email.as_deref())
+    }
+}
+
+/// What the routes starting at this portal need read.
+#[derive(Debug, Clone, Default)]
+pub struct ReadPlan {
+    pub products: bool,
+    pub contacts: bool,
+    pub company: bool,
+    pub responsible: bool,
+    /// Source employee fields whose users the mapping needs.
+    pub employee_fields: Vec<String>,
+}
+
+impl ReadPlan {
+    pub fn for_routes(routes: &[&Route]) -> Self {
+        Self {
+            products: routes.iter().any(|r| r.products),
+            contacts: routes.iter().any(|r| r.contact),
+            company: routes.iter().any(|r| r.company),
+            responsible: true,
+            employee_fields: Vec::new(),
+        }
+    }
+}
+
+/// Reads the deal in one request. A box without `crm.item.*` is noticed
+/// on the first read and read again with `crm.deal.*` at once.
 pub async fn read(
     portal: &PortalHandle,
     deal_id: i64,
-    routes: &[&Route],
+    plan: &ReadPlan,
 ) -> Result<SourceDeal, TransferError> {
-    if portal.legacy_crm.load(Ordering::Relaxed) {
-        return read_legacy(portal, deal_id, routes).await;
-    }
-    match read_items(portal, deal_id, routes).await {
-        Err(ReadError::ItemApiMissing) => {
-            tracing::warn!(portal = %portal.config.name, "crm.item.* is missing; reading deals with crm.deal.*");
-            portal.legacy_crm.store(true, Ordering::Relaxed);
-            read_legacy(portal, deal_id, routes).await
+    loop {
+        let dialect = portal.dialect.get();
+        match read_with(portal, dialect, deal_id, plan).await {
+            Err(Retry::OtherDialect) => continue,
+            Err(Retry::Failed(error)) => return Err(error),
+            Ok(read) => return Ok(read),
         }
-        Err(ReadError::Failed(error)) => Err(error),
-        Ok(read) => Ok(read),
     }
 }
 
-enum ReadError {
-    ItemApiMissing,
+enum Retry {
+    OtherDialect,
     Failed(TransferError),
 }
 
-impl From<TransferError> for ReadError {
+impl From<TransferError> for Retry {
     fn from(error: TransferError) -> Self {
-        ReadError::Failed(error)
+        Retry::Failed(error)
     }
 }
 
-async fn read_items(
+fn command_failed(
+    what: &str,
+    outcome: Option<&CommandOutcome>,
+    done: &b24_client::BatchOutcome,
+) -> TransferError {
+    super::command_error(what, outcome, done.stopped_by.as_ref())
+}
+
+async fn read_with(
     portal: &PortalHandle,
+    dialect: Dialect,
     deal_id: i64,
-    routes: &[&Route],
-) -> Result<SourceDeal, ReadError> {
-    let products = routes.iter().any(|r| r.products);
-    let contact = routes.iter().any(|r| r.contact);
-    let company = routes.iter().any(|r| r.company);
-    let responsible = routes.iter().any(|r| r.responsible.is_some());
+    plan: &ReadPlan,
+) -> Result<SourceDeal, Retry> {
+    let reference = |field: &str| dialect.deal_field_reference("deal", field);
     let mut batch = Batch::new();
-    push(
-        &mut batch,
-        "deal",
-        "crm.item.get",
-        json!({"entityTypeId": 2, "id": deal_id}),
-    );
-    if products {
-        push(
-            &mut batch,
-            "rows",
-            "crm.item.productrow.list",
-            json!({"filter": {"=ownerType": "D", "=ownerId": deal_id}}),
-        );
+    let (method, params) = dialect.get(2, json!(deal_id));
+    push(&mut batch, "deal", method, params);
+    if plan.products {
+        let (method, params) = dialect.list_rows(deal_id);
+        push(&mut batch, "rows", method, params);
     }
-    if contact {
-        push(
-            &mut batch,
-            "contact",
-            "crm.item.get",
-            json!({"entityTypeId": 3, "id": "$result[deal][item][contactId]"}),
-        );
+    if plan.contacts {
+        match dialect {
+            // All contacts in one list; only those the deal names are used
+            // (an empty list must not become "every contact").
+            Dialect::Item => push(
+                &mut batch,
+                "contacts",
+                "crm.item.list",
+                json!({"entityTypeId": 3, "filter": {"@id": reference("contactIds")}, "select": ["*", "fm"]}),
+            ),
+            // crm.deal.get names only the primary contact.
+            Dialect::Legacy => {
+                let (method, params) = dialect.get(3, reference("contactId"));
+                push(&mut batch, "contact", method, params);
+            }
+        }
     }
-    if company {
-        push(
-            &mut batch,
-            "company",
-            "crm.item.get",
-            json!({"entityTypeId": 4, "id": "$result[deal][item][companyId]"}),
-        );
+    if plan.company {
+        let (method, params) = dialect.get(4, reference("companyId"));
+        push(&mut batch, "company", method, params);
     }
-    if responsible {
+    if plan.responsible {
         push(
             &mut batch,
             "user",
             "user.get",
-            json!({"ID": "$result[deal][item][assignedById]"}),
+            json!({"ID": reference("assignedById")}),
+        );
+    }
+    for (index, field) in plan.employee_fields.iter().enumerate() {
+        push(
+            &mut batch,
+            &format!("employees{index}"),
+            "user.get",
+            json!({"FILTER": {"ID": reference(field)}}),
         );
     }
     let reader = portal.reader();
     let done = reader.batch(&batch).await;
     let deal = match done.get("deal") {
-        Some(CommandOutcome::Done(result)) => {
-            result.result["item"].as_object().cloned().ok_or_else(|| {
-                TransferError::Transient("crm.item.get answered without an item".into())
-            })?
+        Some(CommandOutcome::Done(result)) => dialect.record(&result.result).ok_or_else(|| {
+            TransferError::transient(
+                ErrorKind::Transport,
+                "reading the source deal: the answer holds no deal",
+            )
+        })?,
+        Some(CommandOutcome::Failed(api)) if portal.dialect.notice(api, &portal.config.name) => {
+            return Err(Retry::OtherDialect);
         }
-        Some(CommandOutcome::Failed(api)) if api.kind == ApiErrorKind::MethodNotFound => {
-            return Err(ReadError::ItemApiMissing);
-        }
-        Some(CommandOutcome::Failed(api)) if api.kind == ApiErrorKind::NotFound => {
-            return Err(missing_deal(portal, deal_id).into());
+        Some(CommandOutcome::Failed(api))
+            if api.kind == ApiErrorKind::NotFound
+                || (dialect == Dialect::Legacy && api.description == "Not found") =>
+        {
+            return Err(TransferError::permanent(
+                ErrorKind::NotFound,
+                format!(
+                    "deal {deal_id} does not exist on {} (deleted?)",
+                    portal.config.name
+                ),
+            )
+            .into());
         }
         other => {
             let refused = match done.stopped_by.as_ref() {
                 Some(error) => portal.app_refused(&reader, error).await,
                 None => false,
             };
-            if let Some(error) = done.stopped_by.as_ref().filter(|_| refused) {
+            let error = command_failed("reading the source deal", other, &done);
+            if refused {
                 // Nothing is lost: the next attempt reads with the webhook.
-                return Err(TransferError::Transient(format!(
-                    "reading the source deal: {error}; reading with the webhook from now on"
-                ))
-                .into());
+                let mut error = error;
+                error.retry = super::error::Retry::Transient;
+                error.context = format!("{}; reading with the webhook from now on", error.context);
+                return Err(error.into());
             }
-            return Err(
-                command_error("reading the source deal", other, done.stopped_by.as_ref()).into(),
-            );
+            return Err(error.into());
         }
     };
     let mut read = SourceDeal {
         id: deal_id,
         ..SourceDeal::default()
     };
-    if products {
-        read.rows = match done.get("rows") {
-            Some(CommandOutcome::Done(result)) => result.result["productRows"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default(),
-            other => {
-                return Err(
-                    command_error("reading product rows", other, done.stopped_by.as_ref()).into(),
-                );
-            }
-        };
+    if plan.products {
+        read.rows = done
+            .result("rows")
+            .and_then(|r| dialect.rows(r))
+            .ok_or_else(|| command_failed("reading product rows", done.get("rows"), &done))?;
     }
-    for (wanted, name, id_field) in [
-        (contact, "contact", "contactId"),
-        (company, "company", "companyId"),
-    ] {
-        if !wanted || id_of(deal.get(id_field)).is_none() {
-            continue;
-        }
-        let record = match done.get(name) {
-            Some(CommandOutcome::Done(result)) => result.result["item"].as_object().cloned(),
+    if plan.contacts {
+        read.contacts = contacts(dialect, &deal, &done)?;
+    }
+    if plan.company && id_of(deal.get("companyId")).is_some() {
+        read.company = match done.get("company") {
+            Some(CommandOutcome::Done(result)) => dialect.record(&result.result),
             // Deleted since it was linked to the deal: the deal travels without it.
-            Some(CommandOutcome::Failed(api)) if api.kind == ApiErrorKind::NotFound => {
-                tracing::info!(deal = deal_id, "the deal's {name} no longer exists");
+            Some(CommandOutcome::Failed(api))
+                if api.kind == ApiErrorKind::NotFound || api.description == "Not found" =>
+            {
+                tracing::info!(deal = deal_id, "the deal's company no longer exists");
                 None
             }
-            other => {
-                return Err(command_error(
-                    &format!("reading the deal's {name}"),
-                    other,
-                    done.stopped_by.as_ref(),
-                )
-                .into());
-            }
+            other => return Err(command_failed("reading the deal's company", other, &done).into()),
         };
-        match name {
-            "contact" => read.contact = record,
-            _ => read.company = record,
+    }
+    if plan.responsible {
+        if let (Some(id), Some(users)) = (id_of(deal.get("assignedById")), done.result("user")) {
+            portal.users.remember_users(users);
+            read.responsible = portal.users.cached_user(id).map(|user| (id, user));
         }
     }
-    if responsible {
-        read.responsible_email = responsible_email(done.result("user"));
+    for index in 0..plan.employee_fields.len() {
+        if let Some(users) = done.result(&format!("employees{index}")) {
+            portal.users.remember_users(users);
+        }
     }
     read.deal = deal;
     Ok(read)
 }
 
-/// The e-mail of the deal's responsible user from a `user.get` result
-/// (the same shape on both dialects).
-fn responsible_email(users: Option<&Value>) -> Option<String> {
-    users
+/// The deal's contacts, primary first, in the order the deal lists them.
+fn contacts(
+    dialect: Dialect,
+    deal: &Map<String, Value>,
+    done: &b24_client::BatchOutcome,
+) -> Result<Vec<Map<String, Value>>, TransferError> {
+    let primary = id_of(deal.get("contactId"));
+    let mut wanted: Vec<i64> = primary.into_iter().collect();
+    for id in deal
+        .get("contactIds")
         .and_then(Value::as_array)
-        .and_then(|users| users.first())
-        .and_then(|user| user["EMAIL"].as_str())
-        .filter(|email| !email.is_empty())
-        .map(str::to_owned)
-}
-
-fn missing_deal(portal: &PortalHandle, deal_id: i64) -> TransferError {
-    TransferError::Permanent(format!(
-        "deal {deal_id} does not exist on {} (deleted?)",
-        portal.config.name
-    ))
-}
-
-/// `crm.deal.*` / `crm.contact.*` / `crm.company.*`, for boxes without `crm.item.*`.
-async fn read_legacy(
-    portal: &PortalHandle,
-    deal_id: i64,
-    routes: &[&Route],
-) -> Result<SourceDeal, TransferError> {
-    let products = routes.iter().any(|r| r.products);
-    let contact = routes.iter().any(|r| r.contact);
-    let company = routes.iter().any(|r| r.company);
-    let responsible = routes.iter().any(|r| r.responsible.is_some());
-    let mut batch = Batch::new();
-    push(&mut batch, "deal", "crm.deal.get", json!({"id": deal_id}));
-    if products {
-        push(
-            &mut batch,
-            "rows",
-            "crm.deal.productrows.get",
-            json!({"id": deal_id}),
-        );
+        .into_iter()
+        .flatten()
+        .filter_map(|v| id_of(Some(v)))
+    {
+        if !wanted.contains(&id) {
+            wanted.push(id);
+        }
     }
-    if contact {
-        push(
-            &mut batch,
-            "contact",
-            "crm.contact.get",
-            json!({"id": "$result[deal][CONTACT_ID]"}),
-        );
+    if wanted.is_empty() {
+        return Ok(Vec::new());
     }
-    if company {
-        push(
-            &mut batch,
-            "company",
-            "crm.company.get",
-            json!({"id": "$result[deal][COMPANY_ID]"}),
-        );
-    }
-    if responsible {
-        push(
-            &mut batch,
-            "user",
-            "user.get",
-            json!({"ID": "$result[deal][ASSIGNED_BY_ID]"}),
-        );
-    }
-    let reader = portal.reader();
-    let done = reader.batch(&batch).await;
-    let deal = match done.get("deal") {
-        Some(CommandOutcome::Done(result)) => match &result.result {
-            Value::Object(fields) => camel_record(fields),
-            _ => {
-                return Err(TransferError::Transient(
-                    "crm.deal.get answered without a deal".into(),
-                ));
+    let found: Vec<Map<String, Value>> = match dialect {
+        Dialect::Item => {
+            let result = done.result("contacts").ok_or_else(|| {
+                command_failed("reading the deal's contacts", done.get("contacts"), done)
+            })?;
+            result["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_object)
+                .cloned()
+                .collect()
+        }
+        Dialect::Legacy => match done.get("contact") {
+            Some(CommandOutcome::Done(result)) => {
+                dialect.record(&result.result).into_iter().collect()
             }
+            Some(CommandOutcome::Failed(api))
+                if api.kind == ApiErrorKind::NotFound || api.description == "Not found" =>
+            {
+                Vec::new()
+            }
+            other => return Err(command_failed("reading the deal's contact", other, done)),
         },
-        Some(CommandOutcome::Failed(api)) if api.kind == ApiErrorKind::NotFound => {
-            return Err(missing_deal(portal, deal_id));
-        }
-        other => {
-            let refused = match done.stopped_by.as_ref() {
-                Some(error) => portal.app_refused(&reader, error).await,
-                None => false,
-            };
-            if let Some(error) = done.stopped_by.as_ref().filter(|_| refused) {
-                return Err(TransferError::Transient(format!(
-                    "reading the source deal: {error}; reading with the webhook from now on"
-                )));
-            }
-            return Err(command_error(
-                "reading the source deal (crm.deal.get)",
-                other,
-                done.stopped_by.as_ref(),
-            ));
-        }
     };
-    let mut read = SourceDeal {
-        id: deal_id,
-        ..SourceDeal::default()
-    };
-    if products {
-        let rows = done
-            .result("rows")
-            .and_then(Value::as_array)
-            .ok_or_else(|| {
-                command_error(
-                    "reading product rows (crm.deal.productrows.get)",
-                    done.get("rows"),
-                    done.stopped_by.as_ref(),
-                )
-            })?;
-        read.rows = rows
-            .iter()
-            .filter_map(Value::as_object)
-            .map(|row| Value::Object(camel_record(row)))
-            .collect();
-    }
-    for (wanted, name, id_field) in [
-        (contact, "contact", "contactId"),
-        (company, "company", "companyId"),
-    ] {
-        if !wanted || id_of(deal.get(id_field)).is_none() {
-            continue;
-        }
-        let record = done
-            .result(name)
-            .and_then(Value::as_object)
-            .ok_or_else(|| {
-                command_error(
-                    &format!("reading the deal's {name}"),
-                    done.get(name),
-                    done.stopped_by.as_ref(),
-                )
-            })?;
-        let record = Some(camel_record(record));
-        match name {
-            "contact" => read.contact = record,
-            _ => read.company = record,
-        }
-    }
-    if responsible {
-        read.responsible_email = responsible_email(done.result("user"));
-    }
-    read.deal = deal;
-    Ok(read)
-}
-
-/// A `crm.deal.*`-shaped record in `crm.item.*` shape: camelCase keys,
-/// multifields (`PHONE`, `EMAIL`, ...) as `fm` rows, file links as
-/// `urlMachine`.
-fn camel_record(record: &Map<String, Value>) -> Map<String, Value> {
-    let mut out = Map::new();
-    let mut fm = Vec::new();
-    for (key, value) in record {
-        if matches!(key.as_str(), "PHONE" | "EMAIL" | "WEB" | "IM") {
-            for row in value.as_array().into_iter().flatten() {
-                fm.push(
-                    json!({"typeId": key, "value": row["VALUE"], "valueType": row["VALUE_TYPE"]}),
-                );
-            }
-            continue;
-        }
-        let value = match value {
-            Value::Array(items) => Value::Array(items.iter().map(legacy_file).collect()),
-            other => legacy_file(other),
-        };
-        out.insert(camel_name(key), value);
-    }
-    if !fm.is_empty() {
-        out.insert("fm".into(), Value::Array(fm));
-    }
-    out
-}
-
-fn legacy_file(value: &Value) -> Value {
-    match value.get("downloadUrl") {
-        Some(url) => json!({"id": value["id"], "urlMachine": url}),
-        None => value.clone(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn legacy_names_and_records_become_item_shaped() {
-        let record = json!({"ID": "3", "NAME": "Ivan", "PHONE": [{"ID": "9", "VALUE": "+1", "VALUE_TYPE": "WORK", "TYPE_ID": "PHONE"}],
-                            "UF_CRM_DOCS": [{"id": 4, "showUrl": "/x", "downloadUrl": "http://h/d"}]});
-        let camel = camel_record(record.as_object().unwrap());
-        assert_eq!(camel["id"], "3");
-        assert_eq!(
-            camel["fm"],
-            json!([{"typeId": "PHONE", "value": "+1", "valueType": "WORK"}])
-        );
-        assert_eq!(
-            camel["ufCrm_DOCS"],
-            json!([{"id": 4, "urlMachine": "http://h/d"}])
-        );
-    }
+    // Contacts deleted since are left out; the deal travels without them.
+    Ok(wanted
+        .iter()
+        .filter_map(|id| {
+            found
+                .iter()
+                .find(|c| id_of(c.get("id")) == Some(*id))
+                .cloned()
+        })
+        .collect())
 }

@@ -59,7 +59,7 @@ pub fn target_seed() -> Value {
 pub async fn start_portals(burst: u32, drain: f64) -> (Portal, Portal) {
     let source = Portal::builder()
         .domain("partner.test")
-        .webhook(1, SOURCE_SECRET, &["crm", "user"])
+        .webhook(1, SOURCE_SECRET, &["crm", "user", "im"])
         .rate_limit(burst, drain)
         .seed(source_seed())
         .start()
@@ -76,6 +76,15 @@ pub async fn start_portals(burst: u32, drain: f64) -> (Portal, Portal) {
     (source, target)
 }
 
+/// Where every source level goes on the target (Bronze has no option
+/// of the same text there), for tests that need `check` to pass.
+pub const FULL_TABLE: &str = r#"values.ufCrm_TIER = { "1" = "72", "2" = "71", "3" = "71" }"#;
+
+/// A faster drain than the cloud's 2/s for tests that do not measure the
+/// limit: the relay's buckets start full (as after a restart), and at 2/s
+/// every test would wait half a second per request.
+pub const TEST_RATE: (u32, f64) = (50, 20.0);
+
 pub struct Options {
     pub listen: String,
     pub rate: (u32, f64),
@@ -83,6 +92,16 @@ pub struct Options {
     pub values: &'static str,
     pub writeback_field: bool,
     pub lease: &'static str,
+}
+
+impl Options {
+    /// [`Options::default`] at [`TEST_RATE`]; start the portals with it too.
+    pub fn fast() -> Self {
+        Self {
+            rate: TEST_RATE,
+            ..Self::default()
+        }
+    }
 }
 
 impl Default for Options {
@@ -244,4 +263,9 @@ pub async fn post_rule(relay: &str, deal_id: i64) -> u16 {
         .await
         .map(|r| r.status().as_u16())
         .unwrap_or(0)
+}
+
+/// [`start_portals`] at [`TEST_RATE`].
+pub async fn start_fast_portals() -> (Portal, Portal) {
+    start_portals(TEST_RATE.0, TEST_RATE.1).await
 }
