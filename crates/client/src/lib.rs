@@ -58,6 +58,7 @@ mod rate_limit;
 mod references;
 mod response;
 mod retry;
+mod scan;
 mod secret;
 
 pub use batch::{
@@ -76,4 +77,5 @@ pub use paging::{PAGE_SIZE, Paging};
 pub use rate_limit::{BucketConfig, PortalLimiter, RateLimits};
 pub use response::Response;
 pub use retry::{RetryPolicy, is_read_method};
+pub use scan::IdScan;
 pub use secret::Secret;

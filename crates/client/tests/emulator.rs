@@ -515,3 +515,51 @@ async fn a_portal_that_is_not_listening_is_reported_as_refused() {
         }
     ));
 }
+
+#[tokio::test]
+async fn an_id_scan_reads_many_pages_per_request_and_resumes() {
+    let portal = portal().await;
+    let client = client(&portal);
+    for i in 0..130 {
+        portal
+            .admin()
+            .insert_record(
+                EntityType::Deal,
+                json!({"title": format!("Old {i}"), "originatorId": if i % 2 == 0 { "b24-relay:p" } else { "other" }})
+                    .as_object()
+                    .unwrap(),
+            )
+            .unwrap();
+    }
+    portal.admin().reset_request_counts();
+    let mut scan = b24_client::IdScan::items(
+        2,
+        json!({"=originatorId": "b24-relay:p"}),
+        &["id", "originatorId"],
+    )
+    .pages_per_request(3);
+    let mut seen = Vec::new();
+    while let Some(chunk) = scan.next_chunk(&client).await.unwrap() {
+        seen.extend(chunk.into_iter().map(|r| r["id"].as_i64().unwrap()));
+    }
+    assert_eq!(seen.len(), 65);
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "in id order, no repeats"
+    );
+    assert_eq!(
+        portal.admin().request_count("batch"),
+        1,
+        "65 records, 2 pages, one request"
+    );
+    // Stopped and resumed from the last id: nothing read twice.
+    let mut first = b24_client::IdScan::items(2, json!({}), &["id"]).pages_per_request(1);
+    let one = first.next_chunk(&client).await.unwrap().unwrap();
+    assert_eq!(one.len(), 50);
+    let mut resumed = b24_client::IdScan::items(2, json!({}), &["id"]).after(first.last_id());
+    let rest = resumed.next_chunk(&client).await.unwrap().unwrap();
+    assert_eq!(rest.len(), 80);
+    assert_eq!(rest[0]["id"], 51);
+    assert!(resumed.next_chunk(&client).await.unwrap().is_none());
+    portal.shutdown().await;
+}

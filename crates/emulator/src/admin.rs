@@ -95,6 +95,16 @@ impl Admin {
             .unwrap_or_default()
     }
 
+    /// A stored file's name and content.
+    pub fn file(&self, id: i64) -> Option<(String, Vec<u8>)> {
+        self.shared
+            .store()
+            .files
+            .files
+            .get(&id)
+            .map(|file| (file.name.clone(), file.data.clone()))
+    }
+
     pub fn timeline_comments(&self) -> Vec<Record> {
         self.shared.store().comments.clone()
     }

@@ -69,6 +69,27 @@ pub enum Command {
         #[command(subcommand)]
         action: crate::cli_app::AppAction,
     },
+    /// The link table (source record → target record).
+    Links {
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: LinksAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LinksAction {
+    /// Rebuild the links of a route from the target portal's records
+    /// (originatorId/originId), after the store was lost or restored from
+    /// an old backup. Safe beside a running server; never creates records.
+    Rebuild {
+        #[arg(long)]
+        route: String,
+        /// Only report what would be linked.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -133,6 +154,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::App { config, action } => {
             let config = config.context("--config is required")?;
             crate::cli_app::run(load(&config)?, action).await
+        }
+        Command::Links {
+            config,
+            action: LinksAction::Rebuild { route, dry_run },
+        } => {
+            let config = config.context("--config is required")?;
+            let config = load(&config)?;
+            let route = route_of(&config, &route)?.clone();
+            let parts = Parts::open(config).await?;
+            let report = crate::links::rebuild(&parts.transfer, &route, dry_run)
+                .await
+                .map_err(|e| anyhow::anyhow!("links rebuild: {}", e.detailed()))?;
+            let verb = if dry_run { "would rebuild" } else { "rebuilt" };
+            println!("route {}: {verb}: {report}", route.name);
+            Ok(())
         }
     }
 }

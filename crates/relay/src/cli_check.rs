@@ -139,10 +139,10 @@ pub fn mapping_problems(
         source: Some(source),
         target: Some(target),
     };
-    match mapping::plan_fields(route, catalogs) {
-        Err(errors) => problems.extend(errors.iter().map(|e| format!("route {name}: {e}"))),
-        Ok(plans) => {
-            for plan in &plans {
+    for planned in mapping::plan_each(route, catalogs) {
+        match planned {
+            Err(error) => problems.push(format!("route {name}: {error}")),
+            Ok(plan) => {
                 for error in plan.option_problems().iter().chain(&plan.shape_problems()) {
                     problems.push(format!("route {name}: {error}"));
                 }

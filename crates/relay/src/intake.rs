@@ -201,6 +201,16 @@ impl Intake {
             .config
             .route(&run.route)
             .is_some_and(|r| r.from == portal_name);
+        if !run.wants_answer {
+            // use_subscription=N: the workflow takes no answer; the deal is
+            // transferred like any announced deal.
+            if !known_route {
+                return Ok(answer_json_unknown_route());
+            }
+            return self
+                .commit(self.store.enqueue(portal_name, run.deal_id, "app-rule"))
+                .await;
+        }
         if !known_route {
             // Nothing to queue; the workflow still gets its answer.
             let answer = application::RuleAnswer {

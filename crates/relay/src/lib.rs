@@ -11,6 +11,7 @@ pub mod cli_check;
 pub mod cli_fields;
 pub mod config;
 pub mod intake;
+pub mod links;
 pub mod mapping;
 pub mod messages;
 pub mod metrics;

@@ -78,6 +78,26 @@ pub fn plan_fields<'a>(
 ) -> Result<Vec<FieldPlan<'a>>, Vec<MappingError>> {
     let mut plans = Vec::new();
     let mut errors = Vec::new();
+    for planned in plan_each(route, catalogs) {
+        match planned {
+            Ok(plan) => plans.push(plan),
+            Err(error) => errors.push(error),
+        }
+    }
+    if errors.is_empty() {
+        Ok(plans)
+    } else {
+        Err(errors)
+    }
+}
+
+/// [`plan_fields`] field by field: `check` reports the fields that cannot
+/// map and also tries the values of those that can.
+pub fn plan_each<'a>(
+    route: &'a Route,
+    catalogs: Catalogs<'a>,
+) -> Vec<Result<FieldPlan<'a>, MappingError>> {
+    let mut out = Vec::new();
     for (source_field, target_field) in &route.fields {
         if route.files.contains(source_field) {
             continue;
@@ -96,34 +116,30 @@ pub fn plan_fields<'a>(
         let missing_source = matches!(source, Some(None));
         let missing_target = matches!(target, Some(None));
         if missing_source {
-            errors.push(error(Problem::NoSourceField {
+            out.push(Err(error(Problem::NoSourceField {
                 portal: route.from.clone(),
-            }));
+            })));
         }
         if missing_target {
-            errors.push(error(Problem::NoTargetField {
+            out.push(Err(error(Problem::NoTargetField {
                 portal: route.to.clone(),
-            }));
+            })));
         }
         if missing_source || missing_target {
             continue;
         }
-        match FieldPlan::new(
-            source_field,
-            target_field,
-            source.flatten(),
-            target.flatten(),
-            route.values.get(target_field),
-        ) {
-            Ok(plan) => plans.push(plan),
-            Err(problem) => errors.push(error(problem)),
-        }
+        out.push(
+            FieldPlan::new(
+                source_field,
+                target_field,
+                source.flatten(),
+                target.flatten(),
+                route.values.get(target_field),
+            )
+            .map_err(error),
+        );
     }
-    if errors.is_empty() {
-        Ok(plans)
-    } else {
-        Err(errors)
-    }
+    out
 }
 
 /// What mapping this deal needs looked up (users, linked records).

@@ -147,6 +147,10 @@ pub struct AppInstall {
     pub scopes: String,
     pub application_token: Secret,
     pub tokens: TokenPair,
+    /// `auth[server_endpoint]` (`https://oauth.bitrix.info/rest/`, or
+    /// `https://oauth.bitrix24.tech/rest/` for Russian-region portals): the
+    /// authorization server this portal's tokens are refreshed at.
+    pub server_endpoint: Option<String>,
     /// Set when the authorization server refused a refresh: the application
     /// must be installed again (its tokens are no longer usable).
     pub reinstall_reason: Option<String>,

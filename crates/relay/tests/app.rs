@@ -53,13 +53,18 @@ fn logged() -> String {
     String::from_utf8_lossy(&logs().lock().unwrap()).into_owned()
 }
 
-async fn start_app_portals() -> (Portal, Portal) {
+async fn start_app_portals(corpus: bool) -> (Portal, Portal) {
+    let (source_seed, target_seed) = if corpus {
+        (corpus::source_seed(), corpus::target_seed())
+    } else {
+        (source_seed(), target_seed())
+    };
     let source = Portal::builder()
         .domain("partner.test")
         .webhook(1, SOURCE_SECRET, &["crm", "user", "im"])
         .application(CLIENT_ID, CLIENT_SECRET, &["crm", "bizproc", "user"])
         .rate_limit(TEST_RATE.0, TEST_RATE.1)
-        .seed(source_seed())
+        .seed(source_seed)
         .start()
         .await
         .expect("source portal starts");
@@ -67,7 +72,7 @@ async fn start_app_portals() -> (Portal, Portal) {
         .domain("esb.test")
         .webhook(1, TARGET_SECRET, &["crm", "user"])
         .rate_limit(TEST_RATE.0, TEST_RATE.1)
-        .seed(target_seed())
+        .seed(target_seed)
         .start()
         .await
         .expect("target portal starts");
@@ -90,14 +95,20 @@ async fn setup(workers: usize) -> Setup {
 /// `with_credentials: false`: no [portal.partner.app] yet, as when the
 /// portal calls the install URL right after the application is saved.
 async fn setup_with(workers: usize, with_credentials: bool) -> Setup {
+    setup_full(workers, with_credentials, false).await
+}
+
+/// `corpus`: the business-like portals and mapping of `common::corpus`.
+async fn setup_full(workers: usize, with_credentials: bool, corpus: bool) -> Setup {
     logs();
-    let (source, target) = start_app_portals().await;
+    let (source, target) = start_app_portals(corpus).await;
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("partner.client_secret");
     std::fs::write(&secret, CLIENT_SECRET).unwrap();
     let options = Options {
         workers,
         values: FULL_TABLE,
+        mapping: corpus.then_some(corpus::ROUTE),
         ..Options::fast()
     };
     let credentials = format!(
@@ -639,5 +650,89 @@ async fn an_install_before_the_credentials_are_configured_is_kept() {
     );
     assert_eq!(s.source.admin().refresh_count(), 1);
     assert_eq!(s.stored_tokens().await, s.latest_tokens());
+    s.stop().await;
+}
+
+/// Application mode, the business corpus: the deal is read with the
+/// application's token, its files (Cyrillic names) are downloaded with it
+/// even when the token expired after the read, and every field arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn business_deals_with_files_arrive_in_application_mode() {
+    let s = setup_full(2, true, true).await;
+    s.install().await;
+    let [full, empty, _] = corpus::insert_deals(&s.source, SOURCE_SECRET).await;
+    // The read works; the token the file links carry is dead by the download.
+    s.source.admin().expire_access_tokens_after(2).unwrap();
+    let run = s.run_rule(full).await;
+    assert_eq!(
+        run.return_values.as_ref().unwrap()["status"],
+        "done",
+        "{run:?}"
+    );
+    let deal = target_deals(&s.target)
+        .into_iter()
+        .find(|d| d.get("originId") == Some(&json!(full.to_string())))
+        .unwrap();
+    corpus::assert_fields("full deal (application)", &deal, &corpus::expected_full(23));
+    let files: Vec<(String, Vec<u8>)> = deal["ufCrm_FILES"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| s.target.admin().file(id.as_i64().unwrap()).unwrap())
+        .collect();
+    assert_eq!(
+        files,
+        vec![
+            ("Договор №42.pdf".to_owned(), corpus::CONTRACT.to_vec()),
+            ("Счёт-фактура.xlsx".to_owned(), corpus::INVOICE.to_vec())
+        ]
+    );
+    assert!(
+        s.source.admin().refresh_count() >= 1,
+        "the download refreshed the token"
+    );
+    assert_eq!(
+        s.source
+            .admin()
+            .request_count("crm.controller.item.getfile"),
+        3,
+        "two files, one of them asked again after the refresh"
+    );
+    let run = s.run_rule(empty).await;
+    assert_eq!(run.return_values.unwrap()["status"], "done");
+    s.stop().await;
+}
+
+/// A rule registered with USE_SUBSCRIPTION=N takes no answer: the deal is
+/// transferred, and bizproc.event.send is never called.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_without_subscription_transfers_and_sends_no_answer() {
+    let s = setup(2).await;
+    s.install().await;
+    let (access, _) = s.latest_tokens();
+    let updated: Value = client()
+        .post(format!(
+            "{}bizproc.robot.update?auth={access}",
+            s.source.rest_url()
+        ))
+        .json(&json!({"CODE": ROBOT, "FIELDS": {"USE_SUBSCRIPTION": "N"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(updated["result"], json!(true), "{updated}");
+    let deal = plain_deal(&s.source, "No answer wanted", "C2:PREPARATION");
+    s.start_rule(deal);
+    wait_until("the deal is transferred", WAIT, async || {
+        target_deals(&s.target)
+            .iter()
+            .any(|d| d["title"] == "No answer wanted")
+    })
+    .await;
+    s.wait_jobs_done(1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(s.source.admin().request_count("bizproc.event.send"), 0);
     s.stop().await;
 }

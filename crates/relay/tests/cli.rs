@@ -184,3 +184,78 @@ async fn check_offline_validates_without_contacting_the_portals() {
     assert!(!ok, "an unknown key must fail: {text}");
     assert!(text.contains("from_portal"), "{text}");
 }
+
+/// `check` runs every test a transfer would and lists each problem of a
+/// deliberately broken mapping, with the fix; the relay's own fields are
+/// refused before that, by the configuration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_lists_every_problem_of_a_broken_mapping() {
+    let (source, target) = start_corpus_portals().await;
+    let dir = tempfile::tempdir().unwrap();
+    // The source webhook without `im`: notify needs it.
+    let source_hook = dir.path().join("partner-no-im.webhook");
+    let broken = Options {
+        mapping: Some(
+            r#"fields = { title = "title", ufCrm_DELIVERY = "ufCrm_SHIPPING", ufCrm_COLORS = "ufCrm_NOTES", ufCrm_TAGS = "ufCrm_QTY", ufCrm_MANAGER = "ufCrm_SITE_X", ufCrm_PARTY = "ufCrm_WEIGHT", ufCrm_QTY = "createdTime", ufCrm_GONE = "comments", ufCrm_SITE = "ufCrm_NOPE" }
+values.ufCrm_SHIPPING = { "1" = "71", "2" = "99" }
+files = ["ufCrm_DOCS"]"#,
+        ),
+        route_extra: "",
+        ..Options::fast()
+    };
+    let mut text = config_text(dir.path(), &source, &target, &broken).replace(
+        "constants = { sourceId = \"PARTNER\" }",
+        "constants = { sourceId = \"PARTNER\", ufCrm_COLORS = 5 }",
+    );
+    std::fs::write(&source_hook, source.webhook_url(2, "noImS3cret")).unwrap();
+    text = text.replace(
+        &format!("{}\"", dir.path().join("partner.webhook").display()),
+        &format!("{}\"", source_hook.display()),
+    );
+    let config = dir.path().join("broken.toml");
+    std::fs::write(&config, &text).unwrap();
+    let (ok, output) = relay(&["check"], &config);
+    assert!(!ok, "{output}");
+    let problems: Vec<&str> = output
+        .lines()
+        .filter(|l| l.starts_with("PROBLEM"))
+        .collect();
+    for expected in [
+        // A value table entry pointing at no option, and a gap in the table.
+        "values.ufCrm_SHIPPING: \"2\" maps to 99, which is not an option",
+        "option 3 (\"Самовывоз\") has no entry in the route's value table",
+        // list -> string: by label, fine; multiple string -> integer: refused.
+        "ufCrm_TAGS → ufCrm_QTY: the deal has 2 values and the target field holds one",
+        // Employees go to employee or string fields only.
+        "ufCrm_MANAGER → ufCrm_SITE_X: the target field does not exist on esb",
+        "ufCrm_PARTY → ufCrm_WEIGHT: a crm binding field cannot be written to a double field",
+        "ufCrm_QTY → createdTime: the target field is read-only",
+        "ufCrm_GONE → comments: the source field does not exist on partner",
+        "ufCrm_SITE → ufCrm_NOPE: the target field does not exist on esb",
+        "files: target field ufCrm_DOCS does not exist on esb",
+        "constant ufCrm_COLORS = 5 is not an option of ufCrm_COLORS on esb",
+    ] {
+        assert!(
+            problems.iter().any(|p| p.contains(expected)),
+            "missing: {expected}\n{output}"
+        );
+    }
+    assert!(
+        output.contains("PROBLEM partner: "),
+        "the webhook's missing scope: {output}"
+    );
+    // Reserved target fields: refused by the configuration itself.
+    let reserved = text.replace(
+        "title = \"title\",",
+        "title = \"title\", ufCrm_NOTE = \"originId\",",
+    );
+    std::fs::write(&config, reserved).unwrap();
+    let (ok, output) = relay(&["check", "--offline"], &config);
+    assert!(!ok, "{output}");
+    assert!(
+        output.contains("`originId` is written by the relay itself"),
+        "{output}"
+    );
+    source.shutdown().await;
+    target.shutdown().await;
+}

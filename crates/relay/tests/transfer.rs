@@ -365,6 +365,19 @@ async fn a_lost_response_to_the_create_still_gives_one_deal() {
         "{attempts:?}"
     );
     assert_eq!(attempts.last().map(|a| a.outcome.as_str()), Some("done"));
+    // The retry found the deal; for the people on the source it is still
+    // the transfer, not "changes sent".
+    let comments = comments_on(&source, deal);
+    assert!(
+        comments
+            .iter()
+            .any(|c| c.starts_with("Transferred to esb as deal #")),
+        "{comments:?}"
+    );
+    assert!(
+        !comments.iter().any(|c| c.starts_with("Changes sent")),
+        "{comments:?}"
+    );
     let shown = b24_relay::cli::jobs_output(
         Config::parse(&text).unwrap(),
         b24_relay::cli::JobsAction::Show { id: job.id },

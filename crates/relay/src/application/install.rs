@@ -40,6 +40,8 @@ pub struct InstallPayload {
     pub scopes: String,
     pub application_token: Secret,
     pub tokens: TokenPair,
+    /// `auth[server_endpoint]`: the portal's authorization server.
+    pub server_endpoint: Option<String>,
 }
 
 impl std::fmt::Debug for InstallPayload {
@@ -79,6 +81,7 @@ impl InstallPayload {
                 access_token: Secret::new(field("access_token")?),
                 refresh_token: Secret::new(field("refresh_token")?),
             },
+            server_endpoint: Some(scalar(&auth["server_endpoint"])).filter(|s| !s.is_empty()),
         })
     }
 }
@@ -125,6 +128,7 @@ pub async fn install(
         scopes: payload.scopes.clone(),
         application_token: payload.application_token.clone(),
         tokens: payload.tokens.clone(),
+        server_endpoint: payload.server_endpoint.clone(),
         reinstall_reason: None,
         updated_at_ms: 0,
     };
@@ -204,6 +208,10 @@ pub struct RuleRun {
     pub workflow_id: String,
     pub event_token: String,
     pub route: String,
+    /// `use_subscription` is not `N`: the workflow waits for
+    /// `bizproc.event.send`. With `N` the portal refuses an answer, so none
+    /// is sent (BITRIX24.md §2).
+    pub wants_answer: bool,
 }
 
 impl std::fmt::Debug for RuleRun {
@@ -212,6 +220,7 @@ impl std::fmt::Debug for RuleRun {
             .field("deal_id", &self.deal_id)
             .field("workflow_id", &self.workflow_id)
             .field("route", &self.route)
+            .field("wants_answer", &self.wants_answer)
             .finish_non_exhaustive()
     }
 }
@@ -246,8 +255,9 @@ pub fn read_rule_run(
         .and_then(|id| id.parse::<i64>().ok())
         .filter(|id| *id > 0)
         .ok_or_else(|| refused(400, "document_id[2] must be DEAL_<id>"))?;
+    let wants_answer = !scalar(&tree["use_subscription"]).eq_ignore_ascii_case("N");
     let event_token = scalar(&tree["event_token"]);
-    if event_token.is_empty() {
+    if event_token.is_empty() && wants_answer {
         return Err(refused(400, "event_token is missing"));
     }
     let route = scalar(&tree["properties"]["route"]);
@@ -256,6 +266,7 @@ pub fn read_rule_run(
         workflow_id: scalar(&tree["workflow_id"]),
         event_token,
         route,
+        wants_answer,
     })
 }
 

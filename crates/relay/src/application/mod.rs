@@ -64,7 +64,7 @@ pub fn oauth_for(
         install.tokens.clone(),
         Arc::new(save),
     )?
-    .with_token_server(&settings.token_server)
+    .with_token_server(&settings.token_server_for(install.server_endpoint.as_deref()))
 }
 
 /// Connects a portal to the application installed earlier (at start-up),

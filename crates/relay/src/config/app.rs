@@ -14,8 +14,10 @@ pub struct AppSettings {
     /// rule's handler URL is built on it. `serve` uses its own listening
     /// address when it is not set (tests, a relay reached directly).
     pub public_url: Option<String>,
-    /// The OAuth authorization server; refreshes go nowhere else.
-    pub token_server: String,
+    /// The OAuth authorization server when configured; refreshes go nowhere
+    /// else. `None`: each portal's own, from the `auth[server_endpoint]` it
+    /// sends (see [`AppSettings::token_server_for`]).
+    pub token_server: Option<String>,
     /// `CODE` of the automation rule the relay registers.
     pub robot_code: String,
 }
@@ -51,6 +53,36 @@ pub(super) struct RawAppCredentials {
     pub client_secret: toml::Value,
 }
 
+/// The authorization servers Bitrix24 runs: `oauth.bitrix.info`, and
+/// `oauth.bitrix24.tech` for Russian-region portals (BITRIX24.md §3).
+const BITRIX_TOKEN_HOSTS: &[&str] = &["oauth.bitrix.info", "oauth.bitrix24.tech"];
+
+impl AppSettings {
+    /// Where a portal's tokens are refreshed: the configured server, else
+    /// the one its `auth[server_endpoint]` names (`https://HOST/rest/` →
+    /// `https://HOST/oauth/token/`) when it is one of Bitrix24's own, else
+    /// `oauth.bitrix.info`.
+    pub fn token_server_for(&self, server_endpoint: Option<&str>) -> String {
+        if let Some(configured) = &self.token_server {
+            return configured.clone();
+        }
+        let host = server_endpoint
+            .and_then(|url| url.strip_prefix("https://"))
+            .and_then(|rest| rest.split(['/', '?', '#']).next())
+            .map(str::to_ascii_lowercase);
+        match host {
+            Some(host) if BITRIX_TOKEN_HOSTS.contains(&host.as_str()) => {
+                format!("https://{host}/oauth/token/")
+            }
+            Some(host) => {
+                tracing::warn!(%host, "auth[server_endpoint] is not a Bitrix24 authorization server; refreshing at oauth.bitrix.info");
+                b24_client::DEFAULT_TOKEN_SERVER.to_owned()
+            }
+            None => b24_client::DEFAULT_TOKEN_SERVER.to_owned(),
+        }
+    }
+}
+
 /// Default `CODE` of the relay's automation rule.
 pub const DEFAULT_ROBOT_CODE: &str = "b24_relay_transfer_deal";
 
@@ -72,8 +104,8 @@ pub(super) fn build_app_settings(raw: RawAppSettings) -> Result<AppSettings, Con
         .map(|url| http_url("public_url", &url))
         .transpose()?;
     let token_server = match raw.token_server {
-        Some(url) => format!("{}/", http_url("token_server", &url)?),
-        None => b24_client::DEFAULT_TOKEN_SERVER.to_owned(),
+        Some(url) => Some(format!("{}/", http_url("token_server", &url)?)),
+        None => None,
     };
     let robot_code = raw
         .robot_code

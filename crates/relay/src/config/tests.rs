@@ -155,17 +155,56 @@ fn the_example_config_is_valid() {
         config.app.public_url.as_deref(),
         Some("https://relay.example.com")
     );
-    assert_eq!(config.app.token_server, b24_client::DEFAULT_TOKEN_SERVER);
+    assert_eq!(config.app.token_server, None);
+    assert_eq!(
+        config
+            .app
+            .token_server_for(Some("https://oauth.bitrix24.tech/rest/")),
+        "https://oauth.bitrix24.tech/oauth/token/"
+    );
+}
+
+#[test]
+fn the_token_server_follows_the_portals_region_unless_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = Config::parse(&sample(&dir)).unwrap();
+    let server = |endpoint| plain.app.token_server_for(endpoint);
+    assert_eq!(
+        server(Some("https://oauth.bitrix24.tech/rest/")),
+        "https://oauth.bitrix24.tech/oauth/token/"
+    );
+    assert_eq!(
+        server(Some("https://oauth.bitrix.info/rest/")),
+        "https://oauth.bitrix.info/oauth/token/"
+    );
+    assert_eq!(server(None), b24_client::DEFAULT_TOKEN_SERVER);
+    // Tokens go to Bitrix24's own servers only.
+    assert_eq!(
+        server(Some("https://evil.test/rest/")),
+        b24_client::DEFAULT_TOKEN_SERVER
+    );
+    assert_eq!(
+        server(Some("http://oauth.bitrix24.tech/rest/")),
+        b24_client::DEFAULT_TOKEN_SERVER
+    );
+    let configured = Config::parse(&format!(
+        "{}\n[app]\ntoken_server = \"http://127.0.0.1:9/oauth/token\"\n",
+        sample(&dir)
+    ))
+    .unwrap();
+    assert_eq!(
+        configured
+            .app
+            .token_server_for(Some("https://oauth.bitrix24.tech/rest/")),
+        "http://127.0.0.1:9/oauth/token/"
+    );
 }
 
 #[test]
 fn application_mode_keys_are_read_and_the_client_secret_hidden() {
     let dir = tempfile::tempdir().unwrap();
     let plain = Config::parse(&sample(&dir)).unwrap();
-    assert_eq!(
-        plain.app.token_server,
-        "https://oauth.bitrix.info/oauth/token/"
-    );
+    assert_eq!(plain.app.token_server, None);
     assert_eq!(plain.app.robot_code, DEFAULT_ROBOT_CODE);
     assert_eq!(plain.app.public_url, None);
     assert!(plain.portals["partner"].app.is_none());
@@ -183,7 +222,10 @@ fn application_mode_keys_are_read_and_the_client_secret_hidden() {
         config.app.public_url.as_deref(),
         Some("https://relay.example.com")
     );
-    assert_eq!(config.app.token_server, "http://127.0.0.1:9/oauth/token/");
+    assert_eq!(
+        config.app.token_server.as_deref(),
+        Some("http://127.0.0.1:9/oauth/token/")
+    );
     assert_eq!(config.app.robot_code, "transfer_deal");
     let shown = format!("{config:?}");
     assert!(!shown.contains("Cl1entS3cretValue"), "{shown}");

@@ -205,6 +205,7 @@ impl SqliteStore {
         connection.pragma_update(None, "synchronous", "FULL")?;
         connection.execute_batch(SCHEMA)?;
         connection.execute_batch(super::sqlite_claims::SCHEMA)?;
+        super::sqlite_claims::migrate(&connection)?;
         Ok(Self {
             connection: Mutex::new(connection),
         })

@@ -17,9 +17,11 @@ impl SqliteStore {
         self.with(|c| {
             c.execute(
                 "INSERT INTO app_installs (portal, client_endpoint, domain, member_id, scopes,
-                    application_token, access_token, refresh_token, reinstall_reason, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, ?9)
+                    application_token, access_token, refresh_token, reinstall_reason, updated_at,
+                    server_endpoint)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, ?9, ?10)
                  ON CONFLICT (portal) DO UPDATE SET client_endpoint = excluded.client_endpoint,
+                    server_endpoint = excluded.server_endpoint,
                     domain = excluded.domain, member_id = excluded.member_id,
                     scopes = excluded.scopes, application_token = excluded.application_token,
                     access_token = excluded.access_token, refresh_token = excluded.refresh_token,
@@ -33,7 +35,8 @@ impl SqliteStore {
                     install.application_token.expose(),
                     install.tokens.access_token.expose(),
                     install.tokens.refresh_token.expose(),
-                    now_ms()
+                    now_ms(),
+                    install.server_endpoint
                 ],
             )?;
             Ok(())
@@ -44,7 +47,7 @@ impl SqliteStore {
         self.with(|c| {
             Ok(c.query_row(
                 "SELECT client_endpoint, domain, member_id, scopes, application_token,
-                        access_token, refresh_token, reinstall_reason, updated_at
+                        access_token, refresh_token, reinstall_reason, updated_at, server_endpoint
                  FROM app_installs WHERE portal = ?1",
                 params![portal],
                 |row| {
@@ -60,6 +63,7 @@ impl SqliteStore {
                         },
                         reinstall_reason: row.get(7)?,
                         updated_at_ms: row.get(8)?,
+                        server_endpoint: row.get(9)?,
                     })
                 },
             )

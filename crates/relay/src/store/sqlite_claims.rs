@@ -30,6 +30,25 @@ CREATE TABLE IF NOT EXISTS expected_echoes (
 );
 ";
 
+/// Columns added to existing tables since the first release: SQLite has
+/// no `ADD COLUMN IF NOT EXISTS`.
+pub(super) fn migrate(connection: &rusqlite::Connection) -> Result<(), StoreError> {
+    let has = |table: &str, column: &str| -> Result<bool, StoreError> {
+        let mut statement = connection.prepare(&format!("PRAGMA table_info({table})"))?;
+        let names = statement.query_map([], |row| row.get::<_, String>(1))?;
+        for name in names {
+            if name? == column {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    };
+    if !has("app_installs", "server_endpoint")? {
+        connection.execute_batch("ALTER TABLE app_installs ADD COLUMN server_endpoint TEXT")?;
+    }
+    Ok(())
+}
+
 fn ms(duration: Duration) -> i64 {
     duration.as_millis().min(i64::MAX as u128) as i64
 }

@@ -251,6 +251,7 @@ async fn installs_keep_tokens_and_a_refresh_replaces_them() {
         scopes: "crm,bizproc".into(),
         application_token: Secret::new("app-1"),
         tokens: pair("a1", "r1"),
+        server_endpoint: Some("https://oauth.bitrix24.tech/rest/".into()),
         reinstall_reason: None,
         updated_at_ms: 0,
     };

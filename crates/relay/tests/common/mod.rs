@@ -2,6 +2,8 @@
 //! configuration between them, for the relay's end-to-end tests.
 #![allow(dead_code)]
 
+pub mod corpus;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -92,6 +94,12 @@ pub struct Options {
     pub values: &'static str,
     pub writeback_field: bool,
     pub lease: &'static str,
+    /// Replaces the route's `fields`, `values` and `files` lines.
+    pub mapping: Option<&'static str>,
+    /// Lines added to `[portal.partner]` (e.g. `language = "ru"`).
+    pub partner_extra: &'static str,
+    /// Lines added to the route (e.g. `notify = "always"`).
+    pub route_extra: &'static str,
 }
 
 impl Options {
@@ -113,6 +121,9 @@ impl Default for Options {
             values: r#"values.ufCrm_TIER = { match = "label" }"#,
             writeback_field: true,
             lease: "30s",
+            mapping: None,
+            partner_extra: "",
+            route_extra: "",
         }
     }
 }
@@ -154,6 +165,7 @@ application_token = {{ file = "{token}" }}
 rule_secret = {{ file = "{rule}" }}
 domain = "partner.test"
 rate = {{ burst = {burst}, per_second = {drain} }}
+{partner_extra}
 
 [portal.esb]
 webhook = {{ file = "{target_hook}" }}
@@ -165,21 +177,28 @@ from = "partner"
 to = "esb"
 when = {{ category = 2, stages = ["C2:PREPARATION"] }}
 target = {{ category = 3, stage = "C3:NEW" }}
-fields = {{ title = "title", opportunity = "opportunity", currencyId = "currencyId", ufCrm_LEVEL = "ufCrm_TIER", ufCrm_DOCS = "ufCrm_FILES" }}
-{values}
+{mapping}
 constants = {{ sourceId = "PARTNER" }}
 products = true
 contact = "match"
 company = "match"
-files = ["ufCrm_DOCS"]
 responsible = {{ match = "email", fallback = 1 }}
 writeback = {{ comment = true{field} }}
+{route_extra}
 "#,
         listen = options.listen,
         db = dir.join("relay.db").display(),
         workers = options.workers,
         lease = options.lease,
-        values = options.values,
+        mapping = match options.mapping {
+            Some(mapping) => mapping.to_owned(),
+            None => format!(
+                "fields = {{ title = \"title\", opportunity = \"opportunity\", currencyId = \"currencyId\", ufCrm_LEVEL = \"ufCrm_TIER\", ufCrm_DOCS = \"ufCrm_FILES\" }}\n{}\nfiles = [\"ufCrm_DOCS\"]",
+                options.values
+            ),
+        },
+        partner_extra = options.partner_extra,
+        route_extra = options.route_extra,
     )
 }
 
@@ -268,4 +287,26 @@ pub async fn post_rule(relay: &str, deal_id: i64) -> u16 {
 /// [`start_portals`] at [`TEST_RATE`].
 pub async fn start_fast_portals() -> (Portal, Portal) {
     start_portals(TEST_RATE.0, TEST_RATE.1).await
+}
+
+/// Portals seeded with the business-like corpus ([`corpus`]), at [`TEST_RATE`].
+pub async fn start_corpus_portals() -> (Portal, Portal) {
+    let source = Portal::builder()
+        .domain("partner.test")
+        .webhook(1, SOURCE_SECRET, &["crm", "user", "im"])
+        .webhook(2, "noImS3cret", &["crm", "user"])
+        .rate_limit(TEST_RATE.0, TEST_RATE.1)
+        .seed(corpus::source_seed())
+        .start()
+        .await
+        .expect("source portal starts");
+    let target = Portal::builder()
+        .domain("esb.test")
+        .webhook(1, TARGET_SECRET, &["crm", "user"])
+        .rate_limit(TEST_RATE.0, TEST_RATE.1)
+        .seed(corpus::target_seed())
+        .start()
+        .await
+        .expect("target portal starts");
+    (source, target)
 }

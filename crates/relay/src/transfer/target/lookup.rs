@@ -93,6 +93,11 @@ impl LookUp<'_> {
                 party.target_id = link.target_id;
             }
         }
+        // Without a completed transfer on record (a lost or restored store),
+        // files already on the target deal may be copies of the source's.
+        let history_unknown = link
+            .as_ref()
+            .is_none_or(|l| l.target_id.is_none() || l.synced_hash.is_none());
         let emails = self.emails_to_find(&needs);
         loop {
             let dialect = self.target.dialect.get();
@@ -207,17 +212,89 @@ impl LookUp<'_> {
                 let users = require(&format!("user{index}"))?;
                 self.target.users.remember_email(email, &users);
             }
-            if found.deal_id.is_some() && !pending_fields.is_empty() {
+            if done.get("current").is_some() {
                 let current = require("current")?;
-                for field in pending_fields {
+                for field in &pending_fields {
                     found
                         .existing_files
-                        .insert(field.to_owned(), dialect.file_ids(&current, field));
+                        .insert((*field).to_owned(), dialect.file_ids(&current, field));
+                }
+                if history_unknown && !dry_run {
+                    self.assume_copied(files, &mut found).await?;
+                }
+            }
+            // Found by its markers just now (a lost or restored store), with
+            // files to add: what the deal holds decides what to upload.
+            if found.deal_id.is_some()
+                && !pending_fields.is_empty()
+                && done.get("current").is_none()
+            {
+                let (method, params) = dialect.get(2, json!(found.deal_id));
+                let current = self
+                    .target
+                    .client
+                    .call(method, &params)
+                    .await
+                    .map_err(|e| {
+                        TransferError::client(
+                            format!("reading the target deal on {}", self.route.to),
+                            e,
+                        )
+                    })?;
+                for field in &pending_fields {
+                    found.existing_files.insert(
+                        (*field).to_owned(),
+                        dialect.file_ids(&current.result, field),
+                    );
+                }
+                if history_unknown && !dry_run {
+                    self.assume_copied(files, &mut found).await?;
                 }
             }
             self.resolve_users(&needs, &mut found);
             return Ok(found);
         }
+    }
+
+    /// A target deal found without a record of what was copied into it:
+    /// as many of each field's source files as the target field holds are
+    /// taken as copied already (in order), so a restored store never
+    /// uploads a file twice. A file added on the source meanwhile still
+    /// travels; one replaced there may be missed.
+    async fn assume_copied(
+        &self,
+        files: &[SourceFile],
+        found: &mut Found,
+    ) -> Result<(), TransferError> {
+        let mut taken: BTreeMap<String, usize> = BTreeMap::new();
+        let mut copied: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+        found.pending_files.retain(|&index| {
+            let file = &files[index];
+            let on_target = found
+                .existing_files
+                .get(&file.target_field)
+                .map_or(0, Vec::len);
+            let used = taken.entry(file.target_field.clone()).or_insert(0);
+            if *used < on_target {
+                *used += 1;
+                copied
+                    .entry(file.source_field.clone())
+                    .or_default()
+                    .push(file.id);
+                false
+            } else {
+                true
+            }
+        });
+        for (field, ids) in copied {
+            tracing::info!(route = %self.route.name, deal = self.source.id, %field, files = ids.len(),
+                "files already on the target deal are taken as copied (no record of copying them)");
+            self.transfer
+                .store
+                .add_copied_files(&self.key, &field, &ids)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Takes the party's claim, or waits for the worker holding it to link
