@@ -23,27 +23,26 @@ use crate::config::Config;
 use crate::intake::Intake;
 use crate::metrics::Metrics;
 use crate::portals::Portals;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, StoreOptions};
 use crate::transfer::Transfer;
 use crate::worker::Workers;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("opening the store {path}: {source}")]
-    Store { path: String, source: StoreError },
+    // Fields named `error`, not `source`: the message already holds the
+    // cause, and `{:#}` would print it twice.
+    #[error("opening the store {path}: {error}")]
+    Store { path: String, error: StoreError },
     #[error("portal clients: {0}")]
     Client(#[from] b24_client::Error),
     #[error("another `b24-relay serve` already uses {path} (one serving process per SQLite store)")]
     Locked { path: String },
-    #[error("cannot lock {path}: {source}")]
-    Lock {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot lock {path}: {error}")]
+    Lock { path: String, error: std::io::Error },
+    #[error("cannot listen on {addr}: {error}")]
     Bind {
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -57,13 +56,16 @@ pub struct Parts {
 
 impl Parts {
     pub async fn open(config: Config) -> Result<Self, StartError> {
-        let store =
-            Store::open_sqlite(&config.store)
-                .await
-                .map_err(|source| StartError::Store {
-                    path: config.store.display().to_string(),
-                    source,
-                })?;
+        let options = StoreOptions {
+            max_interruptions: config.max_interruptions,
+            ..StoreOptions::default()
+        };
+        let store = Store::open_sqlite_with(&config.store, options)
+            .await
+            .map_err(|error| StartError::Store {
+                path: config.store.display().to_string(),
+                error,
+            })?;
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::new());
         let portals = Arc::new(Portals::new(&config, metrics.clone())?);
@@ -111,9 +113,9 @@ impl Relay {
             .store
             .release_running()
             .await
-            .map_err(|source| StartError::Store {
+            .map_err(|error| StartError::Store {
                 path: parts.config.store.display().to_string(),
-                source,
+                error,
             })?;
         if released > 0 {
             tracing::info!(
@@ -122,9 +124,9 @@ impl Relay {
             );
         }
         let listener = bind(parts.config.listen).await?;
-        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        let addr = listener.local_addr().map_err(|error| StartError::Bind {
             addr: parts.config.listen,
-            source,
+            error,
         })?;
         let metrics_listener = match parts.config.metrics_listen {
             Some(metrics_addr) => Some(bind(metrics_addr).await?),
@@ -202,6 +204,8 @@ impl Relay {
         {
             self.tasks.abort_all();
         }
+        // What is queued is written and the WAL checkpointed.
+        self.store.close().await;
     }
 }
 
@@ -216,9 +220,19 @@ impl Drop for Relay {
 fn lock_store(store: &std::path::Path) -> Result<std::fs::File, StartError> {
     use std::os::fd::AsRawFd;
     let path = format!("{}.lock", store.display());
-    let failed = |source| StartError::Lock {
-        path: path.clone(),
-        source,
+    let failed = |error: std::io::Error| match error.raw_os_error() {
+        // Said as the store's problem: it cannot be written either.
+        Some(libc::EROFS) | Some(libc::EACCES) => StartError::Store {
+            path: store.display().to_string(),
+            error: StoreError::ReadOnly {
+                path: store.display().to_string(),
+                why: format!("its directory: {error}; the lock file {path} cannot be created"),
+            },
+        },
+        _ => StartError::Lock {
+            path: path.clone(),
+            error,
+        },
     };
     if let Some(dir) = store.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(failed)?;
@@ -244,7 +258,7 @@ fn lock_store(store: &std::path::Path) -> Result<std::fs::File, StartError> {
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| StartError::Bind { addr, source })
+        .map_err(|error| StartError::Bind { addr, error })
 }
 
 fn metrics_page(metrics: &Metrics, request: &Request<Incoming>) -> Response<Full<Bytes>> {

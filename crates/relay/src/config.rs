@@ -42,6 +42,9 @@ pub struct Config {
     pub workers: usize,
     /// Attempts of a job before a transient error marks it failed.
     pub max_attempts: u32,
+    /// Attempts cut short by a stopping relay (kill, crash, restart) before
+    /// a job fails; counted apart from `max_attempts`.
+    pub max_interruptions: u32,
     pub retry_base_delay: Duration,
     pub retry_max_delay: Duration,
     /// How long a claimed job stays claimed without a heartbeat.
@@ -146,6 +149,8 @@ struct RawConfig {
     workers: usize,
     #[serde(default = "default_attempts")]
     max_attempts: u32,
+    #[serde(default = "default_interruptions")]
+    max_interruptions: u32,
     #[serde(default = "default_retry_base", with = "humantime_serde_lite")]
     retry_base_delay: Duration,
     #[serde(default = "default_retry_max", with = "humantime_serde_lite")]
@@ -171,6 +176,9 @@ fn default_workers() -> usize {
     4
 }
 fn default_attempts() -> u32 {
+    10
+}
+fn default_interruptions() -> u32 {
     10
 }
 fn default_retry_base() -> Duration {
@@ -320,8 +328,10 @@ impl Config {
                 )));
             }
         };
-        if raw.workers == 0 || raw.max_attempts == 0 {
-            return Err(invalid("workers and max_attempts must be at least 1"));
+        if raw.workers == 0 || raw.max_attempts == 0 || raw.max_interruptions == 0 {
+            return Err(invalid(
+                "workers, max_attempts and max_interruptions must be at least 1",
+            ));
         }
         let mut portals = BTreeMap::new();
         for (name, portal) in raw.portal {
@@ -343,6 +353,7 @@ impl Config {
             store,
             workers: raw.workers,
             max_attempts: raw.max_attempts,
+            max_interruptions: raw.max_interruptions,
             retry_base_delay: raw.retry_base_delay,
             retry_max_delay: raw.retry_max_delay,
             lease: raw.lease.max(Duration::from_secs(1)),

@@ -7,10 +7,23 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use b24_client::{Secret, TokenPair};
 
+/// How to get going again after a store is refused as damaged, empty or
+/// lost: appended to those errors, and documented in the README.
+pub const RECOVERY: &str = "to recover: stop every relay process; move the store aside with its \
+-wal and -shm files (keep them for analysis); create an empty store with `b24-relay store \
+migrate`; then run `b24-relay links rebuild --route NAME` for every route, which links the \
+deals already on the target portals so that none is created twice (README: \"A damaged or \
+lost store\")";
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// A batch of writes could not be committed; none of it is stored.
+    #[error("database: the commit failed: {0}")]
+    Commit(String),
+    #[error("the store's writer has stopped")]
+    WriterStopped,
     #[error("cannot create the directory of {path}: {source}")]
     Directory {
         path: String,
@@ -21,10 +34,41 @@ pub enum StoreError {
         path: String,
         source: std::io::Error,
     },
+    #[error(
+        "the store {path} is read-only ({why}): the relay writes every request it accepts to it; make it writable by the user running the relay"
+    )]
+    ReadOnly { path: String, why: String },
+    #[error(
+        "the store {path} is damaged ({details}); it is not used, so that no deal is transferred twice; {RECOVERY}"
+    )]
+    Damaged { path: String, details: String },
+    #[error(
+        "the store {path} is an empty file (0 bytes): it was truncated or replaced, and starting on it as a new store would transfer announced deals again; {RECOVERY}"
+    )]
+    Empty { path: String },
+    #[error(
+        "the store {path} is missing but {trace} is there: the store was deleted or moved; put it back, or {RECOVERY}"
+    )]
+    Lost { path: String, trace: String },
     #[error("no job {0}")]
     NoSuchJob(i64),
     #[error("job {id} is {state}; only failed (or finished) jobs can be replayed")]
     NotReplayable { id: i64, state: String },
+}
+
+impl StoreError {
+    /// The disk (or the database's volume) is full: answered with 503 and
+    /// retried by the caller; the store recovers by itself once space is
+    /// freed.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => {
+                e.code == rusqlite::ErrorCode::DiskFull
+            }
+            StoreError::Commit(message) => message.contains("disk is full"),
+            _ => false,
+        }
+    }
 }
 
 /// Where a job is in its life.
@@ -71,7 +115,13 @@ pub struct Job {
     /// What asked for it: the event name, `rule`, or `cli`.
     pub trigger: String,
     pub state: JobState,
+    /// Attempts that ran to an outcome (done, retry, failed), the one
+    /// running included; never above `max_attempts`.
     pub attempts: u32,
+    /// Attempts cut short because the relay stopped (killed, crashed,
+    /// restarted) before they ended; counted apart, up to
+    /// `max_interruptions`, so that restarts do not use up `max_attempts`.
+    pub interruptions: u32,
     /// Further requests for the same deal merged into this job.
     pub coalesced: u32,
     pub created_at_ms: i64,
@@ -188,6 +238,28 @@ pub struct QueueStats {
     pub oldest_pending_age: Option<Duration>,
 }
 
+impl QueueStats {
+    /// From `(state, count)` rows and the creation time of the oldest
+    /// waiting job (ms since the epoch).
+    pub(crate) fn from_counts(counted: &[(String, u64)], oldest_ms: Option<i64>) -> Self {
+        let by_state = JobState::ALL
+            .into_iter()
+            .map(|state| {
+                let count = counted
+                    .iter()
+                    .find(|(name, _)| name == state.as_str())
+                    .map_or(0, |(_, n)| *n);
+                (state, count)
+            })
+            .collect();
+        QueueStats {
+            by_state,
+            oldest_pending_age: oldest_ms
+                .map(|at| Duration::from_millis((now_ms() - at).max(0) as u64)),
+        }
+    }
+}
+
 pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -198,8 +270,9 @@ pub(crate) fn now_ms() -> i64 {
 mod handle;
 mod sqlite;
 mod sqlite_app;
+mod sqlite_jobs;
 
-pub use handle::Store;
+pub use handle::{Store, StoreOptions};
 
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,6 @@
 //! [`Store`]: the one async handle the rest of the relay uses. Every method
-//! runs the backend's blocking work itself (SQLite on tokio's blocking
-//! threads), so no caller ever stalls an async worker thread on a commit,
+//! runs the backend's blocking work itself (SQLite on its writer thread
+//! and on tokio's blocking threads), so no caller ever stalls an async worker thread on a commit,
 //! and callers never choose how a backend runs.
 
 use std::path::Path;
@@ -14,12 +14,33 @@ use super::{
     AppInstall, Attempt, Enqueued, Job, JobState, Link, LinkKey, LinkKind, QueueStats, RuleCall,
     StoreError,
 };
+use super::{sqlite_app as app, sqlite_jobs as jobs};
 
 /// The relay's persistent state: the durable queue, the link tables and the
 /// installed applications. Cheap to clone; clones share one backend.
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
+    options: StoreOptions,
+}
+
+/// How the store treats jobs, whatever the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Attempts cut short by a stopping relay before a job fails.
+    pub max_interruptions: u32,
+    /// An interrupted job waits `2^n` times this (at most 64 times) before
+    /// it is due again, so that the others go first.
+    pub interrupted_delay: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            max_interruptions: 10,
+            interrupted_delay: Duration::from_secs(1),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -55,27 +76,30 @@ impl OwnedKey {
     }
 }
 
-/// Runs `work` on a blocking thread: SQLite commits wait for the disk.
-async fn blocking<T: Send + 'static>(
-    db: &Arc<SqliteStore>,
-    work: impl FnOnce(&SqliteStore) -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    let db = Arc::clone(db);
-    tokio::task::spawn_blocking(move || work(&db))
-        .await
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic.into_panic()))
-}
-
 impl Store {
-    /// Opens (creating if needed) the SQLite store at `path`.
+    /// Opens the SQLite store at `path` (created when there is no trace of
+    /// one; refused when empty, damaged, lost or read-only).
     pub async fn open_sqlite(path: &Path) -> Result<Self, StoreError> {
+        Self::open_sqlite_with(path, StoreOptions::default()).await
+    }
+
+    pub async fn open_sqlite_with(path: &Path, options: StoreOptions) -> Result<Self, StoreError> {
         let path = path.to_owned();
         let db = tokio::task::spawn_blocking(move || SqliteStore::open(&path))
             .await
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic.into_panic()))?;
         Ok(Self {
             backend: Backend::Sqlite(Arc::new(db)),
+            options,
         })
+    }
+
+    /// Finishes the queued writes and closes the store (for every clone of
+    /// this handle); a command that is about to exit calls it.
+    pub async fn close(&self) {
+        match &self.backend {
+            Backend::Sqlite(db) => db.close().await,
+        }
     }
 
     /// Queues a transfer of `deal_id`, merging into a pending job for the
@@ -89,7 +113,8 @@ impl Store {
         let (portal, trigger) = (portal.to_owned(), trigger.to_owned());
         match &self.backend {
             Backend::Sqlite(db) => {
-                blocking(db, move |db| db.enqueue(&portal, deal_id, &trigger)).await
+                db.write(move |c| jobs::enqueue(c, &portal, deal_id, &trigger))
+                    .await
             }
         }
     }
@@ -97,14 +122,17 @@ impl Store {
     /// Claims the next due job whose deal is not being transferred already.
     pub async fn claim(&self, lease: Duration) -> Result<Option<Job>, StoreError> {
         match &self.backend {
-            Backend::Sqlite(db) => blocking(db, move |db| db.claim(lease)).await,
+            Backend::Sqlite(db) => {
+                let options = self.options;
+                db.write(move |c| jobs::claim(c, lease, &options)).await
+            }
         }
     }
 
     /// Extends the lease of a running job.
     pub async fn heartbeat(&self, job_id: i64, lease: Duration) -> Result<(), StoreError> {
         match &self.backend {
-            Backend::Sqlite(db) => blocking(db, move |db| db.heartbeat(job_id, lease)).await,
+            Backend::Sqlite(db) => db.write(move |c| jobs::heartbeat(c, job_id, lease)).await,
         }
     }
 
@@ -118,10 +146,8 @@ impl Store {
         let message = message.to_owned();
         match &self.backend {
             Backend::Sqlite(db) => {
-                blocking(db, move |db| {
-                    db.finish(job_id, state, &message, target_deal_id)
-                })
-                .await
+                db.write(move |c| jobs::finish(c, job_id, state, &message, target_deal_id))
+                    .await
             }
         }
     }
@@ -136,50 +162,60 @@ impl Store {
         let message = message.to_owned();
         match &self.backend {
             Backend::Sqlite(db) => {
-                blocking(db, move |db| db.retry_later(job_id, delay, &message)).await
+                db.write(move |c| jobs::retry_later(c, job_id, delay, &message))
+                    .await
             }
         }
     }
 
     /// Makes every running job pending again (start-up of the only worker
-    /// process).
+    /// process): each counts as an interrupted attempt.
     pub async fn release_running(&self) -> Result<u64, StoreError> {
+        let options = self.options;
         match &self.backend {
-            Backend::Sqlite(db) => blocking(db, |db| db.release_running()).await,
+            Backend::Sqlite(db) => db.write(move |c| jobs::release_running(c, &options)).await,
+        }
+    }
+
+    /// Gives a claimed job back on a graceful stop: due again at once, the
+    /// unfinished attempt not counted, and no interruption either.
+    pub async fn release(&self, job_id: i64) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(db) => db.write(move |c| jobs::release(c, job_id)).await,
         }
     }
 
     pub async fn job(&self, id: i64) -> Result<Option<Job>, StoreError> {
         match &self.backend {
-            Backend::Sqlite(db) => blocking(db, move |db| db.job(id)).await,
+            Backend::Sqlite(db) => db.read(move |c| jobs::job(c, id)).await,
         }
     }
 
     /// Jobs, newest first, of one state or all.
     pub async fn jobs(&self, state: Option<JobState>, limit: u32) -> Result<Vec<Job>, StoreError> {
         match &self.backend {
-            Backend::Sqlite(db) => blocking(db, move |db| db.jobs(state, limit)).await,
+            Backend::Sqlite(db) => db.read(move |c| jobs::jobs(c, state, limit)).await,
         }
     }
 
     /// Queues a finished or failed job again, attempts reset.
     pub async fn replay(&self, id: i64) -> Result<(), StoreError> {
         match &self.backend {
-            Backend::Sqlite(db) => blocking(db, move |db| db.replay(id)).await,
+            Backend::Sqlite(db) => db.write(move |c| jobs::replay(c, id)).await,
         }
     }
 
     /// Queues every failed deal again; returns how many deals.
     pub async fn replay_failed(&self) -> Result<u64, StoreError> {
         match &self.backend {
-            Backend::Sqlite(db) => blocking(db, |db| db.replay_failed()).await,
+            Backend::Sqlite(db) => db.write(jobs::replay_failed).await,
         }
     }
 
     pub async fn link(&self, key: &LinkKey<'_>) -> Result<Option<Link>, StoreError> {
         let key = OwnedKey::of(key);
         match &self.backend {
-            Backend::Sqlite(db) => blocking(db, move |db| db.link(&key.key())).await,
+            Backend::Sqlite(db) => db.read(move |c| jobs::link(c, &key.key())).await,
         }
     }
 
@@ -187,7 +223,7 @@ impl Store {
     pub async fn mark_creating(&self, key: &LinkKey<'_>) -> Result<(), StoreError> {
         let key = OwnedKey::of(key);
         match &self.backend {
-            Backend::Sqlite(db) => blocking(db, move |db| db.mark_creating(&key.key())).await,
+            Backend::Sqlite(db) => db.write(move |c| jobs::mark_creating(c, &key.key())).await,
         }
     }
 
@@ -201,10 +237,8 @@ impl Store {
         let synced_hash = synced_hash.map(str::to_owned);
         match &self.backend {
             Backend::Sqlite(db) => {
-                blocking(db, move |db| {
-                    db.set_link(&key.key(), target_id, synced_hash.as_deref())
-                })
-                .await
+                db.write(move |c| jobs::set_link(c, &key.key(), target_id, synced_hash.as_deref()))
+                    .await
             }
         }
     }
@@ -218,7 +252,8 @@ impl Store {
         let (key, field) = (OwnedKey::of(key), field.to_owned());
         match &self.backend {
             Backend::Sqlite(db) => {
-                blocking(db, move |db| db.copied_files(&key.key(), &field)).await
+                db.read(move |c| jobs::copied_files(c, &key.key(), &field))
+                    .await
             }
         }
     }
@@ -232,10 +267,8 @@ impl Store {
         let (key, field, file_ids) = (OwnedKey::of(key), field.to_owned(), file_ids.to_vec());
         match &self.backend {
             Backend::Sqlite(db) => {
-                blocking(db, move |db| {
-                    db.add_copied_files(&key.key(), &field, &file_ids)
-                })
-                .await
+                db.write(move |c| jobs::add_copied_files(c, &key.key(), &field, &file_ids))
+                    .await
             }
         }
     }
@@ -243,7 +276,7 @@ impl Store {
     /// Counts for metrics.
     pub async fn stats(&self) -> Result<QueueStats, StoreError> {
         match &self.backend {
-            Backend::Sqlite(db) => blocking(db, |db| db.stats()).await,
+            Backend::Sqlite(db) => db.read(jobs::stats).await,
         }
     }
 
@@ -251,7 +284,8 @@ impl Store {
         let attempt = attempt.clone();
         match &self.backend {
             Backend::Sqlite(db) => {
-                blocking(db, move |db| db.record_attempt(job_id, &attempt)).await
+                db.write(move |c| jobs::record_attempt(c, job_id, &attempt))
+                    .await
             }
         }
     }
@@ -259,7 +293,7 @@ impl Store {
     /// Tries of a job, oldest first.
     pub async fn attempts(&self, job_id: i64) -> Result<Vec<Attempt>, StoreError> {
         match &self.backend {
-            Backend::Sqlite(db) => blocking(db, move |db| db.attempts(job_id)).await,
+            Backend::Sqlite(db) => db.read(move |c| jobs::attempts(c, job_id)).await,
         }
     }
 
@@ -272,14 +306,17 @@ impl Store {
     ) -> Result<(), StoreError> {
         let (portal, install) = (portal.to_owned(), install.clone());
         match &self.backend {
-            Backend::Sqlite(db) => blocking(db, move |db| db.save_install(&portal, &install)).await,
+            Backend::Sqlite(db) => {
+                db.write(move |c| app::save_install(c, &portal, &install))
+                    .await
+            }
         }
     }
 
     pub async fn app_install(&self, portal: &str) -> Result<Option<AppInstall>, StoreError> {
         let portal = portal.to_owned();
         match &self.backend {
-            Backend::Sqlite(db) => blocking(db, move |db| db.install(&portal)).await,
+            Backend::Sqlite(db) => db.read(move |c| app::install(c, &portal)).await,
         }
     }
 
@@ -291,7 +328,10 @@ impl Store {
     ) -> Result<(), StoreError> {
         let (portal, tokens) = (portal.to_owned(), tokens.clone());
         match &self.backend {
-            Backend::Sqlite(db) => blocking(db, move |db| db.save_tokens(&portal, &tokens)).await,
+            Backend::Sqlite(db) => {
+                db.write(move |c| app::save_tokens(c, &portal, &tokens))
+                    .await
+            }
         }
     }
 
@@ -303,7 +343,8 @@ impl Store {
         let (portal, reason) = (portal.to_owned(), reason.to_owned());
         match &self.backend {
             Backend::Sqlite(db) => {
-                blocking(db, move |db| db.flag_reinstall(&portal, &reason)).await
+                db.write(move |c| app::flag_reinstall(c, &portal, &reason))
+                    .await
             }
         }
     }
@@ -321,9 +362,9 @@ impl Store {
         let owned = [portal, workflow_id, event_token, route].map(str::to_owned);
         match &self.backend {
             Backend::Sqlite(db) => {
-                blocking(db, move |db| {
+                db.write(move |c| {
                     let [portal, workflow_id, event_token, route] = &owned;
-                    db.queue_rule_call(portal, deal_id, workflow_id, event_token, route)
+                    app::queue_rule_call(c, portal, deal_id, workflow_id, event_token, route)
                 })
                 .await
             }
@@ -339,7 +380,8 @@ impl Store {
         let portal = portal.to_owned();
         match &self.backend {
             Backend::Sqlite(db) => {
-                blocking(db, move |db| db.calls_to_answer(&portal, job_id)).await
+                db.read(move |c| app::calls_to_answer(c, &portal, job_id))
+                    .await
             }
         }
     }
@@ -348,7 +390,10 @@ impl Store {
     pub async fn finish_rule_call(&self, id: i64, error: Option<&str>) -> Result<(), StoreError> {
         let error = error.map(str::to_owned);
         match &self.backend {
-            Backend::Sqlite(db) => blocking(db, move |db| db.answered(id, error.as_deref())).await,
+            Backend::Sqlite(db) => {
+                db.write(move |c| app::answered(c, id, error.as_deref()))
+                    .await
+            }
         }
     }
 }
