@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, StoreLocation};
 use crate::intake::Intake;
 use crate::metrics::Metrics;
 use crate::portals::Portals;
@@ -60,12 +60,13 @@ impl Parts {
             max_interruptions: config.max_interruptions,
             ..StoreOptions::default()
         };
-        let store = Store::open_sqlite_with(&config.store, options)
-            .await
-            .map_err(|error| StartError::Store {
-                path: config.store.display().to_string(),
-                error,
-            })?;
+        let store =
+            Store::open(&config.store, options)
+                .await
+                .map_err(|error| StartError::Store {
+                    path: config.store.location.to_string(),
+                    error,
+                })?;
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::new());
         let portals = Arc::new(Portals::new(&config, metrics.clone())?);
@@ -98,23 +99,27 @@ pub struct Relay {
     pub store: Store,
     stop: CancellationToken,
     tasks: JoinSet<()>,
-    /// Held while serving: released jobs and leases assume a single server.
-    _lock: std::fs::File,
+    /// Held while serving from SQLite: released jobs assume a single server
+    /// (PostgreSQL replicas share the work through leases instead).
+    _lock: Option<std::fs::File>,
 }
 
 impl Relay {
     /// Opens the store, makes jobs left running by a previous process due
-    /// again (one serving process per SQLite file), binds the listeners and
-    /// starts the workers.
+    /// again (one serving process per SQLite file; with PostgreSQL any
+    /// number of replicas), binds the listeners and starts the workers.
     pub async fn start(config: Config) -> Result<Self, StartError> {
-        let lock = lock_store(&config.store)?;
+        let lock = match &config.store.location {
+            StoreLocation::Sqlite(path) => Some(lock_store(path)?),
+            StoreLocation::Postgres(_) => None,
+        };
         let parts = Parts::open(config).await?;
         let released = parts
             .store
             .release_running()
             .await
             .map_err(|error| StartError::Store {
-                path: parts.config.store.display().to_string(),
+                path: parts.config.store.location.to_string(),
                 error,
             })?;
         if released > 0 {
@@ -181,7 +186,11 @@ impl Relay {
                 });
             }
         }
-        tracing::info!(%addr, ?metrics_addr, workers = count, "b24-relay serving");
+        if parts.store.shared_by_replicas() {
+            let (store, stop) = (parts.store.clone(), stop.clone());
+            tasks.spawn(announce_replica(store, stop));
+        }
+        tracing::info!(%addr, ?metrics_addr, workers = count, replica = parts.store.replica_name(), "b24-relay serving");
         Ok(Self {
             addr,
             metrics_addr,
@@ -213,6 +222,20 @@ impl Drop for Relay {
     fn drop(&mut self) {
         self.stop.cancel();
     }
+}
+
+/// Keeps this replica in the store's replica list while it serves.
+async fn announce_replica(store: Store, stop: CancellationToken) {
+    loop {
+        if let Err(error) = store.replica_alive().await {
+            tracing::warn!(%error, "cannot record this replica in the store");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+    let _ = store.replica_gone().await;
 }
 
 /// An exclusive `flock` on `<store>.lock`, released when the process ends

@@ -12,9 +12,11 @@ use serde::Deserialize;
 use serde_json::Value;
 
 mod app;
+mod store;
 
 pub use app::{AppCredentials, AppSettings, DEFAULT_ROBOT_CODE};
 use app::{RawAppCredentials, RawAppSettings, build_app_settings};
+pub use store::{PostgresConfig, RateScope, StoreConfig, StoreLocation};
 
 /// A configuration problem, naming the key.
 #[derive(Debug, thiserror::Error)]
@@ -37,8 +39,8 @@ fn invalid(message: impl Into<String>) -> ConfigError {
 pub struct Config {
     pub listen: SocketAddr,
     pub metrics_listen: Option<SocketAddr>,
-    /// Path of the SQLite database.
-    pub store: PathBuf,
+    /// Where the queue and links are kept (SQLite or PostgreSQL).
+    pub store: StoreConfig,
     pub workers: usize,
     /// Attempts of a job before a transient error marks it failed.
     pub max_attempts: u32,
@@ -143,8 +145,8 @@ pub struct Responsible {
 struct RawConfig {
     listen: SocketAddr,
     metrics_listen: Option<SocketAddr>,
-    #[serde(default = "default_store")]
-    store: String,
+    #[serde(default = "store::default_store")]
+    store: toml::Value,
     #[serde(default = "default_workers")]
     workers: usize,
     #[serde(default = "default_attempts")]
@@ -169,9 +171,6 @@ struct RawConfig {
     app: RawAppSettings,
 }
 
-fn default_store() -> String {
-    "sqlite:///var/lib/b24-relay/relay.db".into()
-}
 fn default_workers() -> usize {
     4
 }
@@ -319,15 +318,7 @@ impl Config {
                 None => invalid(e.message().to_owned()),
             }
         })?;
-        let store = match raw.store.strip_prefix("sqlite://") {
-            Some(path) if !path.is_empty() => PathBuf::from(path),
-            _ => {
-                return Err(invalid(format!(
-                    "store: `{}` is not supported; use sqlite:///path/to/relay.db",
-                    raw.store
-                )));
-            }
-        };
+        let store = store::build_store(raw.store)?;
         if raw.workers == 0 || raw.max_attempts == 0 || raw.max_interruptions == 0 {
             return Err(invalid(
                 "workers, max_attempts and max_interruptions must be at least 1",

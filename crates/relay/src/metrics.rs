@@ -21,6 +21,7 @@ pub struct Metrics {
     registry: Registry,
     jobs: Family<Labels, Gauge>,
     queue_depth: Gauge,
+    replicas: Gauge,
     oldest_pending: Gauge<f64, AtomicU64>,
     transfers: Family<Labels, Counter>,
     transfer_seconds: Histogram,
@@ -49,6 +50,12 @@ impl Metrics {
             "queue_depth",
             "Jobs waiting or running",
             queue_depth.clone(),
+        );
+        let replicas = Gauge::default();
+        registry.register(
+            "replicas",
+            "Relay processes serving from this store (PostgreSQL: replicas seen in the last 15 s; SQLite: 1)",
+            replicas.clone(),
         );
         let oldest_pending = Gauge::<f64, AtomicU64>::default();
         registry.register(
@@ -117,6 +124,7 @@ impl Metrics {
             registry,
             jobs,
             queue_depth,
+            replicas,
             oldest_pending,
             transfers,
             transfer_seconds,
@@ -160,6 +168,11 @@ impl Metrics {
             }
         }
         self.queue_depth.set(depth);
+        self.replicas.set(
+            stats
+                .replicas
+                .map_or(1, |n| i64::try_from(n).unwrap_or(i64::MAX)),
+        );
         self.oldest_pending.set(
             stats
                 .oldest_pending_age
@@ -255,6 +268,7 @@ mod tests {
         metrics.set_queue(&QueueStats {
             by_state: vec![(JobState::Pending, 3), (JobState::Running, 1)],
             oldest_pending_age: Some(Duration::from_secs(7)),
+            replicas: Some(3),
         });
         metrics.request_finished(&RequestEvent {
             portal: "127.0.0.1:5",
@@ -269,6 +283,7 @@ mod tests {
         for expected in [
             "b24_relay_transfers_total{route=\"p2e\",result=\"created\"} 1",
             "b24_relay_queue_depth 4",
+            "b24_relay_replicas 3",
             "b24_relay_oldest_pending_job_age_seconds 7",
             "b24_relay_jobs{state=\"pending\"} 3",
             "b24_relay_portal_requests_total{portal=\"127.0.0.1:5\",method=\"batch\",code=\"ok\"} 1",

@@ -24,6 +24,11 @@ pub enum StoreError {
     Commit(String),
     #[error("the store's writer has stopped")]
     WriterStopped,
+    #[error("PostgreSQL: {0}")]
+    Postgres(String),
+    /// The database cannot be reached (or its pool gave up waiting).
+    #[error("{0}")]
+    Unavailable(String),
     #[error("cannot create the directory of {path}: {source}")]
     Directory {
         path: String,
@@ -66,6 +71,7 @@ impl StoreError {
                 e.code == rusqlite::ErrorCode::DiskFull
             }
             StoreError::Commit(message) => message.contains("disk is full"),
+            StoreError::Postgres(message) => message.contains("SQLSTATE 53100"),
             _ => false,
         }
     }
@@ -236,6 +242,8 @@ impl std::fmt::Debug for RuleCall {
 pub struct QueueStats {
     pub by_state: Vec<(JobState, u64)>,
     pub oldest_pending_age: Option<Duration>,
+    /// Replicas serving from this store now (PostgreSQL; `None` for SQLite).
+    pub replicas: Option<u64>,
 }
 
 impl QueueStats {
@@ -256,6 +264,7 @@ impl QueueStats {
             by_state,
             oldest_pending_age: oldest_ms
                 .map(|at| Duration::from_millis((now_ms() - at).max(0) as u64)),
+            replicas: None,
         }
     }
 }
@@ -268,11 +277,19 @@ pub(crate) fn now_ms() -> i64 {
 }
 
 mod handle;
+mod postgres;
+mod postgres_app;
+mod postgres_jobs;
 mod sqlite;
 mod sqlite_app;
 mod sqlite_jobs;
 
 pub use handle::{Store, StoreOptions};
+
+/// Applies the configured store's schema migrations; returns how many.
+pub async fn migrate(config: &crate::config::StoreConfig) -> Result<usize, StoreError> {
+    Store::migrate(config).await
+}
 
 #[cfg(test)]
 mod tests;

@@ -83,7 +83,7 @@ fn errors_name_the_key() {
             good.replace("contact = \"match\"", "contact = \"maybe\""),
             "contact",
         ),
-        (good.replace("sqlite://", "postgres://"), "store"),
+        (good.replace("sqlite://", "mysql://"), "store"),
         (
             good.replace(
                 "webhook = { file",

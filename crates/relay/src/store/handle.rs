@@ -1,7 +1,8 @@
 //! [`Store`]: the one async handle the rest of the relay uses. Every method
-//! runs the backend's blocking work itself (SQLite on its writer thread
-//! and on tokio's blocking threads), so no caller ever stalls an async worker thread on a commit,
-//! and callers never choose how a backend runs.
+//! runs the backend's work itself — SQLite on its writer thread and on
+//! tokio's blocking threads, PostgreSQL through its async pool — so no
+//! caller ever stalls an async worker thread, and callers never choose how
+//! a backend runs.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -9,12 +10,14 @@ use std::time::Duration;
 
 use b24_client::TokenPair;
 
+use super::postgres::PgStore;
 use super::sqlite::SqliteStore;
 use super::{
     AppInstall, Attempt, Enqueued, Job, JobState, Link, LinkKey, LinkKind, QueueStats, RuleCall,
     StoreError,
 };
 use super::{sqlite_app as app, sqlite_jobs as jobs};
+use crate::config::{StoreConfig, StoreLocation};
 
 /// The relay's persistent state: the durable queue, the link tables and the
 /// installed applications. Cheap to clone; clones share one backend.
@@ -22,6 +25,12 @@ use super::{sqlite_app as app, sqlite_jobs as jobs};
 pub struct Store {
     backend: Backend,
     options: StoreOptions,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite(Arc<SqliteStore>),
+    Postgres(Arc<PgStore>),
 }
 
 /// How the store treats jobs, whatever the backend.
@@ -32,6 +41,9 @@ pub struct StoreOptions {
     /// An interrupted job waits `2^n` times this (at most 64 times) before
     /// it is due again, so that the others go first.
     pub interrupted_delay: Duration,
+    /// SQLite: one commit for every write queued meanwhile (`false`: one
+    /// commit, and one fsync, per write).
+    pub group_commit: bool,
 }
 
 impl Default for StoreOptions {
@@ -39,13 +51,9 @@ impl Default for StoreOptions {
         Self {
             max_interruptions: 10,
             interrupted_delay: Duration::from_secs(1),
+            group_commit: true,
         }
     }
-}
-
-#[derive(Clone)]
-enum Backend {
-    Sqlite(Arc<SqliteStore>),
 }
 
 /// An owned [`LinkKey`], for work that outlives the caller's borrow.
@@ -77,15 +85,32 @@ impl OwnedKey {
 }
 
 impl Store {
-    /// Opens the SQLite store at `path` (created when there is no trace of
-    /// one; refused when empty, damaged, lost or read-only).
+    /// Opens the configured store: SQLite (created when there is no trace
+    /// of one; refused when empty, damaged, lost or read-only) or
+    /// PostgreSQL (migrations applied).
+    pub async fn open(config: &StoreConfig, options: StoreOptions) -> Result<Self, StoreError> {
+        let options = StoreOptions {
+            group_commit: config.group_commit,
+            ..options
+        };
+        match &config.location {
+            StoreLocation::Sqlite(path) => Self::open_sqlite_with(path, options).await,
+            StoreLocation::Postgres(pg) => Ok(Self {
+                backend: Backend::Postgres(Arc::new(PgStore::open(pg).await?)),
+                options,
+            }),
+        }
+    }
+
+    /// Opens the SQLite store at `path` with the default options.
     pub async fn open_sqlite(path: &Path) -> Result<Self, StoreError> {
         Self::open_sqlite_with(path, StoreOptions::default()).await
     }
 
     pub async fn open_sqlite_with(path: &Path, options: StoreOptions) -> Result<Self, StoreError> {
         let path = path.to_owned();
-        let db = tokio::task::spawn_blocking(move || SqliteStore::open(&path))
+        let group_commit = options.group_commit;
+        let db = tokio::task::spawn_blocking(move || SqliteStore::open(&path, group_commit))
             .await
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic.into_panic()))?;
         Ok(Self {
@@ -94,11 +119,64 @@ impl Store {
         })
     }
 
+    /// Applies the store's schema migrations (`b24-relay store migrate`;
+    /// `serve` does it at start too): returns how many were applied.
+    pub async fn migrate(config: &StoreConfig) -> Result<usize, StoreError> {
+        match &config.location {
+            StoreLocation::Sqlite(path) => {
+                let store = Self::open_sqlite(path).await?;
+                let migrated = match &store.backend {
+                    Backend::Sqlite(db) => db.migrated,
+                    Backend::Postgres(_) => 0,
+                };
+                store.close().await;
+                Ok(migrated)
+            }
+            StoreLocation::Postgres(pg) => {
+                let store = PgStore::open(pg).await?;
+                let applied = store.applied;
+                store.close().await;
+                Ok(applied)
+            }
+        }
+    }
+
+    /// Whether several `serve` processes may share this store.
+    pub fn shared_by_replicas(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
+    /// This process's name in leases and in the replicas table (PostgreSQL).
+    pub fn replica_name(&self) -> Option<&str> {
+        match &self.backend {
+            Backend::Sqlite(_) => None,
+            Backend::Postgres(pg) => Some(&pg.replica),
+        }
+    }
+
+    /// Says that this process serves (PostgreSQL: a row in `replicas`,
+    /// refreshed by [`Store::replica_alive`]).
+    pub async fn replica_alive(&self) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(()),
+            Backend::Postgres(pg) => pg.replica_seen().await,
+        }
+    }
+
+    /// This process stops serving.
+    pub async fn replica_gone(&self) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(()),
+            Backend::Postgres(pg) => pg.replica_gone().await,
+        }
+    }
+
     /// Finishes the queued writes and closes the store (for every clone of
     /// this handle); a command that is about to exit calls it.
     pub async fn close(&self) {
         match &self.backend {
             Backend::Sqlite(db) => db.close().await,
+            Backend::Postgres(pg) => pg.close().await,
         }
     }
 
@@ -110,22 +188,22 @@ impl Store {
         deal_id: i64,
         trigger: &str,
     ) -> Result<Enqueued, StoreError> {
-        let (portal, trigger) = (portal.to_owned(), trigger.to_owned());
         match &self.backend {
             Backend::Sqlite(db) => {
+                let (portal, trigger) = (portal.to_owned(), trigger.to_owned());
                 db.write(move |c| jobs::enqueue(c, &portal, deal_id, &trigger))
                     .await
             }
+            Backend::Postgres(pg) => pg.enqueue(portal, deal_id, trigger).await,
         }
     }
 
     /// Claims the next due job whose deal is not being transferred already.
     pub async fn claim(&self, lease: Duration) -> Result<Option<Job>, StoreError> {
+        let options = self.options;
         match &self.backend {
-            Backend::Sqlite(db) => {
-                let options = self.options;
-                db.write(move |c| jobs::claim(c, lease, &options)).await
-            }
+            Backend::Sqlite(db) => db.write(move |c| jobs::claim(c, lease, &options)).await,
+            Backend::Postgres(pg) => pg.claim(lease, &options).await,
         }
     }
 
@@ -133,6 +211,7 @@ impl Store {
     pub async fn heartbeat(&self, job_id: i64, lease: Duration) -> Result<(), StoreError> {
         match &self.backend {
             Backend::Sqlite(db) => db.write(move |c| jobs::heartbeat(c, job_id, lease)).await,
+            Backend::Postgres(pg) => pg.heartbeat(job_id, lease).await,
         }
     }
 
@@ -143,12 +222,13 @@ impl Store {
         message: &str,
         target_deal_id: Option<i64>,
     ) -> Result<(), StoreError> {
-        let message = message.to_owned();
         match &self.backend {
             Backend::Sqlite(db) => {
+                let message = message.to_owned();
                 db.write(move |c| jobs::finish(c, job_id, state, &message, target_deal_id))
                     .await
             }
+            Backend::Postgres(pg) => pg.finish(job_id, state, message, target_deal_id).await,
         }
     }
 
@@ -159,21 +239,25 @@ impl Store {
         delay: Duration,
         message: &str,
     ) -> Result<(), StoreError> {
-        let message = message.to_owned();
         match &self.backend {
             Backend::Sqlite(db) => {
+                let message = message.to_owned();
                 db.write(move |c| jobs::retry_later(c, job_id, delay, &message))
                     .await
             }
+            Backend::Postgres(pg) => pg.retry_later(job_id, delay, message).await,
         }
     }
 
-    /// Makes every running job pending again (start-up of the only worker
-    /// process): each counts as an interrupted attempt.
+    /// At the start of the only serving process (SQLite): every running job
+    /// is pending again, as an interrupted attempt. With PostgreSQL other
+    /// replicas may be working: nothing is released here, and a killed
+    /// replica's jobs are due again when their lease lapses.
     pub async fn release_running(&self) -> Result<u64, StoreError> {
         let options = self.options;
         match &self.backend {
             Backend::Sqlite(db) => db.write(move |c| jobs::release_running(c, &options)).await,
+            Backend::Postgres(_) => Ok(0),
         }
     }
 
@@ -182,12 +266,14 @@ impl Store {
     pub async fn release(&self, job_id: i64) -> Result<(), StoreError> {
         match &self.backend {
             Backend::Sqlite(db) => db.write(move |c| jobs::release(c, job_id)).await,
+            Backend::Postgres(pg) => pg.release(job_id).await,
         }
     }
 
     pub async fn job(&self, id: i64) -> Result<Option<Job>, StoreError> {
         match &self.backend {
             Backend::Sqlite(db) => db.read(move |c| jobs::job(c, id)).await,
+            Backend::Postgres(pg) => pg.job(id).await,
         }
     }
 
@@ -195,6 +281,7 @@ impl Store {
     pub async fn jobs(&self, state: Option<JobState>, limit: u32) -> Result<Vec<Job>, StoreError> {
         match &self.backend {
             Backend::Sqlite(db) => db.read(move |c| jobs::jobs(c, state, limit)).await,
+            Backend::Postgres(pg) => pg.jobs(state, limit).await,
         }
     }
 
@@ -202,6 +289,7 @@ impl Store {
     pub async fn replay(&self, id: i64) -> Result<(), StoreError> {
         match &self.backend {
             Backend::Sqlite(db) => db.write(move |c| jobs::replay(c, id)).await,
+            Backend::Postgres(pg) => pg.replay(id).await,
         }
     }
 
@@ -209,21 +297,28 @@ impl Store {
     pub async fn replay_failed(&self) -> Result<u64, StoreError> {
         match &self.backend {
             Backend::Sqlite(db) => db.write(jobs::replay_failed).await,
+            Backend::Postgres(pg) => pg.replay_failed().await,
         }
     }
 
     pub async fn link(&self, key: &LinkKey<'_>) -> Result<Option<Link>, StoreError> {
-        let key = OwnedKey::of(key);
         match &self.backend {
-            Backend::Sqlite(db) => db.read(move |c| jobs::link(c, &key.key())).await,
+            Backend::Sqlite(db) => {
+                let key = OwnedKey::of(key);
+                db.read(move |c| jobs::link(c, &key.key())).await
+            }
+            Backend::Postgres(pg) => pg.link(key).await,
         }
     }
 
     /// Records that a create is about to be sent (before sending it).
     pub async fn mark_creating(&self, key: &LinkKey<'_>) -> Result<(), StoreError> {
-        let key = OwnedKey::of(key);
         match &self.backend {
-            Backend::Sqlite(db) => db.write(move |c| jobs::mark_creating(c, &key.key())).await,
+            Backend::Sqlite(db) => {
+                let key = OwnedKey::of(key);
+                db.write(move |c| jobs::mark_creating(c, &key.key())).await
+            }
+            Backend::Postgres(pg) => pg.mark_creating(key).await,
         }
     }
 
@@ -233,13 +328,14 @@ impl Store {
         target_id: i64,
         synced_hash: Option<&str>,
     ) -> Result<(), StoreError> {
-        let key = OwnedKey::of(key);
-        let synced_hash = synced_hash.map(str::to_owned);
         match &self.backend {
             Backend::Sqlite(db) => {
+                let key = OwnedKey::of(key);
+                let synced_hash = synced_hash.map(str::to_owned);
                 db.write(move |c| jobs::set_link(c, &key.key(), target_id, synced_hash.as_deref()))
                     .await
             }
+            Backend::Postgres(pg) => pg.set_link(key, target_id, synced_hash).await,
         }
     }
 
@@ -249,12 +345,13 @@ impl Store {
         key: &LinkKey<'_>,
         field: &str,
     ) -> Result<Vec<i64>, StoreError> {
-        let (key, field) = (OwnedKey::of(key), field.to_owned());
         match &self.backend {
             Backend::Sqlite(db) => {
+                let (key, field) = (OwnedKey::of(key), field.to_owned());
                 db.read(move |c| jobs::copied_files(c, &key.key(), &field))
                     .await
             }
+            Backend::Postgres(pg) => pg.copied_files(key, field).await,
         }
     }
 
@@ -264,12 +361,14 @@ impl Store {
         field: &str,
         file_ids: &[i64],
     ) -> Result<(), StoreError> {
-        let (key, field, file_ids) = (OwnedKey::of(key), field.to_owned(), file_ids.to_vec());
         match &self.backend {
             Backend::Sqlite(db) => {
+                let (key, field, file_ids) =
+                    (OwnedKey::of(key), field.to_owned(), file_ids.to_vec());
                 db.write(move |c| jobs::add_copied_files(c, &key.key(), &field, &file_ids))
                     .await
             }
+            Backend::Postgres(pg) => pg.add_copied_files(key, field, file_ids).await,
         }
     }
 
@@ -277,16 +376,18 @@ impl Store {
     pub async fn stats(&self) -> Result<QueueStats, StoreError> {
         match &self.backend {
             Backend::Sqlite(db) => db.read(jobs::stats).await,
+            Backend::Postgres(pg) => pg.stats().await,
         }
     }
 
     pub async fn record_attempt(&self, job_id: i64, attempt: &Attempt) -> Result<(), StoreError> {
-        let attempt = attempt.clone();
         match &self.backend {
             Backend::Sqlite(db) => {
+                let attempt = attempt.clone();
                 db.write(move |c| jobs::record_attempt(c, job_id, &attempt))
                     .await
             }
+            Backend::Postgres(pg) => pg.record_attempt(job_id, attempt).await,
         }
     }
 
@@ -294,6 +395,7 @@ impl Store {
     pub async fn attempts(&self, job_id: i64) -> Result<Vec<Attempt>, StoreError> {
         match &self.backend {
             Backend::Sqlite(db) => db.read(move |c| jobs::attempts(c, job_id)).await,
+            Backend::Postgres(pg) => pg.attempts(job_id).await,
         }
     }
 
@@ -304,19 +406,23 @@ impl Store {
         portal: &str,
         install: &AppInstall,
     ) -> Result<(), StoreError> {
-        let (portal, install) = (portal.to_owned(), install.clone());
         match &self.backend {
             Backend::Sqlite(db) => {
+                let (portal, install) = (portal.to_owned(), install.clone());
                 db.write(move |c| app::save_install(c, &portal, &install))
                     .await
             }
+            Backend::Postgres(pg) => pg.save_install(portal, install).await,
         }
     }
 
     pub async fn app_install(&self, portal: &str) -> Result<Option<AppInstall>, StoreError> {
-        let portal = portal.to_owned();
         match &self.backend {
-            Backend::Sqlite(db) => db.read(move |c| app::install(c, &portal)).await,
+            Backend::Sqlite(db) => {
+                let portal = portal.to_owned();
+                db.read(move |c| app::install(c, &portal)).await
+            }
+            Backend::Postgres(pg) => pg.install(portal).await,
         }
     }
 
@@ -326,12 +432,13 @@ impl Store {
         portal: &str,
         tokens: &TokenPair,
     ) -> Result<(), StoreError> {
-        let (portal, tokens) = (portal.to_owned(), tokens.clone());
         match &self.backend {
             Backend::Sqlite(db) => {
+                let (portal, tokens) = (portal.to_owned(), tokens.clone());
                 db.write(move |c| app::save_tokens(c, &portal, &tokens))
                     .await
             }
+            Backend::Postgres(pg) => pg.save_tokens(portal, tokens).await,
         }
     }
 
@@ -340,12 +447,13 @@ impl Store {
         portal: &str,
         reason: &str,
     ) -> Result<(), StoreError> {
-        let (portal, reason) = (portal.to_owned(), reason.to_owned());
         match &self.backend {
             Backend::Sqlite(db) => {
+                let (portal, reason) = (portal.to_owned(), reason.to_owned());
                 db.write(move |c| app::flag_reinstall(c, &portal, &reason))
                     .await
             }
+            Backend::Postgres(pg) => pg.flag_reinstall(portal, reason).await,
         }
     }
 
@@ -359,14 +467,18 @@ impl Store {
         event_token: &str,
         route: &str,
     ) -> Result<Enqueued, StoreError> {
-        let owned = [portal, workflow_id, event_token, route].map(str::to_owned);
         match &self.backend {
             Backend::Sqlite(db) => {
+                let owned = [portal, workflow_id, event_token, route].map(str::to_owned);
                 db.write(move |c| {
                     let [portal, workflow_id, event_token, route] = &owned;
                     app::queue_rule_call(c, portal, deal_id, workflow_id, event_token, route)
                 })
                 .await
+            }
+            Backend::Postgres(pg) => {
+                pg.enqueue_rule_call(portal, deal_id, workflow_id, event_token, route)
+                    .await
             }
         }
     }
@@ -377,23 +489,25 @@ impl Store {
         portal: &str,
         job_id: Option<i64>,
     ) -> Result<Vec<RuleCall>, StoreError> {
-        let portal = portal.to_owned();
         match &self.backend {
             Backend::Sqlite(db) => {
+                let portal = portal.to_owned();
                 db.read(move |c| app::calls_to_answer(c, &portal, job_id))
                     .await
             }
+            Backend::Postgres(pg) => pg.calls_to_answer(portal, job_id).await,
         }
     }
 
     /// The run was answered, or can never be (`error`).
     pub async fn finish_rule_call(&self, id: i64, error: Option<&str>) -> Result<(), StoreError> {
-        let error = error.map(str::to_owned);
         match &self.backend {
             Backend::Sqlite(db) => {
+                let error = error.map(str::to_owned);
                 db.write(move |c| app::answered(c, id, error.as_deref()))
                     .await
             }
+            Backend::Postgres(pg) => pg.answered(id, error).await,
         }
     }
 }

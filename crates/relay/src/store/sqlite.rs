@@ -128,6 +128,8 @@ pub(super) struct SqliteStore {
     writer: Mutex<Option<Sender<Op>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     readers: Mutex<Vec<Connection>>,
+    /// Schema versions applied by this open (a new store counts them all).
+    pub(super) migrated: usize,
 }
 
 fn sqlite_error(path: &Path, error: rusqlite::Error) -> StoreError {
@@ -247,8 +249,9 @@ fn create(path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Brings an existing store to [`SCHEMA_VERSION`].
-fn migrate(connection: &mut Connection, path: &Path) -> Result<(), StoreError> {
+/// Brings an existing store to [`SCHEMA_VERSION`]; returns how many
+/// versions it moved.
+fn migrate(connection: &mut Connection, path: &Path) -> Result<usize, StoreError> {
     let version: i64 = connection.pragma_query_value(None, "user_version", |r| r.get(0))?;
     let tables: i64 = connection.query_row(
         "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'jobs'",
@@ -269,7 +272,7 @@ fn migrate(connection: &mut Connection, path: &Path) -> Result<(), StoreError> {
         )));
     }
     if version == SCHEMA_VERSION {
-        return Ok(());
+        return Ok(0);
     }
     let tx = connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     // 0 → 1: interruptions counted apart from attempts.
@@ -285,7 +288,7 @@ fn migrate(connection: &mut Connection, path: &Path) -> Result<(), StoreError> {
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
     tracing::info!(path = %path.display(), from = version, to = SCHEMA_VERSION, "store schema migrated");
-    Ok(())
+    Ok((SCHEMA_VERSION - version) as usize)
 }
 
 /// `PRAGMA quick_check`: `Err` with the first problems it reports.
@@ -305,7 +308,7 @@ fn quick_check(connection: &Connection, path: &Path) -> Result<(), StoreError> {
 
 impl SqliteStore {
     /// Opens the store at `path`, creating it when there is no trace of one.
-    pub(super) fn open(path: &Path) -> Result<Self, StoreError> {
+    pub(super) fn open(path: &Path, group_commit: bool) -> Result<Self, StoreError> {
         let shown = path.display().to_string();
         let dir = path
             .parent()
@@ -315,6 +318,7 @@ impl SqliteStore {
             path: dir.display().to_string(),
             source,
         })?;
+        let mut created = false;
         match std::fs::metadata(path) {
             Ok(meta) if meta.len() == 0 => return Err(StoreError::Empty { path: shown }),
             Ok(_) => {}
@@ -335,6 +339,7 @@ impl SqliteStore {
                     });
                 }
                 create(path)?;
+                created = true;
                 tracing::info!(path = %shown, "created a new store");
             }
             Err(source) => {
@@ -377,10 +382,15 @@ impl SqliteStore {
             StoreError::Sqlite(e) => sqlite_error(path, e),
             other => other,
         })?;
-        migrate(&mut connection, path).map_err(|e| match e {
+        let migrated = migrate(&mut connection, path).map_err(|e| match e {
             StoreError::Sqlite(e) => sqlite_error(path, e),
             other => other,
         })?;
+        let migrated = if created {
+            SCHEMA_VERSION as usize
+        } else {
+            migrated
+        };
         // What a previous process left in the WAL goes into the database now.
         if let Err(error) = checkpoint(&connection, true) {
             tracing::warn!(path = %shown, %error, "cannot checkpoint the WAL at start");
@@ -389,13 +399,17 @@ impl SqliteStore {
         let thread_path = path.to_owned();
         let thread = std::thread::Builder::new()
             .name("b24-relay-store".into())
-            .spawn(move || write_loop(connection, queue, &thread_path))
+            .spawn(move || {
+                let max_batch = if group_commit { MAX_BATCH } else { 1 };
+                write_loop(connection, queue, &thread_path, max_batch)
+            })
             .map_err(|e| StoreError::Commit(format!("cannot start the store's writer: {e}")))?;
         Ok(Self {
             path: path.to_owned(),
             writer: Mutex::new(Some(writer)),
             thread: Mutex::new(Some(thread)),
             readers: Mutex::new(Vec::new()),
+            migrated,
         })
     }
 
@@ -498,7 +512,7 @@ fn checkpoint(connection: &Connection, truncate: bool) -> rusqlite::Result<bool>
     })
 }
 
-fn write_loop(connection: Connection, queue: Receiver<Op>, path: &Path) {
+fn write_loop(connection: Connection, queue: Receiver<Op>, path: &Path, max_batch: usize) {
     let mut wal_dirty = false;
     loop {
         let first = match queue.recv_timeout(IDLE) {
@@ -514,7 +528,7 @@ fn write_loop(connection: Connection, queue: Receiver<Op>, path: &Path) {
             Err(RecvTimeoutError::Disconnected) => break,
         };
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        while batch.len() < max_batch {
             match queue.try_recv() {
                 Ok(op) => batch.push(op),
                 Err(_) => break,

@@ -57,6 +57,7 @@ async fn a_lapsed_lease_or_a_restart_makes_the_job_due_again() {
     let (_dir, store) = open_with(StoreOptions {
         max_interruptions: 10,
         interrupted_delay: Duration::ZERO,
+        ..StoreOptions::default()
     })
     .await;
     store.enqueue("partner", 1, "rule").await.unwrap();
@@ -81,6 +82,7 @@ async fn interruptions_are_counted_apart_and_limited() {
     let (_dir, store) = open_with(StoreOptions {
         max_interruptions: 3,
         interrupted_delay: Duration::from_secs(3600),
+        ..StoreOptions::default()
     })
     .await;
     let first = store.enqueue("partner", 1, "rule").await.unwrap().job_id;
@@ -100,6 +102,7 @@ async fn interruptions_are_counted_apart_and_limited() {
     let (_dir, store) = open_with(StoreOptions {
         max_interruptions: 3,
         interrupted_delay: Duration::ZERO,
+        ..StoreOptions::default()
     })
     .await;
     let id = store.enqueue("partner", 1, "rule").await.unwrap().job_id;

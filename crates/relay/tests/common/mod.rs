@@ -2,6 +2,8 @@
 //! configuration between them, for the relay's end-to-end tests.
 #![allow(dead_code)]
 
+pub mod postgres;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
