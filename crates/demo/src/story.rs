@@ -349,7 +349,9 @@ pub async fn show_refusal(stack: &Stack, out: &mut dyn Write) -> Result<u16, Dem
 pub fn show_firewall(stack: &Stack, out: &mut dyn Write) -> Result<(), DemoError> {
     let body = std::fs::read(&stack.files.nodes)
         .map_err(|e| DemoError::Unexpected(format!("reading the nodes list: {e}")))?;
-    let list = b24_nodes::NodeList::parse(&body, &b24_nodes::Limits::default())
+    // The demo's list is 127.0.0.1, so it needs the escape hatch
+    // (nodesync --allow-special).
+    let list = b24_nodes::NodeList::parse(&body, &b24_nodes::Limits::allowing_special())
         .map_err(|e| DemoError::Unexpected(format!("the demo's nodes list: {e}")))?;
     let rules = nodesync::emit::render(
         nodesync::emit::Format::Nftables,
@@ -358,7 +360,7 @@ pub fn show_firewall(stack: &Stack, out: &mut dyn Write) -> Result<(), DemoError
     );
     writeln!(
         out,
-        "4. On a box, nodesync turns the same list into firewall rules (nodesync --emit nftables):"
+        "4. On a box, nodesync turns the same list into firewall rules (nodesync --emit nftables --allow-special, since this list is loopback):"
     )?;
     for line in rules.lines() {
         writeln!(out, "   | {line}")?;

@@ -99,6 +99,7 @@ pub struct Metrics {
     nodes_age: Gauge<f64, AtomicU64>,
     nodes_refreshes: Counter,
     nodes_refresh_failures: Counter,
+    nodes_refused: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -245,6 +246,12 @@ impl Metrics {
             "Nodes list refreshes attempted since start",
             nodes_refreshes.clone(),
         );
+        let nodes_refused = Gauge::default();
+        registry.register(
+            "b24_edge_nodes_refused",
+            "Nodes sources whose newest list was refused as unsafe (an entry broader than /24 or /48, or a special-purpose address); the last good list stays in use",
+            nodes_refused.clone(),
+        );
         let nodes_refresh_failures = Counter::default();
         registry.register(
             "b24_edge_nodes_refresh_failures",
@@ -269,6 +276,7 @@ impl Metrics {
             nodes_age,
             nodes_refreshes,
             nodes_refresh_failures,
+            nodes_refused,
         }
     }
 
@@ -330,6 +338,13 @@ impl Metrics {
             .unwrap_or_default()
             .as_secs_f64();
         self.nodes_age.set(age);
+        let refused = nodes
+            .sources()
+            .iter()
+            .filter(|part| part.status.refused.is_some())
+            .count();
+        self.nodes_refused
+            .set(i64::try_from(refused).unwrap_or(i64::MAX));
         // The refresh loop keeps running totals; counters only move forward.
         self.nodes_refreshes
             .inner()
@@ -385,6 +400,7 @@ mod tests {
             "b24_edge_proxy_header_failures_total{reason=\"missing\"} 0",
             "b24_edge_open_connections 0",
             "b24_edge_nodes_networks{family=\"ipv4\"} 0",
+            "b24_edge_nodes_refused 0",
             "b24_edge_nodes_last_success_age_seconds ",
             "b24_edge_certificate_expiry_timestamp_seconds 0",
         ] {

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use b24_nodes::{FetchError, FetchOptions, Fetcher, LiveNodes, Schedule, run_refresh_loop};
+use b24_nodes::{FetchError, FetchOptions, FetcherSet, LiveNodes, Schedule, run_refresh_loops};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, oneshot};
 use tokio_rustls::TlsAcceptor;
@@ -136,12 +136,20 @@ pub async fn start(config: Config) -> Result<EdgeHandle, StartError> {
     metrics.certificate_expiry.set(certs.not_after());
     let routes = RouteTable::new(&config.routes, &config.nodes.extra, &metrics);
 
-    let fetcher = Fetcher::new(
-        config.nodes.source.clone(),
-        config.nodes.cache.clone(),
-        FetchOptions::default(),
+    let options = FetchOptions {
+        limits: b24_nodes::Limits {
+            allow_broad: config.nodes.allow_broad,
+            allow_special: config.nodes.allow_special,
+            ..b24_nodes::Limits::default()
+        },
+        ..FetchOptions::default()
+    };
+    let fetchers = FetcherSet::new(
+        &config.nodes.sources,
+        config.nodes.cache.as_deref(),
+        options,
     )?;
-    let nodes = Arc::new(LiveNodes::from_fetcher(&fetcher));
+    let nodes = Arc::new(LiveNodes::from_fetchers(fetchers.fetchers()));
     let workers = config.server.workers;
     let forwarders = (0..workers)
         .map(|_| Forwarder::new(&routes, &config.server.limits))
@@ -221,8 +229,8 @@ pub async fn start(config: Config) -> Result<EdgeHandle, StartError> {
             jitter: 0.1,
             file_poll: config.nodes.file_poll,
         };
-        tokio::spawn(run_refresh_loop(
-            fetcher,
+        tokio::spawn(run_refresh_loops(
+            fetchers.into_fetchers(),
             nodes,
             schedule,
             stop_background.clone(),

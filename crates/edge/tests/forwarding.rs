@@ -18,7 +18,7 @@ async fn edge_behind_proxy(
     let list = dir.join("app.json");
     replace_file(&list, nodes_json(&["127.0.0.2"]).as_bytes());
     let edge = start_edge(&format!(
-        "{}[nodes]\nsource = \"{}\"\n[client_ip]\ntrusted_proxies = [\"127.0.0.5/32\"]\nproxy_protocol = {proxy_protocol}\n{}",
+        "{}[nodes]\n# The tests use loopback addresses.\nallow_special = true\nsource = \"{}\"\n[client_ip]\ntrusted_proxies = [\"127.0.0.5/32\"]\nproxy_protocol = {proxy_protocol}\n{}",
         server_section(certs, "127.0.0.1:0", ""),
         list.display(),
         route("/", &upstream.url(), &["nodes"]),
@@ -380,10 +380,10 @@ async fn connection_and_nodes_gauges() {
     let list = dir.path().join("app.json");
     replace_file(
         &list,
-        nodes_json(&["127.0.0.2", "127.0.1.0/24", "::1", "2001:db8::/32"]).as_bytes(),
+        nodes_json(&["127.0.0.2", "127.0.1.0/24", "::1", "2001:db8::/48"]).as_bytes(),
     );
     let edge = start_edge(&format!(
-        "{}[nodes]\nsource = \"{}\"\n{}",
+        "{}[nodes]\n# The tests use loopback addresses.\nallow_special = true\nsource = \"{}\"\n{}",
         server_section(&certs, "127.0.0.1:0", ""),
         list.display(),
         route("/", &upstream.url(), &["nodes"]),
