@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::server::EdgeState;
+use crate::state::EdgeState;
 
 /// Whether the edge can do its job now, and if not, why.
 pub fn readiness(state: &EdgeState) -> Result<(), String> {

@@ -1,9 +1,10 @@
-//! Forwarding an admitted request to its route's upstream: pooled
-//! connections, header rewriting, bodies streamed both ways with the request
-//! body capped, and timeouts mapped to 502/504.
+//! Stage 5 of the request path, forwarding an admitted request to its
+//! route's upstream: pooled connections, header rewriting, bodies streamed
+//! both ways with the request body capped, and timeouts mapped to 502/504.
 
 use std::error::Error as StdError;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -24,6 +25,7 @@ use hyper_util::rt::TokioExecutor;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
+use crate::admit::{Route, RouteTable};
 use crate::config::{Limits, RouteConfig};
 
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -102,15 +104,33 @@ pub struct Forwarded {
 
 type UpstreamClient = Client<HttpsConnector<HttpConnector>, LimitedBody>;
 
-struct Upstream {
+/// Where a route's requests go: the upstream's scheme and authority (the
+/// request's own path is kept), and for `https` the CA file to trust.
+#[derive(Debug, Clone)]
+pub struct UpstreamTarget {
     scheme: Scheme,
     authority: Authority,
-    client: UpstreamClient,
+    ca_file: Option<PathBuf>,
 }
 
-/// One pooled client per route.
+impl UpstreamTarget {
+    pub fn new(route: &RouteConfig) -> UpstreamTarget {
+        UpstreamTarget {
+            scheme: route.upstream.scheme().cloned().unwrap_or(Scheme::HTTP),
+            authority: route
+                .upstream
+                .authority()
+                .cloned()
+                .expect("validated: upstreams have a host"),
+            ca_file: route.ca_file.clone(),
+        }
+    }
+}
+
+/// One pooled client per route, owned by one worker thread.
 pub struct Forwarder {
-    upstreams: Vec<Upstream>,
+    /// Indexed by [`Route::id`].
+    clients: Vec<UpstreamClient>,
     max_body: u64,
     upstream_timeout: Duration,
 }
@@ -118,33 +138,35 @@ pub struct Forwarder {
 impl std::fmt::Debug for Forwarder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Forwarder")
-            .field("upstreams", &self.upstreams.len())
+            .field("upstreams", &self.clients.len())
             .finish()
     }
 }
 
 impl Forwarder {
-    pub fn new(routes: &[RouteConfig], limits: &Limits) -> Result<Forwarder, UpstreamSetupError> {
-        let upstreams = routes
-            .iter()
-            .map(|route| build_upstream(route, limits))
+    pub fn new(routes: &RouteTable, limits: &Limits) -> Result<Forwarder, UpstreamSetupError> {
+        let clients = routes
+            .in_config_order()
+            .into_iter()
+            .map(|route| build_client(route.upstream(), limits))
             .collect::<Result<_, _>>()?;
         Ok(Forwarder {
-            upstreams,
+            clients,
             max_body: limits.max_body,
             upstream_timeout: limits.upstream_timeout,
         })
     }
 
-    /// Sends `req` to route `route`'s upstream and returns its response
-    /// with the body streaming.
+    /// Sends `req` to `route`'s upstream and returns its response with the
+    /// body streaming.
     pub async fn forward(
         &self,
-        route: usize,
+        route: &Route,
         req: Request<Incoming>,
         who: &Forwarded,
     ) -> Result<Response<EdgeBody>, ForwardError> {
-        let upstream = &self.upstreams[route];
+        let upstream = route.upstream();
+        let client = &self.clients[route.id()];
         let declared = req
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -160,8 +182,7 @@ impl Forwarder {
             remaining: self.max_body,
         };
         let request = Request::from_parts(parts, body);
-        let result =
-            tokio::time::timeout(self.upstream_timeout, upstream.client.request(request)).await;
+        let result = tokio::time::timeout(self.upstream_timeout, client.request(request)).await;
         let response = match result {
             Err(_) => return Err(ForwardError::Timeout),
             Ok(Err(e)) if caused_by_too_large(&e) => return Err(ForwardError::TooLarge),
@@ -178,13 +199,16 @@ impl Forwarder {
     }
 }
 
-fn build_upstream(route: &RouteConfig, limits: &Limits) -> Result<Upstream, UpstreamSetupError> {
+fn build_client(
+    upstream: &UpstreamTarget,
+    limits: &Limits,
+) -> Result<UpstreamClient, UpstreamSetupError> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(limits.upstream_connect_timeout));
     let builder = HttpsConnectorBuilder::new();
-    let builder = match &route.ca_file {
+    let builder = match &upstream.ca_file {
         Some(path) => {
             let ca_err = |detail: String| UpstreamSetupError::CaFile {
                 path: path.display().to_string(),
@@ -209,7 +233,7 @@ fn build_upstream(route: &RouteConfig, limits: &Limits) -> Result<Upstream, Upst
                 .with_no_client_auth();
             builder.with_tls_config(config)
         }
-        None if route.upstream.scheme() == Some(&Scheme::HTTPS) => {
+        None if upstream.scheme == Scheme::HTTPS => {
             b24_nodes::install_crypto_provider();
             builder
                 .with_native_roots()
@@ -228,18 +252,9 @@ fn build_upstream(route: &RouteConfig, limits: &Limits) -> Result<Upstream, Upst
         }
     };
     let connector = builder.https_or_http().enable_http1().wrap_connector(http);
-    let client = Client::builder(TokioExecutor::new())
+    Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
-        .build(connector);
-    Ok(Upstream {
-        scheme: route.upstream.scheme().cloned().unwrap_or(Scheme::HTTP),
-        authority: route
-            .upstream
-            .authority()
-            .cloned()
-            .expect("validated: upstreams have a host"),
-        client,
-    })
+        .build(connector))
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -250,7 +265,7 @@ const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 /// Points the request at the upstream and sets the forwarding headers.
 fn rewrite_request(
     parts: &mut http::request::Parts,
-    upstream: &Upstream,
+    upstream: &UpstreamTarget,
     who: &Forwarded,
 ) -> Result<(), String> {
     let host = parts
