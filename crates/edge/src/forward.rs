@@ -175,6 +175,7 @@ impl Forwarder {
         if declared.is_some_and(|len| len > self.max_body) {
             return Err(ForwardError::TooLarge);
         }
+        let client_version = req.version();
         let (mut parts, body) = req.into_parts();
         rewrite_request(&mut parts, upstream, who).map_err(ForwardError::Protocol)?;
         let body = LimitedBody {
@@ -192,6 +193,9 @@ impl Forwarder {
         };
         let (mut parts, body) = response.into_parts();
         remove_hop_by_hop(&mut parts.headers);
+        if client_version == Version::HTTP_2 {
+            detach_values(&mut parts.headers);
+        }
         Ok(Response::from_parts(
             parts,
             body.map_err(BoxError::from).boxed_unsync(),
@@ -339,6 +343,22 @@ fn header_value(text: &str) -> Result<HeaderValue, String> {
     HeaderValue::from_str(text).map_err(|_| "a forwarding header value is not valid".to_owned())
 }
 
+/// Gives every header value its own small allocation. The values hyper
+/// parses from an upstream response are slices of that upstream
+/// connection's 8 KiB read buffer, and an HTTP/2 client connection's HPACK
+/// encoder keeps the values it indexes (Date, Server, Content-Type…) for as
+/// long as the connection lives: without the copy, each idle h2 client
+/// connection pins a whole upstream read buffer (docs/benchmarks.md).
+fn detach_values(headers: &mut HeaderMap) {
+    for value in headers.values_mut() {
+        let sensitive = value.is_sensitive();
+        if let Ok(mut copy) = HeaderValue::from_bytes(value.as_bytes()) {
+            copy.set_sensitive(sensitive);
+            *value = copy;
+        }
+    }
+}
+
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1),
 /// plus whatever the `Connection` header names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
@@ -438,6 +458,25 @@ impl Body for LimitedBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn detached_values_are_equal_copies() {
+        let buffer = bytes::Bytes::from_static(b"nginx/1.22.1 text/plain");
+        let mut headers = HeaderMap::new();
+        let server = HeaderValue::from_maybe_shared(buffer.slice(..12)).unwrap();
+        headers.insert(header::SERVER, server);
+        let mut token = HeaderValue::from_static("secret");
+        token.set_sensitive(true);
+        headers.insert(header::SET_COOKIE, token);
+        detach_values(&mut headers);
+        assert_eq!(headers[header::SERVER], "nginx/1.22.1");
+        assert_ne!(
+            headers[header::SERVER].as_bytes().as_ptr(),
+            buffer.as_ptr(),
+            "the value no longer points into the upstream's buffer"
+        );
+        assert!(headers[header::SET_COOKIE].is_sensitive());
+    }
 
     #[test]
     fn hop_by_hop_headers_go() {
