@@ -175,6 +175,7 @@ impl Forwarder {
         if declared.is_some_and(|len| len > self.max_body) {
             return Err(ForwardError::TooLarge);
         }
+        let client_version = req.version();
         let (mut parts, body) = req.into_parts();
         rewrite_request(&mut parts, upstream, who).map_err(ForwardError::Protocol)?;
         let body = LimitedBody {
@@ -192,6 +193,9 @@ impl Forwarder {
         };
         let (mut parts, body) = response.into_parts();
         remove_hop_by_hop(&mut parts.headers);
+        if client_version == Version::HTTP_2 {
+            detach_values(&mut parts.headers);
+        }
         Ok(Response::from_parts(
             parts,
             body.map_err(BoxError::from).boxed_unsync(),
@@ -339,9 +343,45 @@ fn header_value(text: &str) -> Result<HeaderValue, String> {
     HeaderValue::from_str(text).map_err(|_| "a forwarding header value is not valid".to_owned())
 }
 
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1),
-/// plus whatever the `Connection` header names.
+/// Gives every header value its own small allocation. The values hyper
+/// parses from an upstream response are slices of that upstream
+/// connection's 8 KiB read buffer, and an HTTP/2 client connection's HPACK
+/// encoder keeps the values it indexes (Date, Server, Content-Type…) for as
+/// long as the connection lives: without the copy, each idle h2 client
+/// connection pins a whole upstream read buffer (docs/benchmarks.md).
+fn detach_values(headers: &mut HeaderMap) {
+    for value in headers.values_mut() {
+        let sensitive = value.is_sensitive();
+        if let Ok(mut copy) = HeaderValue::from_bytes(value.as_bytes()) {
+            copy.set_sensitive(sensitive);
+            *value = copy;
+        }
+    }
+}
+
+/// The headers that describe one connection, not the message (RFC 9110
+/// §7.6.1).
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+];
+
+/// Removes the hop-by-hop headers, plus whatever the `Connection` header
+/// names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of them (a request through the edge usually
+    // has no `Connection` header at all): one pass over the few names
+    // present is cheaper than hashing and probing for all nine.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -352,17 +392,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in [
-        header::CONNECTION,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-    ] {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
 }
@@ -440,6 +470,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn detached_values_are_equal_copies() {
+        let buffer = bytes::Bytes::from_static(b"nginx/1.22.1 text/plain");
+        let mut headers = HeaderMap::new();
+        let server = HeaderValue::from_maybe_shared(buffer.slice(..12)).unwrap();
+        headers.insert(header::SERVER, server);
+        let mut token = HeaderValue::from_static("secret");
+        token.set_sensitive(true);
+        headers.insert(header::SET_COOKIE, token);
+        detach_values(&mut headers);
+        assert_eq!(headers[header::SERVER], "nginx/1.22.1");
+        assert_ne!(
+            headers[header::SERVER].as_bytes().as_ptr(),
+            buffer.as_ptr(),
+            "the value no longer points into the upstream's buffer"
+        );
+        assert!(headers[header::SET_COOKIE].is_sensitive());
+    }
+
+    #[test]
     fn hop_by_hop_headers_go() {
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -454,5 +503,18 @@ mod tests {
         remove_hop_by_hop(&mut headers);
         assert_eq!(headers.len(), 1, "{headers:?}");
         assert!(headers.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn one_hop_by_hop_header_among_others_goes() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, "example.org".parse().unwrap());
+        headers.insert(header::CONTENT_TYPE, "text/plain".parse().unwrap());
+        remove_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 2, "nothing to remove, nothing removed");
+        headers.insert(header::TE, "trailers".parse().unwrap());
+        remove_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 2, "{headers:?}");
+        assert!(!headers.contains_key(header::TE));
     }
 }
