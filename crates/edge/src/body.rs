@@ -50,7 +50,7 @@ pub fn client_body_error<'e>(
 /// Reads a whole request body of at most `limit` bytes, waiting at most
 /// `idle` for each part. A body that arrives in one piece is not copied.
 pub async fn read_whole(
-    mut body: Incoming,
+    body: &mut Incoming,
     limit: u64,
     idle: Duration,
 ) -> Result<Bytes, ClientBodyError> {
@@ -87,6 +87,28 @@ pub async fn read_whole(
         Some(joined) => joined.freeze(),
         None => first.unwrap_or_default(),
     })
+}
+
+/// Reads and discards what is left of a body, at most `max_bytes` within
+/// `wait`; true if it ended within both. Answering an HTTP/1.1 client
+/// while it is still sending makes it see a reset instead of the answer;
+/// nginx reads on for a while after it answered (`lingering_close`), the
+/// edge does it before answering.
+pub async fn discard(body: &mut Incoming, max_bytes: u64, wait: Duration) -> bool {
+    let drain = async {
+        let mut seen = 0u64;
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { return false };
+            if let Some(data) = frame.data_ref() {
+                seen += data.len() as u64;
+                if seen > max_bytes {
+                    return false;
+                }
+            }
+        }
+        true
+    };
+    tokio::time::timeout(wait, drain).await.unwrap_or(false)
 }
 
 /// A timer that fires when nothing happened for `timeout`: armed only when

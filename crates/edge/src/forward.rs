@@ -36,7 +36,8 @@ use rustls::pki_types::pem::PemObject;
 
 use crate::admit::{Route, RouteTable};
 use crate::body::{
-    ClientBodyError, ForwardBody, StreamedBody, UpstreamBody, client_body_error, read_whole,
+    ClientBodyError, ForwardBody, StreamedBody, UpstreamBody, client_body_error, discard,
+    read_whole,
 };
 use crate::config::{Limits, RouteConfig};
 use crate::metrics::Metrics;
@@ -109,6 +110,11 @@ impl ForwardError {
         }
     }
 }
+
+/// How much more of an oversized body the edge reads and drops before its
+/// 413, and for how long at most.
+const LINGER_BYTES: u64 = 16 * 1024 * 1024;
+const LINGER_WAIT: Duration = Duration::from_secs(2);
 
 /// What the request stage decided about a request, for its headers.
 #[derive(Debug)]
@@ -197,22 +203,38 @@ impl Forwarder {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > limits.max_body) {
-            return Err(ClientBodyError::TooLarge.into());
-        }
-        let (mut parts, body) = req.into_parts();
+        let expects_continue = req
+            .headers()
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        let (mut parts, mut body) = req.into_parts();
+        let parts_version_is_h1 = parts.version < Version::HTTP_2;
+        let too_large = |mut body: Incoming| async move {
+            // So that an HTTP/1.1 client still writing its body sees the
+            // 413 rather than a reset; never invited by 100 Continue.
+            if parts_version_is_h1 && !expects_continue {
+                discard(&mut body, LINGER_BYTES, LINGER_WAIT).await;
+            }
+            Err(ForwardError::ClientBody(ClientBodyError::TooLarge))
+        };
         // Like nginx's proxy_request_buffering: the upstream is contacted
         // only once the body is known to fit, so nothing of an oversized
         // chunked upload ever reaches it. Only a large body of declared
         // (so already checked) length is streamed.
+        if declared.is_some_and(|len| len > limits.max_body) {
+            return too_large(body).await;
+        }
         let (body, body_sent) = if body.is_end_stream() {
             (ForwardBody::Full(None), None)
         } else if declared.is_some_and(|len| len > limits.body_buffer) {
             let (body, sent) = StreamedBody::new(body, limits.max_body, limits.client_body_timeout);
             (ForwardBody::Streamed(body), Some(sent))
         } else {
-            let bytes = read_whole(body, limits.max_body, limits.client_body_timeout).await?;
-            (ForwardBody::full(bytes), None)
+            match read_whole(&mut body, limits.max_body, limits.client_body_timeout).await {
+                Ok(bytes) => (ForwardBody::full(bytes), None),
+                Err(ClientBodyError::TooLarge) => return too_large(body).await,
+                Err(e) => return Err(e.into()),
+            }
         };
         rewrite_request(&mut parts, route.upstream(), who, &body)
             .map_err(ForwardError::Protocol)?;

@@ -7,12 +7,11 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tracing::{debug, warn};
 
 use crate::admit::Decision;
-use crate::body::ClientBodyError;
+use crate::body::{ClientBodyError, discard};
 use crate::forward::{EdgeBody, ForwardError, Forwarded, Forwarder, text_body};
 use crate::head::{normalize_path, request_host};
 use crate::metrics::{BadRequest, RouteMetrics};
@@ -175,7 +174,7 @@ fn close_after(response: &mut Response<EdgeBody>, version: Version) {
 }
 
 /// The most of a refused request's body the edge reads before answering.
-const REFUSED_BODY_DRAIN: usize = 64 * 1024;
+const REFUSED_BODY_DRAIN: u64 = 64 * 1024;
 /// How long it waits for that body.
 const REFUSED_BODY_WAIT: Duration = Duration::from_secs(2);
 
@@ -186,22 +185,7 @@ const REFUSED_BODY_WAIT: Duration = Duration::from_secs(2);
 /// body was larger or slower than the bound; the answer then goes out anyway
 /// and an HTTP/1.1 connection is closed after it.
 async fn drain_refused_body(mut body: Incoming) -> bool {
-    let drain = async {
-        let mut seen = 0usize;
-        while let Some(frame) = body.frame().await {
-            let Ok(frame) = frame else { return false };
-            if let Some(data) = frame.data_ref() {
-                seen += data.len();
-                if seen > REFUSED_BODY_DRAIN {
-                    return false;
-                }
-            }
-        }
-        true
-    };
-    tokio::time::timeout(REFUSED_BODY_WAIT, drain)
-        .await
-        .unwrap_or(false)
+    discard(&mut body, REFUSED_BODY_DRAIN, REFUSED_BODY_WAIT).await
 }
 
 pub(crate) fn short_response(status: StatusCode, body: &'static str) -> Response<EdgeBody> {
