@@ -304,6 +304,14 @@ struct RawServer {
     refuse_before_tls: Option<bool>,
 }
 
+/// `source = "…"` or `source = ["…", "…"]`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawNodes {
