@@ -23,19 +23,30 @@ use crate::metrics::{Metrics, ProxyHeaderFailure};
 use crate::request::{self, Peer};
 use crate::state::EdgeState;
 
-/// What each connection's task needs (cloned per connection).
+/// What each connection's task needs (cloned per connection, so every
+/// field is a handle: the task's size is memory each idle connection holds).
 #[derive(Clone)]
 pub(crate) struct ConnContext {
     pub state: Arc<EdgeState>,
     pub forwarder: Arc<Forwarder>,
     pub acceptor: TlsAcceptor,
-    pub http: auto::Builder<TokioExecutor>,
+    /// For h2 and for a client that offered no ALPN: the first bytes tell
+    /// h1 from h2.
+    pub http: Arc<auto::Builder<TokioExecutor>>,
+    /// For ALPN `http/1.1`: the protocol is known, so nothing is read ahead
+    /// to sniff it. (The sniffed bytes reach hyper as a prefix, and reading
+    /// the rest of the request after them grows its HTTP/1.1 read buffer to
+    /// 16 KiB for the connection's life instead of 8 KiB. For h2 the sniff
+    /// costs nothing measurable: bench/edge-vs-nginx, idle-h2.)
+    pub http1: Arc<auto::Builder<TokioExecutor>>,
 }
 
 impl ConnContext {
     pub fn new(state: Arc<EdgeState>, forwarder: Forwarder, acceptor: TlsAcceptor) -> ConnContext {
+        let http = http_builder(&state.limits);
         ConnContext {
-            http: http_builder(&state.limits),
+            http1: Arc::new(http.clone().http1_only()),
+            http: Arc::new(http),
             state,
             forwarder: Arc::new(forwarder),
             acceptor,
@@ -129,7 +140,11 @@ pub(crate) async fn serve(
         let forwarder = forwarder.clone();
         async move { Ok::<_, Infallible>(request::handle(&state, &forwarder, req, peer).await) }
     });
-    let conn = ctx.http.serve_connection(TokioIo::new(tls), service);
+    let http = match tls.get_ref().1.alpn_protocol() {
+        Some(b"http/1.1") => &ctx.http1,
+        _ => &ctx.http,
+    };
+    let conn = http.serve_connection(TokioIo::new(tls), service);
     if let Err(e) = watcher.watch(conn.into_owned()).await {
         debug!(peer = %peer.hop, error = %e, "connection ended with an error");
     }
