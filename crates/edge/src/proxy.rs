@@ -209,12 +209,9 @@ fn build_upstream(route: &RouteConfig, limits: &Limits) -> Result<Upstream, Upst
                 .with_no_client_auth();
             builder.with_tls_config(config)
         }
-        None if route.upstream.scheme() == Some(&Scheme::HTTPS) => {
-            b24_nodes::install_crypto_provider();
-            builder
-                .with_native_roots()
-                .map_err(|e| UpstreamSetupError::NativeRoots(e.to_string()))?
-        }
+        None if route.upstream.scheme() == Some(&Scheme::HTTPS) => builder
+            .with_native_roots()
+            .map_err(|e| UpstreamSetupError::NativeRoots(e.to_string()))?,
         // Plain HTTP: a TLS configuration is still required by the type but
         // never used.
         None => {
