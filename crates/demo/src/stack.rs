@@ -235,6 +235,9 @@ shutdown_timeout = "5s"
 
 [nodes]
 source = "{nodes}"
+# The demo's "queue server" is 127.0.0.1: loopback is refused in a list
+# unless allowed explicitly.
+allow_special = true
 
 [[route]]
 prefix = "/"

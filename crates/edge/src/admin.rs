@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::server::EdgeState;
+use crate::state::EdgeState;
 
 /// Whether the edge can do its job now, and if not, why.
 pub fn readiness(state: &EdgeState) -> Result<(), String> {
@@ -32,6 +32,15 @@ pub fn readiness(state: &EdgeState) -> Result<(), String> {
         return Err(reason);
     }
     Ok(())
+}
+
+/// What `/readyz` adds to "ready": a nodes list refused as unsafe (an
+/// entry too broad or special-purpose) while the last good one serves.
+fn nodes_warning(state: &EdgeState) -> Option<String> {
+    let refused = state.nodes.status().refused.clone()?;
+    Some(format!(
+        "the newest nodes list was refused, the last good list is in use: {refused}"
+    ))
 }
 
 pub async fn serve(listener: TcpListener, state: Arc<EdgeState>, stop: CancellationToken) {
@@ -88,7 +97,10 @@ fn answer(state: &EdgeState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         }
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/readyz" => match readiness(state) {
-            Ok(()) => text(StatusCode::OK, "ready\n".into()),
+            Ok(()) => match nodes_warning(state) {
+                None => text(StatusCode::OK, "ready\n".into()),
+                Some(warning) => text(StatusCode::OK, format!("ready; warning: {warning}\n")),
+            },
             Err(reason) => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("not ready: {reason}\n"),

@@ -76,8 +76,15 @@ impl Default for Limits {
 
 #[derive(Debug, Clone)]
 pub struct NodesConfig {
-    pub source: Source,
+    /// One or more sources; their union is admitted, each fetched and
+    /// cached on its own.
+    pub sources: Vec<Source>,
     pub cache: Option<PathBuf>,
+    /// Accept list entries broader than /24 (IPv4) or /48 (IPv6).
+    pub allow_broad: bool,
+    /// Accept loopback, private, documentation, benchmarking and other
+    /// special-purpose addresses in the list.
+    pub allow_special: bool,
     /// Between two requests to a URL source; at least 60 s.
     pub refresh: Duration,
     /// Addresses admitted wherever `nodes` is, even with no list at all.
@@ -186,8 +193,12 @@ struct RawServer {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawNodes {
-    source: Option<String>,
+    source: Option<OneOrMany>,
     cache: Option<PathBuf>,
+    #[serde(default)]
+    allow_broad: bool,
+    #[serde(default)]
+    allow_special: bool,
     refresh: Option<String>,
     #[serde(default)]
     extra: Vec<String>,
@@ -359,12 +370,24 @@ impl RawServer {
 
 impl RawNodes {
     fn validate(self) -> Result<NodesConfig, ConfigError> {
-        let source = match self.source.as_deref() {
-            None => Source::default(),
-            Some(text) => text
-                .parse::<Source>()
-                .map_err(|e| invalid("nodes.source", e.to_string()))?,
+        let texts = match self.source {
+            None => vec![b24_nodes::DEFAULT_SOURCE.to_string()],
+            Some(OneOrMany::One(one)) => vec![one],
+            Some(OneOrMany::Many(many)) => many,
         };
+        if texts.is_empty() {
+            return Err(invalid("nodes.source", "is an empty list"));
+        }
+        let mut sources: Vec<Source> = Vec::with_capacity(texts.len());
+        for text in &texts {
+            let source = text
+                .parse::<Source>()
+                .map_err(|e| invalid("nodes.source", e.to_string()))?;
+            if sources.contains(&source) {
+                return Err(invalid("nodes.source", format!("{source} is listed twice")));
+            }
+            sources.push(source);
+        }
         let refresh = duration("nodes.refresh", self.refresh, Duration::from_secs(300))?;
         if refresh < MIN_INTERVAL {
             return Err(invalid(
@@ -377,8 +400,10 @@ impl RawNodes {
             ));
         }
         Ok(NodesConfig {
-            source,
+            sources,
             cache: self.cache,
+            allow_broad: self.allow_broad,
+            allow_special: self.allow_special,
             refresh,
             extra: networks("nodes.extra", &self.extra)?,
             file_poll: duration("nodes.file_poll", self.file_poll, Duration::from_secs(1))?,

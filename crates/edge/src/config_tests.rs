@@ -26,7 +26,7 @@ fn minimal_config_gets_defaults() {
         vec!["127.0.0.1:8443".parse().unwrap()]
     );
     assert_eq!(config.server.limits, Limits::default());
-    assert_eq!(config.nodes.source, Source::default());
+    assert_eq!(config.nodes.sources, [Source::default()]);
     assert_eq!(config.nodes.refresh, Duration::from_secs(300));
     assert_eq!(config.routes[0].allow, vec![Allow::Nodes]);
     assert!(config.uses_nodes());
@@ -68,7 +68,7 @@ fn full_config() {
         Duration::from_millis(500)
     );
     assert_eq!(config.server.limits.max_connections, 5);
-    assert!(matches!(config.nodes.source, Source::File(_)));
+    assert!(matches!(config.nodes.sources[..], [Source::File(_)]));
     assert_eq!(config.nodes.extra.len(), 2);
     assert!(config.client_ip.proxy_protocol);
     assert_eq!(
@@ -168,7 +168,7 @@ fn the_example_config_is_valid_and_shows_the_defaults() {
     let config = Config::from_toml(text).unwrap();
     assert_eq!(config.server.limits, Limits::default());
     assert_eq!(config.server.tls_reload_poll, Duration::from_secs(5));
-    assert_eq!(config.nodes.source, Source::default());
+    assert_eq!(config.nodes.sources, [Source::default()]);
     assert_eq!(config.nodes.refresh, Duration::from_secs(300));
     assert_eq!(config.nodes.file_poll, Duration::from_secs(1));
     assert!(!config.client_ip.proxy_protocol);
@@ -182,4 +182,25 @@ fn sizes() {
     assert_eq!(parse_size("2 kb"), Some(2000));
     assert_eq!(parse_size("x"), None);
     assert_eq!(parse_size("5 parsecs"), None);
+}
+
+#[test]
+fn nodes_sources_list_and_escape_hatches() {
+    let config = Config::from_toml(MINIMAL).unwrap();
+    assert!(!config.nodes.allow_broad && !config.nodes.allow_special);
+    let text = format!(
+        "{MINIMAL}\n[nodes]\nsource = [\"https://dl.bitrix24.com/webhook/app-world.json\", \"https://repos.1c-bitrix.ru/webhook/app.json\"]\nallow_broad = true\nallow_special = true\n"
+    );
+    let config = Config::from_toml(&text).unwrap();
+    assert_eq!(config.nodes.sources.len(), 2);
+    assert!(config.nodes.allow_broad && config.nodes.allow_special);
+    for (nodes, says) in [
+        ("source = []", "empty"),
+        ("source = [\"/a.json\", \"/a.json\"]", "twice"),
+        ("source = [\"/a.json\", \"ftp://x/y\"]", "scheme"),
+        ("allow_special = \"yes\"", "boolean"),
+    ] {
+        let message = error_of(&format!("{MINIMAL}\n[nodes]\n{nodes}\n"));
+        assert!(message.contains(says), "{nodes}: {message}");
+    }
 }

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use tracing::{info, warn};
 
-use crate::routes::DenyReason;
+use crate::admit::DenyReason;
 
 /// A per-second budget of log lines.
 #[derive(Debug)]

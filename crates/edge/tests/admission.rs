@@ -8,7 +8,7 @@ use common::*;
 
 fn nodes_section_url(server: &NodesServer, dir: &std::path::Path) -> String {
     format!(
-        "[nodes]\nsource = \"{}\"\ncache = \"{}\"\n",
+        "[nodes]\n# The tests use loopback addresses.\nallow_special = true\nsource = \"{}\"\ncache = \"{}\"\n",
         server.url(),
         dir.join("nodes-cache.json").display()
     )
@@ -93,7 +93,7 @@ async fn any_and_cidr_routes_and_longest_prefix() {
     let list = dir.path().join("app.json");
     replace_file(&list, nodes_json(&["127.0.0.2"]).as_bytes());
     let edge = start_edge(&format!(
-        "{}[nodes]\nsource = \"{}\"\n{}{}{}{}",
+        "{}[nodes]\n# The tests use loopback addresses.\nallow_special = true\nsource = \"{}\"\n{}{}{}{}",
         server_section(&certs, "127.0.0.1:0", ""),
         list.display(),
         route("/", &upstream.url(), &["nodes"]),
@@ -194,7 +194,7 @@ async fn ipv6_clients() {
     let list = dir.path().join("app.json");
     replace_file(&list, nodes_json(&["::1"]).as_bytes());
     let edge = start_edge(&format!(
-        "{}[nodes]\nsource = \"{}\"\n{}{}",
+        "{}[nodes]\n# The tests use loopback addresses.\nallow_special = true\nsource = \"{}\"\n{}{}",
         server_section(&certs, "[::1]:0", ""),
         list.display(),
         route("/", &upstream.url(), &["nodes"]),
@@ -222,7 +222,7 @@ async fn h2_and_streaming_bodies() {
     let list = dir.path().join("app.json");
     replace_file(&list, nodes_json(&["127.0.0.2"]).as_bytes());
     let edge = start_edge(&format!(
-        "{}[nodes]\nsource = \"{}\"\n{}",
+        "{}[nodes]\n# The tests use loopback addresses.\nallow_special = true\nsource = \"{}\"\n{}",
         server_section(&certs, "127.0.0.1:0", ""),
         list.display(),
         route("/", &upstream.url(), &["nodes"]),
@@ -282,7 +282,7 @@ async fn refused_posts_with_a_body_get_a_clean_403() {
     let file = dir.path().join("app.json");
     std::fs::write(&file, nodes_json(&["127.0.0.2"])).unwrap();
     let edge = start_edge(&format!(
-        "{}[nodes]\nsource = \"{}\"\n{}",
+        "{}[nodes]\n# The tests use loopback addresses.\nallow_special = true\nsource = \"{}\"\n{}",
         server_section(&certs, "127.0.0.1:0", ""),
         file.display(),
         route("/", &upstream.url(), &["nodes"]),

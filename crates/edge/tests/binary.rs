@@ -73,7 +73,7 @@ fn config_text(certs: &TestCerts, dir: &Path, upstream: &Upstream, server_extra:
     let list = NodeListFile::write(&cache);
     format!(
         "[server]\nlisten = \"{{https}}\"\nmetrics_listen = \"{{admin}}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n{server_extra}\n\
-         [nodes]\nsource = \"http://127.0.0.1:9/webhook/app.json?token=s3cret-token\"\ncache = \"{}\"\n\n{}",
+         [nodes]\n# The tests use loopback addresses.\nallow_special = true\nsource = \"http://127.0.0.1:9/webhook/app.json?token=s3cret-token\"\ncache = \"{}\"\n\n{}",
         certs.cert_path.display(),
         certs.key_path.display(),
         list.display(),
@@ -86,10 +86,16 @@ struct NodeListFile;
 
 impl NodeListFile {
     fn write(path: &Path) -> PathBuf {
-        let list =
-            b24_nodes::NodeList::parse(nodes_json(&["127.0.0.1"]).as_bytes(), &Default::default())
-                .unwrap();
-        let mut record = b24_nodes::CacheRecord::new("http://127.0.0.1:9/webhook/app.json".into());
+        let list = b24_nodes::NodeList::parse(
+            nodes_json(&["127.0.0.1"]).as_bytes(),
+            &b24_nodes::Limits::allowing_special(),
+        )
+        .unwrap();
+        // The source as the cache names it (query hidden): the config's.
+        let source: b24_nodes::Source = "http://127.0.0.1:9/webhook/app.json?token=s3cret-token"
+            .parse()
+            .unwrap();
+        let mut record = b24_nodes::CacheRecord::new(source.to_string());
         record.set_list(&list);
         record.store(path).unwrap();
         path.to_owned()

@@ -12,8 +12,12 @@ use b24_testkit::{NodesServer, Reply};
 use common::*;
 
 fn write_cache(path: &std::path::Path, source: &str, entries: &[&str]) {
-    let list = NodeList::parse(nodes_json(entries).as_bytes(), &Limits::default()).unwrap();
-    let mut record = CacheRecord::new(source.to_owned());
+    let list =
+        NodeList::parse(nodes_json(entries).as_bytes(), &Limits::allowing_special()).unwrap();
+    // The cache names its source as displayed (no query): a cache naming
+    // another source is not used.
+    let shown = source.parse::<b24_nodes::Source>().unwrap().to_string();
+    let mut record = CacheRecord::new(shown);
     record.set_list(&list);
     record.store(path).unwrap();
 }
@@ -38,7 +42,7 @@ async fn url_source_failure_keeps_cache_then_new_list_flips_admission() {
     let cache = dir.path().join("cache.json");
     write_cache(&cache, &nodes.url(), &["127.0.0.3"]);
     let edge = start_edge(&format!(
-        "{}[nodes]\nsource = \"{}\"\ncache = \"{}\"\nrefresh = \"60s\"\n{}",
+        "{}[nodes]\n# The tests use loopback addresses.\nallow_special = true\nsource = \"{}\"\ncache = \"{}\"\nrefresh = \"60s\"\n{}",
         server_section(&certs, "127.0.0.1:0", ""),
         nodes.url(),
         cache.display(),
@@ -79,7 +83,7 @@ async fn starts_from_the_cache_with_the_source_down() {
     let cache = dir.path().join("cache.json");
     write_cache(&cache, &source, &["127.0.0.2"]);
     let edge = start_edge(&format!(
-        "{}[nodes]\nsource = \"{source}\"\ncache = \"{}\"\n{}",
+        "{}[nodes]\n# The tests use loopback addresses.\nallow_special = true\nsource = \"{source}\"\ncache = \"{}\"\n{}",
         server_section(&certs, "127.0.0.1:0", ""),
         cache.display(),
         route("/", &upstream.url(), &["nodes"]),
@@ -113,7 +117,7 @@ async fn no_list_at_all_fails_closed_and_is_not_ready() {
     let upstream = Upstream::start().await;
     let source = dead_url().await;
     let edge = start_edge(&format!(
-        "{}[nodes]\nsource = \"{source}\"\ncache = \"{}\"\n{}{}",
+        "{}[nodes]\n# The tests use loopback addresses.\nallow_special = true\nsource = \"{source}\"\ncache = \"{}\"\n{}{}",
         server_section(&certs, "127.0.0.1:0", ""),
         dir.path().join("cache.json").display(),
         route("/", &upstream.url(), &["nodes"]),
@@ -157,7 +161,7 @@ async fn file_source_garbage_keeps_the_list_and_a_rewrite_is_picked_up() {
     let list = dir.path().join("app.json");
     replace_file(&list, nodes_json(&["127.0.0.2"]).as_bytes());
     let edge = start_edge(&format!(
-        "{}[nodes]\nsource = \"{}\"\nfile_poll = \"100ms\"\n{}",
+        "{}[nodes]\n# The tests use loopback addresses.\nallow_special = true\nsource = \"{}\"\nfile_poll = \"100ms\"\n{}",
         server_section(&certs, "127.0.0.1:0", ""),
         list.display(),
         route("/", &upstream.url(), &["nodes"]),
@@ -215,7 +219,7 @@ async fn twenty_swaps_under_load_fail_no_request() {
     let list = dir.path().join("app.json");
     replace_file(&list, nodes_json(&["127.0.0.2", "127.0.9.0"]).as_bytes());
     let edge = start_edge(&format!(
-        "{}[nodes]\nsource = \"{}\"\nfile_poll = \"50ms\"\n{}",
+        "{}[nodes]\n# The tests use loopback addresses.\nallow_special = true\nsource = \"{}\"\nfile_poll = \"50ms\"\n{}",
         server_section(&certs, "127.0.0.1:0", ""),
         list.display(),
         route("/", &upstream.url(), &["nodes"]),

@@ -1,9 +1,10 @@
-//! Forwarding an admitted request to its route's upstream: pooled
-//! connections, header rewriting, bodies streamed both ways with the request
-//! body capped, and timeouts mapped to 502/504.
+//! Stage 5 of the request path, forwarding an admitted request to its
+//! route's upstream: pooled connections, header rewriting, bodies streamed
+//! both ways with the request body capped, and timeouts mapped to 502/504.
 
 use std::error::Error as StdError;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -24,6 +25,7 @@ use hyper_util::rt::TokioExecutor;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
+use crate::admit::{Route, RouteTable};
 use crate::config::{Limits, RouteConfig};
 
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -102,15 +104,33 @@ pub struct Forwarded {
 
 type UpstreamClient = Client<HttpsConnector<HttpConnector>, LimitedBody>;
 
-struct Upstream {
+/// Where a route's requests go: the upstream's scheme and authority (the
+/// request's own path is kept), and for `https` the CA file to trust.
+#[derive(Debug, Clone)]
+pub struct UpstreamTarget {
     scheme: Scheme,
     authority: Authority,
-    client: UpstreamClient,
+    ca_file: Option<PathBuf>,
 }
 
-/// One pooled client per route.
+impl UpstreamTarget {
+    pub fn new(route: &RouteConfig) -> UpstreamTarget {
+        UpstreamTarget {
+            scheme: route.upstream.scheme().cloned().unwrap_or(Scheme::HTTP),
+            authority: route
+                .upstream
+                .authority()
+                .cloned()
+                .expect("validated: upstreams have a host"),
+            ca_file: route.ca_file.clone(),
+        }
+    }
+}
+
+/// One pooled client per route, owned by one worker thread.
 pub struct Forwarder {
-    upstreams: Vec<Upstream>,
+    /// Indexed by [`Route::id`].
+    clients: Vec<UpstreamClient>,
     max_body: u64,
     upstream_timeout: Duration,
 }
@@ -118,33 +138,35 @@ pub struct Forwarder {
 impl std::fmt::Debug for Forwarder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Forwarder")
-            .field("upstreams", &self.upstreams.len())
+            .field("upstreams", &self.clients.len())
             .finish()
     }
 }
 
 impl Forwarder {
-    pub fn new(routes: &[RouteConfig], limits: &Limits) -> Result<Forwarder, UpstreamSetupError> {
-        let upstreams = routes
-            .iter()
-            .map(|route| build_upstream(route, limits))
+    pub fn new(routes: &RouteTable, limits: &Limits) -> Result<Forwarder, UpstreamSetupError> {
+        let clients = routes
+            .in_config_order()
+            .into_iter()
+            .map(|route| build_client(route.upstream(), limits))
             .collect::<Result<_, _>>()?;
         Ok(Forwarder {
-            upstreams,
+            clients,
             max_body: limits.max_body,
             upstream_timeout: limits.upstream_timeout,
         })
     }
 
-    /// Sends `req` to route `route`'s upstream and returns its response
-    /// with the body streaming.
+    /// Sends `req` to `route`'s upstream and returns its response with the
+    /// body streaming.
     pub async fn forward(
         &self,
-        route: usize,
+        route: &Route,
         req: Request<Incoming>,
         who: &Forwarded,
     ) -> Result<Response<EdgeBody>, ForwardError> {
-        let upstream = &self.upstreams[route];
+        let upstream = route.upstream();
+        let client = &self.clients[route.id()];
         let declared = req
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -153,6 +175,7 @@ impl Forwarder {
         if declared.is_some_and(|len| len > self.max_body) {
             return Err(ForwardError::TooLarge);
         }
+        let client_version = req.version();
         let (mut parts, body) = req.into_parts();
         rewrite_request(&mut parts, upstream, who).map_err(ForwardError::Protocol)?;
         let body = LimitedBody {
@@ -160,8 +183,7 @@ impl Forwarder {
             remaining: self.max_body,
         };
         let request = Request::from_parts(parts, body);
-        let result =
-            tokio::time::timeout(self.upstream_timeout, upstream.client.request(request)).await;
+        let result = tokio::time::timeout(self.upstream_timeout, client.request(request)).await;
         let response = match result {
             Err(_) => return Err(ForwardError::Timeout),
             Ok(Err(e)) if caused_by_too_large(&e) => return Err(ForwardError::TooLarge),
@@ -171,6 +193,9 @@ impl Forwarder {
         };
         let (mut parts, body) = response.into_parts();
         remove_hop_by_hop(&mut parts.headers);
+        if client_version == Version::HTTP_2 {
+            detach_values(&mut parts.headers);
+        }
         Ok(Response::from_parts(
             parts,
             body.map_err(BoxError::from).boxed_unsync(),
@@ -178,13 +203,16 @@ impl Forwarder {
     }
 }
 
-fn build_upstream(route: &RouteConfig, limits: &Limits) -> Result<Upstream, UpstreamSetupError> {
+fn build_client(
+    upstream: &UpstreamTarget,
+    limits: &Limits,
+) -> Result<UpstreamClient, UpstreamSetupError> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(limits.upstream_connect_timeout));
     let builder = HttpsConnectorBuilder::new();
-    let builder = match &route.ca_file {
+    let builder = match &upstream.ca_file {
         Some(path) => {
             let ca_err = |detail: String| UpstreamSetupError::CaFile {
                 path: path.display().to_string(),
@@ -209,9 +237,11 @@ fn build_upstream(route: &RouteConfig, limits: &Limits) -> Result<Upstream, Upst
                 .with_no_client_auth();
             builder.with_tls_config(config)
         }
-        None if route.upstream.scheme() == Some(&Scheme::HTTPS) => builder
-            .with_native_roots()
-            .map_err(|e| UpstreamSetupError::NativeRoots(e.to_string()))?,
+        None if upstream.scheme == Scheme::HTTPS => {
+            builder
+                .with_native_roots()
+                .map_err(|e| UpstreamSetupError::NativeRoots(e.to_string()))?
+        }
         // Plain HTTP: a TLS configuration is still required by the type but
         // never used.
         None => {
@@ -225,18 +255,9 @@ fn build_upstream(route: &RouteConfig, limits: &Limits) -> Result<Upstream, Upst
         }
     };
     let connector = builder.https_or_http().enable_http1().wrap_connector(http);
-    let client = Client::builder(TokioExecutor::new())
+    Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
-        .build(connector);
-    Ok(Upstream {
-        scheme: route.upstream.scheme().cloned().unwrap_or(Scheme::HTTP),
-        authority: route
-            .upstream
-            .authority()
-            .cloned()
-            .expect("validated: upstreams have a host"),
-        client,
-    })
+        .build(connector))
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -247,7 +268,7 @@ const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 /// Points the request at the upstream and sets the forwarding headers.
 fn rewrite_request(
     parts: &mut http::request::Parts,
-    upstream: &Upstream,
+    upstream: &UpstreamTarget,
     who: &Forwarded,
 ) -> Result<(), String> {
     let host = parts
@@ -321,9 +342,45 @@ fn header_value(text: &str) -> Result<HeaderValue, String> {
     HeaderValue::from_str(text).map_err(|_| "a forwarding header value is not valid".to_owned())
 }
 
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1),
-/// plus whatever the `Connection` header names.
+/// Gives every header value its own small allocation. The values hyper
+/// parses from an upstream response are slices of that upstream
+/// connection's 8 KiB read buffer, and an HTTP/2 client connection's HPACK
+/// encoder keeps the values it indexes (Date, Server, Content-Type…) for as
+/// long as the connection lives: without the copy, each idle h2 client
+/// connection pins a whole upstream read buffer (docs/benchmarks.md).
+fn detach_values(headers: &mut HeaderMap) {
+    for value in headers.values_mut() {
+        let sensitive = value.is_sensitive();
+        if let Ok(mut copy) = HeaderValue::from_bytes(value.as_bytes()) {
+            copy.set_sensitive(sensitive);
+            *value = copy;
+        }
+    }
+}
+
+/// The headers that describe one connection, not the message (RFC 9110
+/// §7.6.1).
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+];
+
+/// Removes the hop-by-hop headers, plus whatever the `Connection` header
+/// names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of them (a request through the edge usually
+    // has no `Connection` header at all): one pass over the few names
+    // present is cheaper than hashing and probing for all nine.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -334,17 +391,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in [
-        header::CONNECTION,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-    ] {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
 }
@@ -422,6 +469,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn detached_values_are_equal_copies() {
+        let buffer = bytes::Bytes::from_static(b"nginx/1.22.1 text/plain");
+        let mut headers = HeaderMap::new();
+        let server = HeaderValue::from_maybe_shared(buffer.slice(..12)).unwrap();
+        headers.insert(header::SERVER, server);
+        let mut token = HeaderValue::from_static("secret");
+        token.set_sensitive(true);
+        headers.insert(header::SET_COOKIE, token);
+        detach_values(&mut headers);
+        assert_eq!(headers[header::SERVER], "nginx/1.22.1");
+        assert_ne!(
+            headers[header::SERVER].as_bytes().as_ptr(),
+            buffer.as_ptr(),
+            "the value no longer points into the upstream's buffer"
+        );
+        assert!(headers[header::SET_COOKIE].is_sensitive());
+    }
+
+    #[test]
     fn hop_by_hop_headers_go() {
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -436,5 +502,18 @@ mod tests {
         remove_hop_by_hop(&mut headers);
         assert_eq!(headers.len(), 1, "{headers:?}");
         assert!(headers.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn one_hop_by_hop_header_among_others_goes() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, "example.org".parse().unwrap());
+        headers.insert(header::CONTENT_TYPE, "text/plain".parse().unwrap());
+        remove_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 2, "nothing to remove, nothing removed");
+        headers.insert(header::TE, "trailers".parse().unwrap());
+        remove_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 2, "{headers:?}");
+        assert!(!headers.contains_key(header::TE));
     }
 }
