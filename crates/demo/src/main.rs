@@ -79,23 +79,39 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let demo = Demo::start(&options)
         .await
         .context("the demo could not start")?;
+    // Listening for the signals before "Press Ctrl-C" is printed: one that
+    // came in between would otherwise end the process the default way.
+    let signals = cli.serve.then(Signals::listen).transpose()?;
     let mut out = std::io::stdout();
     let told = demo.tell(&mut out).await;
-    if told.is_ok() && cli.serve {
+    if let (Ok(_), Some(signals)) = (&told, signals) {
         demo.tell_how_to_try(&mut out)?;
-        wait_for_signal().await?;
+        signals.wait().await;
     }
     demo.shutdown().await;
     told.context("the demo stopped before the end")?;
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    tokio::select! {
-        interrupted = tokio::signal::ctrl_c() => interrupted.context("cannot wait for Ctrl-C")?,
-        _ = terminate.recv() => {}
+/// SIGINT (Ctrl-C) and SIGTERM, both ending `--serve` cleanly.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn listen() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+        })
     }
-    Ok(())
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
 }
