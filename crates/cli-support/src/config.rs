@@ -118,6 +118,11 @@ impl ConfigError {
         }));
         if let Some(span) = error.span() {
             config_error.place(text, span);
+            // The parser's message may quote the value (serde's "invalid
+            // type: string \"…\""); ours never quote a secret.
+            if config_error.0.excerpt.as_ref().is_some_and(|e| e.underline.is_none()) {
+                config_error.0.message = hide_quoted(&config_error.0.message);
+            }
         }
         config_error
     }
@@ -169,7 +174,6 @@ impl ConfigError {
         self.0.location = Some(Location { line, column });
         let secret = looks_secret(line_text) || self.0.key.as_deref().is_some_and(key_is_secret);
         if secret {
-            self.0.message = hide_quoted(&self.0.message);
             self.0.excerpt = Some(Excerpt {
                 line: hide_quoted(line_text),
                 underline: None,

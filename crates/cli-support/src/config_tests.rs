@@ -166,9 +166,11 @@ fn secrets_are_never_echoed() {
         assert!(!shown.contains("s3cr3t"), "{shown}");
         assert!(shown.contains("<hidden>"), "{shown}");
     }
+    // Our own messages never quote a secret: they are shown as written.
     let error = ConfigError::invalid("portal.p.webhook", "write { file = \"/path\" }")
         .locate("[portal.p]\nwebhook = \"https://h/rest/1/s3cr3t/\"\n");
     assert!(!error.to_string().contains("s3cr3t"), "{error}");
+    assert!(error.to_string().contains("write { file = \"/path\" }"), "{error}");
 }
 
 #[test]
