@@ -251,7 +251,7 @@ pub async fn start(config: Config) -> Result<EdgeHandle, StartError> {
             stop_background.clone(),
         ));
     }
-    info!(listen = ?addrs, metrics_listen = ?metrics_addr, workers, routes = config.routes.len(), "b24-edge started");
+    info!(listen = ?addrs, metrics_listen = %metrics_addr.map_or_else(|| "none".to_owned(), |a| a.to_string()), workers, routes = config.routes.len(), "b24-edge started");
     Ok(EdgeHandle {
         addrs,
         metrics_addr,
