@@ -181,7 +181,7 @@ impl Relay {
                 });
             }
         }
-        tracing::info!(listen = %addr, metrics_listen = ?metrics_addr, workers = count, "b24-relay serving");
+        tracing::info!(listen = %addr, metrics_listen = %metrics_addr.map_or_else(|| "none".to_owned(), |a| a.to_string()), workers = count, "b24-relay serving");
         Ok(Self {
             addr,
             metrics_addr,
