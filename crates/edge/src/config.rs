@@ -406,7 +406,7 @@ impl RawServer {
             if listen.iter().any(|l: &Listener| l.addr == listener.addr) {
                 return Err(invalid(
                     "server.listen",
-                    format!("{} is listed twice", listener.addr),
+                    format!("{} is listed twice; list each address once", listener.addr),
                 ));
             }
             if listener.client_ip != ClientIpMode::Peer && client_ip.trusted_proxies.is_empty() {
@@ -436,17 +436,9 @@ impl RawServer {
             .transpose()?;
         // Port 0 (tests: any free port) never collides.
         let fixed = |addr: &SocketAddr| addr.port() != 0;
-        if let Some(twice) = listen
-            .iter()
-            .enumerate()
-            .find(|(i, a)| fixed(a) && listen[..*i].contains(a))
+        if let Some(metrics) =
+            metrics_listen.filter(|m| fixed(m) && listen.iter().any(|l| l.addr == *m))
         {
-            return Err(invalid(
-                "server.listen",
-                format!("{} is listed twice; list each address once", twice.1),
-            ));
-        }
-        if let Some(metrics) = metrics_listen.filter(|m| fixed(m) && listen.contains(m)) {
             return Err(invalid(
                 "server.metrics_listen",
                 format!(
