@@ -5,8 +5,9 @@
 use std::hint::black_box;
 use std::sync::Arc;
 
+use b24_edge::admit::RouteTable;
 use b24_edge::config::Config;
-use b24_edge::routes::RouteTable;
+use b24_edge::metrics::Metrics;
 use b24_nodes::{LiveNodes, NodeList};
 use b24_testkit::synthetic::{scattered_networks, scattered_probes};
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -38,7 +39,7 @@ allow = ["10.0.0.0/8", "172.16.0.0/12"]
 
 fn admission(c: &mut Criterion) {
     let config = Config::from_toml(CONFIG).unwrap();
-    let table = RouteTable::new(&config.routes, &config.nodes.extra);
+    let table = RouteTable::new(&config.routes, &config.nodes.extra, &Metrics::new());
     let nodes = LiveNodes::new();
     nodes.store(Arc::new(NodeList::from_networks(scattered_networks(
         100_000,

@@ -15,12 +15,32 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::routes::DenyReason;
+use crate::admit::DenyReason;
 
 /// A route's label value: its prefix, or `none` when no route matched.
 /// Shared, so that labelling a request costs no allocation.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct RouteLabel(Arc<str>);
+
+impl RouteLabel {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// What a route records into: its label and its duration histogram, looked
+/// up once when the route is built so that a request costs no lookup.
+#[derive(Clone, Debug)]
+pub struct RouteMetrics {
+    label: RouteLabel,
+    duration: Histogram,
+}
+
+impl RouteMetrics {
+    pub fn label(&self) -> &RouteLabel {
+        &self.label
+    }
+}
 
 impl EncodeLabelValue for RouteLabel {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
@@ -46,7 +66,7 @@ pub struct ReasonLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamErrorLabels {
-    pub route: String,
+    pub route: RouteLabel,
     /// `connect`, `timeout` or `protocol`.
     pub kind: &'static str,
 }
@@ -61,15 +81,24 @@ type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
 /// Every metric the edge exports.
 pub struct Metrics {
     registry: Registry,
-    /// Per configured route, then one for "no route": its label and its
-    /// duration histogram, looked up once at start.
-    routes: Vec<(RouteLabel, Histogram)>,
+    /// Requests no route matched.
+    unrouted: RouteMetrics,
     started: SystemTime,
     pub requests: Family<RequestLabels, Counter>,
-    pub denials: Family<ReasonLabels, Counter>,
+    /// One counter per reason, in [`DenyReason::ALL`] order.
+    denials: Vec<Counter>,
     pub request_duration: HistogramFamily,
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
     pub tls_handshake_failures: Counter,
+    /// One counter per [`ProxyHeaderFailure`].
+    proxy_header_failures: Vec<Counter>,
+    /// One counter per [`ConnectionRefusal`].
+    connections_refused: Vec<Counter>,
+    /// One counter per [`BadRequest`].
+    bad_requests: Vec<Counter>,
+    pub request_head_timeouts: Counter,
+    pub idle_closes: Counter,
+    pub client_body_timeouts: Counter,
     pub open_connections: Gauge,
     pub certificate_expiry: Gauge,
     pub certificate_reload_failures: Counter,
@@ -77,6 +106,7 @@ pub struct Metrics {
     nodes_age: Gauge<f64, AtomicU64>,
     nodes_refreshes: Counter,
     nodes_refresh_failures: Counter,
+    nodes_refused: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -92,10 +122,92 @@ fn duration_histogram() -> Histogram {
     ))
 }
 
+/// An enum whose values are the `reason` label of one counter family:
+/// `ALL` in declaration order (counters are indexed by the value) and the
+/// label text of each.
+macro_rules! reason_label {
+    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name { $($(#[$vmeta])* $variant,)+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text,)+ }
+            }
+        }
+    };
+}
+
+reason_label! {
+    /// Why a PROXY protocol header was not accepted.
+    pub enum ProxyHeaderFailure {
+        /// The connection did not start with a PROXY header.
+        Missing => "missing",
+        /// It started with one that could not be parsed.
+        Malformed => "malformed",
+        /// The peer closed the connection before the header was complete.
+        Closed => "closed",
+        /// The header did not arrive in time.
+        Timeout => "timeout",
+    }
+}
+
+reason_label! {
+    /// Why a connection was closed before its TLS handshake.
+    pub enum ConnectionRefusal {
+        /// No route admits the client (also counted in the denials by
+        /// its reason).
+        Denied => "denied",
+        /// Its address already holds `max_connections_per_address`.
+        PerAddress => "per_address",
+        /// Every slot it may use was taken.
+        MaxConnections => "max_connections",
+        /// A listed client waited for a slot until its deadline.
+        SlotWait => "slot_wait",
+    }
+}
+
+reason_label! {
+    /// Why the edge answered 400 itself.
+    pub enum BadRequest {
+        /// An ambiguous or malformed path (see [`crate::head`]).
+        Path => "path",
+        /// A missing, repeated or malformed Host.
+        Host => "host",
+        /// X-Forwarded-For from a trusted proxy without a readable client.
+        ForwardedFor => "forwarded_for",
+        /// A malformed or cut-off request body (chunked framing, say).
+        Body => "body",
+        /// A request head hyper could not parse (it answers 400 itself).
+        Head => "head",
+    }
+}
+
+/// A counter per value of a `reason` label, created (and so exported as 0)
+/// up front, so that counting costs no label lookup.
+fn reason_counters(
+    family: &Family<ReasonLabels, Counter>,
+    reasons: impl IntoIterator<Item = &'static str>,
+) -> Vec<Counter> {
+    reasons
+        .into_iter()
+        .map(|reason| family.get_or_create(&ReasonLabels { reason }).clone())
+        .collect()
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
 impl Metrics {
-    /// Metrics for an edge with these route prefixes (in configuration
-    /// order; [`Metrics::record_request`] takes an index into them).
-    pub fn new(route_prefixes: &[String]) -> Metrics {
+    /// A fresh registry with every metric the edge exports. Routes get
+    /// their series from [`Metrics::route`].
+    pub fn new() -> Metrics {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -103,18 +215,47 @@ impl Metrics {
             "Requests answered, by route prefix (\"none\" when no route matched) and HTTP status",
             requests.clone(),
         );
-        let denials = Family::<ReasonLabels, Counter>::default();
-        for reason in DenyReason::ALL {
-            denials
-                .get_or_create(&ReasonLabels {
-                    reason: reason.as_str(),
-                })
-                .get();
-        }
+        let denial_family = Family::<ReasonLabels, Counter>::default();
+        let denials = reason_counters(&denial_family, DenyReason::ALL.map(DenyReason::as_str));
         registry.register(
             "b24_edge_denials",
-            "Requests refused with 403, by reason",
-            denials.clone(),
+            "Requests refused with 403, and connections refused before TLS, by reason",
+            denial_family,
+        );
+        let refused_family = Family::<ReasonLabels, Counter>::default();
+        let connections_refused = reason_counters(
+            &refused_family,
+            ConnectionRefusal::ALL.iter().map(|r| r.as_str()),
+        );
+        registry.register(
+            "b24_edge_connections_refused",
+            "Connections closed before their TLS handshake: the client is admitted by no route (denied), or has no slot (per_address, max_connections, slot_wait)",
+            refused_family,
+        );
+        let bad_family = Family::<ReasonLabels, Counter>::default();
+        let bad_requests = reason_counters(&bad_family, BadRequest::ALL.iter().map(|r| r.as_str()));
+        registry.register(
+            "b24_edge_bad_requests",
+            "Requests answered 400 by the edge itself (client errors), by reason",
+            bad_family,
+        );
+        let request_head_timeouts = Counter::default();
+        registry.register(
+            "b24_edge_request_head_timeouts",
+            "Connections closed because no complete first request head arrived within header_timeout",
+            request_head_timeouts.clone(),
+        );
+        let idle_closes = Counter::default();
+        registry.register(
+            "b24_edge_idle_closes",
+            "Kept-alive connections closed (HTTP/2: GOAWAY) after idle_timeout without a new request",
+            idle_closes.clone(),
+        );
+        let client_body_timeouts = Counter::default();
+        registry.register(
+            "b24_edge_client_body_timeouts",
+            "Requests answered 408 because the client paused its body longer than client_body_timeout",
+            client_body_timeouts.clone(),
         );
         let request_duration: HistogramFamily = Family::new_with_constructor(duration_histogram);
         registry.register(
@@ -131,8 +272,18 @@ impl Metrics {
         let tls_handshake_failures = Counter::default();
         registry.register(
             "b24_edge_tls_handshake_failures",
-            "Connections closed because the TLS handshake (or the PROXY header before it) failed or timed out",
+            "Connections closed because the TLS handshake failed or timed out",
             tls_handshake_failures.clone(),
+        );
+        let proxy_family = Family::<ReasonLabels, Counter>::default();
+        let proxy_header_failures = reason_counters(
+            &proxy_family,
+            ProxyHeaderFailure::ALL.iter().map(|r| r.as_str()),
+        );
+        registry.register(
+            "b24_edge_proxy_header_failures",
+            "Connections from trusted proxies closed because their PROXY protocol header was missing, malformed, cut off or late",
+            proxy_family,
         );
         let open_connections = Gauge::default();
         registry.register(
@@ -170,35 +321,34 @@ impl Metrics {
             "Nodes list refreshes attempted since start",
             nodes_refreshes.clone(),
         );
+        let nodes_refused = Gauge::default();
+        registry.register(
+            "b24_edge_nodes_refused",
+            "Nodes sources whose newest list was refused as unsafe (an entry broader than /24 or /48, or a special-purpose address); the last good list stays in use",
+            nodes_refused.clone(),
+        );
         let nodes_refresh_failures = Counter::default();
         registry.register(
             "b24_edge_nodes_refresh_failures",
             "Nodes list refreshes that failed or were rejected since start",
             nodes_refresh_failures.clone(),
         );
-        let routes = route_prefixes
-            .iter()
-            .map(String::as_str)
-            .chain(["none"])
-            .map(|prefix| {
-                let label = RouteLabel(Arc::from(prefix));
-                let histogram = request_duration
-                    .get_or_create(&RouteLabels {
-                        route: label.clone(),
-                    })
-                    .clone();
-                (label, histogram)
-            })
-            .collect();
+        let unrouted = route_metrics(&request_duration, "none");
         Metrics {
             registry,
-            routes,
+            unrouted,
             started: SystemTime::now(),
             requests,
             denials,
             request_duration,
             upstream_errors,
             tls_handshake_failures,
+            proxy_header_failures,
+            connections_refused,
+            bad_requests,
+            request_head_timeouts,
+            idle_closes,
+            client_body_timeouts,
             open_connections,
             certificate_expiry,
             certificate_reload_failures,
@@ -206,34 +356,52 @@ impl Metrics {
             nodes_age,
             nodes_refreshes,
             nodes_refresh_failures,
+            nodes_refused,
         }
     }
 
-    /// Counts an answered request; `route` is the route's index, `None`
-    /// when no route matched.
-    pub fn record_request(&self, route: Option<usize>, status: u16, elapsed: Duration) {
-        let (label, histogram) = &self.routes[route.unwrap_or(self.routes.len() - 1)];
+    /// The series of the route with this prefix (its duration histogram
+    /// is exported from now on).
+    pub fn route(&self, prefix: &str) -> RouteMetrics {
+        route_metrics(&self.request_duration, prefix)
+    }
+
+    /// The series of requests that matched no route (`route="none"`).
+    pub fn unrouted(&self) -> &RouteMetrics {
+        &self.unrouted
+    }
+
+    /// Counts an answered request.
+    pub fn record_request(&self, route: &RouteMetrics, status: u16, elapsed: Duration) {
         self.requests
             .get_or_create(&RequestLabels {
-                route: label.clone(),
+                route: route.label.clone(),
                 status,
             })
             .inc();
-        histogram.observe(elapsed.as_secs_f64());
+        route.duration.observe(elapsed.as_secs_f64());
     }
 
     pub fn record_denial(&self, reason: DenyReason) {
-        self.denials
-            .get_or_create(&ReasonLabels {
-                reason: reason.as_str(),
-            })
-            .inc();
+        self.denials[reason as usize].inc();
     }
 
-    pub fn record_upstream_error(&self, route: &str, kind: &'static str) {
+    pub fn record_proxy_header_failure(&self, failure: ProxyHeaderFailure) {
+        self.proxy_header_failures[failure as usize].inc();
+    }
+
+    pub fn record_connection_refused(&self, refusal: ConnectionRefusal) {
+        self.connections_refused[refusal as usize].inc();
+    }
+
+    pub fn record_bad_request(&self, reason: BadRequest) {
+        self.bad_requests[reason as usize].inc();
+    }
+
+    pub fn record_upstream_error(&self, route: &RouteLabel, kind: &'static str) {
         self.upstream_errors
             .get_or_create(&UpstreamErrorLabels {
-                route: route.to_owned(),
+                route: route.clone(),
                 kind,
             })
             .inc();
@@ -258,6 +426,13 @@ impl Metrics {
             .unwrap_or_default()
             .as_secs_f64();
         self.nodes_age.set(age);
+        let refused = nodes
+            .sources()
+            .iter()
+            .filter(|part| part.status.refused.is_some())
+            .count();
+        self.nodes_refused
+            .set(i64::try_from(refused).unwrap_or(i64::MAX));
         // The refresh loop keeps running totals; counters only move forward.
         self.nodes_refreshes
             .inner()
@@ -276,17 +451,31 @@ impl Metrics {
     }
 }
 
+fn route_metrics(durations: &HistogramFamily, prefix: &str) -> RouteMetrics {
+    let label = RouteLabel(Arc::from(prefix));
+    let duration = durations
+        .get_or_create(&RouteLabels {
+            route: label.clone(),
+        })
+        .clone();
+    RouteMetrics { label, duration }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn names_follow_conventions() {
-        let metrics = Metrics::new(&["/".to_string()]);
-        metrics.record_request(Some(0), 200, Duration::from_millis(3));
-        metrics.record_request(None, 403, Duration::from_millis(1));
+        let metrics = Metrics::new();
+        let root = metrics.route("/");
+        metrics.record_request(&root, 200, Duration::from_millis(3));
+        metrics.record_request(metrics.unrouted(), 403, Duration::from_millis(1));
         metrics.record_denial(DenyReason::NotInNodes);
-        metrics.record_upstream_error("/", "connect");
+        metrics.record_proxy_header_failure(ProxyHeaderFailure::Timeout);
+        metrics.record_upstream_error(root.label(), "connect");
+        metrics.record_connection_refused(ConnectionRefusal::Denied);
+        metrics.record_bad_request(BadRequest::Path);
         metrics.observe_nodes(&LiveNodes::new());
         let text = metrics.encode();
         for expected in [
@@ -297,8 +486,18 @@ mod tests {
             "b24_edge_requests_total{route=\"none\",status=\"403\"} 1",
             "b24_edge_upstream_errors_total{route=\"/\",kind=\"connect\"} 1",
             "b24_edge_tls_handshake_failures_total 0",
+            "b24_edge_proxy_header_failures_total{reason=\"timeout\"} 1",
+            "b24_edge_proxy_header_failures_total{reason=\"missing\"} 0",
+            "b24_edge_connections_refused_total{reason=\"denied\"} 1",
+            "b24_edge_connections_refused_total{reason=\"per_address\"} 0",
+            "b24_edge_bad_requests_total{reason=\"path\"} 1",
+            "b24_edge_bad_requests_total{reason=\"host\"} 0",
+            "b24_edge_request_head_timeouts_total 0",
+            "b24_edge_idle_closes_total 0",
+            "b24_edge_client_body_timeouts_total 0",
             "b24_edge_open_connections 0",
             "b24_edge_nodes_networks{family=\"ipv4\"} 0",
+            "b24_edge_nodes_refused 0",
             "b24_edge_nodes_last_success_age_seconds ",
             "b24_edge_certificate_expiry_timestamp_seconds 0",
         ] {

@@ -1,5 +1,6 @@
-//! Server-side TLS: the rustls configuration (TLS 1.2 + 1.3, ALPN h2 and
-//! http/1.1) and a certificate that can be replaced while the server runs.
+//! Stage 3 of the request path, server-side TLS: the rustls configuration
+//! (TLS 1.2 + 1.3, ALPN h2 and http/1.1), the handshake, and a certificate
+//! that can be replaced while the server runs.
 //!
 //! The certificate lives behind an [`ArcSwap`] read by rustls' certificate
 //! resolver at each handshake, so a reload affects new connections only and
@@ -17,6 +18,31 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+
+/// Why a client's TLS handshake did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("TLS handshake failed: {0}")]
+    Failed(std::io::Error),
+    #[error("TLS handshake timed out")]
+    Timeout,
+}
+
+/// Completes the server side of a TLS handshake within `timeout`.
+pub async fn handshake<IO>(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    stream: IO,
+    timeout: Duration,
+) -> Result<tokio_rustls::server::TlsStream<IO>, HandshakeError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => Ok(tls),
+        Ok(Err(e)) => Err(HandshakeError::Failed(e)),
+        Err(_) => Err(HandshakeError::Timeout),
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {

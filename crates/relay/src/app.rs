@@ -27,22 +27,25 @@ use crate::store::{Store, StoreError, StoreOptions};
 use crate::transfer::Transfer;
 use crate::worker::Workers;
 
+/// Why the relay could not start. A cause is the error's `source()` (the
+/// chain prints it), never repeated in the message.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    // Fields named `error`, not `source`: the message already holds the
-    // cause, and `{:#}` would print it twice.
-    #[error("opening the store {path}: {error}")]
-    Store { path: String, error: StoreError },
-    #[error("portal clients: {0}")]
+    #[error("opening the store {path}")]
+    Store { path: String, source: StoreError },
+    #[error("portal clients")]
     Client(#[from] b24_client::Error),
     #[error("another `b24-relay serve` already uses {path} (one serving process per SQLite store)")]
     Locked { path: String },
-    #[error("cannot lock {path}: {error}")]
-    Lock { path: String, error: std::io::Error },
-    #[error("cannot listen on {addr}: {error}")]
+    #[error("cannot lock {path}")]
+    Lock {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
-        error: std::io::Error,
+        source: std::io::Error,
     },
 }
 
@@ -60,13 +63,12 @@ impl Parts {
             max_interruptions: config.max_interruptions,
             ..StoreOptions::default()
         };
-        let store =
-            Store::open(&config.store, options)
-                .await
-                .map_err(|error| StartError::Store {
-                    path: config.store.location.to_string(),
-                    error,
-                })?;
+        let store = Store::open(&config.store, options)
+            .await
+            .map_err(|source| StartError::Store {
+                path: config.store.location.to_string(),
+                source,
+            })?;
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::new());
         let portals = Arc::new(Portals::new(&config, metrics.clone())?);
@@ -118,9 +120,9 @@ impl Relay {
             .store
             .release_running()
             .await
-            .map_err(|error| StartError::Store {
+            .map_err(|source| StartError::Store {
                 path: parts.config.store.location.to_string(),
-                error,
+                source,
             })?;
         if released > 0 {
             tracing::info!(
@@ -129,9 +131,9 @@ impl Relay {
             );
         }
         let listener = bind(parts.config.listen).await?;
-        let addr = listener.local_addr().map_err(|error| StartError::Bind {
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
             addr: parts.config.listen,
-            error,
+            source,
         })?;
         let metrics_listener = match parts.config.metrics_listen {
             Some(metrics_addr) => Some(bind(metrics_addr).await?),
@@ -190,7 +192,7 @@ impl Relay {
             let (store, stop) = (parts.store.clone(), stop.clone());
             tasks.spawn(announce_replica(store, stop));
         }
-        tracing::info!(%addr, ?metrics_addr, workers = count, replica = parts.store.replica_name(), "b24-relay serving");
+        tracing::info!(listen = %addr, metrics_listen = %metrics_addr.map_or_else(|| "none".to_owned(), |a| a.to_string()), workers = count, replica = parts.store.replica_name(), "b24-relay serving");
         Ok(Self {
             addr,
             metrics_addr,
@@ -238,23 +240,24 @@ async fn announce_replica(store: Store, stop: CancellationToken) {
     let _ = store.replica_gone().await;
 }
 
-/// An exclusive `flock` on `<store>.lock`, released when the process ends
-/// (also by SIGKILL).
+/// An exclusive lock (`flock`) on `<store>.lock`, released when the
+/// process ends (also by SIGKILL).
 fn lock_store(store: &std::path::Path) -> Result<std::fs::File, StartError> {
-    use std::os::fd::AsRawFd;
     let path = format!("{}.lock", store.display());
-    let failed = |error: std::io::Error| match error.raw_os_error() {
+    let failed = |error: std::io::Error| match error.kind() {
         // Said as the store's problem: it cannot be written either.
-        Some(libc::EROFS) | Some(libc::EACCES) => StartError::Store {
-            path: store.display().to_string(),
-            error: StoreError::ReadOnly {
+        std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied => {
+            StartError::Store {
                 path: store.display().to_string(),
-                why: format!("its directory: {error}; the lock file {path} cannot be created"),
-            },
-        },
+                source: StoreError::ReadOnly {
+                    path: store.display().to_string(),
+                    why: format!("its directory: {error}; the lock file {path} cannot be created"),
+                },
+            }
+        }
         _ => StartError::Lock {
             path: path.clone(),
-            error,
+            source: error,
         },
     };
     if let Some(dir) = store.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -266,22 +269,18 @@ fn lock_store(store: &std::path::Path) -> Result<std::fs::File, StartError> {
         .write(true)
         .open(&path)
         .map_err(failed)?;
-    // SAFETY: flock on a descriptor this function owns; no memory involved.
-    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if locked != 0 {
-        let error = std::io::Error::last_os_error();
-        return Err(match error.raw_os_error() {
-            Some(libc::EWOULDBLOCK) => StartError::Locked { path },
-            _ => failed(error),
-        });
+    use rustix::fs::{FlockOperation, flock};
+    match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(errno) if errno == rustix::io::Errno::WOULDBLOCK => Err(StartError::Locked { path }),
+        Err(errno) => Err(failed(errno.into())),
     }
-    Ok(file)
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|error| StartError::Bind { addr, error })
+        .map_err(|source| StartError::Bind { addr, source })
 }
 
 fn metrics_page(metrics: &Metrics, request: &Request<Incoming>) -> Response<Full<Bytes>> {

@@ -32,6 +32,7 @@ const FORM: &str = "application/x-www-form-urlencoded";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn intake_refuses_what_it_must_and_queues_the_rest() {
+    b24_testkit::install_crypto_provider();
     let (source, target) = start_portals(50, 2.0).await;
     let dir = tempfile::tempdir().unwrap();
     let text = config_text(dir.path(), &source, &target, &Options::default()).replacen(
@@ -208,6 +209,7 @@ async fn intake_refuses_what_it_must_and_queues_the_rest() {
 /// and what it accepted but must not: a lead's document with a DEAL_ id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn intake_reads_bodies_as_bitrix24_and_php_do() {
+    b24_testkit::install_crypto_provider();
     let (source, target) = start_portals(50, 2.0).await;
     let dir = tempfile::tempdir().unwrap();
     let text = config_text(dir.path(), &source, &target, &Options::default());

@@ -155,23 +155,21 @@ fn sqlite_error(path: &Path, error: rusqlite::Error) -> StoreError {
 
 /// `None` if the current user may write `path`, else why not.
 fn not_writable(path: &Path) -> Option<String> {
-    use std::os::unix::ffi::OsStrExt;
-    let name = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    // SAFETY: access() reads a NUL-terminated path this function owns.
-    if unsafe { libc::access(name.as_ptr(), libc::W_OK) } == 0 {
-        return None;
-    }
-    let error = std::io::Error::last_os_error();
-    Some(match error.raw_os_error() {
-        Some(libc::EROFS) => "it is on a read-only file system".into(),
-        Some(libc::EACCES) | Some(libc::EPERM) => {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(path)
-                .map(|m| format!("{:o}", m.permissions().mode() & 0o777))
-                .unwrap_or_else(|_| "?".into());
-            format!("no write permission for the user running the relay (mode {mode})")
-        }
-        _ => format!("not writable: {error}"),
+    use rustix::io::Errno;
+    let errno = match rustix::fs::access(path, rustix::fs::Access::WRITE_OK) {
+        Ok(()) => return None,
+        Err(errno) => errno,
+    };
+    Some(if errno == Errno::ROFS {
+        "it is on a read-only file system".into()
+    } else if errno == Errno::ACCESS || errno == Errno::PERM {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map(|m| format!("{:o}", m.permissions().mode() & 0o777))
+            .unwrap_or_else(|_| "?".into());
+        format!("no write permission for the user running the relay (mode {mode})")
+    } else {
+        format!("not writable: {}", std::io::Error::from(errno))
     })
 }
 
