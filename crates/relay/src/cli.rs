@@ -1,4 +1,4 @@
-//! The command line: `serve`, `check`, `transfer`, `fields`, `jobs`, `app`.
+//! The command line: `serve`, `check`, `transfer`, `fields`, `jobs`, `app`, `store`.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -54,7 +54,9 @@ Endpoints on `metrics_listen` (plain HTTP, keep it local):
 Signals:
   SIGTERM, SIGINT  stop taking requests, let running transfers finish, exit 0
 
-One serve per store: a second serve on the same SQLite file refuses to start.
+One serve per SQLite store: a second serve on the same file refuses to start.
+With [store] url = \"postgres://...\" any number of serve replicas share the
+work (jobs claimed with leases; see `b24-relay store --help`).
 
 Examples:
   b24-relay serve --config /etc/b24-relay/relay.toml
@@ -204,6 +206,12 @@ pub enum Command {
         #[command(subcommand)]
         action: crate::cli_app::AppAction,
     },
+    /// The store: migrate its schema, show what it holds, copy another store into it.
+    #[command(after_long_help = crate::cli_store::STORE_HELP)]
+    Store {
+        #[command(subcommand)]
+        action: crate::cli_store::StoreAction,
+    },
 }
 
 /// A job state, as `jobs list --state` takes it.
@@ -298,6 +306,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Fields { route } => fields(config, &route).await,
         Command::Jobs { action } => jobs(config, action).await,
         Command::App { action } => crate::cli_app::run(config, action).await,
+        Command::Store { action } => crate::cli_store::run(config, action).await,
     }
 }
 
@@ -319,13 +328,18 @@ fn route_of<'a>(config: &'a Config, name: &str) -> anyhow::Result<&'a Route> {
 
 fn show_job(job: &Job) -> String {
     format!(
-        "job {} [{}] {} deal {} via {} attempts {}{}{}",
+        "job {} [{}] {} deal {} via {} attempts {}{}{}{}",
         job.id,
         job.state.as_str(),
         job.portal,
         job.deal_id,
         job.trigger,
         job.attempts,
+        if job.interruptions > 0 {
+            format!(" interrupted {}", job.interruptions)
+        } else {
+            String::new()
+        },
         job.target_deal_id
             .map(|t| format!(" target {t}"))
             .unwrap_or_default(),

@@ -8,6 +8,7 @@ pub mod application;
 pub mod cli;
 pub mod cli_app;
 pub mod cli_check;
+pub mod cli_store;
 pub mod config;
 pub mod intake;
 pub mod mapping;

@@ -145,7 +145,7 @@ pub struct Enqueued {
 }
 
 /// What the relay created on a target for one source record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LinkKind {
     Deal,
     Contact,
@@ -276,15 +276,32 @@ pub(crate) fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+pub mod copy;
 mod handle;
 mod postgres;
 mod postgres_app;
+mod postgres_copy;
 mod postgres_jobs;
 mod sqlite;
 mod sqlite_app;
+mod sqlite_copy;
 mod sqlite_jobs;
 
 pub use handle::{Store, StoreOptions};
+
+/// Copies everything of `from` (named `from_name` in the destination's
+/// records) into `to`, then checks that every row of the snapshot is there.
+pub async fn copy_store(
+    from: &Store,
+    from_name: &str,
+    to: &Store,
+) -> Result<(copy::CopyReport, Vec<copy::CheckLine>), StoreError> {
+    let snapshot = from.export().await?;
+    let report = to.import(from_name, &snapshot).await?;
+    let after = to.export().await?;
+    let lines = copy::check(&snapshot, &after, &report.job_map, &report.merged);
+    Ok((report, lines))
+}
 
 /// Applies the configured store's schema migrations; returns how many.
 pub async fn migrate(config: &crate::config::StoreConfig) -> Result<usize, StoreError> {

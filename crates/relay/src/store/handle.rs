@@ -141,6 +141,29 @@ impl Store {
         }
     }
 
+    /// Everything the store holds, as one consistent snapshot (`store copy`).
+    pub async fn export(&self) -> Result<super::copy::Snapshot, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(db) => db.read(super::sqlite_copy::export).await,
+            Backend::Postgres(pg) => pg.export().await,
+        }
+    }
+
+    /// Imports another store's snapshot (`store copy`); `source` names that
+    /// store, so that copying again updates what was copied.
+    pub async fn import(
+        &self,
+        source: &str,
+        snapshot: &super::copy::Snapshot,
+    ) -> Result<super::copy::CopyReport, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Err(super::copy::not_supported(
+                "copying into SQLite (copy into PostgreSQL, or keep the SQLite file)",
+            )),
+            Backend::Postgres(pg) => pg.import(source, snapshot).await,
+        }
+    }
+
     /// Whether several `serve` processes may share this store.
     pub fn shared_by_replicas(&self) -> bool {
         matches!(self.backend, Backend::Postgres(_))

@@ -83,7 +83,10 @@ impl PgStore {
             connect.connect_timeout(Duration::from_secs(5));
         }
         // Schema names are validated as [a-z0-9_]: safe to splice.
-        connect.options(format!("-c search_path={}", config.schema));
+        connect.options(format!(
+            "-c search_path={} -c client_min_messages=warning",
+            config.schema
+        ));
         let manager = Manager::from_config(
             connect,
             NoTls,

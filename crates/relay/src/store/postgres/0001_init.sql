@@ -101,3 +101,12 @@ CREATE TABLE replicas (
     started_at BIGINT NOT NULL,
     seen_at BIGINT NOT NULL
 );
+
+-- `b24-relay store copy`: which job of which source store each copied job
+-- came from, so that copying again updates instead of duplicating.
+CREATE TABLE copied_jobs (
+    source TEXT NOT NULL,
+    source_id BIGINT NOT NULL,
+    job_id BIGINT NOT NULL,
+    PRIMARY KEY (source, source_id)
+);
