@@ -71,7 +71,7 @@ pub use credentials::{
 pub use error::{ApiError, ApiErrorKind, Error};
 pub use observer::{NoopObserver, Observer, RequestEvent};
 pub use paging::{PAGE_SIZE, Paging};
-pub use rate_limit::{BucketConfig, PortalLimiter, RateLimits, SharedBucket};
+pub use rate_limit::{BucketConfig, PortalLimiter, RateLimits, SharedBucket, SharedBucketFuture};
 pub use response::Response;
 pub use retry::{RetryPolicy, is_read_method};
 pub use secret::Secret;

@@ -71,7 +71,8 @@ impl Parts {
             })?;
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::new());
-        let portals = Arc::new(Portals::new(&config, metrics.clone())?);
+        let shared = store.shared_budget(config.store.rate_scope);
+        let portals = Arc::new(Portals::new(&config, metrics.clone(), shared)?);
         for (_, portal) in portals.iter() {
             if let Err(error) =
                 crate::application::connect_installed(portal, &config.app, &store).await
@@ -190,7 +191,16 @@ impl Relay {
         }
         if parts.store.shared_by_replicas() {
             let (store, stop) = (parts.store.clone(), stop.clone());
-            tasks.spawn(announce_replica(store, stop));
+            let sizes: Vec<(String, f64)> = parts
+                .config
+                .portals
+                .values()
+                .map(|p| {
+                    let burst = p.rate.burst - crate::portals::headroom(p.rate.burst);
+                    (p.webhook.portal(), f64::from(burst))
+                })
+                .collect();
+            tasks.spawn(announce_replica(store, parts.metrics.clone(), sizes, stop));
         }
         tracing::info!(listen = %addr, metrics_listen = %metrics_addr.map_or_else(|| "none".to_owned(), |a| a.to_string()), workers = count, replica = parts.store.replica_name(), "b24-relay serving");
         Ok(Self {
@@ -226,11 +236,26 @@ impl Drop for Relay {
     }
 }
 
-/// Keeps this replica in the store's replica list while it serves.
-async fn announce_replica(store: Store, stop: CancellationToken) {
+/// Keeps this replica in the store's replica list while it serves, and
+/// the shared rate budgets in the metrics.
+async fn announce_replica(
+    store: Store,
+    metrics: Arc<Metrics>,
+    sizes: Vec<(String, f64)>,
+    stop: CancellationToken,
+) {
     loop {
         if let Err(error) = store.replica_alive().await {
             tracing::warn!(%error, "cannot record this replica in the store");
+        }
+        if let Ok(budgets) = store.budgets().await {
+            for (host, level) in budgets {
+                let size = sizes
+                    .iter()
+                    .find(|(h, _)| *h == host)
+                    .map_or(0.0, |(_, size)| *size);
+                metrics.set_shared_budget(&host, level, size);
+            }
         }
         tokio::select! {
             _ = stop.cancelled() => break,

@@ -22,6 +22,8 @@ pub struct Metrics {
     jobs: Family<Labels, Gauge>,
     queue_depth: Gauge,
     replicas: Gauge,
+    shared_budget: Family<Labels, Gauge<f64, AtomicU64>>,
+    shared_budget_size: Family<Labels, Gauge<f64, AtomicU64>>,
     oldest_pending: Gauge<f64, AtomicU64>,
     transfers: Family<Labels, Counter>,
     transfer_seconds: Histogram,
@@ -56,6 +58,18 @@ impl Metrics {
             "replicas",
             "Relay processes serving from this store (PostgreSQL: replicas seen in the last 15 s; SQLite: 1)",
             replicas.clone(),
+        );
+        let shared_budget = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "shared_rate_budget_level",
+            "Requests in each portal's shared rate budget not drained yet at its last reservation, by host (PostgreSQL, rate_scope = shared); compare with shared_rate_budget_size",
+            shared_budget.clone(),
+        );
+        let shared_budget_size = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "shared_rate_budget_size",
+            "Requests each portal's shared budget lets through back to back (the configured burst less the relay's headroom), by host",
+            shared_budget_size.clone(),
         );
         let oldest_pending = Gauge::<f64, AtomicU64>::default();
         registry.register(
@@ -125,6 +139,8 @@ impl Metrics {
             jobs,
             queue_depth,
             replicas,
+            shared_budget,
+            shared_budget_size,
             oldest_pending,
             transfers,
             transfer_seconds,
@@ -178,6 +194,13 @@ impl Metrics {
                 .oldest_pending_age
                 .map_or(0.0, |age| age.as_secs_f64()),
         );
+    }
+
+    /// The shared rate budget of a portal host: its level and its size.
+    pub fn set_shared_budget(&self, host: &str, level: f64, size: f64) {
+        let labels = vec![("host", host.to_owned())];
+        self.shared_budget.get_or_create(&labels).set(level);
+        self.shared_budget_size.get_or_create(&labels).set(size);
     }
 
     /// A refresh was refused (`refused`) for a configured portal.

@@ -59,8 +59,16 @@ pub fn headroom(burst: u32) -> u32 {
 }
 
 impl Portals {
-    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Self, ClientError> {
-        let rate_limits = RateLimits::default();
+    /// `shared`: the rate budget the store's replicas share, if any.
+    pub fn new(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        shared: Option<Arc<dyn b24_client::SharedBucket>>,
+    ) -> Result<Self, ClientError> {
+        let rate_limits = match shared {
+            Some(shared) => RateLimits::default().share_with(shared),
+            None => RateLimits::default(),
+        };
         let downloader = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(120))

@@ -282,6 +282,7 @@ mod postgres;
 mod postgres_app;
 mod postgres_copy;
 mod postgres_jobs;
+mod postgres_shared;
 mod sqlite;
 mod sqlite_app;
 mod sqlite_copy;

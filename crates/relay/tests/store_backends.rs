@@ -320,3 +320,111 @@ async fn migrations_apply_once_when_replicas_start_together() {
     a.enqueue("partner", 1, "rule").await.unwrap();
     assert_eq!(a.jobs(None, 10).await.unwrap().len(), 1);
 }
+
+/// Three replicas draw requests for one portal from the shared budget at
+/// once: together they never exceed what the portal's bucket allows (its
+/// size at once, then its drain rate), as if one process sent them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_one_rate_budget_per_portal() {
+    let Some(pg) = TestPostgres::get("replicas_share_one_rate_budget_per_portal") else {
+        return;
+    };
+    let schema = unique_schema("budget");
+    let config = StoreConfig::from_url(&pg.url, None, Some(&schema)).unwrap();
+    let bucket = b24_client::BucketConfig {
+        burst: 5,
+        drain_per_second: 20.0,
+    };
+    // The budget itself answers (a failure would fall back to local buckets).
+    let probe = Store::open(&config, options()).await.unwrap();
+    let budget = probe
+        .shared_budget(b24_relay::config::RateScope::Shared)
+        .unwrap();
+    budget.saturate("probe.test", bucket).await.unwrap();
+    let wait = budget.reserve("probe.test", bucket).await.unwrap();
+    assert!(wait > Duration::from_millis(40), "{wait:?}");
+    let started = std::time::Instant::now();
+    let mut sent = tokio::task::JoinSet::new();
+    for _ in 0..3 {
+        let store = Store::open(&config, options()).await.unwrap();
+        let limits = b24_client::RateLimits::new(bucket).unwrap().share_with(
+            store
+                .shared_budget(b24_relay::config::RateScope::Shared)
+                .unwrap(),
+        );
+        for _ in 0..20 {
+            let limiter = limits.portal("portal.test");
+            sent.spawn(async move {
+                limiter.acquire().await;
+                started.elapsed()
+            });
+        }
+    }
+    let mut times = Vec::new();
+    while let Some(at) = sent.join_next().await {
+        times.push(at.unwrap());
+    }
+    times.sort();
+    // The budget starts full (a restarted replica cannot know what the
+    // portal still counts): by time t at most drain·t requests (+1 slack).
+    for (index, at) in times.iter().enumerate() {
+        let allowed = at.as_secs_f64() * bucket.drain_per_second + 1.0;
+        assert!(
+            (index + 1) as f64 <= allowed,
+            "request {} sent at {at:?}: more than the portal's rate",
+            index + 1
+        );
+    }
+    assert!(times.last().unwrap() >= &Duration::from_millis(2900));
+}
+
+/// An OAuth refresh is single-flight across replicas: the second waits for
+/// the first to store its pair, then sees it (and does not refresh).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oauth_refresh_is_single_flight_across_replicas() {
+    let Some(pg) = TestPostgres::get("an_oauth_refresh_is_single_flight_across_replicas") else {
+        return;
+    };
+    let schema = unique_schema("refresh");
+    let config = StoreConfig::from_url(&pg.url, None, Some(&schema)).unwrap();
+    let (first, second) = (
+        Store::open(&config, options()).await.unwrap(),
+        Store::open(&config, options()).await.unwrap(),
+    );
+    let pair = |a: &str, r: &str| b24_client::TokenPair {
+        access_token: b24_client::Secret::new(a),
+        refresh_token: b24_client::Secret::new(r),
+    };
+    let install = b24_relay::store::AppInstall {
+        client_endpoint: "https://p.test/rest/".into(),
+        domain: "p.test".into(),
+        member_id: "m".into(),
+        scopes: "crm".into(),
+        application_token: b24_client::Secret::new("app"),
+        tokens: pair("a1", "r1"),
+        reinstall_reason: None,
+        updated_at_ms: 0,
+    };
+    first.save_app_install("partner", &install).await.unwrap();
+    let guard = first.begin_refresh("partner").await.unwrap();
+    assert_eq!(guard.stored, Some(pair("a1", "r1")));
+    let waiting = tokio::spawn(async move {
+        let guard = second.begin_refresh("partner").await.unwrap();
+        guard.stored
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the second refresh waits for the first"
+    );
+    first
+        .save_app_tokens("partner", &pair("a2", "r2"))
+        .await
+        .unwrap();
+    drop(guard);
+    let seen = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("released when the first guard is dropped")
+        .unwrap();
+    assert_eq!(seen, Some(pair("a2", "r2")));
+}

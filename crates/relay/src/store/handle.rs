@@ -164,6 +164,50 @@ impl Store {
         }
     }
 
+    /// The rate budget every replica of this store shares (PostgreSQL with
+    /// `rate_scope = "shared"`); `None`: each process keeps its own.
+    pub fn shared_budget(
+        &self,
+        scope: crate::config::RateScope,
+    ) -> Option<Arc<dyn b24_client::SharedBucket>> {
+        match (&self.backend, scope) {
+            (Backend::Postgres(pg), crate::config::RateScope::Shared) => {
+                Some(Arc::new(super::postgres_shared::PgBudget {
+                    store: pg.clone(),
+                }))
+            }
+            _ => None,
+        }
+    }
+
+    /// The shared budgets' levels (requests not drained at their last
+    /// reservation), by portal host, for metrics.
+    pub async fn budgets(&self) -> Result<Vec<(String, f64)>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(Vec::new()),
+            Backend::Postgres(pg) => pg.budgets().await,
+        }
+    }
+
+    /// Makes an OAuth refresh of `portal`'s application exclusive across
+    /// the replicas (PostgreSQL: an advisory lock held by the returned
+    /// guard), and returns the pair stored now.
+    pub async fn begin_refresh(
+        &self,
+        portal: &str,
+    ) -> Result<b24_client::RefreshGuard, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(b24_client::RefreshGuard {
+                stored: self
+                    .app_install(portal)
+                    .await?
+                    .map(|install| install.tokens),
+                held: None,
+            }),
+            Backend::Postgres(pg) => pg.begin_refresh(portal).await,
+        }
+    }
+
     /// Whether several `serve` processes may share this store.
     pub fn shared_by_replicas(&self) -> bool {
         matches!(self.backend, Backend::Postgres(_))
