@@ -198,6 +198,7 @@ impl PortalBuilder {
             limits: Limits::new(self.limits),
             faults: Faults::default(),
             requests: Mutex::new(Default::default()),
+            limit_refusals: Default::default(),
             outbound: Outbound::new(seed.handlers.clone(), self.delivery_timeout),
             app,
         });
