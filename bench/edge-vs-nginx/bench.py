@@ -224,6 +224,9 @@ tls_cert = "{w}/cert.pem"
 tls_key = "{w}/key.pem"
 [nodes]
 source = "{w}/app.json"
+# 127.0.0.1 and 1 000 adjacent /24s (which merge): both need the escape hatches.
+allow_special = true
+allow_broad = true
 [[route]]
 prefix = "/"
 upstream = "http://127.0.0.1:{upstream_port}"

@@ -141,9 +141,15 @@ tls_key = "{key}"
 metrics_listen = "127.0.0.1:0"
 workers = 1
 shutdown_timeout = "5s"
+# The demo shows the unlisted client its 403 (a production edge resets
+# such a connection before TLS).
+refuse_before_tls = false
 
 [nodes]
 source = "{nodes}"
+# The demo's "queue server" is 127.0.0.1: loopback is refused in a list
+# unless allowed explicitly.
+allow_special = true
 
 [[route]]
 prefix = "/"

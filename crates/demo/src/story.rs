@@ -218,11 +218,12 @@ fn delivered_deal(body: &str) -> i64 {
         .unwrap_or_default()
 }
 
-fn jobs(stack: &Stack, state: JobState) -> Result<Vec<b24_relay::Job>, DemoError> {
+async fn jobs(stack: &Stack, state: JobState) -> Result<Vec<b24_relay::Job>, DemoError> {
     stack
         .relay
         .store
         .jobs(Some(state), 1000)
+        .await
         .map_err(|e| DemoError::Unexpected(format!("reading the relay's queue: {e}")))
 }
 
@@ -234,7 +235,7 @@ pub async fn show_transfers(
 ) -> Result<Vec<(i64, i64)>, DemoError> {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let failed = jobs(stack, JobState::Failed)?;
+        let failed = jobs(stack, JobState::Failed).await?;
         if let Some(job) = failed.first() {
             return Err(DemoError::Unexpected(format!(
                 "the relay could not transfer deal {}: {}",
@@ -242,8 +243,9 @@ pub async fn show_transfers(
                 job.message.as_deref().unwrap_or("no message")
             )));
         }
-        let busy = jobs(stack, JobState::Pending)?.len() + jobs(stack, JobState::Running)?.len();
-        let done = jobs(stack, JobState::Done)?;
+        let busy = jobs(stack, JobState::Pending).await?.len()
+            + jobs(stack, JobState::Running).await?.len();
+        let done = jobs(stack, JobState::Done).await?;
         if busy == 0 && ids.iter().all(|id| done.iter().any(|j| j.deal_id == *id)) {
             break;
         }
@@ -347,7 +349,9 @@ pub async fn show_refusal(stack: &Stack, out: &mut dyn Write) -> Result<u16, Dem
 pub fn show_firewall(stack: &Stack, out: &mut dyn Write) -> Result<(), DemoError> {
     let body = std::fs::read(&stack.files.nodes)
         .map_err(|e| DemoError::Unexpected(format!("reading the nodes list: {e}")))?;
-    let list = b24_nodes::NodeList::parse(&body, &b24_nodes::Limits::default())
+    // The demo's list is 127.0.0.1, so it needs the escape hatch
+    // (nodesync --allow-special).
+    let list = b24_nodes::NodeList::parse(&body, &b24_nodes::Limits::allowing_special())
         .map_err(|e| DemoError::Unexpected(format!("the demo's nodes list: {e}")))?;
     let rules = nodesync::emit::render(
         nodesync::emit::Format::Nftables,
@@ -356,7 +360,7 @@ pub fn show_firewall(stack: &Stack, out: &mut dyn Write) -> Result<(), DemoError
     );
     writeln!(
         out,
-        "4. On a box, nodesync turns the same list into firewall rules (nodesync --emit nftables):"
+        "4. On a box, nodesync turns the same list into firewall rules (nodesync --emit nftables --allow-special, since this list is loopback):"
     )?;
     for line in rules.lines() {
         writeln!(out, "   | {line}")?;

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use b24_nodes::{DEFAULT_SOURCE, Source};
+use b24_nodes::{DEFAULT_SOURCE, Limits, Source};
 use clap::Parser;
 use ipnet::IpNet;
 
@@ -20,6 +20,10 @@ pub mod exit {
     pub const STALE: u8 = 3;
     /// `--apply` failed; the rules that were loaded before stay in place.
     pub const APPLY_FAILED: u8 = 4;
+    /// A source served a list with an entry that is too broad or a
+    /// special-purpose address; it was refused whole and the last good list
+    /// (if any) was used.
+    pub const UNSAFE_LIST: u8 = 5;
 }
 
 const AFTER_HELP: &str = "\
@@ -29,6 +33,9 @@ Exit codes:
   2  usage or configuration error
   3  the source failed or its list was rejected; the last good list was used
   4  --apply failed; the rules loaded before stay in place
+  5  a source's list was refused as unsafe (an entry broader than /24 or /48,
+     or a loopback, private, link-local, multicast, documentation,
+     benchmarking or otherwise reserved address); the last good list was used
 
 Safe from cron every minute: the source is asked at most once per 60 s (the
 time of the last request is kept in the cache file), a failed fetch falls back
@@ -55,8 +62,10 @@ pub struct Args {
     pub emit: Format,
 
     /// Where the list comes from: an http(s) URL or a file in app.json format.
-    #[arg(long, value_name = "URL|PATH", default_value = DEFAULT_SOURCE)]
-    pub source: String,
+    /// Repeat it for several sources (e.g. app.json and app-world.json): each
+    /// is fetched and cached on its own, and their union is admitted.
+    #[arg(long = "source", value_name = "URL|PATH", default_values_t = [DEFAULT_SOURCE.to_string()])]
+    pub sources: Vec<String>,
 
     /// Cache file: the last good list and the time of the last request.
     #[arg(
@@ -108,6 +117,18 @@ pub struct Args {
     #[arg(long)]
     pub force: bool,
 
+    /// Accept list entries broader than /24 (IPv4) or /48 (IPv6). Bitrix24
+    /// publishes single addresses; without this a list with such an entry is
+    /// refused whole (exit 5).
+    #[arg(long)]
+    pub allow_broad: bool,
+
+    /// Accept loopback, private, link-local, multicast, documentation,
+    /// benchmarking (198.18.0.0/15) and other reserved addresses in the list
+    /// (tests and labs); without this such a list is refused whole (exit 5).
+    #[arg(long)]
+    pub allow_special: bool,
+
     /// Do not contact the source; use the cached list.
     #[arg(long)]
     pub offline: bool,
@@ -125,7 +146,9 @@ pub struct Args {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub format: Format,
-    pub source: Source,
+    pub sources: Vec<Source>,
+    /// Document bounds and entry rules (`--allow-broad`, `--allow-special`).
+    pub limits: Limits,
     pub cache: PathBuf,
     pub output: Option<PathBuf>,
     pub apply: bool,
@@ -143,7 +166,14 @@ impl Args {
     /// Checks what clap cannot: names the kernel tools accept, CIDRs, and
     /// combinations that make no sense.
     pub fn validate(self) -> Result<Settings, String> {
-        let source: Source = self.source.parse().map_err(|e| format!("--source: {e}"))?;
+        let mut sources: Vec<Source> = Vec::with_capacity(self.sources.len());
+        for text in &self.sources {
+            let source: Source = text.parse().map_err(|e| format!("--source: {e}"))?;
+            if sources.contains(&source) {
+                return Err(format!("--source {source} is given twice"));
+            }
+            sources.push(source);
+        }
         let table_ok = !self.table.is_empty()
             && self.table.len() <= 24
             && self.table.starts_with(|c: char| c.is_ascii_alphabetic())
@@ -194,7 +224,12 @@ impl Args {
         }
         Ok(Settings {
             format: self.emit,
-            source,
+            sources,
+            limits: Limits {
+                allow_broad: self.allow_broad,
+                allow_special: self.allow_special,
+                ..Limits::default()
+            },
             cache: self.cache,
             output: self.output,
             apply: self.apply,
@@ -249,7 +284,9 @@ mod tests {
         assert_eq!(s.rules.ports, [443, 80]);
         assert_eq!(s.rules.extra.len(), 2);
         assert_eq!(s.max_shrink, 50);
-        assert_eq!(s.source.to_string(), DEFAULT_SOURCE);
+        assert_eq!(s.sources.len(), 1);
+        assert_eq!(s.sources[0].to_string(), DEFAULT_SOURCE);
+        assert!(!s.limits.allow_broad && !s.limits.allow_special);
     }
 
     #[test]

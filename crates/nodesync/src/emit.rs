@@ -340,7 +340,10 @@ mod tests {
     fn list() -> NodeList {
         NodeList::parse(
             br#"{"nodes": ["195.208.184.200", "10.1.0.0/16", "2a02:6b8::/32"]}"#,
-            &Default::default(),
+            &b24_nodes::Limits {
+                allow_broad: true,
+                ..b24_nodes::Limits::allowing_special()
+            },
         )
         .unwrap()
     }
@@ -360,7 +363,11 @@ mod tests {
 
     #[test]
     fn an_empty_family_has_no_elements_clause() {
-        let v4_only = NodeList::parse(br#"{"nodes": ["192.0.2.1"]}"#, &Default::default()).unwrap();
+        let v4_only = NodeList::parse(
+            br#"{"nodes": ["192.0.2.1"]}"#,
+            &b24_nodes::Limits::allowing_special(),
+        )
+        .unwrap();
         let script = render(Format::Nftables, &v4_only, &RuleOptions::default());
         let v6_set = &script[script.find("set nodes_v6").unwrap()..];
         assert!(!v6_set[..v6_set.find('}').unwrap()].contains("elements"));

@@ -5,7 +5,8 @@ use std::io::Write;
 use std::path::Path;
 
 use b24_nodes::{
-    Diff, FetchOptions, Fetcher, NodeList, Outcome, age_of, display_network, write_atomically,
+    Baseline, Diff, FetchOptions, Fetcher, FetcherSet, NodeList, Outcome, age_of, display_network,
+    write_atomically,
 };
 
 use crate::apply::apply;
@@ -56,93 +57,57 @@ async fn run_inner(
     problems: &mut String,
     out: &mut dyn Write,
 ) -> u8 {
-    let mut fetcher = match Fetcher::new(
-        settings.source.clone(),
-        Some(settings.cache.clone()),
-        FetchOptions::default(),
-    ) {
-        Ok(f) => f,
+    let options = FetchOptions {
+        limits: settings.limits,
+        ..FetchOptions::default()
+    };
+    let mut set = match FetcherSet::new(&settings.sources, Some(&settings.cache), options) {
+        Ok(set) => set,
         Err(e) => {
             let _ = writeln!(problems, "nodesync: error: {e}");
             return exit::USAGE;
         }
     };
-    if let Some(e) = fetcher.cache_error() {
-        let _ = writeln!(problems, "nodesync: warning: {e}");
-    }
-
-    let outcome = if settings.offline {
-        Outcome::Throttled {
-            list: fetcher.current().cloned(),
-            retry_in: Default::default(),
+    for fetcher in set.fetchers() {
+        if let Some(e) = fetcher.cache_error() {
+            let _ = writeln!(problems, "nodesync: warning: {e}");
         }
-    } else {
-        let (max_shrink, force) = (settings.max_shrink, settings.force);
-        let guard =
-            move |old: Option<&NodeList>, new: &NodeList| shrink_guard(old, new, max_shrink, force);
-        fetcher.refresh_with(&guard).await
+    }
+    let before = set.union();
+
+    let (max_shrink, force) = (settings.max_shrink, settings.force);
+    let guard = move |baseline: &Baseline<'_>, new: &NodeList| {
+        shrink_guard(baseline, new, max_shrink, force)
     };
-    if let Some(e) = fetcher.cache_error() {
-        let _ = writeln!(
-            problems,
-            "nodesync: warning: {e}; without it the 60 s request limit cannot be kept across runs"
-        );
+    let mut code = exit::OK;
+    let mut asked_none = true;
+    for fetcher in set.fetchers_mut() {
+        let outcome = if settings.offline {
+            Outcome::Throttled {
+                list: fetcher.current().cloned(),
+                retry_in: Default::default(),
+            }
+        } else {
+            fetcher.refresh_with(&guard).await
+        };
+        if let Some(e) = fetcher.cache_error() {
+            let _ = writeln!(
+                problems,
+                "nodesync: warning: {e}; without it the 60 s request limit cannot be kept across runs"
+            );
+        }
+        asked_none &= matches!(outcome, Outcome::Throttled { .. });
+        code = code.max(report_source(settings, fetcher, &outcome, news, problems));
     }
 
-    let mut code = exit::OK;
-    match &outcome {
-        Outcome::Changed { list, diff } => describe_change(news, list, diff),
-        Outcome::Unchanged { list } if settings.verbose => {
-            let _ = writeln!(
-                news,
-                "nodesync: unchanged: {} networks from {}",
-                list.len(),
-                settings.source
-            );
-        }
-        Outcome::Throttled {
-            list: Some(list),
-            retry_in,
-        } if settings.verbose => {
-            let why = if settings.offline {
-                "offline".to_string()
-            } else {
-                format!(
-                    "source asked recently, next request allowed in {} s",
-                    retry_in.as_secs()
-                )
-            };
-            let _ = writeln!(
-                news,
-                "nodesync: using the cached list ({} networks; {why})",
-                list.len()
-            );
-        }
-        Outcome::Failed { error, list } => {
-            let _ = write!(problems, "nodesync: error: {error}");
-            match list {
-                Some(list) => {
-                    let age = fetcher.record().fetched_at.map(age_of);
-                    let when = age.map_or("at an unknown time".into(), |a| {
-                        format!("{} min ago", a.as_secs() / 60)
-                    });
-                    let _ = writeln!(
-                        problems,
-                        "; using the last good list ({} networks, confirmed {when})",
-                        list.len()
-                    );
-                    code = exit::STALE;
-                }
-                None => {
-                    let _ = writeln!(problems, "; there is no cached list to fall back on");
-                }
-            }
-        }
+    let union = set.union();
+    match (&before, &union) {
+        (Some(old), Some(new)) if old != new => describe_change(news, new, &old.diff(new)),
+        (None, Some(new)) => describe_change(news, new, &NodeList::from_networks([]).diff(new)),
         _ => {}
     }
-
-    let Some(list) = outcome.list().cloned() else {
-        if !matches!(outcome, Outcome::Failed { .. }) {
+    let Some(list) = union else {
+        if asked_none {
             let _ = writeln!(
                 problems,
                 "nodesync: error: no cached list in {} and the source was not asked{}",
@@ -154,8 +119,12 @@ async fn run_inner(
                 }
             );
         }
-        write_metrics(settings, &fetcher, None, false, problems);
-        return exit::NO_LIST;
+        write_metrics(settings, &set, None, false, problems);
+        return if code == exit::UNSAFE_LIST {
+            exit::UNSAFE_LIST
+        } else {
+            exit::NO_LIST
+        };
     };
 
     let rendered = render(settings.format, &list, &settings.rules);
@@ -202,29 +171,112 @@ async fn run_inner(
             }
         }
     }
-    write_metrics(settings, &fetcher, Some(&list), apply_failed, problems);
+    write_metrics(settings, &set, Some(&list), apply_failed, problems);
     code
+}
+
+/// Says what happened to one source and returns the exit code it calls
+/// for: 0, 3 (failed or refused for shrinking; its last good part used) or 5
+/// (refused as unsafe).
+fn report_source(
+    settings: &Settings,
+    fetcher: &Fetcher,
+    outcome: &Outcome,
+    news: &mut String,
+    problems: &mut String,
+) -> u8 {
+    let source = fetcher.source();
+    match outcome {
+        Outcome::Unchanged { list } if settings.verbose => {
+            let _ = writeln!(
+                news,
+                "nodesync: unchanged: {} networks from {source}",
+                list.len(),
+            );
+        }
+        Outcome::Throttled {
+            list: Some(list),
+            retry_in,
+        } if settings.verbose => {
+            let why = if settings.offline {
+                "offline".to_string()
+            } else {
+                format!(
+                    "source asked recently, next request allowed in {} s",
+                    retry_in.as_secs()
+                )
+            };
+            let _ = writeln!(
+                news,
+                "nodesync: using the cached list of {source} ({} networks; {why})",
+                list.len()
+            );
+        }
+        Outcome::Failed { error, list } => {
+            let _ = write!(problems, "nodesync: error: {error}");
+            match list {
+                Some(list) => {
+                    let age = fetcher.record().fetched_at.map(age_of);
+                    let when = age.map_or("at an unknown time".into(), |a| {
+                        format!("{} min ago", a.as_secs() / 60)
+                    });
+                    let _ = writeln!(
+                        problems,
+                        "; using the last good list ({} networks, confirmed {when})",
+                        list.len()
+                    );
+                }
+                None => {
+                    let _ = writeln!(problems, "; there is no cached list to fall back on");
+                }
+            }
+            return if error.is_unsafe_list() {
+                exit::UNSAFE_LIST
+            } else {
+                exit::STALE
+            };
+        }
+        _ => {}
+    }
+    exit::OK
 }
 
 /// Refuses a list that would drop a large share of the current one: a
 /// publishing mistake upstream must not cut Bitrix24 off in one cron tick.
+///
+/// Two comparisons: with the current list (the share of its networks the new
+/// one no longer covers), and with the largest list this source had within
+/// the baseline window (a day), so that a list cannot be walked down a
+/// little on each run.
 fn shrink_guard(
-    old: Option<&NodeList>,
+    baseline: &Baseline<'_>,
     new: &NodeList,
     max_shrink: u8,
     force: bool,
 ) -> Result<(), String> {
-    let Some(old) = old else { return Ok(()) };
     if force {
         return Ok(());
     }
-    let lost = old.lost_share(new) * 100.0;
-    if lost > f64::from(max_shrink) {
-        return Err(format!(
-            "it no longer covers {lost:.0}% of the current {} networks (--max-shrink is {max_shrink}%); \
-             check the source, then run once with --force to accept it",
-            old.len()
-        ));
+    if let Some(old) = baseline.previous {
+        let lost = old.lost_share(new) * 100.0;
+        if lost > f64::from(max_shrink) {
+            return Err(format!(
+                "it no longer covers {lost:.0}% of the current {} networks (--max-shrink is {max_shrink}%); \
+                 check the source, then run once with --force to accept it",
+                old.len()
+            ));
+        }
+    }
+    if let Some(peak) = baseline.peak {
+        let floor = peak as f64 * (100.0 - f64::from(max_shrink)) / 100.0;
+        if (new.len() as f64) < floor {
+            return Err(format!(
+                "it has {} networks, fewer than {}% of the {peak} the source listed within the last \
+                 24 h (--max-shrink is {max_shrink}%); check the source, then run once with --force to accept it",
+                new.len(),
+                100 - u32::from(max_shrink)
+            ));
+        }
     }
     Ok(())
 }
@@ -272,7 +324,7 @@ fn write_if_changed(path: &Path, content: &str) -> std::io::Result<bool> {
 
 fn write_metrics(
     settings: &Settings,
-    fetcher: &Fetcher,
+    set: &FetcherSet,
     list: Option<&NodeList>,
     apply_failed: bool,
     problems: &mut String,
@@ -280,13 +332,20 @@ fn write_metrics(
     let Some(path) = &settings.textfile else {
         return;
     };
-    let record = fetcher.record();
+    let records: Vec<_> = set.fetchers().iter().map(|f| f.record()).collect();
+    // Several sources: the oldest confirmation and the longest failure
+    // streak are what an alert must see.
     let metrics = Metrics {
         v4: list.map_or(0, |l| l.v4().len()),
         v6: list.map_or(0, |l| l.v6().len()),
-        last_success: record.fetched_at,
-        last_change: record.changed_at,
-        consecutive_failures: record.consecutive_failures,
+        last_success: records.iter().map(|r| r.fetched_at).min().flatten(),
+        last_change: records.iter().filter_map(|r| r.changed_at).max(),
+        consecutive_failures: records
+            .iter()
+            .map(|r| r.consecutive_failures)
+            .max()
+            .unwrap_or(0),
+        refused_sources: records.iter().filter(|r| r.last_error_unsafe).count(),
         apply_failed: settings.apply.then_some(apply_failed),
     };
     if let Err(e) = write_atomically(path, textfile::render(&metrics).as_bytes()) {
@@ -308,7 +367,7 @@ mod tests {
 
     fn list(entries: &[&str]) -> NodeList {
         let doc = serde_json_like(entries);
-        NodeList::parse(doc.as_bytes(), &Default::default()).unwrap()
+        NodeList::parse(doc.as_bytes(), &b24_nodes::Limits::allowing_special()).unwrap()
     }
 
     fn serde_json_like(entries: &[&str]) -> String {
@@ -316,19 +375,39 @@ mod tests {
         format!("{{\"nodes\": [{}]}}", quoted.join(","))
     }
 
+    fn after(previous: Option<&NodeList>, peak: Option<usize>) -> Baseline<'_> {
+        Baseline { previous, peak }
+    }
+
     #[test]
     fn shrink_guard_refuses_large_losses_unless_forced() {
         let old = list(&["1.1.1.1", "2.2.2.2", "3.3.3.3", "4.4.4.4"]);
         let half = list(&["1.1.1.1", "2.2.2.2"]);
         let quarter = list(&["1.1.1.1"]);
-        assert!(shrink_guard(Some(&old), &half, 50, false).is_ok());
-        let refusal = shrink_guard(Some(&old), &quarter, 50, false).unwrap_err();
+        assert!(shrink_guard(&after(Some(&old), None), &half, 50, false).is_ok());
+        let refusal = shrink_guard(&after(Some(&old), None), &quarter, 50, false).unwrap_err();
         assert!(
             refusal.contains("75%") && refusal.contains("--force"),
             "{refusal}"
         );
-        assert!(shrink_guard(Some(&old), &quarter, 50, true).is_ok());
-        assert!(shrink_guard(None, &quarter, 0, false).is_ok());
+        assert!(shrink_guard(&after(Some(&old), None), &quarter, 50, true).is_ok());
+        assert!(shrink_guard(&after(None, None), &quarter, 0, false).is_ok());
+    }
+
+    #[test]
+    fn shrink_guard_compares_with_the_peak_of_the_window() {
+        let half = list(&["1.1.1.1", "2.2.2.2"]);
+        let quarter = list(&["1.1.1.1"]);
+        // Against the last list alone, 2 → 1 is within 50 %; against a
+        // peak of 4 it is not.
+        assert!(shrink_guard(&after(Some(&half), None), &quarter, 50, false).is_ok());
+        let refusal = shrink_guard(&after(Some(&half), Some(4)), &quarter, 50, false).unwrap_err();
+        assert!(
+            refusal.contains("of the 4") && refusal.contains("24 h"),
+            "{refusal}"
+        );
+        assert!(shrink_guard(&after(Some(&half), Some(4)), &half, 50, false).is_ok());
+        assert!(shrink_guard(&after(Some(&half), Some(4)), &quarter, 50, true).is_ok());
     }
 
     #[test]

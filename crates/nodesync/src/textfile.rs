@@ -12,6 +12,8 @@ pub struct Metrics {
     /// Unix seconds of the last change of the list.
     pub last_change: Option<u64>,
     pub consecutive_failures: u32,
+    /// Sources whose newest list was refused as unsafe.
+    pub refused_sources: usize,
     /// Whether `--apply` failed; `None` when the run did not apply.
     pub apply_failed: Option<bool>,
 }
@@ -51,6 +53,11 @@ pub fn render(m: &Metrics) -> String {
         "Failed or rejected fetches since the last success.",
         &[("", m.consecutive_failures.to_string())],
     );
+    gauge(
+        "nodesync_list_refused",
+        "Sources whose newest list was refused as unsafe (an entry too broad or special-purpose); the last good list stays.",
+        &[("", m.refused_sources.to_string())],
+    );
     if let Some(failed) = m.apply_failed {
         gauge(
             "nodesync_apply_failed",
@@ -73,6 +80,7 @@ mod tests {
             last_success: Some(1_700_000_000),
             last_change: None,
             consecutive_failures: 2,
+            refused_sources: 1,
             apply_failed: Some(false),
         });
         assert!(text.contains("nodesync_nodes{family=\"ipv4\"} 3\n"));
@@ -81,6 +89,7 @@ mod tests {
         assert!(text.contains("nodesync_last_change_timestamp_seconds 0\n"));
         assert!(text.contains("nodesync_consecutive_failures 2\n"));
         assert!(text.contains("nodesync_apply_failed 0\n"));
-        assert_eq!(text.matches("# TYPE").count(), 5);
+        assert!(text.contains("nodesync_list_refused 1\n"));
+        assert_eq!(text.matches("# TYPE").count(), 6);
     }
 }

@@ -228,7 +228,8 @@ async fn a_large_shrink_is_refused_unless_forced() {
 #[test]
 fn offline_uses_the_cache_and_usage_errors_are_exit_2() {
     let dir = tempfile::tempdir().unwrap();
-    let example = common::workspace_file("deploy/examples/app.json");
+    let example = dir.path().join("app.json");
+    std::fs::copy(common::workspace_file("deploy/examples/app.json"), &example).unwrap();
     let cache = dir.path().join("cache.json");
     let with = |extra: &[&str]| {
         let mut a = vec![
@@ -244,7 +245,13 @@ fn offline_uses_the_cache_and_usage_errors_are_exit_2() {
     assert_eq!(json.code, 0, "{}", json.stderr);
     assert!(json.stdout.contains("\"195.208.184.200\""));
     // The file source is gone; --offline still has the list.
-    let offline = run(&[
+    std::fs::remove_file(&example).unwrap();
+    let offline = with(&["--emit", "plain", "--offline"]);
+    assert_eq!(offline.code, 0, "{}", offline.stderr);
+    assert!(offline.stdout.contains("195.208.184.200\n"));
+    // That cache is this source's: pointed at another source, it is not
+    // used (a trial list must not become another source's last good list).
+    let other = run(&[
         "--source",
         "/nonexistent/app.json",
         "--cache",
@@ -253,8 +260,8 @@ fn offline_uses_the_cache_and_usage_errors_are_exit_2() {
         "plain",
         "--offline",
     ]);
-    assert_eq!(offline.code, 0, "{}", offline.stderr);
-    assert!(offline.stdout.contains("195.208.184.200\n"));
+    assert_eq!(other.code, 1, "{}", other.stderr);
+    assert_eq!(other.stdout, "");
 
     let bad = with(&["--emit", "nftables", "--extra", "not-a-network"]);
     assert_eq!(bad.code, 2);
@@ -273,4 +280,131 @@ fn offline_uses_the_cache_and_usage_errors_are_exit_2() {
     );
     let help = run(&["--help"]);
     assert!(help.stdout.contains("Exit codes:") && help.stdout.contains("--max-shrink"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_list_that_opens_the_world_is_refused_with_exit_5_and_one_line() {
+    let server = NodesServer::start(Reply::nodes(&["195.208.184.200", "89.208.230.2"])).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("list.txt");
+    let base = ["--emit", "plain", "--output", out.to_str().unwrap()];
+    assert_eq!(
+        run_async(args(&base, dir.path(), &server.url())).await.code,
+        0
+    );
+
+    for (entries, named, hatch) in [
+        (
+            &["195.208.184.200", "0.0.0.0/0"][..],
+            "0.0.0.0/0",
+            "--allow-broad",
+        ),
+        (
+            &["0.0.0.0/1", "128.0.0.0/1"][..],
+            "0.0.0.0/1",
+            "--allow-broad",
+        ),
+        (&["195.208.184.200", "::/0"][..], "::/0", "--allow-broad"),
+        (
+            &["195.208.184.200", "10.0.0.0/24"][..],
+            "10.0.0.0/24",
+            "--allow-special",
+        ),
+        (
+            &["195.208.184.200", "127.0.0.1"][..],
+            "127.0.0.1",
+            "--allow-special",
+        ),
+    ] {
+        server.set(Reply::nodes(entries));
+        age_cache(dir.path(), 61);
+        let r = run_async(args(&base, dir.path(), &server.url())).await;
+        assert_eq!(r.code, 5, "{entries:?}: {}", r.stderr);
+        assert_eq!(r.stderr.lines().count(), 1, "one clear line: {}", r.stderr);
+        assert!(
+            r.stderr.contains(named)
+                && r.stderr.contains(hatch)
+                && r.stderr.contains("using the last good list (2 networks"),
+            "{}",
+            r.stderr
+        );
+        assert_eq!(r.stdout, "", "no 'removed' lines: nothing changed");
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap(),
+            "89.208.230.2\n195.208.184.200\n"
+        );
+    }
+
+    // The escape hatch, named explicitly, takes the same list.
+    server.set(Reply::nodes(&["195.208.184.200", "127.0.0.1"]));
+    age_cache(dir.path(), 61);
+    let mut lax = base.to_vec();
+    lax.push("--allow-special");
+    let r = run_async(args(&lax, dir.path(), &server.url())).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(std::fs::read_to_string(&out).unwrap().contains("127.0.0.1"));
+
+    // With no last good list at all, still exit 5 and nothing emitted.
+    let fresh = tempfile::tempdir().unwrap();
+    server.set(Reply::nodes(&["0.0.0.0/0"]));
+    let r = run_async(args(&["--emit", "plain"], fresh.path(), &server.url())).await;
+    assert_eq!((r.code, r.stdout.as_str()), (5, ""), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("no cached list to fall back on"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn several_sources_are_admitted_as_a_union_and_a_failing_one_keeps_its_part() {
+    let world = NodesServer::start(Reply::nodes(&["195.208.184.200"])).await;
+    let russia = NodesServer::start(Reply::nodes(&["89.208.230.2"])).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache.json");
+    let both = |extra: &[&str]| {
+        let mut a: Vec<String> = vec![
+            "--emit".into(),
+            "plain".into(),
+            "--source".into(),
+            world.url(),
+            "--source".into(),
+            russia.url(),
+            "--cache".into(),
+            cache.display().to_string(),
+        ];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let r = run_async(both(&[])).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout, "89.208.230.2\n195.208.184.200\n");
+
+    // Within the minute neither is asked again.
+    let r = run_async(both(&[])).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!((world.hits(), russia.hits()), (1, 1));
+
+    // One source breaks (and one serves a bad list): their last good parts
+    // stay, the union is unchanged, and each problem is one line.
+    russia.set(Reply::Status(500, "oops".into()));
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        let mut record = CacheRecord::load(&path).unwrap().unwrap();
+        record.attempted_at = record.attempted_at.map(|t| t - 61);
+        record.store(&path).unwrap();
+    }
+    let r = run_async(both(&[])).await;
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert_eq!(r.stdout, "89.208.230.2\n195.208.184.200\n");
+    assert!(
+        r.stderr.contains("HTTP 500") && r.stderr.lines().count() == 1,
+        "{}",
+        r.stderr
+    );
+
+    // Given twice, a source is a usage error.
+    let mut twice = both(&[]);
+    twice.extend(["--source".into(), world.url()]);
+    assert_eq!(run_async(twice).await.code, 2);
 }

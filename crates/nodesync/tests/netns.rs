@@ -150,6 +150,8 @@ impl Lab {
                 env!("CARGO_BIN_EXE_nodesync"),
             ])
             .args(["--emit", emit, "--apply", "--ports", PROTECTED])
+            // The namespaces use 198.18.0.0/15 and 192.0.2.0/24.
+            .arg("--allow-special")
             .arg("--source")
             .arg(self.path("app.json"))
             .arg("--cache")

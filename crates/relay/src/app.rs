@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::intake::Intake;
 use crate::metrics::Metrics;
 use crate::portals::Portals;
-use crate::store::{SqliteStore, Store, StoreError};
+use crate::store::{Store, StoreError};
 use crate::transfer::Transfer;
 use crate::worker::Workers;
 
@@ -50,23 +50,27 @@ pub enum StartError {
 /// The shared parts every command builds on.
 pub struct Parts {
     pub config: Arc<Config>,
-    pub store: Arc<dyn Store>,
+    pub store: Store,
     pub metrics: Arc<Metrics>,
     pub transfer: Arc<Transfer>,
 }
 
 impl Parts {
-    pub fn open(config: Config) -> Result<Self, StartError> {
-        let store = SqliteStore::open(&config.store).map_err(|source| StartError::Store {
-            path: config.store.display().to_string(),
-            source,
-        })?;
-        let store: Arc<dyn Store> = Arc::new(store);
+    pub async fn open(config: Config) -> Result<Self, StartError> {
+        let store =
+            Store::open_sqlite(&config.store)
+                .await
+                .map_err(|source| StartError::Store {
+                    path: config.store.display().to_string(),
+                    source,
+                })?;
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::new());
         let portals = Arc::new(Portals::new(&config, metrics.clone())?);
         for (_, portal) in portals.iter() {
-            if let Err(error) = crate::application::connect_installed(portal, &config.app, &store) {
+            if let Err(error) =
+                crate::application::connect_installed(portal, &config.app, &store).await
+            {
                 tracing::error!(portal = %portal.config.name, %error, "cannot use the installed application");
             }
         }
@@ -89,7 +93,7 @@ pub struct Relay {
     pub addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
     pub metrics: Arc<Metrics>,
-    pub store: Arc<dyn Store>,
+    pub store: Store,
     stop: CancellationToken,
     tasks: JoinSet<()>,
     /// Held while serving: released jobs and leases assume a single server.
@@ -102,10 +106,11 @@ impl Relay {
     /// starts the workers.
     pub async fn start(config: Config) -> Result<Self, StartError> {
         let lock = lock_store(&config.store)?;
-        let parts = Parts::open(config)?;
+        let parts = Parts::open(config).await?;
         let released = parts
             .store
             .release_running()
+            .await
             .map_err(|source| StartError::Store {
                 path: parts.config.store.display().to_string(),
                 source,

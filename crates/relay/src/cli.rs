@@ -128,7 +128,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Fields { config, route } => fields(load(&config)?, &route).await,
         Command::Jobs { config, action } => {
             let config = config.context("--config is required")?;
-            jobs(load(&config)?, action)
+            jobs(load(&config)?, action).await
         }
         Command::App { config, action } => {
             let config = config.context("--config is required")?;
@@ -173,8 +173,8 @@ fn show_job(job: &Job) -> String {
 }
 
 /// `jobs list|show|replay`; returns what it printed (tests read it).
-pub fn jobs_output(config: Config, action: JobsAction) -> anyhow::Result<Vec<String>> {
-    let parts = Parts::open(config)?;
+pub async fn jobs_output(config: Config, action: JobsAction) -> anyhow::Result<Vec<String>> {
+    let parts = Parts::open(config).await?;
     let store = &parts.store;
     Ok(match action {
         JobsAction::List { state, limit } => {
@@ -184,12 +184,20 @@ pub fn jobs_output(config: Config, action: JobsAction) -> anyhow::Result<Vec<Str
                 })?),
                 None => None,
             };
-            store.jobs(state, limit)?.iter().map(show_job).collect()
+            store
+                .jobs(state, limit)
+                .await?
+                .iter()
+                .map(show_job)
+                .collect()
         }
         JobsAction::Show { id } => {
-            let job = store.job(id)?.with_context(|| format!("no job {id}"))?;
+            let job = store
+                .job(id)
+                .await?
+                .with_context(|| format!("no job {id}"))?;
             let mut lines = vec![show_job(&job)];
-            for attempt in store.attempts(id)? {
+            for attempt in store.attempts(id).await? {
                 lines.push(format!(
                     "  attempt {} ({} ms): {}: {}",
                     attempt.number,
@@ -204,22 +212,22 @@ pub fn jobs_output(config: Config, action: JobsAction) -> anyhow::Result<Vec<Str
             id: Some(id),
             failed: false,
         } => {
-            store.replay(id)?;
+            store.replay(id).await?;
             vec![format!("job {id} queued again")]
         }
         JobsAction::Replay {
             id: None,
             failed: true,
         } => {
-            let count = store.replay_failed()?;
+            let count = store.replay_failed().await?;
             vec![format!("{count} failed deal(s) queued again")]
         }
         JobsAction::Replay { .. } => bail!("give a job id or --failed, not both"),
     })
 }
 
-fn jobs(config: Config, action: JobsAction) -> anyhow::Result<()> {
-    for line in jobs_output(config, action)? {
+async fn jobs(config: Config, action: JobsAction) -> anyhow::Result<()> {
+    for line in jobs_output(config, action).await? {
         println!("{line}");
     }
     Ok(())
@@ -227,10 +235,10 @@ fn jobs(config: Config, action: JobsAction) -> anyhow::Result<()> {
 
 async fn transfer(config: Config, route: &str, deal: i64, dry_run: bool) -> anyhow::Result<()> {
     let portal = route_of(&config, route)?.from.clone();
-    let parts = Parts::open(config)?;
+    let parts = Parts::open(config).await?;
     if !dry_run {
         // Through the queue, so the serving relay is the only writer.
-        let queued = parts.store.enqueue(&portal, deal, "cli")?;
+        let queued = parts.store.enqueue(&portal, deal, "cli").await?;
         println!(
             "deal {deal} queued as job {}{}; the running relay transfers it",
             queued.job_id,
@@ -254,7 +262,7 @@ async fn transfer(config: Config, route: &str, deal: i64, dry_run: bool) -> anyh
 
 async fn fields(config: Config, route_name: &str) -> anyhow::Result<()> {
     let route = route_of(&config, route_name)?.clone();
-    let parts = Parts::open(config)?;
+    let parts = Parts::open(config).await?;
     let portal = |name: &str| {
         parts
             .transfer

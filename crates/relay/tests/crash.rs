@@ -9,7 +9,7 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use b24_relay::{JobState, SqliteStore, Store};
+use b24_relay::{JobState, Store};
 use common::*;
 use rand::Rng;
 
@@ -92,10 +92,20 @@ async fn killing_the_relay_mid_transfer_never_loses_or_duplicates_a_deal() {
         child = spawn_relay(&config, &log);
         wait_healthy(&url).await;
     }
-    let store = SqliteStore::open(&dir.path().join("relay.db")).unwrap();
-    wait_until("every job ends", Duration::from_secs(300), || {
-        store.jobs(Some(JobState::Pending), 1).unwrap().is_empty()
-            && store.jobs(Some(JobState::Running), 1).unwrap().is_empty()
+    let store = Store::open_sqlite(&dir.path().join("relay.db"))
+        .await
+        .unwrap();
+    wait_until("every job ends", Duration::from_secs(300), async || {
+        store
+            .jobs(Some(JobState::Pending), 1)
+            .await
+            .unwrap()
+            .is_empty()
+            && store
+                .jobs(Some(JobState::Running), 1)
+                .await
+                .unwrap()
+                .is_empty()
     })
     .await;
     child.kill().unwrap();
@@ -121,9 +131,13 @@ async fn killing_the_relay_mid_transfer_never_loses_or_duplicates_a_deal() {
         "{interrupted} of {kills} kills interrupted transfers; {found} creates were found by lookup"
     );
     assert!(
-        store.jobs(Some(JobState::Failed), 10).unwrap().is_empty(),
+        store
+            .jobs(Some(JobState::Failed), 10)
+            .await
+            .unwrap()
+            .is_empty(),
         "{:?}",
-        store.jobs(Some(JobState::Failed), 10).unwrap()
+        store.jobs(Some(JobState::Failed), 10).await.unwrap()
     );
     let deals = target_deals(&target);
     let mut per_source = std::collections::BTreeMap::<String, usize>::new();

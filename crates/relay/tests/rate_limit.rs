@@ -43,15 +43,17 @@ async fn three_hundred_deals_at_once_stay_within_the_rate_limit() {
     wait_until(
         "all deals are transferred",
         Duration::from_secs(600),
-        || {
+        async || {
             relay
                 .store
                 .jobs(Some(JobState::Pending), 1)
+                .await
                 .unwrap()
                 .is_empty()
                 && relay
                     .store
                     .jobs(Some(JobState::Running), 1)
+                    .await
                     .unwrap()
                     .is_empty()
         },
@@ -68,10 +70,11 @@ async fn three_hundred_deals_at_once_stay_within_the_rate_limit() {
         relay
             .store
             .jobs(Some(JobState::Failed), 10)
+            .await
             .unwrap()
             .is_empty()
     );
-    let done = relay.store.jobs(Some(JobState::Done), 1000).unwrap();
+    let done = relay.store.jobs(Some(JobState::Done), 1000).await.unwrap();
     assert!(
         done.iter()
             .all(|j| j.message.as_deref().is_some_and(|m| m.contains("created")))

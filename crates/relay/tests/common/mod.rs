@@ -217,9 +217,9 @@ pub async fn rest(portal: &Portal, secret: &str, method: &str, params: Value) ->
 }
 
 /// Polls until `check` is true; the timeout only prevents a hang.
-pub async fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+pub async fn wait_until(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + timeout;
-    while !check() {
+    while !check().await {
         assert!(
             tokio::time::Instant::now() < deadline,
             "timed out waiting for: {what}"
