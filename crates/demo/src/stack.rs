@@ -232,6 +232,9 @@ tls_key = "{key}"
 metrics_listen = "{metrics_listen}"
 workers = 1
 shutdown_timeout = "5s"
+# The demo shows the unlisted client its 403 (a production edge resets
+# such a connection before TLS).
+refuse_before_tls = false
 
 [nodes]
 source = "{nodes}"

@@ -1,5 +1,6 @@
 //! `b24-edge --config edge.toml`: reads the configuration, starts the edge,
-//! reloads the certificate on SIGHUP and drains on SIGTERM/SIGINT.
+//! reloads the certificate on SIGHUP and drains on SIGTERM/SIGINT (a second
+//! one stops at once).
 
 use std::path::PathBuf;
 
@@ -117,11 +118,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             _ = interrupt.recv() => break,
         }
     }
-    info!("stopping: finishing in-flight requests");
-    if edge.shutdown().await {
-        info!("stopped");
-    } else {
-        info!("stopped; some connections were still open at the shutdown timeout");
+    info!("stopping: idle connections closed, finishing in-flight requests");
+    tokio::select! {
+        drained = edge.shutdown() => {
+            if drained {
+                info!("stopped");
+            } else {
+                info!("stopped; some connections were still open at the shutdown timeout");
+            }
+        }
+        // A second signal: the operator does not want to wait.
+        _ = terminate.recv() => info!("second signal: stopping now"),
+        _ = interrupt.recv() => info!("second signal: stopping now"),
     }
     Ok(())
 }
