@@ -97,7 +97,7 @@ impl OAuthSession {
             current.generation += 1;
         }
         observer.token_refreshed(&self.portal);
-        tracing::info!(portal = %self.portal, "OAuth tokens refreshed");
+        tracing::info!(host = %self.portal, "OAuth tokens refreshed");
         saved.map_err(|source| Error::TokenStore {
             portal: self.portal.clone(),
             source,

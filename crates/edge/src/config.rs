@@ -10,23 +10,12 @@ use http::Uri;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-/// Why a configuration was refused: the key (`server.listen`,
-/// `route[2].allow`…) and what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {detail}")]
-    Read { path: String, detail: String },
-    #[error("{0}")]
-    Syntax(String),
-    #[error("{key}: {problem}")]
-    Invalid { key: String, problem: String },
-}
+/// Why a configuration was refused: where (`edge.toml:12:10`), the key
+/// (`server.listen`, `route[2].allow`…) and what to write instead.
+pub use b24_cli_support::ConfigError;
 
 fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.into(),
-        problem: problem.into(),
-    }
+    ConfigError::invalid(key, problem)
 }
 
 /// The validated configuration of one edge.
@@ -211,36 +200,23 @@ impl RouteConfig {
 }
 
 impl Config {
+    /// Reads and validates a file; errors name it with the line and column.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
-            path: path.display().to_string(),
-            detail: e.to_string(),
-        })?;
-        Config::from_toml(&text)
+        let text = b24_cli_support::config::read(path)?;
+        Config::from_toml(&text).map_err(|e| e.in_file(path))
     }
 
+    /// Errors are located in `text` (line, column, the line shown with any
+    /// secret hidden).
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|e| ConfigError::Syntax(syntax_message(&e)))?;
-        raw.validate()
+        let raw: RawConfig = b24_cli_support::config::parse(text)?;
+        raw.validate().map_err(|e| e.locate(text))
     }
 
     /// Whether any route admits by the nodes list.
     pub fn uses_nodes(&self) -> bool {
         self.routes.iter().any(RouteConfig::uses_nodes)
     }
-}
-
-/// toml's message names the key and the line; its excerpt of the file could
-/// show a secret someone put in a URL, so only the first line is kept.
-fn syntax_message(e: &toml::de::Error) -> String {
-    let mut text = String::from("invalid config");
-    if let Some(span) = e.span() {
-        text.push_str(&format!(" (at byte {})", span.start));
-    }
-    text.push_str(": ");
-    text.push_str(e.message().lines().next().unwrap_or("").trim());
-    text
 }
 
 #[derive(Deserialize)]
@@ -463,6 +439,26 @@ impl RawServer {
             .as_deref()
             .map(|text| socket_addr("server.metrics_listen", text))
             .transpose()?;
+        // Port 0 (tests: any free port) never collides.
+        let fixed = |addr: &SocketAddr| addr.port() != 0;
+        if let Some(twice) = listen
+            .iter()
+            .enumerate()
+            .find(|(i, a)| fixed(a) && listen[..*i].contains(a))
+        {
+            return Err(invalid(
+                "server.listen",
+                format!("{} is listed twice; list each address once", twice.1),
+            ));
+        }
+        if let Some(metrics) = metrics_listen.filter(|m| fixed(m) && listen.contains(m)) {
+            return Err(invalid(
+                "server.metrics_listen",
+                format!(
+                    "{metrics} is also in server.listen; give the metrics their own port, like 127.0.0.1:9901"
+                ),
+            ));
+        }
         let defaults = Limits::default();
         let max_body = match self.max_body {
             None => defaults.max_body,
@@ -692,12 +688,7 @@ impl RawRoute {
 }
 
 fn socket_addr(key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
-    text.trim().parse().map_err(|_| {
-        invalid(
-            key,
-            format!("{text:?} is not an address:port like 0.0.0.0:443 or [::]:443"),
-        )
-    })
+    b24_cli_support::config::parse_socket_addr(text).map_err(|problem| invalid(key, problem))
 }
 
 fn duration(key: &str, text: Option<String>, default: Duration) -> Result<Duration, ConfigError> {

@@ -41,9 +41,4 @@ pub use config::{Config, ConfigError};
 pub use server::{EdgeHandle, StartError, start};
 
 /// The version and the git revision it was built from.
-pub const VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    " (",
-    env!("B24_GIT_REVISION"),
-    ")"
-);
+pub const VERSION: &str = env!("B24_VERSION");

@@ -30,9 +30,11 @@ use crate::worker::{self, WorkerSetup};
 pub enum StartError {
     #[error(transparent)]
     Tls(#[from] TlsError),
-    #[error("nodes source: {0}")]
+    // The cause is the source (printed by the error chain), not repeated
+    // in the message.
+    #[error("nodes source")]
     Nodes(#[from] FetchError),
-    #[error("upstream: {0}")]
+    #[error("upstream")]
     Upstream(#[from] UpstreamSetupError),
     #[error("cannot listen on {addr}: {detail}")]
     Bind { addr: SocketAddr, detail: String },
@@ -129,7 +131,6 @@ fn note_reload(state: &EdgeState, result: &Result<(), TlsError>) {
 /// Background tasks (nodes refresh, certificate watch, admin listener) run
 /// on the caller's runtime; requests are served by `server.workers` threads.
 pub async fn start(config: Config) -> Result<EdgeHandle, StartError> {
-    b24_nodes::install_crypto_provider();
     let certs = Arc::new(CertStore::open(
         &config.server.tls_cert,
         &config.server.tls_key,
@@ -267,7 +268,7 @@ pub async fn start(config: Config) -> Result<EdgeHandle, StartError> {
             stop_background.clone(),
         ));
     }
-    info!(listen = ?addrs, metrics = ?metrics_addr, workers, routes = config.routes.len(), "b24-edge started");
+    info!(listen = ?addrs, metrics_listen = %metrics_addr.map_or_else(|| "none".to_owned(), |a| a.to_string()), workers, routes = config.routes.len(), "b24-edge started");
     Ok(EdgeHandle {
         _locks: locks,
         addrs,

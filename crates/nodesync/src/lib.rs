@@ -11,9 +11,4 @@ pub mod run;
 pub mod textfile;
 
 /// The version with the git revision it was built from.
-pub const VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    " (",
-    env!("B24_GIT_REVISION"),
-    ")"
-);
+pub const VERSION: &str = env!("B24_VERSION");

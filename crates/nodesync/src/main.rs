@@ -5,7 +5,7 @@ use nodesync::cli::{Args, exit};
 use nodesync::run::{Streams, run};
 
 fn main() -> ExitCode {
-    b24_nodes::install_crypto_provider();
+    b24_cli_support::install_crypto_provider();
     let settings = match Args::parse().validate() {
         Ok(settings) => settings,
         Err(message) => {

@@ -27,20 +27,22 @@ use crate::store::{Store, StoreError};
 use crate::transfer::Transfer;
 use crate::worker::Workers;
 
+/// Why the relay could not start. A cause is the error's `source()` (the
+/// chain prints it), never repeated in the message.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("opening the store {path}: {source}")]
+    #[error("opening the store {path}")]
     Store { path: String, source: StoreError },
-    #[error("portal clients: {0}")]
+    #[error("portal clients")]
     Client(#[from] b24_client::Error),
     #[error("another `b24-relay serve` already uses {path} (one serving process per SQLite store)")]
     Locked { path: String },
-    #[error("cannot lock {path}: {source}")]
+    #[error("cannot lock {path}")]
     Lock {
         path: String,
         source: std::io::Error,
     },
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
@@ -179,7 +181,7 @@ impl Relay {
                 });
             }
         }
-        tracing::info!(%addr, ?metrics_addr, workers = count, "b24-relay serving");
+        tracing::info!(listen = %addr, metrics_listen = %metrics_addr.map_or_else(|| "none".to_owned(), |a| a.to_string()), workers = count, "b24-relay serving");
         Ok(Self {
             addr,
             metrics_addr,
@@ -211,10 +213,9 @@ impl Drop for Relay {
     }
 }
 
-/// An exclusive `flock` on `<store>.lock`, released when the process ends
-/// (also by SIGKILL).
+/// An exclusive lock (`flock`) on `<store>.lock`, released when the
+/// process ends (also by SIGKILL).
 fn lock_store(store: &std::path::Path) -> Result<std::fs::File, StartError> {
-    use std::os::fd::AsRawFd;
     let path = format!("{}.lock", store.display());
     let failed = |source| StartError::Lock {
         path: path.clone(),
@@ -229,16 +230,12 @@ fn lock_store(store: &std::path::Path) -> Result<std::fs::File, StartError> {
         .write(true)
         .open(&path)
         .map_err(failed)?;
-    // SAFETY: flock on a descriptor this function owns; no memory involved.
-    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if locked != 0 {
-        let error = std::io::Error::last_os_error();
-        return Err(match error.raw_os_error() {
-            Some(libc::EWOULDBLOCK) => StartError::Locked { path },
-            _ => failed(error),
-        });
+    use rustix::fs::{FlockOperation, flock};
+    match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(errno) if errno == rustix::io::Errno::WOULDBLOCK => Err(StartError::Locked { path }),
+        Err(errno) => Err(failed(errno.into())),
     }
-    Ok(file)
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {

@@ -16,17 +16,19 @@ pub enum AppAction {
     /// Register the "Transfer deal" rule (update it if it exists).
     Register {
         /// Only this portal (default: every portal with [portal.NAME.app]).
-        #[arg(long)]
+        #[arg(long, value_name = "NAME")]
         portal: Option<String>,
     },
     /// Delete the rule from the portal.
     Unregister {
-        #[arg(long)]
+        /// Only this portal (default: every portal with [portal.NAME.app]).
+        #[arg(long, value_name = "NAME")]
         portal: Option<String>,
     },
     /// Installed or not, scopes, whether a re-install is needed, the rule.
     Status {
-        #[arg(long)]
+        /// Only this portal (default: every portal with [portal.NAME.app]).
+        #[arg(long, value_name = "NAME")]
         portal: Option<String>,
     },
 }

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::config::{AppSettings, Config, PortalConfig};
 use crate::mapping::{FieldCatalog, camel_name, parse_catalog, scalar};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PortalObserver};
 use crate::store::{AppInstall, Store};
 
 /// All portals of the configuration.
@@ -60,7 +60,6 @@ pub fn headroom(burst: u32) -> u32 {
 
 impl Portals {
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Self, ClientError> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let rate_limits = RateLimits::default();
         let downloader = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
@@ -76,7 +75,7 @@ impl Portals {
             };
             rate_limits.set_portal(&portal.webhook.portal(), bucket)?;
             let client = Client::builder(portal.webhook.clone(), rate_limits.clone())
-                .observer(metrics.clone())
+                .observer(PortalObserver::new(name, metrics.clone()))
                 .build()?;
             by_name.insert(
                 name.clone(),
@@ -111,7 +110,7 @@ impl PortalHandle {
     /// bucket), made the portal's application client.
     pub fn build_app_client(&self, oauth: b24_client::OAuth) -> Result<Client, ClientError> {
         Client::builder(oauth, self.rate_limits.clone())
-            .observer(self.metrics.clone())
+            .observer(PortalObserver::new(&self.config.name, self.metrics.clone()))
             .build()
     }
 
@@ -173,7 +172,7 @@ impl PortalHandle {
             Err(answer) => return answer,
         };
         self.metrics.set_reinstall_needed(name, true);
-        self.metrics.token_refresh_refused(taken.client.portal());
+        self.metrics.token_refresh_refused(name);
         let reason = format!(
             "the authorization server refused to refresh the tokens ({code}); install the application again"
         );
@@ -316,7 +315,7 @@ impl PortalHandle {
             .acquire()
             .await;
         if !waited.is_zero() {
-            b24_client::Observer::rate_limit_waited(&*self.metrics, self.client.portal(), waited);
+            b24_client::Observer::rate_limit_waited(&*self.metrics, &self.config.name, waited);
         }
         let response = self
             .downloader
@@ -328,7 +327,7 @@ impl PortalHandle {
         b24_client::Observer::request_finished(
             &*self.metrics,
             &b24_client::RequestEvent {
-                portal: self.client.portal(),
+                portal: &self.config.name,
                 method: "file.download",
                 outcome: if status == 200 { "ok" } else { "http_error" },
                 status: Some(status),

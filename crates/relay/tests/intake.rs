@@ -32,6 +32,7 @@ const FORM: &str = "application/x-www-form-urlencoded";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn intake_refuses_what_it_must_and_queues_the_rest() {
+    b24_testkit::install_crypto_provider();
     let (source, target) = start_portals(50, 2.0).await;
     let dir = tempfile::tempdir().unwrap();
     let text = config_text(dir.path(), &source, &target, &Options::default()).replacen(

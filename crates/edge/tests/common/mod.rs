@@ -27,7 +27,7 @@ use tokio_rustls::client::TlsStream;
 pub const GENEROUS: Duration = Duration::from_secs(60);
 
 pub fn init() {
-    b24_nodes::install_crypto_provider();
+    b24_testkit::install_crypto_provider();
 }
 
 pub fn ip(text: &str) -> IpAddr {
