@@ -120,7 +120,12 @@ impl ConfigError {
             config_error.place(text, span);
             // The parser's message may quote the value (serde's "invalid
             // type: string \"…\""); ours never quote a secret.
-            if config_error.0.excerpt.as_ref().is_some_and(|e| e.underline.is_none()) {
+            if config_error
+                .0
+                .excerpt
+                .as_ref()
+                .is_some_and(|e| e.underline.is_none())
+            {
                 config_error.0.message = hide_quoted(&config_error.0.message);
             }
         }

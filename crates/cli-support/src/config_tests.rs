@@ -170,7 +170,10 @@ fn secrets_are_never_echoed() {
     let error = ConfigError::invalid("portal.p.webhook", "write { file = \"/path\" }")
         .locate("[portal.p]\nwebhook = \"https://h/rest/1/s3cr3t/\"\n");
     assert!(!error.to_string().contains("s3cr3t"), "{error}");
-    assert!(error.to_string().contains("write { file = \"/path\" }"), "{error}");
+    assert!(
+        error.to_string().contains("write { file = \"/path\" }"),
+        "{error}"
+    );
 }
 
 #[test]

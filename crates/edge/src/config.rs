@@ -408,12 +408,6 @@ impl RawServer {
                     },
                 },
             };
-            if listen.iter().any(|l: &Listener| l.addr == listener.addr) {
-                return Err(invalid(
-                    "server.listen",
-                    format!("{} is listed twice", listener.addr),
-                ));
-            }
             if listener.client_ip != ClientIpMode::Peer && client_ip.trusted_proxies.is_empty() {
                 return Err(invalid(
                     "client_ip.trusted_proxies",
@@ -441,17 +435,18 @@ impl RawServer {
             .transpose()?;
         // Port 0 (tests: any free port) never collides.
         let fixed = |addr: &SocketAddr| addr.port() != 0;
-        if let Some(twice) = listen
+        let addrs: Vec<SocketAddr> = listen.iter().map(|l: &Listener| l.addr).collect();
+        if let Some(twice) = addrs
             .iter()
             .enumerate()
-            .find(|(i, a)| fixed(a) && listen[..*i].contains(a))
+            .find(|(i, a)| fixed(a) && addrs[..*i].contains(a))
         {
             return Err(invalid(
                 "server.listen",
                 format!("{} is listed twice; list each address once", twice.1),
             ));
         }
-        if let Some(metrics) = metrics_listen.filter(|m| fixed(m) && listen.contains(m)) {
+        if let Some(metrics) = metrics_listen.filter(|m| fixed(m) && addrs.contains(m)) {
             return Err(invalid(
                 "server.metrics_listen",
                 format!(

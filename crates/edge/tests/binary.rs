@@ -342,7 +342,7 @@ async fn sigterm_with_idle_connections_exits_at_once() {
         .await
         .unwrap();
 
-    edge.signal(libc::SIGTERM);
+    edge.signal("TERM");
     let exit = tokio::time::timeout(GENEROUS, edge.child.wait())
         .await
         .expect("b24-edge waited for its idle connections")
