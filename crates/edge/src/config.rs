@@ -408,6 +408,12 @@ impl RawServer {
                     },
                 },
             };
+            if listen.iter().any(|l: &Listener| l.addr == listener.addr) {
+                return Err(invalid(
+                    "server.listen",
+                    format!("{} is listed twice; list each address once", listener.addr),
+                ));
+            }
             if listener.client_ip != ClientIpMode::Peer && client_ip.trusted_proxies.is_empty() {
                 return Err(invalid(
                     "client_ip.trusted_proxies",
@@ -435,18 +441,9 @@ impl RawServer {
             .transpose()?;
         // Port 0 (tests: any free port) never collides.
         let fixed = |addr: &SocketAddr| addr.port() != 0;
-        let addrs: Vec<SocketAddr> = listen.iter().map(|l: &Listener| l.addr).collect();
-        if let Some(twice) = addrs
-            .iter()
-            .enumerate()
-            .find(|(i, a)| fixed(a) && addrs[..*i].contains(a))
+        if let Some(metrics) =
+            metrics_listen.filter(|m| fixed(m) && listen.iter().any(|l| l.addr == *m))
         {
-            return Err(invalid(
-                "server.listen",
-                format!("{} is listed twice; list each address once", twice.1),
-            ));
-        }
-        if let Some(metrics) = metrics_listen.filter(|m| fixed(m) && addrs.contains(m)) {
             return Err(invalid(
                 "server.metrics_listen",
                 format!(

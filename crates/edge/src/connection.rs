@@ -52,7 +52,8 @@ use crate::state::EdgeState;
 /// connection with nothing in flight may take to go away by itself.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// What each connection's task needs (cloned per connection).
+/// What each connection's task needs (cloned per connection, so every
+/// field is a handle: the task's size is memory each idle connection holds).
 #[derive(Clone)]
 pub(crate) struct ConnContext {
     pub state: Arc<EdgeState>,
@@ -61,7 +62,7 @@ pub(crate) struct ConnContext {
     pub slots: Arc<ConnectionSlots>,
     /// Cancelled when the edge shuts down.
     pub stop: CancellationToken,
-    http: HttpBuilders,
+    http: Arc<HttpBuilders>,
 }
 
 /// One builder per protocol: ALPN's choice is served without sniffing,
@@ -83,11 +84,11 @@ impl ConnContext {
     ) -> ConnContext {
         let sniff = http_builder(&state.limits);
         ConnContext {
-            http: HttpBuilders {
+            http: Arc::new(HttpBuilders {
                 h1: sniff.clone().http1_only(),
                 h2: sniff.clone().http2_only(),
                 sniff,
-            },
+            }),
             state,
             forwarder: Arc::new(forwarder),
             acceptor,
