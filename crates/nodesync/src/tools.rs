@@ -77,7 +77,23 @@ pub fn run_with_file(tool: &str, args: &[&str], script: &str) -> Result<(), Tool
     file.flush().map_err(spawn_error)?;
     let mut cmd = command(tool)?;
     cmd.args(args).arg(file.path());
-    finish(cmd, &format!("{shown} FILE"), None).map(drop)
+    // The temporary name changes every run; a message that names it would
+    // look like a new problem every time.
+    let temp = file.path().display().to_string();
+    finish(cmd, &format!("{shown} FILE"), None)
+        .map(drop)
+        .map_err(|e| match e {
+            ToolError::Failed {
+                command,
+                status,
+                output,
+            } => ToolError::Failed {
+                command,
+                status,
+                output: output.replace(&temp, "FILE"),
+            },
+            other => other,
+        })
 }
 
 /// `tool ARGS < input`.
