@@ -98,6 +98,27 @@ fn nftables_on_a_realistic_host() {
     );
     lab.expect("after the first apply", &protected_matrix());
 
+    // The list changes: admission follows it (and says what changed).
+    lab.write_list(&[UNLISTED, LISTED6, "192.0.2.1", "192.0.2.3"]);
+    let run = apply(&[]);
+    assert_code(&run, 0, "a new list");
+    assert!(
+        run.stdout.contains(&format!("added {UNLISTED}"))
+            && run.stdout.contains(&format!("removed {LISTED}")),
+        "{}",
+        run.said()
+    );
+    lab.expect(
+        "after the list changed",
+        &[
+            (UNLISTED, SERVER, WEB, true),
+            (LISTED, SERVER, WEB, false),
+            (UNLISTED, SERVER, PUBLISHED, true),
+        ],
+    );
+    lab.write_list(LIST);
+    assert_code(&apply(&[]), 0, "the list back");
+
     // 1. Lists that would open the box: refused whole, exit 5, one line,
     //    and the rules stay as they were.
     for (entries, named) in [

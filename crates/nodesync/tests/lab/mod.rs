@@ -221,6 +221,22 @@ impl Lab {
     /// Runs nodesync in the server namespace with `args` after the base
     /// ones; `path_prefix` puts fake tools first on PATH.
     pub fn nodesync_with(&self, args: &[&str], path_prefix: Option<&Path>) -> Run {
+        let mut all = self.base_args();
+        all.extend(args.iter().map(|a| a.to_string()));
+        self.run_nodesync(&all, path_prefix)
+    }
+
+    pub fn nodesync(&self, args: &[&str]) -> Run {
+        self.nodesync_with(args, None)
+    }
+
+    /// Runs nodesync in the server namespace without the base arguments.
+    pub fn nodesync_raw(&self, args: &[&str]) -> Run {
+        let all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        self.run_nodesync(&all, None)
+    }
+
+    fn run_nodesync(&self, args: &[String], path_prefix: Option<&Path>) -> Run {
         let mut path = std::env::var("PATH").unwrap_or_default();
         if let Some(prefix) = path_prefix {
             path = format!("{}:{path}", prefix.display());
@@ -232,33 +248,8 @@ impl Lab {
                 &self.server,
                 env!("CARGO_BIN_EXE_nodesync"),
             ])
-            .args(self.base_args())
             .args(args)
             .env("PATH", path)
-            .env_remove("SSH_CONNECTION")
-            .output()
-            .unwrap();
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: text(&out.stdout),
-            stderr: text(&out.stderr),
-        }
-    }
-
-    pub fn nodesync(&self, args: &[&str]) -> Run {
-        self.nodesync_with(args, None)
-    }
-
-    /// Runs nodesync in the server namespace without the base arguments.
-    pub fn nodesync_raw(&self, args: &[&str]) -> Run {
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.server,
-                env!("CARGO_BIN_EXE_nodesync"),
-            ])
-            .args(args)
             .env_remove("SSH_CONNECTION")
             .output()
             .unwrap();
