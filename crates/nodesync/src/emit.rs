@@ -207,8 +207,11 @@ fn nftables(list: &NodeList, options: &RuleOptions) -> String {
         .as_ref()
         .map(|i| format!("iifname \"{i}\" "))
         .unwrap_or_default();
-    out.push_str(
-        "\n\tchain input {\n\t\ttype filter hook input priority filter - 10; policy accept;\n",
+    // Each chain carries the marker too: `nft list chains` shows chain
+    // comments cheaply, where the table's needs a listing of every element.
+    let _ = write!(
+        out,
+        "\n\tchain input {{\n\t\tcomment \"{MARKER}\"\n\t\ttype filter hook input priority filter - 10; policy accept;\n"
     );
     let _ = writeln!(
         out,
@@ -219,8 +222,9 @@ fn nftables(list: &NodeList, options: &RuleOptions) -> String {
         // A published container port is DNAT-ed before routing: the packet
         // is forwarded with the container's port, and only conntrack still
         // knows the port the client asked for.
-        out.push_str(
-            "\n\tchain forward {\n\t\ttype filter hook forward priority filter - 10; policy accept;\n",
+        let _ = write!(
+            out,
+            "\n\tchain forward {{\n\t\tcomment \"{MARKER}\"\n\t\ttype filter hook forward priority filter - 10; policy accept;\n"
         );
         let _ = writeln!(
             out,
@@ -228,7 +232,7 @@ fn nftables(list: &NodeList, options: &RuleOptions) -> String {
             options.port_list()
         );
     }
-    out.push_str("\n\tchain protected {\n");
+    let _ = write!(out, "\n\tchain protected {{\n\t\tcomment \"{MARKER}\"\n");
     out.push_str("\t\tiif \"lo\" accept\n");
     out.push_str("\t\tct state established,related accept\n");
     out.push_str("\t\tip saddr @nodes_v4 accept\n");

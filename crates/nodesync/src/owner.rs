@@ -21,15 +21,23 @@ pub enum Found {
     Foreign(String),
 }
 
-/// An nftables table, as `nft -t list table` shows it (set elements
-/// omitted).
+/// An nftables table, as `nft list chains` and `nft -t list sets` show it:
+/// both are cheap whatever the sets hold, where listing the table itself
+/// reads every set element (seconds at 100 000 entries).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct NftTable {
+    /// The table's own comment, when the listing shows it.
     pub comment: Option<String>,
     pub sets: Vec<NftSet>,
-    pub chains: Vec<String>,
+    pub chains: Vec<NftChain>,
     /// Maps, flowtables, counters, quotas…: anything nodesync never makes.
     pub others: Vec<String>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct NftChain {
+    pub name: String,
+    pub comment: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -40,49 +48,98 @@ pub struct NftSet {
     pub comment: Option<String>,
 }
 
-/// Parses the terse listing of one table.
-pub fn parse_nft_table(listing: &str) -> NftTable {
+/// Parses listings of the ruleset (`nft list chains`, `nft -t list sets`,
+/// or a terse listing of a table) into the inet table `name`, if it is
+/// there. A table may appear in several listings; what each shows is merged.
+pub fn parse_nft_table(listings: &[&str], name: &str) -> Option<NftTable> {
+    let header = format!("table inet {name} {{");
+    let mut found = false;
     let mut table = NftTable::default();
-    let mut current_set: Option<NftSet> = None;
-    for line in listing.lines() {
-        let depth = line.len() - line.trim_start_matches('\t').len();
-        let text = line.trim();
-        match depth {
-            1 => {
-                if let Some(set) = current_set.take() {
-                    table.sets.push(set);
-                }
-                if let Some(comment) = quoted_after(text, "comment") {
-                    table.comment = Some(comment);
-                } else if let Some(name) = block_name(text, "set") {
-                    current_set = Some(NftSet {
-                        name,
-                        ..NftSet::default()
-                    });
-                } else if let Some(name) = block_name(text, "chain") {
-                    table.chains.push(name);
-                } else if text != "}" && !text.is_empty() {
-                    table.others.push(text.trim_end_matches(" {").to_string());
-                }
+    for listing in listings {
+        let mut inside = false;
+        // The depth-1 block the lines below belong to: a set or a chain.
+        let mut block: Option<Block> = None;
+        for line in listing.lines() {
+            let depth = line.len() - line.trim_start_matches('\t').len();
+            let text = line.trim();
+            if text.is_empty() {
+                continue;
             }
-            2 => {
-                if let Some(set) = current_set.as_mut() {
-                    if let Some(kind) = text.strip_prefix("type ") {
-                        set.kind = kind.to_string();
-                    } else if let Some(flags) = text.strip_prefix("flags ") {
-                        set.flags = flags.to_string();
-                    } else if let Some(comment) = quoted_after(text, "comment") {
-                        set.comment = Some(comment);
+            if depth == 0 {
+                inside = text == header;
+                found |= inside;
+                block = None;
+                continue;
+            }
+            if !inside {
+                continue;
+            }
+            match depth {
+                1 => {
+                    block = None;
+                    if let Some(comment) = quoted_after(text, "comment") {
+                        table.comment = Some(comment);
+                    } else if let Some(set) = block_name(text, "set") {
+                        block = Some(Block::Set(table.set_index(set)));
+                    } else if let Some(chain) = block_name(text, "chain") {
+                        block = Some(Block::Chain(table.chain_index(chain)));
+                    } else if text != "}" && !text.is_empty() {
+                        table.others.push(text.trim_end_matches(" {").to_string());
                     }
                 }
+                2 => match block {
+                    Some(Block::Set(at)) => {
+                        let set = &mut table.sets[at];
+                        if let Some(kind) = text.strip_prefix("type ") {
+                            set.kind = kind.to_string();
+                        } else if let Some(flags) = text.strip_prefix("flags ") {
+                            set.flags = flags.to_string();
+                        } else if let Some(comment) = quoted_after(text, "comment") {
+                            set.comment = Some(comment);
+                        }
+                    }
+                    Some(Block::Chain(at)) => {
+                        if let Some(comment) = quoted_after(text, "comment") {
+                            table.chains[at].comment = Some(comment);
+                        }
+                    }
+                    None => {}
+                },
+                _ => {}
             }
-            _ => {}
         }
     }
-    if let Some(set) = current_set.take() {
-        table.sets.push(set);
+    found.then_some(table)
+}
+
+#[derive(Clone, Copy)]
+enum Block {
+    Set(usize),
+    Chain(usize),
+}
+
+impl NftTable {
+    fn set_index(&mut self, name: String) -> usize {
+        if let Some(at) = self.sets.iter().position(|s| s.name == name) {
+            return at;
+        }
+        self.sets.push(NftSet {
+            name,
+            ..NftSet::default()
+        });
+        self.sets.len() - 1
     }
-    table
+
+    fn chain_index(&mut self, name: String) -> usize {
+        if let Some(at) = self.chains.iter().position(|c| c.name == name) {
+            return at;
+        }
+        self.chains.push(NftChain {
+            name,
+            comment: None,
+        });
+        self.chains.len() - 1
+    }
 }
 
 fn block_name(text: &str, keyword: &str) -> Option<String> {
@@ -101,22 +158,26 @@ fn marked(comment: &Option<String>) -> bool {
     comment.as_deref() == Some(MARKER)
 }
 
-/// Whether nodesync may replace the whole table (full mode).
+/// Whether nodesync may replace the whole table (full mode): every chain
+/// of it carries the marker (nodesync's tables always have chains).
 pub fn judge_full_table(name: &str, table: &NftTable) -> Found {
-    if marked(&table.comment) {
+    let chains_marked = !table.chains.is_empty() && table.chains.iter().all(|c| marked(&c.comment));
+    if chains_marked || (marked(&table.comment) && !table.chains.is_empty()) {
         return Found::Ours;
     }
     let set_names: Vec<&str> = table.sets.iter().map(|s| s.name.as_str()).collect();
+    let chain_names: Vec<&str> = table.chains.iter().map(|c| c.name.as_str()).collect();
+    // nodesync 0.1: the two sets, input and protected, no comments.
     let legacy = table.comment.is_none()
         && table.others.is_empty()
+        && table.chains.iter().all(|c| c.comment.is_none())
         && set_names.len() == 2
         && set_names.contains(&"nodes_v4")
         && set_names.contains(&"nodes_v6")
-        && table.chains.iter().any(|c| c == "protected")
-        && table
-            .chains
+        && chain_names.contains(&"protected")
+        && chain_names
             .iter()
-            .all(|c| ["input", "forward", "protected"].contains(&c.as_str()));
+            .all(|c| ["input", "forward", "protected"].contains(c));
     if legacy {
         return Found::Ours;
     }
@@ -124,7 +185,7 @@ pub fn judge_full_table(name: &str, table: &NftTable) -> Found {
         Some(comment) => format!("its comment is {comment:?}"),
         None => format!(
             "it has no nodesync marker; it holds chains [{}] and sets [{}]",
-            table.chains.join(", "),
+            chain_names.join(", "),
             set_names.join(", ")
         ),
     };
@@ -155,15 +216,15 @@ pub fn judge_set(table: &str, table_state: Option<&NftTable>, name: &str, kind: 
     }
 }
 
-/// The table `name` of family inet, if it exists.
+/// The table `name` of family inet, if it exists (every table shows in
+/// `nft list chains`, even one without chains).
 pub fn nft_table(name: &str) -> Result<Option<NftTable>, ToolError> {
-    let tables = run_capture("nft", &["list", "tables"])?;
-    let wanted = format!("table inet {name}");
-    if !tables.lines().any(|l| l.trim() == wanted) {
+    let chains = run_capture("nft", &["list", "chains"])?;
+    if parse_nft_table(&[&chains], name).is_none() {
         return Ok(None);
     }
-    let listing = run_capture("nft", &["-t", "list", "table", "inet", name])?;
-    Ok(Some(parse_nft_table(&listing)))
+    let sets = run_capture("nft", &["-t", "list", "sets"])?;
+    Ok(parse_nft_table(&[&chains, &sets], name))
 }
 
 /// What `iptables -S` (the filter table) says about a chain.
@@ -279,35 +340,45 @@ pub fn judge_ipset_header(name: &str, listing: &str) -> Found {
 mod tests {
     use super::*;
 
-    const OURS: &str = "table inet bitrix24 {\n\tcomment \"managed by nodesync; edits are overwritten\"\n\tset nodes_v4 {\n\t\ttype ipv4_addr\n\t\tflags interval\n\t\tcomment \"managed by nodesync; edits are overwritten\"\n\t}\n\n\tchain input {\n\t\ttype filter hook input priority filter - 10; policy accept;\n\t}\n}\n";
+    const CHAINS: &str = "table inet filter {\n\tchain input {\n\t\ttype filter hook input priority filter; policy drop;\n\t}\n}\ntable inet bitrix24 {\n\tchain input {\n\t\tcomment \"managed by nodesync; edits are overwritten\"\n\t\ttype filter hook input priority filter - 10; policy accept;\n\t}\n\tchain protected {\n\t\tcomment \"managed by nodesync; edits are overwritten\"\n\t}\n}\ntable inet empty {\n}\n";
+    const SETS: &str = "table inet bitrix24 {\n\tset nodes_v4 {\n\t\ttype ipv4_addr\n\t\tflags interval\n\t\tcomment \"managed by nodesync; edits are overwritten\"\n\t}\n}\n";
+
+    fn table(listing: &str, name: &str) -> NftTable {
+        parse_nft_table(&[listing], name).unwrap()
+    }
 
     #[test]
-    fn nft_listing_is_parsed() {
-        let t = parse_nft_table(OURS);
-        assert_eq!(t.comment.as_deref(), Some(MARKER));
+    fn nft_listings_are_parsed_and_merged() {
+        let t = parse_nft_table(&[CHAINS, SETS], "bitrix24").unwrap();
         assert_eq!(t.sets.len(), 1);
         assert_eq!(t.sets[0].kind, "ipv4_addr");
-        assert_eq!(t.chains, ["input"]);
+        assert_eq!(t.chains.len(), 2);
         assert_eq!(judge_full_table("bitrix24", &t), Found::Ours);
+        assert!(parse_nft_table(&[CHAINS], "nope").is_none());
+        let empty = parse_nft_table(&[CHAINS], "empty").unwrap();
+        assert!(matches!(
+            judge_full_table("empty", &empty),
+            Found::Foreign(_)
+        ));
     }
 
     #[test]
     fn a_host_table_is_foreign_and_an_old_nodesync_table_is_ours() {
         let host = "table inet filter {\n\tchain input {\n\t\ttype filter hook input priority filter; policy drop;\n\t\tiif \"lo\" accept\n\t}\n\n\tchain forward {\n\t}\n\n\tchain output {\n\t}\n}\n";
-        let t = parse_nft_table(host);
+        let t = table(host, "filter");
         let Found::Foreign(why) = judge_full_table("filter", &t) else {
             panic!()
         };
         assert!(why.contains("input, forward, output"), "{why}");
         let old = "table inet bitrix24 {\n\tset nodes_v4 {\n\t\ttype ipv4_addr\n\t\tflags interval\n\t}\n\tset nodes_v6 {\n\t\ttype ipv6_addr\n\t\tflags interval\n\t}\n\n\tchain input {\n\t}\n\n\tchain protected {\n\t}\n}\n";
         assert_eq!(
-            judge_full_table("bitrix24", &parse_nft_table(old)),
+            judge_full_table("bitrix24", &table(old, "bitrix24")),
             Found::Ours
         );
         assert_eq!(
             judge_set(
                 "bitrix24",
-                Some(&parse_nft_table(old)),
+                Some(&table(old, "bitrix24")),
                 "nodes_v4",
                 "ipv4_addr"
             ),
@@ -317,7 +388,7 @@ mod tests {
         assert!(matches!(
             judge_set(
                 "filter",
-                Some(&parse_nft_table(odd)),
+                Some(&table(odd, "filter")),
                 "nodes_v4",
                 "ipv4_addr"
             ),
