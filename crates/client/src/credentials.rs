@@ -1,4 +1,6 @@
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use url::Url;
@@ -116,28 +118,33 @@ pub struct TokenPair {
     pub refresh_token: Secret,
 }
 
+/// What a [`TokenStore`] answers: done, or why the pair could not be kept.
+pub type TokenStoreResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
 /// Persists every new token pair. A refresh invalidates the old refresh
 /// token, so the pair must be stored before the process can safely stop.
-/// Any `Fn(&str, &TokenPair) -> Result<..>` closure is a store; it gets the
+/// Saving is async, so that a store that waits for a disk or a database
+/// never blocks the runtime. Any `Fn(&str, &TokenPair) -> Result<..>`
+/// closure is also a store (for stores that do not wait); it gets the
 /// portal key and the new pair.
 pub trait TokenStore: Send + Sync {
-    fn save(
-        &self,
-        portal: &str,
-        tokens: &TokenPair,
-    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
+    fn save<'a>(
+        &'a self,
+        portal: &'a str,
+        tokens: &'a TokenPair,
+    ) -> Pin<Box<dyn Future<Output = TokenStoreResult> + Send + 'a>>;
 }
 
 impl<F> TokenStore for F
 where
-    F: Fn(&str, &TokenPair) -> Result<(), Box<dyn std::error::Error + Send + Sync>> + Send + Sync,
+    F: Fn(&str, &TokenPair) -> TokenStoreResult + Send + Sync,
 {
-    fn save(
-        &self,
-        portal: &str,
-        tokens: &TokenPair,
-    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        self(portal, tokens)
+    fn save<'a>(
+        &'a self,
+        portal: &'a str,
+        tokens: &'a TokenPair,
+    ) -> Pin<Box<dyn Future<Output = TokenStoreResult> + Send + 'a>> {
+        Box::pin(std::future::ready(self(portal, tokens)))
     }
 }
 

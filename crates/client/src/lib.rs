@@ -64,7 +64,9 @@ pub use batch::{
 };
 pub use check::{CheckReport, MethodCheck, MethodStatus, likely_scope};
 pub use client::{BodyFormat, Client, ClientBuilder};
-pub use credentials::{Credentials, DEFAULT_TOKEN_SERVER, OAuth, TokenPair, TokenStore, Webhook};
+pub use credentials::{
+    Credentials, DEFAULT_TOKEN_SERVER, OAuth, TokenPair, TokenStore, TokenStoreResult, Webhook,
+};
 pub use error::{ApiError, ApiErrorKind, Error};
 pub use observer::{NoopObserver, Observer, RequestEvent};
 pub use paging::{PAGE_SIZE, Paging};

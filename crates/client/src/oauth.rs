@@ -90,14 +90,14 @@ impl OAuthSession {
         // Stored before any call can use them: a process that stops after
         // this point restarts with the pair that works. They are used even
         // if storing failed, since the old refresh token is spent.
-        let saved = self.store.save(&self.portal, &tokens);
+        let saved = self.store.save(&self.portal, &tokens).await;
         {
             let mut current = self.current.lock().expect("token state poisoned");
             current.tokens = tokens;
             current.generation += 1;
         }
         observer.token_refreshed(&self.portal);
-        tracing::info!(portal = %self.portal, "OAuth tokens refreshed");
+        tracing::info!(host = %self.portal, "OAuth tokens refreshed");
         saved.map_err(|source| Error::TokenStore {
             portal: self.portal.clone(),
             source,

@@ -72,6 +72,7 @@ fn refresh_answer() -> Reply {
 
 #[tokio::test]
 async fn concurrent_expired_tokens_cause_exactly_one_refresh() {
+    b24_testkit::install_crypto_provider();
     // Both calls must see `expired_token` before either refresh can happen.
     let both_arrived = Arc::new(Barrier::new(2));
     let portal = MockPortal::start_async(move |seen| {
@@ -164,6 +165,7 @@ async fn concurrent_expired_tokens_cause_exactly_one_refresh() {
 
 #[tokio::test]
 async fn a_refused_refresh_is_reported_without_secrets() {
+    b24_testkit::install_crypto_provider();
     let portal = MockPortal::start(|seen| {
         if seen.path == "/oauth/token/" {
             Reply::Json(400, json!({"error": "invalid_grant", "error_description": "Invalid refresh token"}))
@@ -203,6 +205,7 @@ async fn a_refused_refresh_is_reported_without_secrets() {
 
 #[tokio::test]
 async fn a_second_expired_token_after_a_refresh_is_an_error_not_a_loop() {
+    b24_testkit::install_crypto_provider();
     let portal = MockPortal::start(|seen| {
         if seen.path == "/oauth/token/" {
             refresh_answer()
@@ -225,6 +228,7 @@ async fn a_second_expired_token_after_a_refresh_is_an_error_not_a_loop() {
 
 #[tokio::test]
 async fn a_failing_token_store_fails_the_call_but_keeps_the_new_pair_in_use() {
+    b24_testkit::install_crypto_provider();
     let portal = MockPortal::start(|seen| {
         if seen.path == "/oauth/token/" {
             return refresh_answer();

@@ -49,7 +49,6 @@ const DEALS: [DemoDeal; 3] = [
 ];
 
 fn plain_client() -> Result<reqwest::Client, DemoError> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -118,6 +117,12 @@ pub fn introduce(stack: &Stack, out: &mut dyn Write) -> Result<(), DemoError> {
         "  target portal   {}  ({}, emulated)",
         stack.target.url(),
         stack.target.domain()
+    )?;
+    writeln!(
+        out,
+        "  configurations  {} and {} (what the relay and the edge run with)",
+        stack.files.relay_toml.display(),
+        stack.files.edge_toml.display()
     )?;
     writeln!(out)?;
     Ok(())
@@ -218,11 +223,12 @@ fn delivered_deal(body: &str) -> i64 {
         .unwrap_or_default()
 }
 
-fn jobs(stack: &Stack, state: JobState) -> Result<Vec<b24_relay::Job>, DemoError> {
+async fn jobs(stack: &Stack, state: JobState) -> Result<Vec<b24_relay::Job>, DemoError> {
     stack
         .relay
         .store
         .jobs(Some(state), 1000)
+        .await
         .map_err(|e| DemoError::Unexpected(format!("reading the relay's queue: {e}")))
 }
 
@@ -234,7 +240,7 @@ pub async fn show_transfers(
 ) -> Result<Vec<(i64, i64)>, DemoError> {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let failed = jobs(stack, JobState::Failed)?;
+        let failed = jobs(stack, JobState::Failed).await?;
         if let Some(job) = failed.first() {
             return Err(DemoError::Unexpected(format!(
                 "the relay could not transfer deal {}: {}",
@@ -242,8 +248,9 @@ pub async fn show_transfers(
                 job.message.as_deref().unwrap_or("no message")
             )));
         }
-        let busy = jobs(stack, JobState::Pending)?.len() + jobs(stack, JobState::Running)?.len();
-        let done = jobs(stack, JobState::Done)?;
+        let busy = jobs(stack, JobState::Pending).await?.len()
+            + jobs(stack, JobState::Running).await?.len();
+        let done = jobs(stack, JobState::Done).await?;
         if busy == 0 && ids.iter().all(|id| done.iter().any(|j| j.deal_id == *id)) {
             break;
         }
@@ -492,7 +499,19 @@ pub fn show_try_it(stack: &Stack, out: &mut dyn Write) -> Result<(), DemoError> 
     if let Some(addr) = stack.relay.metrics_addr {
         writeln!(out, "  curl -s http://{addr}/metrics | grep -v '^#'")?;
     }
-    writeln!(out, "Press Ctrl-C to stop.")?;
+    writeln!(
+        out,
+        "  # the relay's queue, from the command line, beside the running demo"
+    )?;
+    writeln!(
+        out,
+        "  b24-relay jobs list --config {}",
+        stack.files.relay_toml.display()
+    )?;
+    writeln!(
+        out,
+        "Each request the queue-server stand-in relays is logged below. Press Ctrl-C to stop."
+    )?;
     out.flush()?;
     Ok(())
 }

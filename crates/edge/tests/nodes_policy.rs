@@ -1,7 +1,8 @@
 //! The `[nodes]` keys nodesync's engineer owns: a list that would open the
 //! edge to everyone (or to loopback, or the LAN) is refused, shown in
 //! `/readyz` and a metric, and the last good list keeps serving; several
-//! sources are admitted as a union.
+//! sources are admitted as a union. (Refusal is asked as a TLS 403 so that
+//! the answer can be read; by default it is a reset before TLS.)
 
 mod common;
 
@@ -27,7 +28,7 @@ async fn a_loopback_list_is_refused_without_allow_special() {
     replace_file(&list, nodes_json(&["127.0.0.2"]).as_bytes());
     let edge = start_edge(&format!(
         "{}{}{}",
-        server_section(&certs, "127.0.0.1:0", ""),
+        server_section(&certs, "127.0.0.1:0", "refuse_before_tls = false"),
         nodes_section(&[&list], ""),
         route("/", &upstream.url(), &["nodes"]),
     ))
@@ -61,7 +62,7 @@ async fn a_list_that_opens_the_world_keeps_the_last_good_list_and_says_so() {
     replace_file(&list, nodes_json(&["127.0.0.2"]).as_bytes());
     let edge = start_edge(&format!(
         "{}{}{}",
-        server_section(&certs, "127.0.0.1:0", ""),
+        server_section(&certs, "127.0.0.1:0", "refuse_before_tls = false"),
         // Loopback is what the test can use; broad entries stay refused.
         nodes_section(&[&list], "allow_special = true\n"),
         route("/", &upstream.url(), &["nodes"]),
@@ -116,7 +117,7 @@ async fn several_sources_are_admitted_as_a_union() {
     replace_file(&russia, nodes_json(&["127.0.0.3"]).as_bytes());
     let edge = start_edge(&format!(
         "{}{}cache = \"{}\"\n{}",
-        server_section(&certs, "127.0.0.1:0", ""),
+        server_section(&certs, "127.0.0.1:0", "refuse_before_tls = false"),
         nodes_section(&[&world, &russia], "allow_special = true\n"),
         dir.path().join("cache.json").display(),
         route("/", &upstream.url(), &["nodes"]),

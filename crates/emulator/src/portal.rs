@@ -209,7 +209,7 @@ impl PortalBuilder {
             acceptor,
             cancel.clone(),
         ));
-        tracing::info!(%addr, domain = %shared.domain, "emulated portal listening");
+        tracing::info!(listen = %addr, domain = %shared.domain, "emulated portal listening");
         Ok(Portal {
             shared,
             addr,

@@ -520,7 +520,6 @@ impl Fetcher {
 }
 
 fn build_client(options: &FetchOptions) -> Result<reqwest::Client, FetchError> {
-    crate::install_crypto_provider();
     reqwest::Client::builder()
         .connect_timeout(options.connect_timeout)
         .timeout(options.total_timeout)

@@ -33,12 +33,3 @@ pub use live::{
 };
 pub use set::{FetcherSet, cache_path_for, union_of};
 pub use source::{DEFAULT_SOURCE, Source, SourceError};
-
-/// Installs ring as the process's rustls crypto provider, once.
-///
-/// The workspace builds rustls with ring only; reqwest then needs the
-/// provider installed before its first client. Calling this again, or after
-/// a binary installed it, is harmless.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}

@@ -41,6 +41,7 @@ fn has(outcome: &Outcome, ip: &str) -> bool {
 
 #[tokio::test]
 async fn success_is_cached_on_disk() {
+    b24_testkit::install_crypto_provider();
     let server = NodesServer::start(Reply::nodes(&["195.208.184.200", "2a02:6b8:c00::/48"])).await;
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("nodes.json");
@@ -56,6 +57,7 @@ async fn success_is_cached_on_disk() {
 
 #[tokio::test]
 async fn failures_and_bad_documents_keep_the_last_good_list() {
+    b24_testkit::install_crypto_provider();
     let server = NodesServer::start(Reply::nodes(&["10.0.0.1"])).await;
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("nodes.json");
@@ -119,6 +121,7 @@ async fn failures_and_bad_documents_keep_the_last_good_list() {
 
 #[tokio::test]
 async fn a_server_that_never_answers_times_out() {
+    b24_testkit::install_crypto_provider();
     let server = NodesServer::start(Reply::Hang).await;
     let dir = tempfile::tempdir().unwrap();
     let mut f = fetcher(&server, &dir.path().join("nodes.json"), fast());
@@ -139,6 +142,7 @@ async fn a_server_that_never_answers_times_out() {
 
 #[tokio::test]
 async fn a_huge_body_is_refused() {
+    b24_testkit::install_crypto_provider();
     let mut body = br#"{"nodes": ["10.0.0.1""#.to_vec();
     while body.len() < 10 * 1024 * 1024 {
         body.extend_from_slice(br#", "10.0.0.1""#);
@@ -165,6 +169,7 @@ async fn a_huge_body_is_refused() {
 
 #[tokio::test]
 async fn conditional_requests_get_304() {
+    b24_testkit::install_crypto_provider();
     let server = NodesServer::start(Reply::nodes(&["10.0.0.1", "10.0.0.2"])).await;
     let dir = tempfile::tempdir().unwrap();
     let mut f = fetcher(&server, &dir.path().join("nodes.json"), fast());
@@ -177,6 +182,7 @@ async fn conditional_requests_get_304() {
 
 #[tokio::test]
 async fn the_minimum_interval_holds_across_fetchers_sharing_a_cache() {
+    b24_testkit::install_crypto_provider();
     let server = NodesServer::start(Reply::nodes(&["10.0.0.1"])).await;
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("nodes.json");
@@ -207,6 +213,7 @@ async fn the_minimum_interval_holds_across_fetchers_sharing_a_cache() {
 
 #[tokio::test]
 async fn restart_with_the_source_down_uses_the_cache() {
+    b24_testkit::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("nodes.json");
     let url = {
@@ -238,6 +245,7 @@ async fn restart_with_the_source_down_uses_the_cache() {
 
 #[tokio::test]
 async fn a_refused_list_is_not_kept() {
+    b24_testkit::install_crypto_provider();
     let server = NodesServer::start(Reply::nodes(&["10.0.0.1", "10.0.0.2", "10.0.0.3"])).await;
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("nodes.json");
@@ -274,6 +282,7 @@ async fn a_refused_list_is_not_kept() {
 
 #[tokio::test]
 async fn file_sources_are_followed_by_the_refresh_loop() {
+    b24_testkit::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("app.json");
     std::fs::write(&file, r#"{"nodes": ["198.51.100.1"]}"#).unwrap();
@@ -327,6 +336,7 @@ async fn file_sources_are_followed_by_the_refresh_loop() {
 /// re-parse, a new failure and a log line each time.
 #[tokio::test]
 async fn an_unchanged_file_source_is_not_reread_nor_the_cache_rewritten() {
+    b24_testkit::install_crypto_provider();
     use std::os::unix::fs::MetadataExt;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("app.json");

@@ -29,6 +29,7 @@ fn has(list: Option<&Arc<NodeList>>, ip: &str) -> bool {
 
 #[tokio::test]
 async fn a_list_that_opens_the_world_is_refused_and_the_last_good_list_stays() {
+    b24_testkit::install_crypto_provider();
     let server = NodesServer::start(Reply::nodes(GOOD)).await;
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache.json");
@@ -105,6 +106,7 @@ async fn a_list_that_opens_the_world_is_refused_and_the_last_good_list_stays() {
 
 #[tokio::test]
 async fn a_cache_left_by_another_source_is_not_inherited() {
+    b24_testkit::install_crypto_provider();
     let trial = NodesServer::start(Reply::nodes(&["195.208.184.200", "89.208.230.2"])).await;
     let real = NodesServer::start(Reply::Status(503, "down".into())).await;
     let dir = tempfile::tempdir().unwrap();
@@ -156,6 +158,7 @@ async fn a_cache_left_by_another_source_is_not_inherited() {
 
 #[tokio::test]
 async fn a_cache_the_current_rules_refuse_is_not_used() {
+    b24_testkit::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache.json");
     let source = "https://dl.bitrix24.com/webhook/app.json";
@@ -204,6 +207,7 @@ fn addresses(count: usize) -> Vec<String> {
 
 #[tokio::test]
 async fn the_baseline_cannot_be_walked_down_within_the_window() {
+    b24_testkit::install_crypto_provider();
     let all = addresses(40);
     let server = NodesServer::start(Reply::nodes(
         &all.iter().map(String::as_str).collect::<Vec<_>>(),
@@ -257,6 +261,7 @@ async fn the_baseline_cannot_be_walked_down_within_the_window() {
 
 #[tokio::test]
 async fn several_sources_are_fetched_cached_and_throttled_each_on_its_own() {
+    b24_testkit::install_crypto_provider();
     let world = NodesServer::start(Reply::nodes(&["195.208.184.200"])).await;
     let russia = NodesServer::start(Reply::nodes(&["89.208.230.2"])).await;
     let dir = tempfile::tempdir().unwrap();
@@ -314,6 +319,7 @@ async fn several_sources_are_fetched_cached_and_throttled_each_on_its_own() {
 
 #[tokio::test]
 async fn adding_a_second_source_keeps_the_first_ones_history() {
+    b24_testkit::install_crypto_provider();
     let first = NodesServer::start(Reply::nodes(&["195.208.184.200"])).await;
     let second = NodesServer::start(Reply::Status(503, "down".into())).await;
     let dir = tempfile::tempdir().unwrap();
@@ -341,6 +347,7 @@ async fn adding_a_second_source_keeps_the_first_ones_history() {
 
 #[tokio::test]
 async fn the_refresh_loop_admits_the_union_of_file_sources() {
+    b24_testkit::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let a = dir.path().join("world.json");
     let b = dir.path().join("russia.json");

@@ -192,34 +192,26 @@ fn check_interface(options: &RuleOptions) -> Result<(), ApplyError> {
     let Some(iface) = &options.iface else {
         return Ok(());
     };
-    let Ok(name) = std::ffi::CString::new(iface.as_str()) else {
-        return Err(ApplyError::NoInterface {
-            iface: iface.clone(),
-            known: interfaces(),
-        });
-    };
-    // SAFETY: if_nametoindex reads a NUL-terminated string that outlives
-    // the call. It resolves the name in this process's network namespace.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if index == 0 {
-        return Err(ApplyError::NoInterface {
-            iface: iface.clone(),
-            known: interfaces(),
-        });
+    let known = interfaces();
+    if known.iter().any(|name| name == iface) {
+        return Ok(());
     }
-    Ok(())
+    Err(ApplyError::NoInterface {
+        iface: iface.clone(),
+        known: known.join(", "),
+    })
 }
 
-/// This namespace's interfaces, from /proc/net/dev (which follows the
-/// network namespace, unlike /sys outside `ip netns exec`).
-fn interfaces() -> String {
-    let names: Vec<String> = std::fs::read_to_string("/proc/net/dev")
+/// This network namespace's interfaces, from /proc/net/dev (which follows
+/// the namespace of the process reading it, unlike /sys outside `ip netns
+/// exec`).
+fn interfaces() -> Vec<String> {
+    std::fs::read_to_string("/proc/net/dev")
         .unwrap_or_default()
         .lines()
         .skip(2)
         .filter_map(|l| l.split(':').next().map(|n| n.trim().to_string()))
-        .collect();
-    names.join(", ")
+        .collect()
 }
 
 fn check_nft_ownership(options: &RuleOptions) -> Result<(), ApplyError> {

@@ -69,7 +69,7 @@ Examples:
     name = "nodesync",
     version = crate::VERSION,
     about = "Turns the Bitrix24 event-delivery servers list (app.json) into firewall rules",
-    after_help = AFTER_HELP
+    after_long_help = AFTER_HELP
 )]
 pub struct Args {
     /// Output format.

@@ -19,9 +19,4 @@ pub mod textfile;
 pub mod tools;
 
 /// The version with the git revision it was built from.
-pub const VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    " (",
-    env!("B24_GIT_REVISION"),
-    ")"
-);
+pub const VERSION: &str = env!("B24_VERSION");

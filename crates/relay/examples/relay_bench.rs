@@ -105,7 +105,7 @@ writeback = {{ comment = true, field = "ufCrm_ESB_DEAL_ID" }}
     );
     let relay = Relay::start(Config::parse(&config).unwrap()).await.unwrap();
     let base = format!("http://{}", relay.addr);
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    b24_cli_support::install_crypto_provider();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(1)
         .build()
@@ -139,7 +139,12 @@ writeback = {{ comment = true, field = "ufCrm_ESB_DEAL_ID" }}
         latencies.last().unwrap().as_secs_f64() * 1e3,
     );
     let store = relay.store.clone();
-    while !store.jobs(Some(JobState::Pending), 1).unwrap().is_empty() {
+    while !store
+        .jobs(Some(JobState::Pending), 1)
+        .await
+        .unwrap()
+        .is_empty()
+    {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
@@ -195,12 +200,17 @@ writeback = {{ comment = true, field = "ufCrm_ESB_DEAL_ID" }}
     let mut finished_at: Vec<Duration> = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     while seen.len() < deals {
-        for job in store.jobs(Some(JobState::Done), 100_000).unwrap() {
+        for job in store.jobs(Some(JobState::Done), 100_000).await.unwrap() {
             if job.portal == "partner" && job.target_deal_id.is_some() && seen.insert(job.id) {
                 finished_at.push(started.elapsed());
             }
         }
-        if !store.jobs(Some(JobState::Failed), 1).unwrap().is_empty() {
+        if !store
+            .jobs(Some(JobState::Failed), 1)
+            .await
+            .unwrap()
+            .is_empty()
+        {
             panic!("a transfer failed");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -23,24 +23,26 @@ use crate::config::Config;
 use crate::intake::Intake;
 use crate::metrics::Metrics;
 use crate::portals::Portals;
-use crate::store::{SqliteStore, Store, StoreError};
+use crate::store::{Store, StoreError};
 use crate::transfer::Transfer;
 use crate::worker::Workers;
 
+/// Why the relay could not start. A cause is the error's `source()` (the
+/// chain prints it), never repeated in the message.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("opening the store {path}: {source}")]
+    #[error("opening the store {path}")]
     Store { path: String, source: StoreError },
-    #[error("portal clients: {0}")]
+    #[error("portal clients")]
     Client(#[from] b24_client::Error),
     #[error("another `b24-relay serve` already uses {path} (one serving process per SQLite store)")]
     Locked { path: String },
-    #[error("cannot lock {path}: {source}")]
+    #[error("cannot lock {path}")]
     Lock {
         path: String,
         source: std::io::Error,
     },
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
@@ -50,23 +52,27 @@ pub enum StartError {
 /// The shared parts every command builds on.
 pub struct Parts {
     pub config: Arc<Config>,
-    pub store: Arc<dyn Store>,
+    pub store: Store,
     pub metrics: Arc<Metrics>,
     pub transfer: Arc<Transfer>,
 }
 
 impl Parts {
-    pub fn open(config: Config) -> Result<Self, StartError> {
-        let store = SqliteStore::open(&config.store).map_err(|source| StartError::Store {
-            path: config.store.display().to_string(),
-            source,
-        })?;
-        let store: Arc<dyn Store> = Arc::new(store);
+    pub async fn open(config: Config) -> Result<Self, StartError> {
+        let store =
+            Store::open_sqlite(&config.store)
+                .await
+                .map_err(|source| StartError::Store {
+                    path: config.store.display().to_string(),
+                    source,
+                })?;
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::new());
         let portals = Arc::new(Portals::new(&config, metrics.clone())?);
         for (_, portal) in portals.iter() {
-            if let Err(error) = crate::application::connect_installed(portal, &config.app, &store) {
+            if let Err(error) =
+                crate::application::connect_installed(portal, &config.app, &store).await
+            {
                 tracing::error!(portal = %portal.config.name, %error, "cannot use the installed application");
             }
         }
@@ -89,7 +95,7 @@ pub struct Relay {
     pub addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
     pub metrics: Arc<Metrics>,
-    pub store: Arc<dyn Store>,
+    pub store: Store,
     stop: CancellationToken,
     tasks: JoinSet<()>,
     /// Held while serving: released jobs and leases assume a single server.
@@ -102,10 +108,11 @@ impl Relay {
     /// starts the workers.
     pub async fn start(config: Config) -> Result<Self, StartError> {
         let lock = lock_store(&config.store)?;
-        let parts = Parts::open(config)?;
+        let parts = Parts::open(config).await?;
         let released = parts
             .store
             .release_running()
+            .await
             .map_err(|source| StartError::Store {
                 path: parts.config.store.display().to_string(),
                 source,
@@ -174,7 +181,7 @@ impl Relay {
                 });
             }
         }
-        tracing::info!(%addr, ?metrics_addr, workers = count, "b24-relay serving");
+        tracing::info!(listen = %addr, metrics_listen = %metrics_addr.map_or_else(|| "none".to_owned(), |a| a.to_string()), workers = count, "b24-relay serving");
         Ok(Self {
             addr,
             metrics_addr,
@@ -206,10 +213,9 @@ impl Drop for Relay {
     }
 }
 
-/// An exclusive `flock` on `<store>.lock`, released when the process ends
-/// (also by SIGKILL).
+/// An exclusive lock (`flock`) on `<store>.lock`, released when the
+/// process ends (also by SIGKILL).
 fn lock_store(store: &std::path::Path) -> Result<std::fs::File, StartError> {
-    use std::os::fd::AsRawFd;
     let path = format!("{}.lock", store.display());
     let failed = |source| StartError::Lock {
         path: path.clone(),
@@ -224,16 +230,12 @@ fn lock_store(store: &std::path::Path) -> Result<std::fs::File, StartError> {
         .write(true)
         .open(&path)
         .map_err(failed)?;
-    // SAFETY: flock on a descriptor this function owns; no memory involved.
-    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if locked != 0 {
-        let error = std::io::Error::last_os_error();
-        return Err(match error.raw_os_error() {
-            Some(libc::EWOULDBLOCK) => StartError::Locked { path },
-            _ => failed(error),
-        });
+    use rustix::fs::{FlockOperation, flock};
+    match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(errno) if errno == rustix::io::Errno::WOULDBLOCK => Err(StartError::Locked { path }),
+        Err(errno) => Err(failed(errno.into())),
     }
-    Ok(file)
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {

@@ -16,33 +16,37 @@ pub enum AppAction {
     /// Register the "Transfer deal" rule (update it if it exists).
     Register {
         /// Only this portal (default: every portal with [portal.NAME.app]).
-        #[arg(long)]
+        #[arg(long, value_name = "NAME")]
         portal: Option<String>,
     },
     /// Delete the rule from the portal.
     Unregister {
-        #[arg(long)]
+        /// Only this portal (default: every portal with [portal.NAME.app]).
+        #[arg(long, value_name = "NAME")]
         portal: Option<String>,
     },
     /// Installed or not, scopes, whether a re-install is needed, the rule.
     Status {
-        #[arg(long)]
+        /// Only this portal (default: every portal with [portal.NAME.app]).
+        #[arg(long, value_name = "NAME")]
         portal: Option<String>,
     },
 }
 
-fn app_portals<'a>(
+async fn app_portals<'a>(
     parts: &'a Parts,
     only: Option<&str>,
 ) -> anyhow::Result<Vec<&'a Arc<PortalHandle>>> {
-    let portals: Vec<_> = parts
-        .transfer
-        .portals
-        .iter()
-        .map(|(_, p)| p)
-        .filter(|p| p.config.app.is_some() || installed(parts, &p.config.name))
-        .filter(|p| only.is_none_or(|name| p.config.name == name))
-        .collect();
+    let mut portals = Vec::new();
+    for (_, portal) in parts.transfer.portals.iter() {
+        let name = &portal.config.name;
+        if only.is_some_and(|only| only != name) {
+            continue;
+        }
+        if portal.config.app.is_some() || installed(parts, name).await {
+            portals.push(portal);
+        }
+    }
     if portals.is_empty() {
         match only {
             Some(name) => bail!("portal `{name}` has no [portal.{name}.app] in the configuration"),
@@ -54,14 +58,14 @@ fn app_portals<'a>(
     Ok(portals)
 }
 
-fn installed(parts: &Parts, portal: &str) -> bool {
-    matches!(parts.store.app_install(portal), Ok(Some(_)))
+async fn installed(parts: &Parts, portal: &str) -> bool {
+    matches!(parts.store.app_install(portal).await, Ok(Some(_)))
 }
 
 /// Why the application of `portal` cannot be used now, for a person.
-fn not_usable(parts: &Parts, portal: &PortalHandle) -> String {
+async fn not_usable(parts: &Parts, portal: &PortalHandle) -> String {
     let name = &portal.config.name;
-    match parts.store.app_install(name) {
+    match parts.store.app_install(name).await {
         Ok(Some(_)) if portal.config.app.is_none() => format!(
             "{name}: the local application is installed, but [portal.{name}.app] (client_id, client_secret) is not configured; add it and restart"
         ),
@@ -77,7 +81,7 @@ fn not_usable(parts: &Parts, portal: &PortalHandle) -> String {
 }
 
 pub async fn run(config: Config, action: AppAction) -> anyhow::Result<()> {
-    let parts = Parts::open(config)?;
+    let parts = Parts::open(config).await?;
     let config = parts.config.clone();
     let code = config.app.robot_code.clone();
     match action {
@@ -86,10 +90,10 @@ pub async fn run(config: Config, action: AppAction) -> anyhow::Result<()> {
                 "app.public_url is not set: the rule's handler must be on the relay's public URL",
             )?;
             let mut failed = false;
-            for portal in app_portals(&parts, portal.as_deref())? {
+            for portal in app_portals(&parts, portal.as_deref()).await? {
                 let name = &portal.config.name;
                 let Some(client) = portal.app_client() else {
-                    eprintln!("{}", not_usable(&parts, portal));
+                    eprintln!("{}", not_usable(&parts, portal).await);
                     failed = true;
                     continue;
                 };
@@ -97,7 +101,7 @@ pub async fn run(config: Config, action: AppAction) -> anyhow::Result<()> {
                 match register_robot(&client, &code, fields).await {
                     Ok(action) => println!("{name}: rule {code} {}", action.as_str()),
                     Err(error) => {
-                        portal.app_refused(&client, &error);
+                        portal.app_refused(&client, &error).await;
                         eprintln!("{name}: registering the rule failed: {error}");
                         failed = true;
                     }
@@ -110,10 +114,10 @@ pub async fn run(config: Config, action: AppAction) -> anyhow::Result<()> {
         }
         AppAction::Unregister { portal } => {
             let mut failed = false;
-            for portal in app_portals(&parts, portal.as_deref())? {
+            for portal in app_portals(&parts, portal.as_deref()).await? {
                 let name = &portal.config.name;
                 let Some(client) = portal.app_client() else {
-                    eprintln!("{}", not_usable(&parts, portal));
+                    eprintln!("{}", not_usable(&parts, portal).await);
                     failed = true;
                     continue;
                 };
@@ -121,7 +125,7 @@ pub async fn run(config: Config, action: AppAction) -> anyhow::Result<()> {
                     Ok(true) => println!("{name}: rule {code} deleted"),
                     Ok(false) => println!("{name}: rule {code} was not registered"),
                     Err(error) => {
-                        portal.app_refused(&client, &error);
+                        portal.app_refused(&client, &error).await;
                         eprintln!("{name}: deleting the rule failed: {error}");
                         failed = true;
                     }
@@ -133,7 +137,7 @@ pub async fn run(config: Config, action: AppAction) -> anyhow::Result<()> {
             Ok(())
         }
         AppAction::Status { portal } => {
-            for portal in app_portals(&parts, portal.as_deref())? {
+            for portal in app_portals(&parts, portal.as_deref()).await? {
                 println!("{}", status_line(&parts, portal, &code).await);
             }
             Ok(())
@@ -143,7 +147,7 @@ pub async fn run(config: Config, action: AppAction) -> anyhow::Result<()> {
 
 async fn status_line(parts: &Parts, portal: &PortalHandle, code: &str) -> String {
     let name = &portal.config.name;
-    let install = match parts.store.app_install(name) {
+    let install = match parts.store.app_install(name).await {
         Ok(Some(install)) => install,
         Ok(None) => return format!("{name}: not installed"),
         Err(error) => return format!("{name}: reading the store: {error}"),
@@ -159,6 +163,7 @@ async fn status_line(parts: &Parts, portal: &PortalHandle, code: &str) -> String
     let waiting = parts
         .store
         .rule_calls_to_answer(name, None)
+        .await
         .map(|calls| calls.len())
         .unwrap_or(0);
     if waiting > 0 {
@@ -183,7 +188,7 @@ async fn status_line(parts: &Parts, portal: &PortalHandle, code: &str) -> String
             });
         }
         Err(error) => {
-            portal.app_refused(&client, &error);
+            portal.app_refused(&client, &error).await;
             line.push_str(&format!("; cannot list rules: {error}"));
         }
     }
@@ -216,11 +221,11 @@ pub async fn check_apps(parts: &Parts) -> Vec<String> {
     let mut problems = Vec::new();
     let config = &parts.config;
     for (name, portal) in parts.transfer.portals.iter() {
-        if portal.config.app.is_none() && !installed(parts, name) {
+        if portal.config.app.is_none() && !installed(parts, name).await {
             continue;
         }
         let Some(client) = portal.app_client() else {
-            problems.push(not_usable(parts, portal));
+            problems.push(not_usable(parts, portal).await);
             continue;
         };
         match client.check(&app_methods(config, name)).await {
@@ -249,7 +254,7 @@ pub async fn check_apps(parts: &Parts) -> Vec<String> {
                 );
             }
             Err(error) => {
-                portal.app_refused(&client, &error);
+                portal.app_refused(&client, &error).await;
                 problems.push(format!("{name} (application): {error}"));
             }
         }

@@ -180,7 +180,7 @@ pub fn mapping_problems(
 }
 
 pub async fn check(config: Config) -> anyhow::Result<()> {
-    let parts = Parts::open(config)?;
+    let parts = Parts::open(config).await?;
     let config = &parts.config;
     let mut problems = Vec::new();
     for (name, portal) in parts.transfer.portals.iter() {

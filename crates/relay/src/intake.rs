@@ -21,12 +21,11 @@ use crate::mapping::scalar;
 use crate::metrics::Metrics;
 use crate::portals::{PortalHandle, Portals};
 use crate::store::{Enqueued, Store, StoreError};
-use crate::worker::blocking;
 
 /// What intake needs, shared by all connections.
 pub struct Intake {
     pub config: Arc<Config>,
-    pub store: Arc<dyn Store>,
+    pub store: Store,
     pub metrics: Arc<Metrics>,
     pub wake: Arc<Notify>,
     pub portals: Arc<Portals>,
@@ -151,8 +150,7 @@ impl Intake {
             },
             _ => (read_rule(&tree)?, "rule".to_owned()),
         };
-        let name = portal.name.clone();
-        self.commit(move |s| s.enqueue(&name, deal_id, &trigger))
+        self.commit(self.store.enqueue(&portal.name, deal_id, &trigger))
             .await
     }
 }
@@ -190,16 +188,13 @@ impl Intake {
     /// queued with its event token; answered later by `bizproc.event.send`.
     async fn rule_run(&self, portal_name: &str, tree: &Value) -> Result<HttpResponse, Refusal> {
         self.app_portal(portal_name)?;
-        let name = portal_name.to_owned();
-        let install = blocking(&self.store, move |s| s.app_install(&name))
-            .await
-            .map_err(|error| {
-                tracing::error!(%error, "cannot read the installed application");
-                Refusal(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the store is not available".into(),
-                )
-            })?;
+        let install = self.store.app_install(portal_name).await.map_err(|error| {
+            tracing::error!(%error, "cannot read the installed application");
+            Refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the store is not available".into(),
+            )
+        })?;
         let run = application::read_rule_run(&self.config, install.as_ref(), tree)
             .map_err(from_install_error)?;
         let known_route = self
@@ -221,16 +216,13 @@ impl Intake {
             });
             return Ok(answer_json_unknown_route());
         }
-        let name = portal_name.to_owned();
-        self.commit(move |s| {
-            s.enqueue_rule_call(
-                &name,
-                run.deal_id,
-                &run.workflow_id,
-                &run.event_token,
-                &run.route,
-            )
-        })
+        self.commit(self.store.enqueue_rule_call(
+            portal_name,
+            run.deal_id,
+            &run.workflow_id,
+            &run.event_token,
+            &run.route,
+        ))
         .await
     }
 
@@ -238,9 +230,9 @@ impl Intake {
     /// the acknowledgement Bitrix24 gets means the job is on disk.
     async fn commit(
         &self,
-        enqueue: impl FnOnce(&dyn Store) -> Result<Enqueued, StoreError> + Send + 'static,
+        enqueue: impl Future<Output = Result<Enqueued, StoreError>>,
     ) -> Result<HttpResponse, Refusal> {
-        let enqueued = blocking(&self.store, enqueue).await.map_err(|error| {
+        let enqueued = enqueue.await.map_err(|error| {
             tracing::error!(%error, "cannot queue an intake request");
             Refusal(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -19,4 +19,4 @@ pub mod worker;
 
 pub use app::{Parts, Relay, StartError};
 pub use config::{Config, ConfigError};
-pub use store::{Job, JobState, SqliteStore, Store};
+pub use store::{Job, JobState, Store};

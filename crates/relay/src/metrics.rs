@@ -95,7 +95,7 @@ impl Metrics {
         let token_refreshes = Family::<Labels, Counter>::default();
         registry.register(
             "oauth_token_refreshes",
-            "OAuth token refreshes by portal (host) and result",
+            "OAuth token refreshes by portal and result",
             token_refreshes.clone(),
         );
         let app_reinstall_needed = Family::<Labels, Gauge>::default();
@@ -167,11 +167,11 @@ impl Metrics {
         );
     }
 
-    /// A refresh was refused (`refused`) for a portal host.
-    pub fn token_refresh_refused(&self, host: &str) {
+    /// A refresh was refused (`refused`) for a configured portal.
+    pub fn token_refresh_refused(&self, portal: &str) {
         self.token_refreshes
             .get_or_create(&vec![
-                ("portal", host.to_owned()),
+                ("portal", portal.to_owned()),
                 ("result", "refused".to_owned()),
             ])
             .inc();
@@ -242,6 +242,40 @@ impl Observer for Metrics {
     }
 }
 
+/// The relay's metrics as one portal's clients report to them: the client
+/// knows the portal by its host; every metric is labelled with the
+/// configured name (`portal="partner"`), like the rest of the relay's.
+pub struct PortalObserver {
+    name: String,
+    metrics: std::sync::Arc<Metrics>,
+}
+
+impl PortalObserver {
+    pub fn new(name: &str, metrics: std::sync::Arc<Metrics>) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(PortalObserver {
+            name: name.to_owned(),
+            metrics,
+        })
+    }
+}
+
+impl Observer for PortalObserver {
+    fn request_finished(&self, event: &RequestEvent<'_>) {
+        self.metrics.request_finished(&RequestEvent {
+            portal: &self.name,
+            ..event.clone()
+        });
+    }
+
+    fn token_refreshed(&self, _host: &str) {
+        self.metrics.token_refreshed(&self.name);
+    }
+
+    fn rate_limit_waited(&self, _host: &str, waited: Duration) {
+        self.metrics.rate_limit_waited(&self.name, waited);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,6 +315,32 @@ mod tests {
         assert_eq!(
             metrics.portal_request_count("127.0.0.1:5", "batch", "ok"),
             1
+        );
+    }
+
+    #[test]
+    fn a_portal_client_reports_under_the_configured_name() {
+        let metrics = std::sync::Arc::new(Metrics::new());
+        let observer = PortalObserver::new("partner", metrics.clone());
+        observer.request_finished(&RequestEvent {
+            portal: "127.0.0.1:39735",
+            method: "crm.item.get",
+            outcome: "ok",
+            status: Some(200),
+            elapsed: Duration::from_millis(3),
+            attempt: 1,
+        });
+        observer.rate_limit_waited("127.0.0.1:39735", Duration::from_millis(5));
+        observer.token_refreshed("127.0.0.1:39735");
+        let text = metrics.render();
+        assert!(!text.contains("127.0.0.1:39735"), "{text}");
+        assert_eq!(
+            metrics.portal_request_count("partner", "crm.item.get", "ok"),
+            1
+        );
+        assert!(
+            text.contains("b24_relay_rate_limit_waits_total{portal=\"partner\"} 1"),
+            "{text}"
         );
     }
 }

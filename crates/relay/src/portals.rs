@@ -13,8 +13,8 @@ use serde_json::{Value, json};
 
 use crate::config::{AppSettings, Config, PortalConfig};
 use crate::mapping::{FieldCatalog, camel_name, parse_catalog, scalar};
-use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::metrics::{Metrics, PortalObserver};
+use crate::store::{AppInstall, Store};
 
 /// All portals of the configuration.
 pub struct Portals {
@@ -46,7 +46,7 @@ pub struct PortalHandle {
 /// The application's client and what rebuilding it needs.
 struct AppSlot {
     client: Client,
-    store: Arc<dyn Store>,
+    store: Store,
     settings: AppSettings,
 }
 
@@ -60,7 +60,6 @@ pub fn headroom(burst: u32) -> u32 {
 
 impl Portals {
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Self, ClientError> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let rate_limits = RateLimits::default();
         let downloader = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
@@ -76,7 +75,7 @@ impl Portals {
             };
             rate_limits.set_portal(&portal.webhook.portal(), bucket)?;
             let client = Client::builder(portal.webhook.clone(), rate_limits.clone())
-                .observer(metrics.clone())
+                .observer(PortalObserver::new(name, metrics.clone()))
                 .build()?;
             by_name.insert(
                 name.clone(),
@@ -111,13 +110,13 @@ impl PortalHandle {
     /// bucket), made the portal's application client.
     pub fn build_app_client(&self, oauth: b24_client::OAuth) -> Result<Client, ClientError> {
         Client::builder(oauth, self.rate_limits.clone())
-            .observer(self.metrics.clone())
+            .observer(PortalObserver::new(&self.config.name, self.metrics.clone()))
             .build()
     }
 
     /// Makes `client` the portal's application client; `store` records a
     /// refused refresh and holds the pair another process may have stored.
-    pub fn use_app(&self, client: Client, store: Arc<dyn Store>, settings: AppSettings) {
+    pub fn use_app(&self, client: Client, store: Store, settings: AppSettings) {
         *self.app.lock().unwrap_or_else(|e| e.into_inner()) = Some(AppSlot {
             client,
             store,
@@ -150,7 +149,7 @@ impl PortalHandle {
     /// re-install, the application is no longer used, and `true` is
     /// returned. With a newer stored pair the client is rebuilt from it and
     /// `false` is returned (try again).
-    pub fn app_refused(&self, failed: &Client, error: &ClientError) -> bool {
+    pub async fn app_refused(&self, failed: &Client, error: &ClientError) -> bool {
         let code = match error {
             ClientError::TokenRefresh { code, .. } => code.clone(),
             // The portal no longer knows the token (application deleted or
@@ -160,16 +159,52 @@ impl PortalHandle {
             }
             _ => return false,
         };
-        let mut slot = self.app.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(current) = slot.as_ref() else {
-            return true;
-        };
-        if current.client.oauth_tokens() != failed.oauth_tokens() {
-            // Already replaced by an earlier caller.
-            return false;
-        }
         let name = &self.config.name;
-        let stored = current.store.app_install(name).ok().flatten();
+        // The stored pair is read before taking the slot's lock, which is
+        // never held across an await; the checks are repeated under it.
+        let store = match self.app_store(failed) {
+            Ok(store) => store,
+            Err(answer) => return answer,
+        };
+        let stored = store.app_install(name).await.ok().flatten();
+        let taken = match self.take_dead_app(failed, stored) {
+            Ok(taken) => taken,
+            Err(answer) => return answer,
+        };
+        self.metrics.set_reinstall_needed(name, true);
+        self.metrics.token_refresh_refused(name);
+        let reason = format!(
+            "the authorization server refused to refresh the tokens ({code}); install the application again"
+        );
+        tracing::error!(portal = %name, %code, "OAuth refresh refused; the local application must be installed again");
+        if let Err(store_error) = taken.store.mark_reinstall_needed(name, &reason).await {
+            tracing::error!(portal = %name, error = %store_error, "cannot record that the application needs a re-install");
+        }
+        true
+    }
+
+    /// The store of the application whose client `failed`; `Err` is what
+    /// [`Self::app_refused`] answers when there is none (`true`) or the
+    /// client was already replaced by an earlier caller (`false`).
+    fn app_store(&self, failed: &Client) -> Result<Store, bool> {
+        let slot = self.app.lock().unwrap_or_else(|e| e.into_inner());
+        match slot.as_ref() {
+            None => Err(true),
+            Some(current) if current.client.oauth_tokens() != failed.oauth_tokens() => Err(false),
+            Some(current) => Ok(current.store.clone()),
+        }
+    }
+
+    /// Under the slot's lock, the checks of [`Self::app_store`] again, then:
+    /// `Err(false)` if `stored` holds a newer pair (the client is rebuilt
+    /// from it); else the slot is emptied and its application returned.
+    fn take_dead_app(&self, failed: &Client, stored: Option<AppInstall>) -> Result<AppSlot, bool> {
+        let name = &self.config.name;
+        let mut slot = self.app.lock().unwrap_or_else(|e| e.into_inner());
+        let current = slot.as_ref().ok_or(true)?;
+        if current.client.oauth_tokens() != failed.oauth_tokens() {
+            return Err(false);
+        }
         if let (Some(install), Some(credentials)) = (stored, &self.config.app) {
             let newer = install.reinstall_reason.is_none()
                 && Some(&install.tokens) != current.client.oauth_tokens().as_ref();
@@ -187,24 +222,11 @@ impl PortalHandle {
                     if let Some(current) = slot.as_mut() {
                         current.client = client;
                     }
-                    return false;
+                    return Err(false);
                 }
             }
         }
-        let Some(taken) = slot.take() else {
-            return true;
-        };
-        drop(slot);
-        self.metrics.set_reinstall_needed(name, true);
-        self.metrics.token_refresh_refused(taken.client.portal());
-        let reason = format!(
-            "the authorization server refused to refresh the tokens ({code}); install the application again"
-        );
-        tracing::error!(portal = %name, %code, "OAuth refresh refused; the local application must be installed again");
-        if let Err(store_error) = taken.store.mark_reinstall_needed(name, &reason) {
-            tracing::error!(portal = %name, error = %store_error, "cannot record that the application needs a re-install");
-        }
-        true
+        slot.take().ok_or(true)
     }
 
     /// Source reads go through the application when it is installed (no
@@ -293,7 +315,7 @@ impl PortalHandle {
             .acquire()
             .await;
         if !waited.is_zero() {
-            b24_client::Observer::rate_limit_waited(&*self.metrics, self.client.portal(), waited);
+            b24_client::Observer::rate_limit_waited(&*self.metrics, &self.config.name, waited);
         }
         let response = self
             .downloader
@@ -305,7 +327,7 @@ impl PortalHandle {
         b24_client::Observer::request_finished(
             &*self.metrics,
             &b24_client::RequestEvent {
-                portal: self.client.portal(),
+                portal: &self.config.name,
                 method: "file.download",
                 outcome: if status == 200 { "ok" } else { "http_error" },
                 status: Some(status),

@@ -1,7 +1,7 @@
-//! The durable queue and the link tables. [`Store`] is the interface the rest
-//! of the relay uses; [`SqliteStore`] is the embedded implementation (WAL,
+//! The durable queue and the link tables. [`Store`] is the async handle the
+//! rest of the relay uses; behind it, SQLite is the embedded backend (WAL,
 //! `synchronous=FULL`, so a commit that acknowledges intake survives a power
-//! cut). A PostgreSQL implementation can be added behind the same trait.
+//! cut).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -188,78 +188,6 @@ pub struct QueueStats {
     pub oldest_pending_age: Option<Duration>,
 }
 
-/// The relay's persistent state.
-pub trait Store: Send + Sync {
-    /// Queues a transfer of `deal_id`, merging into a pending job for the
-    /// same deal. Durable when it returns.
-    fn enqueue(&self, portal: &str, deal_id: i64, trigger: &str) -> Result<Enqueued, StoreError>;
-    /// Claims the next due job whose deal is not being transferred already.
-    fn claim(&self, lease: Duration) -> Result<Option<Job>, StoreError>;
-    fn heartbeat(&self, job_id: i64, lease: Duration) -> Result<(), StoreError>;
-    fn finish(
-        &self,
-        job_id: i64,
-        state: JobState,
-        message: &str,
-        target_deal_id: Option<i64>,
-    ) -> Result<(), StoreError>;
-    /// Back to pending, due after `delay`.
-    fn retry_later(&self, job_id: i64, delay: Duration, message: &str) -> Result<(), StoreError>;
-    /// Makes every running job pending again (start-up of the only worker process).
-    fn release_running(&self) -> Result<u64, StoreError>;
-    fn job(&self, id: i64) -> Result<Option<Job>, StoreError>;
-    fn jobs(&self, state: Option<JobState>, limit: u32) -> Result<Vec<Job>, StoreError>;
-    /// Queues a finished or failed job again, attempts reset.
-    fn replay(&self, id: i64) -> Result<(), StoreError>;
-    fn replay_failed(&self) -> Result<u64, StoreError>;
-    fn link(&self, key: &LinkKey<'_>) -> Result<Option<Link>, StoreError>;
-    /// Records that a create is about to be sent (before sending it).
-    fn mark_creating(&self, key: &LinkKey<'_>) -> Result<(), StoreError>;
-    fn set_link(
-        &self,
-        key: &LinkKey<'_>,
-        target_id: i64,
-        synced_hash: Option<&str>,
-    ) -> Result<(), StoreError>;
-    /// Source file ids already copied into a target deal's field.
-    fn copied_files(&self, key: &LinkKey<'_>, field: &str) -> Result<Vec<i64>, StoreError>;
-    fn add_copied_files(
-        &self,
-        key: &LinkKey<'_>,
-        field: &str,
-        file_ids: &[i64],
-    ) -> Result<(), StoreError>;
-    fn stats(&self) -> Result<QueueStats, StoreError>;
-    fn record_attempt(&self, job_id: i64, attempt: &Attempt) -> Result<(), StoreError>;
-    /// Tries of a job, oldest first.
-    fn attempts(&self, job_id: i64) -> Result<Vec<Attempt>, StoreError>;
-    /// Records an install (or re-install): replaces tokens and application
-    /// token, clears a re-install flag.
-    fn save_app_install(&self, portal: &str, install: &AppInstall) -> Result<(), StoreError>;
-    fn app_install(&self, portal: &str) -> Result<Option<AppInstall>, StoreError>;
-    /// Replaces the token pair after a refresh (one statement: atomic).
-    fn save_app_tokens(&self, portal: &str, tokens: &TokenPair) -> Result<(), StoreError>;
-    fn mark_reinstall_needed(&self, portal: &str, reason: &str) -> Result<(), StoreError>;
-    /// Queues the deal like [`Store::enqueue`] and, in the same transaction,
-    /// records the rule run that waits for the job's result.
-    fn enqueue_rule_call(
-        &self,
-        portal: &str,
-        deal_id: i64,
-        workflow_id: &str,
-        event_token: &str,
-        route: &str,
-    ) -> Result<Enqueued, StoreError>;
-    /// Unanswered rule runs whose job has ended, of one job or one portal.
-    fn rule_calls_to_answer(
-        &self,
-        portal: &str,
-        job_id: Option<i64>,
-    ) -> Result<Vec<RuleCall>, StoreError>;
-    /// The run was answered, or can never be (`error`).
-    fn finish_rule_call(&self, id: i64, error: Option<&str>) -> Result<(), StoreError>;
-}
-
 pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -267,10 +195,11 @@ pub(crate) fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+mod handle;
 mod sqlite;
 mod sqlite_app;
 
-pub use sqlite::SqliteStore;
+pub use handle::Store;
 
 #[cfg(test)]
 mod tests;

@@ -10,19 +10,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::store::{Attempt, Job, JobState, Store, StoreError};
+use crate::store::{Attempt, Job, JobState};
 use crate::transfer::{Transfer, TransferError, Transferred};
-
-/// Runs a store call off the async threads (commits wait for the disk).
-pub async fn blocking<T: Send + 'static>(
-    store: &Arc<dyn Store>,
-    work: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    let store = Arc::clone(store);
-    tokio::task::spawn_blocking(move || work(&*store))
-        .await
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic.into_panic()))
-}
 
 /// Delay before attempt `attempts + 1`: exponential, capped, half jitter.
 pub fn backoff(base: Duration, max: Duration, attempts: u32) -> Duration {
@@ -54,8 +43,7 @@ impl Workers {
         let stop_stats = stop.clone();
         tasks.spawn(async move {
             loop {
-                let store = Arc::clone(&workers.transfer.store);
-                if let Ok(stats) = blocking(&store, |s| s.stats()).await {
+                if let Ok(stats) = workers.transfer.store.stats().await {
                     workers.metrics.set_queue(&stats);
                 }
                 tokio::select! {
@@ -68,10 +56,10 @@ impl Workers {
     }
 
     async fn work(&self, stop: CancellationToken) {
-        let store = Arc::clone(&self.transfer.store);
+        let store = &self.transfer.store;
         let lease = self.transfer.config.lease;
         while !stop.is_cancelled() {
-            let claimed = blocking(&store, move |s| s.claim(lease)).await;
+            let claimed = store.claim(lease).await;
             let job = match claimed {
                 Ok(Some(job)) => job,
                 Ok(None) => {
@@ -100,15 +88,15 @@ impl Workers {
     /// Transfers one claimed job and records how it ended.
     pub async fn process(&self, job: Job) {
         let started = Instant::now();
-        let store = Arc::clone(&self.transfer.store);
+        let store = &self.transfer.store;
         let lease = self.transfer.config.lease;
         let heartbeat = {
-            let store = Arc::clone(&store);
+            let store = store.clone();
             let id = job.id;
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(lease / 3).await;
-                    let _ = blocking(&store, move |s| s.heartbeat(id, lease)).await;
+                    let _ = store.heartbeat(id, lease).await;
                 }
             })
         };
@@ -136,7 +124,7 @@ impl Workers {
             message: summary,
         };
         let id = job.id;
-        if let Err(error) = blocking(&store, move |s| s.record_attempt(id, &attempt)).await {
+        if let Err(error) = store.record_attempt(id, &attempt).await {
             tracing::warn!(job = id, %error, "cannot record the attempt");
         }
         let took = started.elapsed();
@@ -145,10 +133,7 @@ impl Workers {
             Ok(Transferred::Skipped(reason)) => {
                 tracing::info!(job = id, deal = job.deal_id, %reason, "skipped");
                 self.metrics.transfer_finished("-", "skipped", took);
-                blocking(&store, move |s| {
-                    s.finish(id, JobState::Skipped, &reason, None)
-                })
-                .await
+                store.finish(id, JobState::Skipped, &reason, None).await
             }
             Ok(Transferred::Routes(outcomes)) => {
                 let summary: Vec<String> = outcomes
@@ -165,10 +150,7 @@ impl Workers {
                 let target = outcomes.iter().find_map(|o| o.target_id());
                 tracing::info!(job = id, deal = job.deal_id, result = %summary.join("; "), "transferred");
                 let message = summary.join("; ");
-                blocking(&store, move |s| {
-                    s.finish(id, JobState::Done, &message, target)
-                })
-                .await
+                store.finish(id, JobState::Done, &message, target).await
             }
             Err(TransferError::Transient(message)) if job.attempts < config.max_attempts => {
                 let delay = backoff(
@@ -178,7 +160,7 @@ impl Workers {
                 );
                 tracing::warn!(job = id, deal = job.deal_id, attempt = job.attempts, %message, retry_in = ?delay, "transfer failed; will retry");
                 self.metrics.transfer_finished("-", "retry", took);
-                blocking(&store, move |s| s.retry_later(id, delay, &message)).await
+                store.retry_later(id, delay, &message).await
             }
             Err(error) => {
                 let message = match &error {
@@ -192,10 +174,7 @@ impl Workers {
                 self.transfer
                     .report_failure(&job.portal, job.deal_id, &message)
                     .await;
-                blocking(&store, move |s| {
-                    s.finish(id, JobState::Failed, &message, None)
-                })
-                .await
+                store.finish(id, JobState::Failed, &message, None).await
             }
         };
         if let Err(error) = recorded {
@@ -207,7 +186,7 @@ impl Workers {
             crate::application::answer_finished_calls(
                 &self.transfer.config,
                 portal,
-                &store,
+                store,
                 &self.metrics,
                 None,
             )

@@ -168,11 +168,12 @@ impl Setup {
         run
     }
 
-    fn stored_tokens(&self) -> (String, String) {
+    async fn stored_tokens(&self) -> (String, String) {
         let install = self
             .relay
             .store
             .app_install("partner")
+            .await
             .unwrap()
             .expect("install stored");
         (
@@ -196,8 +197,14 @@ impl Setup {
 
     async fn wait_jobs_done(&self, count: usize) {
         let relay = &self.relay;
-        wait_until("jobs done", WAIT, || {
-            relay.store.jobs(Some(JobState::Done), 100).unwrap().len() >= count
+        wait_until("jobs done", WAIT, async || {
+            relay
+                .store
+                .jobs(Some(JobState::Done), 100)
+                .await
+                .unwrap()
+                .len()
+                >= count
         })
         .await;
     }
@@ -218,9 +225,10 @@ fn secrets_absent(text: &str, secrets: &[&str]) {
 /// the rule → the target deal is created and the workflow gets its id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn install_registers_the_rule_and_a_run_returns_the_target_deal() {
+    b24_testkit::install_crypto_provider();
     let s = setup(4).await;
     s.install().await;
-    assert_eq!(s.stored_tokens(), s.latest_tokens());
+    assert_eq!(s.stored_tokens().await, s.latest_tokens());
     let (access, _) = s.latest_tokens();
     let listed: Value = client()
         .post(format!(
@@ -267,7 +275,7 @@ async fn install_registers_the_rule_and_a_run_returns_the_target_deal() {
     assert_eq!(s.source.admin().refresh_count(), 0);
 
     // A route that is not configured (any more): answered at once, nothing queued.
-    let jobs_before = s.relay.store.jobs(None, 100).unwrap().len();
+    let jobs_before = s.relay.store.jobs(None, 100).await.unwrap().len();
     let mut properties = Map::new();
     properties.insert("route".into(), json!("gone-route"));
     let workflow = s.source.admin().run_robot(ROBOT, deal, properties).unwrap();
@@ -275,7 +283,10 @@ async fn install_registers_the_rule_and_a_run_returns_the_target_deal() {
     let values = run.return_values.unwrap();
     assert_eq!(values["status"], "failed");
     assert!(values["message"].as_str().unwrap().contains("gone-route"));
-    assert_eq!(s.relay.store.jobs(None, 100).unwrap().len(), jobs_before);
+    assert_eq!(
+        s.relay.store.jobs(None, 100).await.unwrap().len(),
+        jobs_before
+    );
     s.stop().await;
 }
 
@@ -283,6 +294,7 @@ async fn install_registers_the_rule_and_a_run_returns_the_target_deal() {
 /// the new pair in the store, the transfer done and answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_expiring_mid_run_is_refreshed_once_and_persisted() {
+    b24_testkit::install_crypto_provider();
     let s = setup(4).await;
     s.install().await;
     let deal = plain_deal(&s.source, "Expiring", "C2:PREPARATION");
@@ -291,7 +303,7 @@ async fn a_token_expiring_mid_run_is_refreshed_once_and_persisted() {
     let run = s.run_rule(deal).await;
     assert_eq!(run.return_values.unwrap()["status"], "done");
     assert_eq!(s.source.admin().refresh_count(), 1);
-    assert_eq!(s.stored_tokens(), s.latest_tokens());
+    assert_eq!(s.stored_tokens().await, s.latest_tokens());
     let metrics = s.relay.metrics.render();
     assert!(
         metrics.contains("b24_relay_oauth_token_refreshes_total{portal=")
@@ -301,7 +313,7 @@ async fn a_token_expiring_mid_run_is_refreshed_once_and_persisted() {
     let (access, refresh) = s.latest_tokens();
     secrets_absent(&metrics, &[&access, &refresh, CLIENT_SECRET]);
     secrets_absent(&logged(), &[&access, &refresh, CLIENT_SECRET]);
-    let install = s.relay.store.app_install("partner").unwrap().unwrap();
+    let install = s.relay.store.app_install("partner").await.unwrap().unwrap();
     secrets_absent(&format!("{install:?}"), &[&access, &refresh]);
     s.stop().await;
 }
@@ -309,6 +321,7 @@ async fn a_token_expiring_mid_run_is_refreshed_once_and_persisted() {
 /// Several workers meet the expired token at once: still one refresh.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_expiry_makes_a_single_refresh() {
+    b24_testkit::install_crypto_provider();
     let s = setup(4).await;
     s.install().await;
     let deals: Vec<i64> = (0..4)
@@ -321,7 +334,7 @@ async fn concurrent_expiry_makes_a_single_refresh() {
         assert_eq!(run.return_values.unwrap()["status"], "done");
     }
     assert_eq!(s.source.admin().refresh_count(), 1);
-    assert_eq!(s.stored_tokens(), s.latest_tokens());
+    assert_eq!(s.stored_tokens().await, s.latest_tokens());
     assert_eq!(target_deals(&s.target).len(), 4);
     s.stop().await;
 }
@@ -331,6 +344,7 @@ async fn concurrent_expiry_makes_a_single_refresh() {
 /// answered once the application is installed again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_refresh_token_flags_the_portal_and_loses_nothing() {
+    b24_testkit::install_crypto_provider();
     let s = setup(2).await;
     s.install().await;
     let deal = plain_deal(&s.source, "Revoked", "C2:PREPARATION");
@@ -340,7 +354,7 @@ async fn a_revoked_refresh_token_flags_the_portal_and_loses_nothing() {
     let workflow = s.start_rule(deal);
     s.wait_jobs_done(1).await;
     let target = s.target_id_of("Revoked");
-    let install = s.relay.store.app_install("partner").unwrap().unwrap();
+    let install = s.relay.store.app_install("partner").await.unwrap().unwrap();
     let reason = install.reinstall_reason.expect("portal flagged");
     assert!(reason.contains("invalid_grant"), "{reason}");
     assert!(
@@ -378,6 +392,7 @@ async fn a_revoked_refresh_token_flags_the_portal_and_loses_nothing() {
         s.relay
             .store
             .app_install("partner")
+            .await
             .unwrap()
             .unwrap()
             .reinstall_reason
@@ -410,10 +425,11 @@ fn run_body(application_token: &str, member_id: &str) -> String {
 /// are refused with 401 and queue nothing; a forged install is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_runs_and_installs_are_refused() {
+    b24_testkit::install_crypto_provider();
     let s = setup(1).await;
     assert_eq!(post_run(&s.url, run_body("anything", "m")).await, 401);
     s.install().await;
-    let install = s.relay.store.app_install("partner").unwrap().unwrap();
+    let install = s.relay.store.app_install("partner").await.unwrap().unwrap();
     let token = install.application_token.expose().to_owned();
     assert_eq!(
         post_run(&s.url, run_body("wrong-token", &install.member_id)).await,
@@ -431,7 +447,7 @@ async fn forged_runs_and_installs_are_refused() {
         .admin()
         .run_robot_forged(ROBOT, deal, properties, "forged-app-token")
         .unwrap();
-    wait_until("forged run delivered", WAIT, || {
+    wait_until("forged run delivered", WAIT, async || {
         s.source
             .admin()
             .deliveries()
@@ -445,7 +461,7 @@ async fn forged_runs_and_installs_are_refused() {
         .find(|d| d.url.contains("/hook/app/partner"))
         .unwrap();
     assert_eq!(forged.status, Some(401));
-    assert!(s.relay.store.jobs(None, 10).unwrap().is_empty());
+    assert!(s.relay.store.jobs(None, 10).await.unwrap().is_empty());
 
     // An install call with made-up tokens for this portal does not work.
     let fake = format!(
@@ -464,7 +480,7 @@ async fn forged_runs_and_installs_are_refused() {
         .as_u16();
     assert_eq!(status, 403);
     // The real install is untouched.
-    let still = s.relay.store.app_install("partner").unwrap().unwrap();
+    let still = s.relay.store.app_install("partner").await.unwrap().unwrap();
     assert_eq!(still.application_token.expose(), token);
     secrets_absent(&logged(), &[&token]);
     s.stop().await;
@@ -482,7 +498,7 @@ fn relay_command(s: &Setup, args: &[&str]) -> (bool, String) {
         .args(args)
         .arg("--config")
         .arg(&path)
-        .env("B24_RELAY_LOG", "debug")
+        .env("RUST_LOG", "debug")
         .output()
         .expect("the binary runs");
     let text = format!(
@@ -499,11 +515,12 @@ fn relay_command(s: &Setup, args: &[&str]) -> (bool, String) {
 /// the portal. No output holds a secret.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn app_commands_and_check_work_beside_the_server() {
+    b24_testkit::install_crypto_provider();
     let s = setup(2).await;
     let (ok, text) = relay_command(&s, &["app", "status"]);
     assert!(ok && text.contains("partner: not installed"), "{text}");
     s.install().await;
-    let install = s.relay.store.app_install("partner").unwrap().unwrap();
+    let install = s.relay.store.app_install("partner").await.unwrap().unwrap();
     let app_token = install.application_token.expose().to_owned();
     let admin = s.source.admin();
     admin.expire_access_tokens().unwrap();
@@ -515,7 +532,7 @@ async fn app_commands_and_check_work_beside_the_server() {
         "{text}"
     );
     assert_eq!(admin.refresh_count(), 1);
-    assert_eq!(s.stored_tokens(), s.latest_tokens());
+    assert_eq!(s.stored_tokens().await, s.latest_tokens());
 
     let (ok, text) = relay_command(&s, &["app", "unregister"]);
     assert!(
@@ -551,7 +568,7 @@ async fn app_commands_and_check_work_beside_the_server() {
     let deal = plain_deal(&s.source, "Beside", "C2:PREPARATION");
     let run = s.run_rule(deal).await;
     assert_eq!(run.return_values.unwrap()["status"], "done");
-    let install = s.relay.store.app_install("partner").unwrap().unwrap();
+    let install = s.relay.store.app_install("partner").await.unwrap().unwrap();
     assert!(install.reinstall_reason.is_none());
 
     let (access, refresh) = s.latest_tokens();
@@ -568,9 +585,10 @@ async fn app_commands_and_check_work_beside_the_server() {
 /// and the waiting run is answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_install_before_the_credentials_are_configured_is_kept() {
+    b24_testkit::install_crypto_provider();
     let s = setup_with(2, false).await;
     s.install().await;
-    assert_eq!(s.stored_tokens(), s.latest_tokens());
+    assert_eq!(s.stored_tokens().await, s.latest_tokens());
     assert_eq!(s.source.admin().app_robots().len(), 1);
     let (ok, text) = relay_command(&s, &["check"]);
     assert!(!ok && text.contains("[portal.partner.app]"), "{text}");
@@ -626,6 +644,6 @@ async fn an_install_before_the_credentials_are_configured_is_kept() {
         target_id.to_string()
     );
     assert_eq!(s.source.admin().refresh_count(), 1);
-    assert_eq!(s.stored_tokens(), s.latest_tokens());
+    assert_eq!(s.stored_tokens().await, s.latest_tokens());
     s.stop().await;
 }

@@ -9,7 +9,7 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use b24_relay::{JobState, SqliteStore, Store};
+use b24_relay::{JobState, Store};
 use common::*;
 use rand::Rng;
 
@@ -22,7 +22,7 @@ fn spawn_relay(config: &std::path::Path, log: &std::path::Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_b24-relay"))
         .args(["serve", "--config"])
         .arg(config)
-        .env("B24_RELAY_LOG", "b24_relay=debug")
+        .env("RUST_LOG", "b24_relay=debug")
         .stdout(Stdio::null())
         .stderr(Stdio::from(log))
         .spawn()
@@ -44,6 +44,7 @@ async fn wait_healthy(url: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_relay_mid_transfer_never_loses_or_duplicates_a_deal() {
+    b24_testkit::install_crypto_provider();
     const DEALS: usize = 50;
     let (source, target) = start_portals(250, 10.0).await;
     // Slow answers, so that kills land in the middle of transfers; and the
@@ -92,10 +93,20 @@ async fn killing_the_relay_mid_transfer_never_loses_or_duplicates_a_deal() {
         child = spawn_relay(&config, &log);
         wait_healthy(&url).await;
     }
-    let store = SqliteStore::open(&dir.path().join("relay.db")).unwrap();
-    wait_until("every job ends", Duration::from_secs(300), || {
-        store.jobs(Some(JobState::Pending), 1).unwrap().is_empty()
-            && store.jobs(Some(JobState::Running), 1).unwrap().is_empty()
+    let store = Store::open_sqlite(&dir.path().join("relay.db"))
+        .await
+        .unwrap();
+    wait_until("every job ends", Duration::from_secs(300), async || {
+        store
+            .jobs(Some(JobState::Pending), 1)
+            .await
+            .unwrap()
+            .is_empty()
+            && store
+                .jobs(Some(JobState::Running), 1)
+                .await
+                .unwrap()
+                .is_empty()
     })
     .await;
     child.kill().unwrap();
@@ -121,9 +132,13 @@ async fn killing_the_relay_mid_transfer_never_loses_or_duplicates_a_deal() {
         "{interrupted} of {kills} kills interrupted transfers; {found} creates were found by lookup"
     );
     assert!(
-        store.jobs(Some(JobState::Failed), 10).unwrap().is_empty(),
+        store
+            .jobs(Some(JobState::Failed), 10)
+            .await
+            .unwrap()
+            .is_empty(),
         "{:?}",
-        store.jobs(Some(JobState::Failed), 10).unwrap()
+        store.jobs(Some(JobState::Failed), 10).await.unwrap()
     );
     let deals = target_deals(&target);
     let mut per_source = std::collections::BTreeMap::<String, usize>::new();

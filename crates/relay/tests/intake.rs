@@ -32,6 +32,7 @@ const FORM: &str = "application/x-www-form-urlencoded";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn intake_refuses_what_it_must_and_queues_the_rest() {
+    b24_testkit::install_crypto_provider();
     let (source, target) = start_portals(50, 2.0).await;
     let dir = tempfile::tempdir().unwrap();
     let text = config_text(dir.path(), &source, &target, &Options::default()).replacen(
@@ -126,7 +127,7 @@ async fn intake_refuses_what_it_must_and_queues_the_rest() {
         }
     }
     assert!(
-        relay.store.jobs(None, 100).unwrap().is_empty(),
+        relay.store.jobs(None, 100).await.unwrap().is_empty(),
         "nothing queued"
     );
 
@@ -155,27 +156,40 @@ async fn intake_refuses_what_it_must_and_queues_the_rest() {
     .await;
     assert_eq!(status, 200);
     assert!(body.contains("ignored"), "{body}");
-    let jobs = relay.store.jobs(None, 100).unwrap();
+    let jobs = relay.store.jobs(None, 100).await.unwrap();
     let deals: std::collections::BTreeSet<i64> = jobs.iter().map(|j| j.deal_id).collect();
     assert_eq!(deals, [5, 6].into_iter().collect(), "{jobs:?}");
     assert!(jobs.len() <= 3, "{jobs:?}");
     // Deals 5 and 6 do not exist on the source: permanent failures, no retries.
-    let failed = |relay: &Relay| relay.store.jobs(Some(JobState::Failed), 100).unwrap().len();
-    wait_until("the jobs end", std::time::Duration::from_secs(60), || {
+    let failed = async |relay: &Relay| {
         relay
             .store
-            .jobs(Some(JobState::Pending), 100)
+            .jobs(Some(JobState::Failed), 100)
+            .await
             .unwrap()
-            .is_empty()
-            && relay
+            .len()
+    };
+    wait_until(
+        "the jobs end",
+        std::time::Duration::from_secs(60),
+        async || {
+            relay
                 .store
-                .jobs(Some(JobState::Running), 100)
+                .jobs(Some(JobState::Pending), 100)
+                .await
                 .unwrap()
                 .is_empty()
-    })
+                && relay
+                    .store
+                    .jobs(Some(JobState::Running), 100)
+                    .await
+                    .unwrap()
+                    .is_empty()
+        },
+    )
     .await;
-    assert!(failed(&relay) >= 2);
-    let message = relay.store.jobs(Some(JobState::Failed), 1).unwrap()[0]
+    assert!(failed(&relay).await >= 2);
+    let message = relay.store.jobs(Some(JobState::Failed), 1).await.unwrap()[0]
         .message
         .clone()
         .unwrap();

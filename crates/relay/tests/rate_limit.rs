@@ -17,6 +17,7 @@ use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hundred_deals_at_once_stay_within_the_rate_limit() {
+    b24_testkit::install_crypto_provider();
     const DEALS: usize = 300;
     let (burst, drain) = (250, 10.0);
     let (source, target) = start_portals(burst, drain).await;
@@ -43,15 +44,17 @@ async fn three_hundred_deals_at_once_stay_within_the_rate_limit() {
     wait_until(
         "all deals are transferred",
         Duration::from_secs(600),
-        || {
+        async || {
             relay
                 .store
                 .jobs(Some(JobState::Pending), 1)
+                .await
                 .unwrap()
                 .is_empty()
                 && relay
                     .store
                     .jobs(Some(JobState::Running), 1)
+                    .await
                     .unwrap()
                     .is_empty()
         },
@@ -68,10 +71,11 @@ async fn three_hundred_deals_at_once_stay_within_the_rate_limit() {
         relay
             .store
             .jobs(Some(JobState::Failed), 10)
+            .await
             .unwrap()
             .is_empty()
     );
-    let done = relay.store.jobs(Some(JobState::Done), 1000).unwrap();
+    let done = relay.store.jobs(Some(JobState::Done), 1000).await.unwrap();
     assert!(
         done.iter()
             .all(|j| j.message.as_deref().is_some_and(|m| m.contains("created")))

@@ -25,12 +25,13 @@ async fn start_relay(config_text: &str) -> (Relay, String) {
     (relay, url)
 }
 
-fn jobs_in(relay: &Relay, state: JobState) -> Vec<b24_relay::Job> {
-    relay.store.jobs(Some(state), 1000).unwrap()
+async fn jobs_in(relay: &Relay, state: JobState) -> Vec<b24_relay::Job> {
+    relay.store.jobs(Some(state), 1000).await.unwrap()
 }
 
-fn idle(relay: &Relay) -> bool {
-    jobs_in(relay, JobState::Pending).is_empty() && jobs_in(relay, JobState::Running).is_empty()
+async fn idle(relay: &Relay) -> bool {
+    jobs_in(relay, JobState::Pending).await.is_empty()
+        && jobs_in(relay, JobState::Running).await.is_empty()
 }
 
 fn comments_on(portal: &b24_emulator::Portal, deal: i64) -> Vec<String> {
@@ -47,6 +48,7 @@ fn comments_on(portal: &b24_emulator::Portal, deal: i64) -> Vec<String> {
 /// everything mapped and written once, repeats and updates, and a skip.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_transfers_the_deal_once_with_everything_attached() {
+    b24_testkit::install_crypto_provider();
     let (source, target) = start_portals(50, 2.0).await;
     let dir = tempfile::tempdir().unwrap();
     let text = config_text(dir.path(), &source, &target, &Options::default());
@@ -96,14 +98,18 @@ async fn an_event_transfers_the_deal_once_with_everything_attached() {
     )
     .await;
 
-    wait_until("the deal is transferred and written back", WAIT, || {
-        admin
-            .record(EntityType::Deal, deal)
-            .and_then(|d| d.get("ufCrm_ESB_DEAL_ID").cloned())
-            .is_some_and(|v| !v.is_null() && v != json!(""))
-    })
+    wait_until(
+        "the deal is transferred and written back",
+        WAIT,
+        async || {
+            admin
+                .record(EntityType::Deal, deal)
+                .and_then(|d| d.get("ufCrm_ESB_DEAL_ID").cloned())
+                .is_some_and(|v| !v.is_null() && v != json!(""))
+        },
+    )
     .await;
-    wait_until("the queue is idle", WAIT, || idle(&relay)).await;
+    wait_until("the queue is idle", WAIT, async || idle(&relay).await).await;
     let deals = target_deals(&target);
     assert_eq!(deals.len(), 1, "{deals:?}");
     let moved = &deals[0];
@@ -188,7 +194,7 @@ async fn an_event_transfers_the_deal_once_with_everything_attached() {
             .status();
         assert_eq!(status, 200);
     }
-    wait_until("the repeats are handled", WAIT, || idle(&relay)).await;
+    wait_until("the repeats are handled", WAIT, async || idle(&relay).await).await;
     assert_eq!(target_deals(&target).len(), 1);
     assert_eq!(target.admin().records(EntityType::Company).len(), 1);
     let files_after = rest(
@@ -215,14 +221,14 @@ async fn an_event_transfers_the_deal_once_with_everything_attached() {
         json!({"entityTypeId": 2, "id": deal, "fields": {"title": "Boiler room, 2 floors"}}),
     )
     .await;
-    wait_until("the update arrives", WAIT, || {
+    wait_until("the update arrives", WAIT, async || {
         target
             .admin()
             .record(EntityType::Deal, target_id)
             .is_some_and(|d| d["title"] == "Boiler room, 2 floors")
     })
     .await;
-    wait_until("the queue is idle", WAIT, || idle(&relay)).await;
+    wait_until("the queue is idle", WAIT, async || idle(&relay).await).await;
     assert_eq!(target_deals(&target).len(), 1);
     assert_eq!(
         files_after["result"]["item"]["ufCrm_FILES"],
@@ -241,7 +247,7 @@ async fn an_event_transfers_the_deal_once_with_everything_attached() {
     let first_id = kept.as_array().unwrap()[0].clone();
     let note = base64::engine::general_purpose::STANDARD.encode(b"second file");
     rest(&source, SOURCE_SECRET, "crm.item.update", json!({"entityTypeId": 2, "id": deal, "fields": {"ufCrm_DOCS": [{"id": first_id}, ["note.txt", note]]}})).await;
-    wait_until("the second file arrives", WAIT, || {
+    wait_until("the second file arrives", WAIT, async || {
         target
             .admin()
             .record(EntityType::Deal, target_id)
@@ -252,7 +258,7 @@ async fn an_event_transfers_the_deal_once_with_everything_attached() {
             == Some(2)
     })
     .await;
-    wait_until("the queue is idle", WAIT, || idle(&relay)).await;
+    wait_until("the queue is idle", WAIT, async || idle(&relay).await).await;
     let files_now = rest(
         &target,
         TARGET_SECRET,
@@ -279,13 +285,14 @@ async fn an_event_transfers_the_deal_once_with_everything_attached() {
         json!({"entityTypeId": 2, "id": other, "fields": {"title": "Still not ready"}}),
     )
     .await;
-    wait_until("the other deal is skipped", WAIT, || {
+    wait_until("the other deal is skipped", WAIT, async || {
         jobs_in(&relay, JobState::Skipped)
+            .await
             .iter()
             .any(|j| j.deal_id == other)
     })
     .await;
-    let skipped = jobs_in(&relay, JobState::Skipped);
+    let skipped = jobs_in(&relay, JobState::Skipped).await;
     let reason = skipped
         .iter()
         .find(|j| j.deal_id == other)
@@ -295,7 +302,7 @@ async fn an_event_transfers_the_deal_once_with_everything_attached() {
         .unwrap();
     assert!(reason.contains("stage C2:NEW"), "{reason}");
     assert_eq!(target_deals(&target).len(), 1);
-    assert!(jobs_in(&relay, JobState::Failed).is_empty());
+    assert!(jobs_in(&relay, JobState::Failed).await.is_empty());
 
     let metrics = relay.metrics.render();
     assert!(
@@ -315,6 +322,7 @@ async fn an_event_transfers_the_deal_once_with_everything_attached() {
 /// finds the deal by originatorId/originId instead of creating a second one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_response_to_the_create_still_gives_one_deal() {
+    b24_testkit::install_crypto_provider();
     let (source, target) = start_portals(50, 2.0).await;
     let dir = tempfile::tempdir().unwrap();
     let text = config_text(dir.path(), &source, &target, &Options::default());
@@ -328,10 +336,11 @@ async fn a_lost_response_to_the_create_still_gives_one_deal() {
     );
     let deal = plain_deal(&source, "Lost answer", "C2:PREPARATION");
     assert_eq!(post_rule(&url, deal).await, 200);
-    wait_until("the deal is transferred", WAIT, || {
+    wait_until("the deal is transferred", WAIT, async || {
         relay
             .store
             .jobs(Some(JobState::Done), 10)
+            .await
             .unwrap()
             .iter()
             .any(|j| j.deal_id == deal && j.target_deal_id.is_some())
@@ -340,13 +349,13 @@ async fn a_lost_response_to_the_create_still_gives_one_deal() {
     let deals = target_deals(&target);
     assert_eq!(deals.len(), 1, "{deals:?}");
     assert_eq!(deals[0]["title"], "Lost answer");
-    let done = relay.store.jobs(Some(JobState::Done), 10).unwrap();
+    let done = relay.store.jobs(Some(JobState::Done), 10).await.unwrap();
     assert!(
         done.iter().any(|j| j.attempts >= 2),
         "the first attempt failed: {done:?}"
     );
     let job = done.iter().find(|j| j.deal_id == deal).unwrap();
-    let attempts = relay.store.attempts(job.id).unwrap();
+    let attempts = relay.store.attempts(job.id).await.unwrap();
     assert_eq!(
         attempts.first().map(|a| a.outcome.as_str()),
         Some("retry"),
@@ -361,6 +370,7 @@ async fn a_lost_response_to_the_create_still_gives_one_deal() {
         Config::parse(&text).unwrap(),
         b24_relay::cli::JobsAction::Show { id: job.id },
     )
+    .await
     .unwrap();
     assert!(
         shown
@@ -378,6 +388,7 @@ async fn a_lost_response_to_the_create_still_gives_one_deal() {
 /// configuration is fixed transfers the deal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unmappable_value_fails_and_a_replay_after_the_fix_succeeds() {
+    b24_testkit::install_crypto_provider();
     let (source, target) = start_portals(50, 2.0).await;
     let dir = tempfile::tempdir().unwrap();
     let text = config_text(dir.path(), &source, &target, &Options::default());
@@ -387,18 +398,18 @@ async fn an_unmappable_value_fails_and_a_replay_after_the_fix_succeeds() {
         .insert_record(EntityType::Deal, &record(json!({"title": "Bronze deal", "categoryId": 2, "stageId": "C2:PREPARATION", "ufCrm_LEVEL": 3})))
         .unwrap();
     assert_eq!(post_rule(&url, deal).await, 200);
-    wait_until("the job fails", WAIT, || {
-        !jobs_in(&relay, JobState::Failed).is_empty()
+    wait_until("the job fails", WAIT, async || {
+        !jobs_in(&relay, JobState::Failed).await.is_empty()
     })
     .await;
-    let failed = jobs_in(&relay, JobState::Failed).remove(0);
+    let failed = jobs_in(&relay, JobState::Failed).await.remove(0);
     let message = failed.message.clone().unwrap();
     assert!(
         message.contains("ufCrm_LEVEL") && message.contains("Bronze"),
         "{message}"
     );
     assert_eq!(failed.attempts, 1, "a permanent error is not retried");
-    wait_until("the failure is commented", WAIT, || {
+    wait_until("the failure is commented", WAIT, async || {
         comments_on(&source, deal)
             .iter()
             .any(|c| c.contains("could not be transferred") && c.contains("Bronze"))
@@ -420,15 +431,16 @@ async fn an_unmappable_value_fails_and_a_replay_after_the_fix_succeeds() {
             failed: true,
         },
     )
+    .await
     .unwrap();
     assert_eq!(replayed, ["1 failed deal(s) queued again"]);
     let (relay, _) = start_relay(&text).await;
-    wait_until("the replay transfers the deal", WAIT, || {
-        target_deals(&target).len() == 1 && idle(&relay)
+    wait_until("the replay transfers the deal", WAIT, async || {
+        target_deals(&target).len() == 1 && idle(&relay).await
     })
     .await;
     assert_eq!(target_deals(&target)[0]["ufCrm_TIER"], 71);
-    assert!(jobs_in(&relay, JobState::Failed).is_empty());
+    assert!(jobs_in(&relay, JobState::Failed).await.is_empty());
     relay.shutdown().await;
     source.shutdown().await;
     target.shutdown().await;
@@ -438,6 +450,7 @@ async fn an_unmappable_value_fails_and_a_replay_after_the_fix_succeeds() {
 /// `crm.item.*`: the relay reads (and writes back) with `crm.deal.*`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_box_without_crm_item_is_read_with_crm_deal() {
+    b24_testkit::install_crypto_provider();
     let (source, target) = start_portals(50, 2.0).await;
     let dir = tempfile::tempdir().unwrap();
     let admin = source.admin();
@@ -478,12 +491,16 @@ async fn a_source_box_without_crm_item_is_read_with_crm_deal() {
     let text = config_text(dir.path(), &source, &target, &options);
     let (relay, url) = start_relay(&text).await;
     assert_eq!(post_rule(&url, deal).await, 200);
-    wait_until("the deal is transferred and written back", WAIT, || {
-        admin
-            .record(EntityType::Deal, deal)
-            .and_then(|d| d.get("ufCrm_ESB_DEAL_ID").cloned())
-            .is_some_and(|v| !v.is_null() && v != json!(""))
-    })
+    wait_until(
+        "the deal is transferred and written back",
+        WAIT,
+        async || {
+            admin
+                .record(EntityType::Deal, deal)
+                .and_then(|d| d.get("ufCrm_ESB_DEAL_ID").cloned())
+                .is_some_and(|v| !v.is_null() && v != json!(""))
+        },
+    )
     .await;
     let deals = target_deals(&target);
     assert_eq!(deals.len(), 1);
@@ -515,6 +532,7 @@ async fn a_source_box_without_crm_item_is_read_with_crm_deal() {
 /// backoff and succeeds once the portal is back; nothing is created twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_that_is_down_is_retried_until_it_comes_back() {
+    b24_testkit::install_crypto_provider();
     let (source, target) = start_portals(50, 2.0).await;
     let dir = tempfile::tempdir().unwrap();
     let text = config_text(dir.path(), &source, &target, &Options::default());
@@ -522,23 +540,27 @@ async fn a_target_that_is_down_is_retried_until_it_comes_back() {
     target.admin().set_down(true);
     let deal = plain_deal(&source, "Patience", "C2:PREPARATION");
     assert_eq!(post_rule(&url, deal).await, 200);
-    wait_until("a failed attempt is recorded", WAIT, || {
+    wait_until("a failed attempt is recorded", WAIT, async || {
         relay
             .store
             .jobs(None, 10)
+            .await
             .unwrap()
             .iter()
             .any(|j| j.state == JobState::Pending && j.attempts >= 1 && j.message.is_some())
     })
     .await;
-    let waiting = relay.store.jobs(None, 10).unwrap().remove(0);
-    assert!(jobs_in(&relay, JobState::Failed).is_empty(), "{waiting:?}");
+    let waiting = relay.store.jobs(None, 10).await.unwrap().remove(0);
+    assert!(
+        jobs_in(&relay, JobState::Failed).await.is_empty(),
+        "{waiting:?}"
+    );
     target.admin().set_down(false);
-    wait_until("the deal arrives", WAIT, || {
-        target_deals(&target).len() == 1 && idle(&relay)
+    wait_until("the deal arrives", WAIT, async || {
+        target_deals(&target).len() == 1 && idle(&relay).await
     })
     .await;
-    let done = jobs_in(&relay, JobState::Done);
+    let done = jobs_in(&relay, JobState::Done).await;
     assert!(
         done.iter().any(|j| j.deal_id == deal && j.attempts >= 2),
         "{done:?}"
@@ -553,6 +575,7 @@ async fn a_target_that_is_down_is_retried_until_it_comes_back() {
 /// and writes the deal, its rows, a new company and files with `crm.deal.*`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_box_without_crm_item_is_written_with_crm_deal() {
+    b24_testkit::install_crypto_provider();
     let (source, target) = start_portals(50, 2.0).await;
     let dir = tempfile::tempdir().unwrap();
     let admin = source.admin();
@@ -592,14 +615,14 @@ async fn a_target_box_without_crm_item_is_written_with_crm_deal() {
     };
     let (relay, url) = start_relay(&config_text(dir.path(), &source, &target, &options)).await;
     assert_eq!(post_rule(&url, deal).await, 200);
-    wait_until("the deal is transferred", WAIT, || {
-        target_deals(&target).len() == 1 && idle(&relay)
+    wait_until("the deal is transferred", WAIT, async || {
+        target_deals(&target).len() == 1 && idle(&relay).await
     })
     .await;
     assert!(
-        jobs_in(&relay, JobState::Failed).is_empty(),
+        jobs_in(&relay, JobState::Failed).await.is_empty(),
         "{:?}",
-        jobs_in(&relay, JobState::Failed)
+        jobs_in(&relay, JobState::Failed).await
     );
     let moved = &target_deals(&target)[0];
     let target_id = moved["id"].as_i64().unwrap();
@@ -628,12 +651,12 @@ async fn a_target_box_without_crm_item_is_written_with_crm_deal() {
     )
     .await;
     assert_eq!(post_rule(&url, deal).await, 200);
-    wait_until("the update arrives", WAIT, || {
+    wait_until("the update arrives", WAIT, async || {
         target
             .admin()
             .record(EntityType::Deal, target_id)
             .is_some_and(|d| d["title"] == "To an old box, v2")
-            && idle(&relay)
+            && idle(&relay).await
     })
     .await;
     assert_eq!(target_deals(&target).len(), 1);

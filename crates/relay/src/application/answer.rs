@@ -12,7 +12,6 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::portals::PortalHandle;
 use crate::store::{Job, JobState, LinkKey, LinkKind, RuleCall, Store, StoreError};
-use crate::worker::blocking;
 
 /// What goes back into the workflow.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,7 +77,7 @@ pub fn answer_values(
 pub async fn answer_finished_calls(
     config: &Config,
     portal: &Arc<PortalHandle>,
-    store: &Arc<dyn Store>,
+    store: &Store,
     metrics: &Arc<Metrics>,
     job_id: Option<i64>,
 ) {
@@ -90,10 +89,7 @@ pub async fn answer_finished_calls(
         return;
     };
     let name = portal.config.name.clone();
-    let calls = {
-        let name = name.clone();
-        blocking(store, move |s| s.rule_calls_to_answer(&name, job_id)).await
-    };
+    let calls = store.rule_calls_to_answer(&name, job_id).await;
     let calls = match calls {
         Ok(calls) => calls,
         Err(error) => {
@@ -123,7 +119,7 @@ pub async fn answer_finished_calls(
         if let Err(error) = &sent {
             // Another process may have refreshed the pair: with the
             // rebuilt client, one more try.
-            if !portal.app_refused(&client, error) {
+            if !portal.app_refused(&client, error).await {
                 if let Some(rebuilt) = portal
                     .app_client()
                     .filter(|c| c.oauth_tokens() != client.oauth_tokens())
@@ -141,9 +137,9 @@ pub async fn answer_finished_calls(
             Ok(_) => {
                 tracing::info!(portal = %name, workflow = %call.workflow_id, deal = call.deal_id, status = answer.status, "rule run answered");
                 metrics.rule_answered(&name, "sent");
-                let _ = blocking(store, move |s| s.finish_rule_call(id, None)).await;
+                let _ = store.finish_rule_call(id, None).await;
             }
-            Err(error) if portal.app_refused(&client, &error) => {
+            Err(error) if portal.app_refused(&client, &error).await => {
                 metrics.rule_answered(&name, "deferred");
                 return;
             }
@@ -158,7 +154,7 @@ pub async fn answer_finished_calls(
                 let message = format!("{}: {}", api.code, api.description);
                 tracing::warn!(portal = %name, workflow = %call.workflow_id, %message, "the workflow refused the answer");
                 metrics.rule_answered(&name, "refused");
-                let _ = blocking(store, move |s| s.finish_rule_call(id, Some(&message))).await;
+                let _ = store.finish_rule_call(id, Some(&message)).await;
             }
             Err(error) => {
                 // Tried again when the next job of this portal ends or at
@@ -191,7 +187,7 @@ pub async fn answer_now(
     let result = match client.call("bizproc.event.send", &params).await {
         Ok(_) => "sent",
         Err(error) => {
-            portal.app_refused(&client, &error);
+            portal.app_refused(&client, &error).await;
             tracing::warn!(portal = %portal.config.name, %error, "could not answer a refused rule run");
             "failed"
         }
@@ -201,31 +197,30 @@ pub async fn answer_now(
 
 async fn compute(
     config: &Config,
-    store: &Arc<dyn Store>,
+    store: &Store,
     call: &RuleCall,
 ) -> Result<RuleAnswer, StoreError> {
     let route = config
         .route(&call.route)
         .filter(|r| r.from == call.portal)
         .map(|r| r.to.clone());
-    let (portal_name, deal_id, job_id) = (call.portal.clone(), call.deal_id, call.job_id);
-    let route_target = route.clone();
-    let (job, target) = blocking(store, move |s| {
-        let job = s.job(job_id)?.ok_or(StoreError::NoSuchJob(job_id))?;
-        let target = match &route_target {
-            Some(to) => s
-                .link(&LinkKey {
-                    kind: LinkKind::Deal,
-                    source_portal: &portal_name,
-                    source_id: deal_id,
-                    target_portal: to,
-                })?
-                .and_then(|l| l.target_id),
-            None => None,
-        };
-        Ok((job, target))
-    })
-    .await?;
+    let job_id = call.job_id;
+    let job = store
+        .job(job_id)
+        .await?
+        .ok_or(StoreError::NoSuchJob(job_id))?;
+    let target = match &route {
+        Some(to) => store
+            .link(&LinkKey {
+                kind: LinkKind::Deal,
+                source_portal: &call.portal,
+                source_id: call.deal_id,
+                target_portal: to,
+            })
+            .await?
+            .and_then(|l| l.target_id),
+        None => None,
+    };
     Ok(answer_values(&job, route.is_some(), target, &call.route))
 }
 

@@ -14,7 +14,6 @@ use crate::mapping::scalar;
 use crate::metrics::Metrics;
 use crate::portals::PortalHandle;
 use crate::store::{AppInstall, Store};
-use crate::worker::blocking;
 
 /// Why an install or a rule run was refused; `status` is the HTTP answer.
 /// Messages never hold a token.
@@ -100,7 +99,7 @@ fn host_of(url: &str) -> Option<String> {
 pub async fn install(
     config: &Arc<Config>,
     portal: &Arc<PortalHandle>,
-    store: &Arc<dyn Store>,
+    store: &Store,
     metrics: &Arc<Metrics>,
     public_url: &str,
     tree: &Value,
@@ -163,13 +162,10 @@ pub async fn install(
         record.scopes = scopes.iter().map(scalar).collect::<Vec<_>>().join(",");
     }
     let saved = record.clone();
-    let store_name = name.clone();
-    blocking(store, move |s| s.save_app_install(&store_name, &saved))
-        .await
-        .map_err(|e| {
-            tracing::error!(portal = %name, error = %e, "cannot store the installed application");
-            refused(503, "the store is not available")
-        })?;
+    store.save_app_install(&name, &saved).await.map_err(|e| {
+        tracing::error!(portal = %name, error = %e, "cannot store the installed application");
+        refused(503, "the store is not available")
+    })?;
     if credentials.is_some() {
         portal.use_app(client.clone(), store.clone(), config.app.clone());
         tracing::info!(portal = %name, domain = %record.domain, scopes = %record.scopes, "local application installed");

@@ -8,9 +8,11 @@ mod answer;
 mod install;
 mod robot;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
-use b24_client::{Client, OAuth, TokenPair};
+use b24_client::{Client, OAuth, TokenPair, TokenStore, TokenStoreResult};
 
 use crate::config::{AppCredentials, AppSettings};
 use crate::portals::PortalHandle;
@@ -20,6 +22,27 @@ pub use answer::{RuleAnswer, answer_finished_calls, answer_now, answer_values};
 pub use install::{InstallError, InstallPayload, RuleRun, install, read_rule_run};
 pub use robot::{RobotAction, register_robot, robot_definition, unregister_robot};
 
+/// Keeps a portal's refreshed pairs in the relay's store.
+struct AppTokens {
+    portal: String,
+    store: Store,
+}
+
+impl TokenStore for AppTokens {
+    fn save<'a>(
+        &'a self,
+        _host: &'a str,
+        tokens: &'a TokenPair,
+    ) -> Pin<Box<dyn Future<Output = TokenStoreResult> + Send + 'a>> {
+        Box::pin(async move {
+            self.store
+                .save_app_tokens(&self.portal, tokens)
+                .await
+                .map_err(Into::into)
+        })
+    }
+}
+
 /// The OAuth credentials of an installed application; every new pair the
 /// client gets from a refresh is written to the store before the refresh
 /// call returns.
@@ -28,13 +51,11 @@ pub fn oauth_for(
     credentials: &AppCredentials,
     settings: &AppSettings,
     install: &AppInstall,
-    store: Arc<dyn Store>,
+    store: Store,
 ) -> Result<OAuth, b24_client::Error> {
-    let name = portal_name.to_owned();
-    let save = move |_host: &str,
-                     tokens: &TokenPair|
-          -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        store.save_app_tokens(&name, tokens).map_err(Into::into)
+    let save = AppTokens {
+        portal: portal_name.to_owned(),
+        store,
     };
     OAuth::new(
         &install.client_endpoint,
@@ -48,15 +69,15 @@ pub fn oauth_for(
 
 /// Connects a portal to the application installed earlier (at start-up),
 /// unless its tokens were refused. Returns the client when connected.
-pub fn connect_installed(
+pub async fn connect_installed(
     portal: &PortalHandle,
     settings: &AppSettings,
-    store: &Arc<dyn Store>,
+    store: &Store,
 ) -> Result<Option<Client>, ConnectError> {
     let Some(credentials) = &portal.config.app else {
         return Ok(None);
     };
-    let Some(install) = store.app_install(&portal.config.name)? else {
+    let Some(install) = store.app_install(&portal.config.name).await? else {
         return Ok(None);
     };
     if install.reinstall_reason.is_some() {

@@ -2,20 +2,17 @@
 //! multi-statement change in an immediate transaction.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{
-    AppInstall, Attempt, Enqueued, Job, JobState, Link, LinkKey, QueueStats, RuleCall, Store,
-    StoreError, now_ms,
-};
+use super::{Attempt, Enqueued, Job, JobState, Link, LinkKey, QueueStats, StoreError, now_ms};
 
-/// The SQLite store: one file, one process serving jobs.
-#[derive(Clone)]
-pub struct SqliteStore {
-    connection: Arc<Mutex<Connection>>,
+/// The SQLite store: one file, one process serving jobs. Its methods
+/// block; [`super::Store`] runs them off the async threads.
+pub(super) struct SqliteStore {
+    connection: Mutex<Connection>,
 }
 
 fn ms(duration: Duration) -> i64 {
@@ -194,7 +191,7 @@ fn restrict_to_owner(path: &Path) -> Result<(), StoreError> {
 }
 
 impl SqliteStore {
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+    pub(super) fn open(path: &Path) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| StoreError::Directory {
                 path: dir.display().to_string(),
@@ -208,7 +205,7 @@ impl SqliteStore {
         connection.pragma_update(None, "synchronous", "FULL")?;
         connection.execute_batch(SCHEMA)?;
         Ok(Self {
-            connection: Arc::new(Mutex::new(connection)),
+            connection: Mutex::new(connection),
         })
     }
 
@@ -221,8 +218,13 @@ impl SqliteStore {
     }
 }
 
-impl Store for SqliteStore {
-    fn enqueue(&self, portal: &str, deal_id: i64, trigger: &str) -> Result<Enqueued, StoreError> {
+impl SqliteStore {
+    pub(super) fn enqueue(
+        &self,
+        portal: &str,
+        deal_id: i64,
+        trigger: &str,
+    ) -> Result<Enqueued, StoreError> {
         self.with(|c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let enqueued = enqueue_in(&tx, portal, deal_id, trigger)?;
@@ -231,7 +233,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn claim(&self, lease: Duration) -> Result<Option<Job>, StoreError> {
+    pub(super) fn claim(&self, lease: Duration) -> Result<Option<Job>, StoreError> {
         self.with(|c| {
             let now = now_ms();
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -271,7 +273,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn heartbeat(&self, job_id: i64, lease: Duration) -> Result<(), StoreError> {
+    pub(super) fn heartbeat(&self, job_id: i64, lease: Duration) -> Result<(), StoreError> {
         self.with(|c| {
             c.execute(
                 "UPDATE jobs SET lease_until = ?2 WHERE id = ?1 AND state = 'running'",
@@ -281,7 +283,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn finish(
+    pub(super) fn finish(
         &self,
         job_id: i64,
         state: JobState,
@@ -298,7 +300,12 @@ impl Store for SqliteStore {
         })
     }
 
-    fn retry_later(&self, job_id: i64, delay: Duration, message: &str) -> Result<(), StoreError> {
+    pub(super) fn retry_later(
+        &self,
+        job_id: i64,
+        delay: Duration,
+        message: &str,
+    ) -> Result<(), StoreError> {
         self.with(|c| {
             let now = now_ms();
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -339,7 +346,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn release_running(&self) -> Result<u64, StoreError> {
+    pub(super) fn release_running(&self) -> Result<u64, StoreError> {
         self.with(|c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             move_rule_calls_of_superseded(&tx, None)?;
@@ -358,7 +365,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn job(&self, id: i64) -> Result<Option<Job>, StoreError> {
+    pub(super) fn job(&self, id: i64) -> Result<Option<Job>, StoreError> {
         self.with(|c| {
             Ok(c.query_row(
                 &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
@@ -369,7 +376,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn jobs(&self, state: Option<JobState>, limit: u32) -> Result<Vec<Job>, StoreError> {
+    pub(super) fn jobs(&self, state: Option<JobState>, limit: u32) -> Result<Vec<Job>, StoreError> {
         self.with(|c| {
             let mut statement = c.prepare(&format!(
                 "SELECT {JOB_COLUMNS} FROM jobs WHERE (?1 IS NULL OR state = ?1) ORDER BY id DESC LIMIT ?2"
@@ -379,7 +386,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn replay(&self, id: i64) -> Result<(), StoreError> {
+    pub(super) fn replay(&self, id: i64) -> Result<(), StoreError> {
         let job = self.job(id)?.ok_or(StoreError::NoSuchJob(id))?;
         if matches!(job.state, JobState::Pending | JobState::Running) {
             return Err(StoreError::NotReplayable {
@@ -391,7 +398,7 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn replay_failed(&self) -> Result<u64, StoreError> {
+    pub(super) fn replay_failed(&self) -> Result<u64, StoreError> {
         let failed = self.jobs(Some(JobState::Failed), u32::MAX)?;
         let mut seen = std::collections::HashSet::new();
         for job in &failed {
@@ -410,7 +417,7 @@ impl Store for SqliteStore {
         Ok(seen.len() as u64)
     }
 
-    fn link(&self, key: &LinkKey<'_>) -> Result<Option<Link>, StoreError> {
+    pub(super) fn link(&self, key: &LinkKey<'_>) -> Result<Option<Link>, StoreError> {
         self.with(|c| {
             Ok(c.query_row(
                 "SELECT target_id, synced_hash FROM links
@@ -432,7 +439,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn mark_creating(&self, key: &LinkKey<'_>) -> Result<(), StoreError> {
+    pub(super) fn mark_creating(&self, key: &LinkKey<'_>) -> Result<(), StoreError> {
         self.with(|c| {
             c.execute(
                 "INSERT INTO links (kind, source_portal, source_id, target_portal, target_id, updated_at)
@@ -450,7 +457,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn set_link(
+    pub(super) fn set_link(
         &self,
         key: &LinkKey<'_>,
         target_id: i64,
@@ -476,7 +483,11 @@ impl Store for SqliteStore {
         })
     }
 
-    fn copied_files(&self, key: &LinkKey<'_>, field: &str) -> Result<Vec<i64>, StoreError> {
+    pub(super) fn copied_files(
+        &self,
+        key: &LinkKey<'_>,
+        field: &str,
+    ) -> Result<Vec<i64>, StoreError> {
         self.with(|c| {
             let mut statement = c.prepare(
                 "SELECT file_id FROM copied_files WHERE source_portal = ?1 AND deal_id = ?2
@@ -490,7 +501,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn add_copied_files(
+    pub(super) fn add_copied_files(
         &self,
         key: &LinkKey<'_>,
         field: &str,
@@ -510,7 +521,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn stats(&self) -> Result<QueueStats, StoreError> {
+    pub(super) fn stats(&self) -> Result<QueueStats, StoreError> {
         self.with(|c| {
             let mut statement = c.prepare("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
             let counted: Vec<(String, u64)> = statement
@@ -539,7 +550,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn record_attempt(&self, job_id: i64, attempt: &Attempt) -> Result<(), StoreError> {
+    pub(super) fn record_attempt(&self, job_id: i64, attempt: &Attempt) -> Result<(), StoreError> {
         self.with(|c| {
             c.execute(
                 "INSERT OR REPLACE INTO attempts (job_id, number, started_at, finished_at, outcome, message)
@@ -557,7 +568,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn attempts(&self, job_id: i64) -> Result<Vec<Attempt>, StoreError> {
+    pub(super) fn attempts(&self, job_id: i64) -> Result<Vec<Attempt>, StoreError> {
         self.with(|c| {
             let mut statement = c.prepare(
                 "SELECT number, started_at, finished_at, outcome, message FROM attempts
@@ -574,48 +585,5 @@ impl Store for SqliteStore {
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
-    }
-
-    fn save_app_install(&self, portal: &str, install: &AppInstall) -> Result<(), StoreError> {
-        self.save_install(portal, install)
-    }
-
-    fn app_install(&self, portal: &str) -> Result<Option<AppInstall>, StoreError> {
-        self.install(portal)
-    }
-
-    fn save_app_tokens(
-        &self,
-        portal: &str,
-        tokens: &b24_client::TokenPair,
-    ) -> Result<(), StoreError> {
-        self.save_tokens(portal, tokens)
-    }
-
-    fn mark_reinstall_needed(&self, portal: &str, reason: &str) -> Result<(), StoreError> {
-        self.flag_reinstall(portal, reason)
-    }
-
-    fn enqueue_rule_call(
-        &self,
-        portal: &str,
-        deal_id: i64,
-        workflow_id: &str,
-        event_token: &str,
-        route: &str,
-    ) -> Result<Enqueued, StoreError> {
-        self.queue_rule_call(portal, deal_id, workflow_id, event_token, route)
-    }
-
-    fn rule_calls_to_answer(
-        &self,
-        portal: &str,
-        job_id: Option<i64>,
-    ) -> Result<Vec<RuleCall>, StoreError> {
-        self.calls_to_answer(portal, job_id)
-    }
-
-    fn finish_rule_call(&self, id: i64, error: Option<&str>) -> Result<(), StoreError> {
-        self.answered(id, error)
     }
 }

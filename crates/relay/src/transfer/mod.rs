@@ -149,7 +149,7 @@ pub enum Transferred {
 pub struct Transfer {
     pub config: Arc<Config>,
     pub portals: Arc<Portals>,
-    pub store: Arc<dyn Store>,
+    pub store: Store,
 }
 
 /// `originatorId` the relay writes on records it creates for `source_portal`.
@@ -353,7 +353,7 @@ impl Transfer {
             source_id: source.id,
             target_portal: &route.to,
         };
-        self.store.set_link(&key, target_id, Some(hash))?;
+        self.store.set_link(&key, target_id, Some(hash)).await?;
         Ok(())
     }
 

@@ -118,11 +118,11 @@ async fn read_items(
             return Err(missing_deal(portal, deal_id).into());
         }
         other => {
-            if let Some(error) = done
-                .stopped_by
-                .as_ref()
-                .filter(|e| portal.app_refused(&reader, e))
-            {
+            let refused = match done.stopped_by.as_ref() {
+                Some(error) => portal.app_refused(&reader, error).await,
+                None => false,
+            };
+            if let Some(error) = done.stopped_by.as_ref().filter(|_| refused) {
                 // Nothing is lost: the next attempt reads with the webhook.
                 return Err(TransferError::Transient(format!(
                     "reading the source deal: {error}; reading with the webhook from now on"
@@ -263,11 +263,11 @@ async fn read_legacy(
             return Err(missing_deal(portal, deal_id));
         }
         other => {
-            if let Some(error) = done
-                .stopped_by
-                .as_ref()
-                .filter(|e| portal.app_refused(&reader, e))
-            {
+            let refused = match done.stopped_by.as_ref() {
+                Some(error) => portal.app_refused(&reader, error).await,
+                None => false,
+            };
+            if let Some(error) = done.stopped_by.as_ref().filter(|_| refused) {
                 return Err(TransferError::Transient(format!(
                     "reading the source deal: {error}; reading with the webhook from now on"
                 )));

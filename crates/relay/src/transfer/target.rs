@@ -67,7 +67,7 @@ impl Upsert<'_> {
     pub async fn run(self) -> Result<(RouteOutcome, String), TransferError> {
         let store = &self.transfer.store;
         let route_name = self.route.name.clone();
-        let link = store.link(&self.key)?;
+        let link = store.link(&self.key).await?;
         let mut parties = self.parties();
         let files = self.source_files();
         let rows = self
@@ -100,7 +100,8 @@ impl Upsert<'_> {
         let mut pending: Vec<&SourceFile> = Vec::new();
         for file in &files {
             if !store
-                .copied_files(&self.key, &file.source_field)?
+                .copied_files(&self.key, &file.source_field)
+                .await?
                 .contains(&file.id)
             {
                 pending.push(file);
@@ -126,7 +127,9 @@ impl Upsert<'_> {
         let dialect = self.dialect();
         let mut batch = Batch::new();
         for party in parties.iter().filter(|p| p.target_id.is_none()) {
-            store.mark_creating(&self.link_key(party.kind, party.source_id))?;
+            store
+                .mark_creating(&self.link_key(party.kind, party.source_id))
+                .await?;
             let (method, params) =
                 dialect.add(party.entity_type_id, party_fields(party, &self.route.from));
             push(&mut batch, &format!("{}_add", party.name), method, params);
@@ -164,7 +167,7 @@ impl Upsert<'_> {
                 create.extend(fields);
                 create.insert("originatorId".into(), json!(originator(&self.route.from)));
                 create.insert("originId".into(), json!(self.source.id.to_string()));
-                store.mark_creating(&self.key)?;
+                store.mark_creating(&self.key).await?;
                 dialect.add(2, create)
             }
         };
@@ -188,7 +191,9 @@ impl Upsert<'_> {
             let id = done.result(&name).and_then(|r| dialect.written_id(r, None));
             match id {
                 Some(id) => {
-                    store.set_link(&self.link_key(party.kind, party.source_id), id, None)?
+                    store
+                        .set_link(&self.link_key(party.kind, party.source_id), id, None)
+                        .await?
                 }
                 None => {
                     return Err(command_error(
@@ -213,7 +218,7 @@ impl Upsert<'_> {
                 ));
             }
         };
-        store.set_link(&self.key, target_id, None)?;
+        store.set_link(&self.key, target_id, None).await?;
         let mut by_field: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
         for (file, _, _) in &uploads {
             by_field
@@ -222,7 +227,7 @@ impl Upsert<'_> {
                 .push(file.id);
         }
         for (field, ids) in by_field {
-            store.add_copied_files(&self.key, field, &ids)?;
+            store.add_copied_files(&self.key, field, &ids).await?;
         }
         if clear_rows {
             let (method, params) = dialect.set_rows(json!(target_id), Vec::new());
@@ -375,7 +380,10 @@ impl Upsert<'_> {
             push(&mut batch, "origin", method, params);
         }
         for party in parties.iter_mut() {
-            if let Some(link) = store.link(&self.link_key(party.kind, party.source_id))? {
+            if let Some(link) = store
+                .link(&self.link_key(party.kind, party.source_id))
+                .await?
+            {
                 party.target_id = link.target_id;
             }
             if party.target_id.is_some() {
@@ -425,7 +433,7 @@ impl Upsert<'_> {
             *deal_id = dialect.first_id(&found);
             if let Some(id) = *deal_id {
                 tracing::info!(route = %self.route.name, deal = self.source.id, target = id, "found the deal a previous attempt created");
-                store.set_link(&self.key, id, None)?;
+                store.set_link(&self.key, id, None).await?;
             }
         }
         for party in parties.iter_mut().filter(|p| p.target_id.is_none()) {
@@ -442,7 +450,9 @@ impl Upsert<'_> {
                     .and_then(|ids| ids.iter().filter_map(|v| id_of(Some(v))).min());
             }
             if let Some(id) = found {
-                store.set_link(&self.link_key(party.kind, party.source_id), id, None)?;
+                store
+                    .set_link(&self.link_key(party.kind, party.source_id), id, None)
+                    .await?;
                 party.target_id = Some(id);
             }
         }

@@ -202,7 +202,7 @@ pub fn plain_deal(source: &Portal, title: &str, stage: &str) -> i64 {
 }
 
 pub fn client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    b24_testkit::install_crypto_provider();
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -217,9 +217,9 @@ pub async fn rest(portal: &Portal, secret: &str, method: &str, params: Value) ->
 }
 
 /// Polls until `check` is true; the timeout only prevents a hang.
-pub async fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+pub async fn wait_until(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + timeout;
-    while !check() {
+    while !check().await {
         assert!(
             tokio::time::Instant::now() < deadline,
             "timed out waiting for: {what}"
