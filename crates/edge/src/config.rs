@@ -106,6 +106,9 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Most time between two reads of a request body (408 after it).
     pub client_body_timeout: Duration,
+    /// Most time a write to a client may wait: a client that stops reading
+    /// its response is dropped.
+    pub send_timeout: Duration,
     pub upstream_connect_timeout: Duration,
     /// Time the upstream has to start its response once the request is
     /// sent (504 after it), and most time between two reads of its body.
@@ -129,6 +132,7 @@ impl Default for Limits {
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             client_body_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(30),
             upstream_connect_timeout: Duration::from_secs(5),
             upstream_timeout: Duration::from_secs(30),
             max_connections: 10_000,
@@ -269,6 +273,7 @@ struct RawServer {
     header_timeout: Option<String>,
     idle_timeout: Option<String>,
     client_body_timeout: Option<String>,
+    send_timeout: Option<String>,
     upstream_connect_timeout: Option<String>,
     upstream_timeout: Option<String>,
     max_connections: Option<usize>,
@@ -510,6 +515,11 @@ impl RawServer {
                 "server.client_body_timeout",
                 self.client_body_timeout,
                 defaults.client_body_timeout,
+            )?,
+            send_timeout: duration(
+                "server.send_timeout",
+                self.send_timeout,
+                defaults.send_timeout,
             )?,
             upstream_connect_timeout: duration(
                 "server.upstream_connect_timeout",

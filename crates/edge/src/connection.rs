@@ -13,6 +13,10 @@
 //!   within `idle_timeout` of the last response, else an HTTP/1.1
 //!   connection is closed and an h2 one gets GOAWAY (nginx's
 //!   `keepalive_timeout`); while requests run, h2 PINGs find dead peers;
+//! - **sending**: a write that waits longer than `send_timeout` (the
+//!   client stopped reading its response) drops the connection, as nginx's
+//!   `send_timeout` does; an h2 client that stops reading altogether also
+//!   misses the PINGs;
 //! - **shutdown**: idle connections are closed (h2: GOAWAY) at once,
 //!   busy ones once their requests end.
 //!
@@ -48,7 +52,8 @@ use crate::state::EdgeState;
 /// connection with nothing in flight may take to go away by itself.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// What each connection's task needs (cloned per connection).
+/// What each connection's task needs (cloned per connection, so every
+/// field is a handle: the task's size is memory each idle connection holds).
 #[derive(Clone)]
 pub(crate) struct ConnContext {
     pub state: Arc<EdgeState>,
@@ -57,7 +62,7 @@ pub(crate) struct ConnContext {
     pub slots: Arc<ConnectionSlots>,
     /// Cancelled when the edge shuts down.
     pub stop: CancellationToken,
-    http: HttpBuilders,
+    http: Arc<HttpBuilders>,
 }
 
 /// One builder per protocol: ALPN's choice is served without sniffing,
@@ -79,11 +84,11 @@ impl ConnContext {
     ) -> ConnContext {
         let sniff = http_builder(&state.limits);
         ConnContext {
-            http: HttpBuilders {
+            http: Arc::new(HttpBuilders {
                 h1: sniff.clone().http1_only(),
                 h2: sniff.clone().http2_only(),
                 sniff,
-            },
+            }),
             state,
             forwarder: Arc::new(forwarder),
             acceptor,
@@ -168,8 +173,9 @@ pub(crate) async fn serve(
     });
     // Owned, so that the future does not borrow the builder (which also
     // keeps the compiler's Send check simple).
+    let io = WriteDeadline::new(tls, state.limits.send_timeout, state.metrics.clone());
     let conn = builder
-        .serve_connection(TokioIo::new(tls), service)
+        .serve_connection(TokioIo::new(io), service)
         .into_owned();
     let conn = std::pin::pin!(conn);
     drive(
@@ -414,5 +420,95 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// A client stream whose writes may not wait longer than `timeout`: armed
+/// only while a write is pending (the socket buffer is full), so it costs
+/// nothing while the client keeps reading.
+pub(crate) struct WriteDeadline<IO> {
+    inner: IO,
+    timeout: Duration,
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl<IO> WriteDeadline<IO> {
+    pub(crate) fn new(inner: IO, timeout: Duration, metrics: Arc<Metrics>) -> WriteDeadline<IO> {
+        WriteDeadline {
+            inner,
+            timeout,
+            stalled: None,
+            metrics,
+        }
+    }
+
+    /// After a write attempt: clears the deadline on progress, arms it on
+    /// a wait, and turns a wait past it into an error.
+    fn watch<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        attempt: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        if attempt.is_ready() {
+            self.stalled = None;
+            return attempt;
+        }
+        let timeout = self.timeout;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if stalled.as_mut().poll(cx).is_ready() {
+            self.metrics.send_timeouts.inc();
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client stopped reading (send_timeout)",
+            )));
+        }
+        Poll::Pending
+    }
+}
+
+impl<IO: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WriteDeadline<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteDeadline<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let attempt = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch(cx, attempt)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let attempt = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.watch(cx, attempt)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let attempt = Pin::new(&mut self.inner).poll_flush(cx);
+        self.watch(cx, attempt)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let attempt = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.watch(cx, attempt)
     }
 }

@@ -26,18 +26,21 @@ Configuration:
 Signals:
   SIGHUP           re-read server.tls_cert and server.tls_key (the files are
                    also watched); a broken new pair is refused, the old one stays
-  SIGTERM, SIGINT  stop accepting, let in-flight requests finish (at most
-                   server.shutdown_timeout), exit 0
+  SIGTERM, SIGINT  stop accepting, close idle connections (HTTP/2: GOAWAY) at
+                   once, let in-flight requests finish (at most
+                   server.shutdown_timeout), exit 0; a second one exits now
 
 Endpoints (plain HTTP on server.metrics_listen, e.g. 127.0.0.1:9901):
-  /metrics  Prometheus metrics: requests, denials by reason, latency, upstream
-            errors, TLS, nodes list size and age
+  /metrics  Prometheus metrics: requests, denials by reason, connections
+            refused before TLS, timeouts, 400s, latency, upstream errors, TLS,
+            nodes list size and age
   /healthz  200 while the process runs
   /readyz   200 when every route can admit; 503 with the reason (no nodes list yet)
 
 Exit codes:
   0  stopped after SIGTERM/SIGINT, or --check-config found everything valid
-  1  could not start or keep serving (a port in use, an unreadable certificate)
+  1  could not start or keep serving (a port in use or already served by
+     another b24-edge, an unreadable certificate)
   2  usage or configuration error: nothing was started
 
 Environment:
@@ -58,7 +61,8 @@ Examples:
     about,
     long_about = "TLS edge proxy that admits only Bitrix24's event-delivery servers (the \
                   published nodes list, kept fresh) and forwards their requests to the \
-                  upstream of the matching route; everyone else gets 403.",
+                  upstream of the matching route; everyone else is refused before TLS (or gets \
+                  403).",
     after_long_help = AFTER_LONG_HELP
 )]
 struct Cli {

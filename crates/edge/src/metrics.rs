@@ -99,6 +99,7 @@ pub struct Metrics {
     pub request_head_timeouts: Counter,
     pub idle_closes: Counter,
     pub client_body_timeouts: Counter,
+    pub send_timeouts: Counter,
     pub open_connections: Gauge,
     pub certificate_expiry: Gauge,
     pub certificate_reload_failures: Counter,
@@ -251,6 +252,12 @@ impl Metrics {
             "Kept-alive connections closed (HTTP/2: GOAWAY) after idle_timeout without a new request",
             idle_closes.clone(),
         );
+        let send_timeouts = Counter::default();
+        registry.register(
+            "b24_edge_send_timeouts",
+            "Client connections dropped because the client stopped reading its response for send_timeout",
+            send_timeouts.clone(),
+        );
         let client_body_timeouts = Counter::default();
         registry.register(
             "b24_edge_client_body_timeouts",
@@ -349,6 +356,7 @@ impl Metrics {
             request_head_timeouts,
             idle_closes,
             client_body_timeouts,
+            send_timeouts,
             open_connections,
             certificate_expiry,
             certificate_reload_failures,

@@ -327,3 +327,32 @@ async fn a_second_request_head_sent_byte_by_byte_is_cut_off() {
     assert_eq!(upstream.count(), 1);
     assert!(edge.shutdown().await);
 }
+
+/// A client that asks for a large answer and never reads it: its
+/// connection is dropped at send_timeout instead of holding a slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_its_answer_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = TestCerts::new(dir.path());
+    let upstream = Upstream::start().await;
+    let edge = start_edge(&format!(
+        "{}{}",
+        server_section(&certs, "127.0.0.1:0", "send_timeout = \"500ms\""),
+        route("/", &upstream.url(), &["any"]),
+    ))
+    .await;
+    let mut tls = tls_from(&certs, ATTACKER, edge.addrs()[0], &[b"http/1.1"])
+        .await
+        .unwrap();
+    tls.write_all(b"GET /big HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    eventually("the reader that stopped is dropped", || async {
+        let metrics = scrape(&edge).await;
+        sample(&metrics, "b24_edge_send_timeouts_total") == 1.0
+            && sample(&metrics, "b24_edge_open_connections") == 0.0
+    })
+    .await;
+    drop(tls);
+    assert!(edge.shutdown().await);
+}

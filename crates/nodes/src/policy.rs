@@ -156,31 +156,44 @@ const SPECIAL_V6: &[(Ipv6Addr, u8, Special)] = &[
 
 /// The special range `net` overlaps, if any: an entry that covers even part
 /// of a special range would admit addresses that are not Bitrix24's.
+/// (Integer bounds, no allocation: it runs for every entry of a list.)
 pub fn special_range(net: &IpNet) -> Option<(IpNet, Special)> {
     match net {
-        IpNet::V4(net) => SPECIAL_V4.iter().find_map(|&(addr, len, kind)| {
-            let range = Ipv4Net::new(addr, len).expect("valid table entry");
-            overlaps_v4(net, &range).then_some((IpNet::V4(range), kind))
-        }),
+        IpNet::V4(net) => {
+            let (start, end) = (u32::from(net.network()), u32::from(net.broadcast()));
+            SPECIAL_V4.iter().find_map(|&(addr, len, kind)| {
+                let lo = u32::from(addr);
+                let hi = lo | u32::MAX.checked_shr(u32::from(len)).unwrap_or(0);
+                (start <= hi && lo <= end).then(|| {
+                    let range = Ipv4Net::new(addr, len).expect("valid table entry");
+                    (IpNet::V4(range), kind)
+                })
+            })
+        }
         IpNet::V6(net) => {
+            let (start, end) = (u128::from(net.network()), u128::from(net.broadcast()));
+            let overlaps = |addr: Ipv6Addr, len: u8| {
+                let lo = u128::from(addr);
+                let hi = lo | u128::MAX.checked_shr(u32::from(len)).unwrap_or(0);
+                start <= hi && lo <= end
+            };
             let named = SPECIAL_V6.iter().find_map(|&(addr, len, kind)| {
-                let range = Ipv6Net::new(addr, len).expect("valid table entry");
-                overlaps_v6(net, &range).then_some((IpNet::V6(range), kind))
+                overlaps(addr, len).then(|| {
+                    let range = Ipv6Net::new(addr, len).expect("valid table entry");
+                    (IpNet::V6(range), kind)
+                })
             });
             named.or_else(|| {
-                let global = Ipv6Net::new(v6([0x2000, 0, 0, 0, 0, 0, 0, 0]), 3).expect("valid");
-                (!global.contains(net)).then_some((IpNet::V6(global), Special::NotGlobalUnicast))
+                let global = v6([0x2000, 0, 0, 0, 0, 0, 0, 0]);
+                // Inside 2000::/3 means both ends are.
+                let inside = |a: u128| a >> 125 == u128::from(global) >> 125;
+                (!(inside(start) && inside(end))).then(|| {
+                    let range = Ipv6Net::new(global, 3).expect("valid");
+                    (IpNet::V6(range), Special::NotGlobalUnicast)
+                })
             })
         }
     }
-}
-
-fn overlaps_v4(a: &Ipv4Net, b: &Ipv4Net) -> bool {
-    a.contains(&b.network()) || b.contains(&a.network())
-}
-
-fn overlaps_v6(a: &Ipv6Net, b: &Ipv6Net) -> bool {
-    a.contains(&b.network()) || b.contains(&a.network())
 }
 
 /// The broadest prefix length accepted for the family of `net` without

@@ -21,6 +21,7 @@ fn full_options() -> RuleOptions {
         iface: Some("eth0".into()),
         table: "bitrix24".into(),
         set_only: false,
+        forward: true,
         extra: vec![
             "192.168.10.0/24".parse().unwrap(),
             "fd12:3456::/48".parse().unwrap(),

@@ -244,6 +244,12 @@ impl From<StateArg> for JobState {
 #[derive(Debug, Subcommand)]
 pub enum JobsAction {
     /// The most recent jobs, newest first, one line each.
+    #[command(
+        after_long_help = "Each line: job id, [state], portal, deal, what asked for it, attempts, \
+                                 the target deal and the last message.\n\n\
+                                 Examples:\n  b24-relay jobs list --state failed --config relay.toml\n  \
+                                 b24-relay jobs list --limit 500 --config relay.toml"
+    )]
     List {
         /// Only jobs in this state.
         #[arg(long, value_enum, value_name = "STATE")]
@@ -253,12 +259,19 @@ pub enum JobsAction {
         limit: u32,
     },
     /// One job with every attempt (duration, outcome, message).
+    #[command(after_long_help = "Example:\n  b24-relay jobs show 42 --config relay.toml")]
     Show {
         /// The job id (`jobs list` shows it).
         #[arg(value_name = "ID")]
         id: i64,
     },
     /// Queue a finished or failed job again (after fixing its cause).
+    #[command(
+        after_long_help = "The running serve picks it up; a deal already on the target is \
+                                 updated, never created twice.\n\n\
+                                 Examples:\n  b24-relay jobs replay 42 --config relay.toml\n  \
+                                 b24-relay jobs replay --failed --config relay.toml"
+    )]
     Replay {
         /// The job to queue again.
         #[arg(

@@ -1,11 +1,14 @@
 //! Test-only helpers shared by the workspace's tests and benchmarks: a
 //! scriptable HTTP server on loopback that plays the Bitrix24 `app.json`
 //! endpoint (answers, failures, ETags, hangs) and counts what it was asked,
-//! deterministic synthetic lists, and the set-up every test shares (the TLS
+//! deterministic synthetic lists, typed builders for `edge.toml` and
+//! `relay.toml` ([`config`]), and the set-up every test shares (the TLS
 //! crypto provider, signals to child processes).
 
+pub mod config;
 pub mod process;
 pub mod synthetic;
+pub mod tls;
 
 /// Installs the workspace's rustls crypto provider (ring), as a binary's
 /// `main` does; libraries never do. Call it first in any test that builds

@@ -120,7 +120,8 @@ pub struct Seen {
 
 /// A plain-HTTP upstream on 127.0.0.1 that records requests. Paths:
 /// `/slow/<ms>` answers after a delay, `/echo` returns the body it got,
-/// `/stall` sends the start of a body and then nothing, anything else
+/// `/stall` sends the start of a body and then nothing, `/big` answers
+/// 32 MiB, anything else
 /// answers `upstream saw <path>`.
 pub struct Upstream {
     pub addr: SocketAddr,
@@ -279,6 +280,9 @@ async fn answer(
     });
     if path == "/echo" {
         return Ok(Response::new(full(body)));
+    }
+    if path == "/big" {
+        return Ok(Response::new(full(vec![b'b'; 32 << 20])));
     }
     Ok(Response::new(full(format!("upstream saw {path}"))))
 }
