@@ -216,14 +216,20 @@ http {{
   }}
 }}
 """)
-        # The edge at its defaults but for the list and the route.
+        # The edge at its defaults but for the list, the route and the per-address cap.
         (w / "edge.toml").write_text(f"""
 [server]
 listen = "127.0.0.1:{edge_port}"
 tls_cert = "{w}/cert.pem"
 tls_key = "{w}/key.pem"
+# The 5 000 idle connections all come from the one listed address, and
+# nginx has no per-address cap here either.
+max_connections_per_address = 10000
 [nodes]
 source = "{w}/app.json"
+# 127.0.0.1 and 1 000 adjacent /24s (which merge): both need the escape hatches.
+allow_special = true
+allow_broad = true
 [[route]]
 prefix = "/"
 upstream = "http://127.0.0.1:{upstream_port}"
@@ -423,6 +429,17 @@ allow = ["nodes"]
         }
         return [(k, all_[k]) for k in self.args.only.split(",")]
 
+    def profile(self, proxy, key, round_):
+        """With --perf DIR, samples the edge (not nginx) during each
+        scenario: `perf report -i DIR/<scenario>.<round>.data`."""
+        if not self.args.perf or proxy.name != "edge" or key.startswith("idle"):
+            return None
+        Path(self.args.perf).mkdir(parents=True, exist_ok=True)
+        data = Path(self.args.perf) / f"{key}.{round_ + 1}.data"
+        return subprocess.Popen(
+            ["perf", "record", "-q", "-e", "cpu-clock", "-F", "499", "--call-graph", "dwarf,16384", "-o", data,
+             "-p", str(proxy.process.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
     def run(self):
         a = self.args
         cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
@@ -437,7 +454,13 @@ allow = ["nodes"]
                 pair = order if (round_ + index) % 2 == 0 else order[::-1]
                 for proxy in pair:
                     started = time.time()
-                    scenario(proxy)
+                    profiler = self.profile(proxy, key, round_)
+                    try:
+                        scenario(proxy)
+                    finally:
+                        if profiler:
+                            profiler.send_signal(signal.SIGINT)
+                            profiler.wait()
                     print(f"round {round_ + 1} {key:8s} {proxy.name:5s} done in "
                           f"{time.time() - started:5.1f} s; load {os.getloadavg()[0]:.2f}", flush=True)
         if a.json:
@@ -497,6 +520,8 @@ def main():
     p.add_argument("--flood-concurrency", type=int, default=512, help="flood attempts in flight at most (512)")
     p.add_argument("--idle", type=int, default=5000, help="idle connections held (5000)")
     p.add_argument("--json", help="also write the raw figures to this file")
+    p.add_argument("--perf", metavar="DIR",
+                   help="record a perf profile of the edge during each scenario into DIR")
     p.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs)")
     p.add_argument("--edge-bin", required=True)
     p.add_argument("--loadgen", required=True)

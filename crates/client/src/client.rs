@@ -95,9 +95,8 @@ impl ClientBuilder {
                 "retry.max_attempts must be at least 1".into(),
             ));
         }
-        // reqwest is built without a TLS provider; the workspace uses ring.
-        // An Err means a provider is already installed, which is fine.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        // reqwest is built without a TLS provider: the binary (or the test
+        // helper) installs the workspace's one, ring, before any client.
         let http = reqwest::Client::builder()
             .connect_timeout(self.connect_timeout)
             .timeout(self.request_timeout)
@@ -227,7 +226,7 @@ impl Client {
                 elapsed,
                 attempt,
             });
-            tracing::debug!(portal = %inner.portal, method, outcome, attempt, "Bitrix24 request finished");
+            tracing::debug!(host = %inner.portal, method, outcome, attempt, "Bitrix24 request finished");
             match verdict {
                 Verdict::Done(response) => {
                     inner.limiter.method_answered(method);

@@ -119,7 +119,7 @@ pub struct TokenPair {
 }
 
 /// What a [`TokenStore`] answers: done, or why the pair could not be kept.
-pub type TokenStoreResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+pub type TokenStoreResult = Result<(), TokenStoreError>;
 
 /// Persists every new token pair. A refresh invalidates the old refresh
 /// token, so the pair must be stored before the process can safely stop.
@@ -133,6 +133,33 @@ pub trait TokenStore: Send + Sync {
         portal: &'a str,
         tokens: &'a TokenPair,
     ) -> Pin<Box<dyn Future<Output = TokenStoreResult> + Send + 'a>>;
+
+    /// Called before a refresh: makes it exclusive among every process
+    /// sharing this store (several relay replicas on one database), waiting
+    /// while another one refreshes, and returns the pair stored now. A
+    /// stored pair other than the one that failed means another process
+    /// refreshed meanwhile: it is used, and no refresh is sent (its refresh
+    /// token would be spent already). The guard is dropped once the new
+    /// pair is saved. By default nothing is shared.
+    fn begin_refresh<'a>(
+        &'a self,
+        _portal: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<RefreshGuard, TokenStoreError>> + Send + 'a>> {
+        Box::pin(std::future::ready(Ok(RefreshGuard::default())))
+    }
+}
+
+/// Why a [`TokenStore`] could not do its part.
+pub type TokenStoreError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Held while one refresh runs (see [`TokenStore::begin_refresh`]).
+#[derive(Default)]
+pub struct RefreshGuard {
+    /// The pair in the store when the guard was taken.
+    pub stored: Option<TokenPair>,
+    /// Whatever keeps other processes waiting (a database lock); released
+    /// when dropped.
+    pub held: Option<Box<dyn Send + Sync>>,
 }
 
 impl<F> TokenStore for F

@@ -148,9 +148,6 @@ impl TransportFailure {
                     _ => {}
                 }
             }
-            if cause.downcast_ref::<rustls::Error>().is_some() {
-                return Self::Tls;
-            }
             texts.push(cause.to_string().to_ascii_lowercase());
             current = cause.source();
         }

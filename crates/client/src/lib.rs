@@ -68,13 +68,14 @@ pub use batch::{
 pub use check::{CheckReport, MethodCheck, MethodStatus, likely_scope};
 pub use client::{BodyFormat, Client, ClientBuilder};
 pub use credentials::{
-    Credentials, DEFAULT_TOKEN_SERVER, OAuth, TokenPair, TokenStore, TokenStoreResult, Webhook,
+    Credentials, DEFAULT_TOKEN_SERVER, OAuth, RefreshGuard, TokenPair, TokenStore, TokenStoreError,
+    TokenStoreResult, Webhook,
 };
 pub use download::{Download, file_name};
 pub use error::{ApiError, ApiErrorKind, Error, TransportFailure};
 pub use observer::{NoopObserver, Observer, RequestEvent};
 pub use paging::{PAGE_SIZE, Paging};
-pub use rate_limit::{BucketConfig, PortalLimiter, RateLimits};
+pub use rate_limit::{BucketConfig, PortalLimiter, RateLimits, SharedBucket, SharedBucketFuture};
 pub use response::Response;
 pub use retry::{RetryPolicy, is_read_method};
 pub use scan::IdScan;

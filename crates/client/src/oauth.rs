@@ -106,18 +106,40 @@ impl OAuthSession {
             }
             current.tokens.refresh_token.clone()
         };
+        // Exclusive across the processes sharing the store; a pair another
+        // one stored meanwhile is taken instead of refreshing again.
+        let guard = self
+            .store
+            .begin_refresh(&self.portal)
+            .await
+            .map_err(|source| Error::TokenStore {
+                portal: self.portal.clone(),
+                source,
+            })?;
+        if let Some(stored) = guard
+            .stored
+            .as_ref()
+            .filter(|stored| stored.refresh_token != refresh_token)
+        {
+            let mut current = self.current.lock().expect("token state poisoned");
+            current.tokens = stored.clone();
+            current.generation += 1;
+            tracing::info!(host = %self.portal, "OAuth tokens refreshed by another process; using them");
+            return Ok(());
+        }
         let tokens = self.request_new_tokens(http, &refresh_token).await?;
         // Stored before any call can use them: a process that stops after
         // this point restarts with the pair that works. They are used even
         // if storing failed, since the old refresh token is spent.
         let saved = self.store.save(&self.portal, &tokens).await;
+        drop(guard);
         {
             let mut current = self.current.lock().expect("token state poisoned");
             current.tokens = tokens;
             current.generation += 1;
         }
         observer.token_refreshed(&self.portal);
-        tracing::info!(portal = %self.portal, "OAuth tokens refreshed");
+        tracing::info!(host = %self.portal, "OAuth tokens refreshed");
         saved.map_err(|source| Error::TokenStore {
             portal: self.portal.clone(),
             source,

@@ -4,6 +4,8 @@
 //! here keeps the portal from ever answering `QUERY_LIMIT_EXCEEDED`.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -59,6 +61,8 @@ struct Registry {
     /// New buckets start full: after a restart the portal's counter may
     /// still hold the previous process's requests.
     start_full: bool,
+    /// Where the buckets live when several processes share them.
+    shared: Option<Arc<dyn SharedBucket>>,
     overrides: HashMap<String, BucketConfig>,
     portals: HashMap<String, Arc<PortalLimiter>>,
 }
@@ -70,6 +74,7 @@ impl RateLimits {
             registry: Arc::new(Mutex::new(Registry {
                 default: default.validate()?,
                 start_full: true,
+                shared: None,
                 overrides: HashMap::new(),
                 portals: HashMap::new(),
             })),
@@ -86,6 +91,18 @@ impl RateLimits {
             .lock()
             .expect("rate limit registry poisoned")
             .start_full = false;
+        self
+    }
+
+    /// Keeps every portal's bucket in `shared` (the relay's replicas keep
+    /// one per portal in their database), so that processes calling from
+    /// the same address never exceed the portal's limit together. Limiters
+    /// already handed out keep their local bucket.
+    pub fn share_with(self, shared: Arc<dyn SharedBucket>) -> Self {
+        self.registry
+            .lock()
+            .expect("rate limit registry poisoned")
+            .shared = Some(shared);
         self
     }
 
@@ -112,10 +129,11 @@ impl RateLimits {
             .copied()
             .unwrap_or(registry.default);
         let full = registry.start_full;
+        let shared = registry.shared.clone().map(|shared| (key.clone(), shared));
         registry
             .portals
             .entry(key)
-            .or_insert_with(|| Arc::new(PortalLimiter::new(config, full)))
+            .or_insert_with(|| Arc::new(PortalLimiter::new(config, full).sharing(shared)))
             .clone()
     }
 }
@@ -130,6 +148,8 @@ impl Default for RateLimits {
 /// for exceeding their time budget (`OPERATION_TIME_LIMIT`).
 pub struct PortalLimiter {
     bucket: Mutex<LeakyBucket>,
+    /// The portal's key and the shared bucket, when there is one.
+    shared: Option<(String, Arc<dyn SharedBucket>)>,
     blocked_methods: Mutex<HashMap<String, SystemTime>>,
     last_reset_at: Mutex<HashMap<String, SystemTime>>,
     /// `OPERATION_TIME_LIMIT` answers in a row without a reset time, per method.
@@ -150,15 +170,37 @@ impl PortalLimiter {
         }
         Self {
             bucket: Mutex::new(bucket),
+            shared: None,
             blocked_methods: Mutex::new(HashMap::new()),
             last_reset_at: Mutex::new(HashMap::new()),
             unexplained_limits: Mutex::new(HashMap::new()),
         }
     }
 
+    fn sharing(mut self, shared: Option<(String, Arc<dyn SharedBucket>)>) -> Self {
+        self.shared = shared;
+        self
+    }
+
     /// Takes a slot for one HTTP request, waiting first if the bucket is
-    /// full. Returns how long it waited.
+    /// full. Returns how long it waited. With a shared bucket that cannot
+    /// be reached, the local one is used (and the failure logged): requests
+    /// go on, and a `QUERY_LIMIT_EXCEEDED` is retried as always.
     pub async fn acquire(&self) -> Duration {
+        if let Some((portal, shared)) = &self.shared {
+            let config = self.bucket.lock().expect("bucket poisoned").config;
+            match shared.reserve(portal, config).await {
+                Ok(wait) => {
+                    if !wait.is_zero() {
+                        tokio::time::sleep(wait).await;
+                    }
+                    return wait;
+                }
+                Err(error) => {
+                    tracing::warn!(host = %portal, %error, "the shared rate budget is unreachable; using this process's own bucket");
+                }
+            }
+        }
         let wait = self
             .bucket
             .lock()
@@ -173,10 +215,19 @@ impl PortalLimiter {
     /// The portal said `QUERY_LIMIT_EXCEEDED`: someone else (another process
     /// or server on the same IP) is using the bucket too, so treat it as full.
     pub fn saturate(&self) {
-        self.bucket
-            .lock()
-            .expect("bucket poisoned")
-            .saturate(Instant::now());
+        let config = {
+            let mut bucket = self.bucket.lock().expect("bucket poisoned");
+            bucket.saturate(Instant::now());
+            bucket.config
+        };
+        if let Some((portal, shared)) = self.shared.clone() {
+            // Not awaited by the caller: it is about to wait and retry anyway.
+            tokio::spawn(async move {
+                if let Err(error) = shared.saturate(&portal, config).await {
+                    tracing::warn!(host = %portal, %error, "cannot mark the shared rate budget full");
+                }
+            });
+        }
     }
 
     /// Remembers `time.operating_reset_at` from a successful answer.
@@ -238,6 +289,27 @@ impl PortalLimiter {
             None => None,
         }
     }
+}
+
+/// What a [`SharedBucket`] answers.
+pub type SharedBucketFuture<'a, T> =
+    Pin<Box<dyn Future<Output = Result<T, Box<dyn std::error::Error + Send + Sync>>> + Send + 'a>>;
+
+/// A portal's leaky bucket kept outside this process, shared by every
+/// process that calls the portal from the same address (Bitrix24 counts per
+/// portal and per calling address). Same model as the local bucket: the
+/// level counts requests not drained yet, reservations included.
+pub trait SharedBucket: Send + Sync {
+    /// Reserves one request on `portal`'s bucket (created full if it does
+    /// not exist: the portal's counter may hold requests of processes that
+    /// just stopped) and returns how long to wait before sending it.
+    fn reserve<'a>(
+        &'a self,
+        portal: &'a str,
+        config: BucketConfig,
+    ) -> SharedBucketFuture<'a, Duration>;
+    /// The portal said `QUERY_LIMIT_EXCEEDED`: treat its bucket as full.
+    fn saturate<'a>(&'a self, portal: &'a str, config: BucketConfig) -> SharedBucketFuture<'a, ()>;
 }
 
 /// Virtual-scheduling leaky bucket: `level` counts requests not yet drained,
@@ -416,5 +488,67 @@ mod tests {
             limiter.blocked_until("crm.item.list", now + Duration::from_secs(31)),
             None
         );
+    }
+
+    /// Two registries (two processes) on one shared bucket: the second
+    /// process's requests wait behind the first one's.
+    struct Shared(Mutex<HashMap<String, LeakyBucket>>, Mutex<bool>);
+
+    impl SharedBucket for Shared {
+        fn reserve<'a>(
+            &'a self,
+            portal: &'a str,
+            config: BucketConfig,
+        ) -> SharedBucketFuture<'a, Duration> {
+            if *self.1.lock().unwrap() {
+                return Box::pin(std::future::ready(Err("database down".into())));
+            }
+            let now = Instant::now();
+            let wait = self
+                .0
+                .lock()
+                .unwrap()
+                .entry(portal.to_owned())
+                .or_insert_with(|| LeakyBucket::new(config, now))
+                .reserve(now);
+            Box::pin(std::future::ready(Ok(wait)))
+        }
+
+        fn saturate<'a>(
+            &'a self,
+            portal: &'a str,
+            config: BucketConfig,
+        ) -> SharedBucketFuture<'a, ()> {
+            let now = Instant::now();
+            self.0
+                .lock()
+                .unwrap()
+                .entry(portal.to_owned())
+                .or_insert_with(|| LeakyBucket::new(config, now))
+                .saturate(now);
+            Box::pin(std::future::ready(Ok(())))
+        }
+    }
+
+    #[tokio::test]
+    async fn processes_sharing_a_bucket_wait_for_each_other() {
+        let shared = Arc::new(Shared(Mutex::new(HashMap::new()), Mutex::new(false)));
+        let config = BucketConfig {
+            burst: 2,
+            drain_per_second: 4.0,
+        };
+        let one = RateLimits::new(config).unwrap().share_with(shared.clone());
+        let two = RateLimits::new(config).unwrap().share_with(shared.clone());
+        assert_eq!(one.portal("p.test").acquire().await, Duration::ZERO);
+        assert_eq!(two.portal("p.test").acquire().await, Duration::ZERO);
+        // The burst is used up by the two processes together.
+        let waited = two.portal("p.test").acquire().await;
+        assert!(
+            waited > Duration::from_millis(200) && waited <= Duration::from_millis(250),
+            "{waited:?}"
+        );
+        // A shared bucket that cannot be reached: the local one decides.
+        *shared.1.lock().unwrap() = true;
+        assert_eq!(one.portal("p.test").acquire().await, Duration::ZERO);
     }
 }

@@ -93,6 +93,7 @@ fn names(executed: &Executed) -> Vec<String> {
 
 #[tokio::test]
 async fn a_long_batch_is_split_into_requests_of_fifty_in_order() {
+    b24_testkit::install_crypto_provider();
     let executed = Executed::default();
     let log = executed.clone();
     let portal = MockPortal::start(move |seen| {
@@ -129,6 +130,7 @@ async fn a_long_batch_is_split_into_requests_of_fifty_in_order() {
 
 #[tokio::test]
 async fn per_command_errors_keep_their_code_and_do_not_stop_the_batch() {
+    b24_testkit::install_crypto_provider();
     let executed = Executed::default();
     let log = executed.clone();
     let portal = MockPortal::start(move |seen| {
@@ -164,6 +166,7 @@ async fn per_command_errors_keep_their_code_and_do_not_stop_the_batch() {
 
 #[tokio::test]
 async fn halt_on_error_stops_and_reports_the_rest_as_not_run() {
+    b24_testkit::install_crypto_provider();
     let executed = Executed::default();
     let log = executed.clone();
     let portal = MockPortal::start(move |seen| {
@@ -201,6 +204,7 @@ async fn halt_on_error_stops_and_reports_the_rest_as_not_run() {
 
 #[tokio::test]
 async fn a_batch_that_partly_ran_is_never_resent_whole() {
+    b24_testkit::install_crypto_provider();
     let executed = Executed::default();
     let log = executed.clone();
     let requests = AtomicUsize::new(0);
@@ -251,6 +255,7 @@ async fn a_batch_that_partly_ran_is_never_resent_whole() {
 
 #[tokio::test]
 async fn a_read_only_batch_is_retried_after_a_bare_5xx() {
+    b24_testkit::install_crypto_provider();
     let executed = Executed::default();
     let log = executed.clone();
     let requests = AtomicUsize::new(0);
@@ -276,6 +281,7 @@ async fn a_read_only_batch_is_retried_after_a_bare_5xx() {
 
 #[tokio::test]
 async fn references_across_requests_are_filled_in_from_earlier_results() {
+    b24_testkit::install_crypto_provider();
     let executed = Executed::default();
     let log = executed.clone();
     let portal = MockPortal::start(move |seen| {

@@ -22,6 +22,7 @@ fn client_for(portal: &MockPortal, recorder: &Arc<Recorder>, attempts: u32) -> C
 
 #[tokio::test]
 async fn json_call_goes_to_the_webhook_method_url() {
+    b24_testkit::install_crypto_provider();
     let portal = MockPortal::start(|_| {
         Reply::Json(
             200,
@@ -50,6 +51,7 @@ async fn json_call_goes_to_the_webhook_method_url() {
 
 #[tokio::test]
 async fn form_call_sends_php_style_keys_for_lists_of_maps() {
+    b24_testkit::install_crypto_provider();
     let portal = MockPortal::start(|_| Reply::Json(200, json!({"result": 15}))).await;
     let recorder = Arc::new(Recorder::default());
     let client = client_for(&portal, &recorder, 1);
@@ -76,6 +78,7 @@ async fn form_call_sends_php_style_keys_for_lists_of_maps() {
 
 #[tokio::test]
 async fn api_errors_are_typed_keep_the_description_and_are_not_retried() {
+    b24_testkit::install_crypto_provider();
     let portal = MockPortal::start(|_| {
         Reply::Json(403, json!({
             "error": "insufficient_scope",
@@ -100,6 +103,7 @@ async fn api_errors_are_typed_keep_the_description_and_are_not_retried() {
 
 #[tokio::test]
 async fn query_limit_exceeded_is_retried_until_it_passes() {
+    b24_testkit::install_crypto_provider();
     let count = AtomicUsize::new(0);
     let portal = MockPortal::start(move |_| {
         if count.fetch_add(1, Ordering::SeqCst) < 2 {
@@ -128,6 +132,7 @@ async fn query_limit_exceeded_is_retried_until_it_passes() {
 
 #[tokio::test]
 async fn query_limit_exceeded_gives_up_after_the_last_attempt() {
+    b24_testkit::install_crypto_provider();
     let portal = MockPortal::start(|_| {
         Reply::Json(
             503,
@@ -147,6 +152,7 @@ async fn query_limit_exceeded_gives_up_after_the_last_attempt() {
 
 #[tokio::test]
 async fn connection_failures_are_retried_and_reported_without_the_secret() {
+    b24_testkit::install_crypto_provider();
     // A port that was just free: nothing listens there.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap();
@@ -170,6 +176,7 @@ async fn connection_failures_are_retried_and_reported_without_the_secret() {
 
 #[tokio::test]
 async fn a_write_that_times_out_is_not_sent_again() {
+    b24_testkit::install_crypto_provider();
     let portal = MockPortal::start(|_| Reply::Hang).await;
     let recorder = Arc::new(Recorder::default());
     let client = client_for(&portal, &recorder, 5);
@@ -188,6 +195,7 @@ async fn a_write_that_times_out_is_not_sent_again() {
 
 #[tokio::test]
 async fn a_read_that_times_out_is_retried() {
+    b24_testkit::install_crypto_provider();
     let portal = MockPortal::start(|_| Reply::Hang).await;
     let recorder = Arc::new(Recorder::default());
     let client = client_for(&portal, &recorder, 3);
@@ -204,6 +212,7 @@ async fn a_read_that_times_out_is_retried() {
 
 #[tokio::test]
 async fn a_bare_5xx_after_a_write_may_have_executed_but_a_read_is_retried() {
+    b24_testkit::install_crypto_provider();
     let count = AtomicUsize::new(0);
     let portal = MockPortal::start(move |seen| {
         if seen.method() == "crm.item.get" && count.fetch_add(1, Ordering::SeqCst) >= 1 {
@@ -230,6 +239,7 @@ async fn a_bare_5xx_after_a_write_may_have_executed_but_a_read_is_retried() {
 
 #[tokio::test]
 async fn a_proxy_error_page_is_an_http_error_and_not_retried() {
+    b24_testkit::install_crypto_provider();
     let portal = MockPortal::start(|_| Reply::Raw(404, "<html>Not Found</html>")).await;
     let recorder = Arc::new(Recorder::default());
     let client = client_for(&portal, &recorder, 5);
@@ -253,6 +263,7 @@ fn unix_now() -> u64 {
 
 #[tokio::test]
 async fn operation_time_limit_waits_for_the_reset_then_retries() {
+    b24_testkit::install_crypto_provider();
     let count = AtomicUsize::new(0);
     let portal = MockPortal::start(move |_| {
         if count.fetch_add(1, Ordering::SeqCst) == 0 {
@@ -281,6 +292,7 @@ async fn operation_time_limit_waits_for_the_reset_then_retries() {
 
 #[tokio::test]
 async fn a_method_blocked_for_too_long_fails_fast_with_its_reset_time() {
+    b24_testkit::install_crypto_provider();
     let reset_at = unix_now() + 600;
     let portal = MockPortal::start(move |_| {
         Reply::Json(
@@ -326,6 +338,7 @@ async fn a_method_blocked_for_too_long_fails_fast_with_its_reset_time() {
 
 #[tokio::test]
 async fn clients_sharing_rate_limits_share_the_portal_bucket() {
+    b24_testkit::install_crypto_provider();
     let portal = MockPortal::start(|_| Reply::Json(200, json!({"result": true}))).await;
     // One request, then one every ~17 minutes: a second request must wait.
     let slow = BucketConfig {
@@ -364,6 +377,7 @@ async fn clients_sharing_rate_limits_share_the_portal_bucket() {
 
 #[tokio::test]
 async fn debug_output_of_a_client_hides_the_secret() {
+    b24_testkit::install_crypto_provider();
     let portal = MockPortal::start(|_| Reply::Json(200, json!({"result": true}))).await;
     let client = Client::builder(portal.webhook(), RateLimits::default().starting_empty())
         .build()

@@ -106,6 +106,7 @@ const ASKED: [&str; 3] = [
 
 #[tokio::test]
 async fn check_uses_scope_and_method_get() {
+    b24_testkit::install_crypto_provider();
     let portal = MockPortal::start(|seen| portal_answer(&seen.method(), &seen.json(), true)).await;
 
     let report = client_for(&portal).check(&ASKED).await.unwrap();
@@ -119,6 +120,7 @@ async fn check_uses_scope_and_method_get() {
 
 #[tokio::test]
 async fn check_falls_back_to_methods_on_old_boxes() {
+    b24_testkit::install_crypto_provider();
     let portal = MockPortal::start(|seen| portal_answer(&seen.method(), &seen.json(), false)).await;
 
     let report = client_for(&portal).check(&ASKED).await.unwrap();
@@ -130,6 +132,7 @@ async fn check_falls_back_to_methods_on_old_boxes() {
 
 #[tokio::test]
 async fn check_fails_on_bad_credentials() {
+    b24_testkit::install_crypto_provider();
     let portal = MockPortal::start(|_| {
         Reply::Json(
             401,

@@ -44,6 +44,7 @@ fn client(portal: &Portal) -> Client {
 
 #[tokio::test]
 async fn batch_adds_then_both_paging_modes_read_everything_back() {
+    b24_testkit::install_crypto_provider();
     let portal = portal().await;
     let client = client(&portal);
     let mut batch = Batch::new();
@@ -93,6 +94,7 @@ async fn batch_adds_then_both_paging_modes_read_everything_back() {
 
 #[tokio::test]
 async fn references_inside_one_batch_request_are_resolved_by_the_portal() {
+    b24_testkit::install_crypto_provider();
     let portal = portal().await;
     let client = client(&portal);
     let batch = Batch::new()
@@ -114,6 +116,7 @@ async fn references_inside_one_batch_request_are_resolved_by_the_portal() {
 
 #[tokio::test]
 async fn a_form_body_with_a_list_of_maps_reaches_the_portal_intact() {
+    b24_testkit::install_crypto_provider();
     let portal = portal().await;
     let client = client(&portal);
     let added = client
@@ -155,6 +158,7 @@ async fn a_form_body_with_a_list_of_maps_reaches_the_portal_intact() {
 
 #[tokio::test]
 async fn portal_errors_arrive_typed() {
+    b24_testkit::install_crypto_provider();
     let portal = portal().await;
     let user_only = Client::builder(
         webhook(&portal, 2, "user-only-s3cr3t"),
@@ -195,6 +199,7 @@ async fn portal_errors_arrive_typed() {
 
 #[tokio::test]
 async fn check_reports_missing_scopes_and_methods() {
+    b24_testkit::install_crypto_provider();
     let portal = portal().await;
 
     let report = client(&portal)
@@ -226,6 +231,7 @@ async fn check_reports_missing_scopes_and_methods() {
 
 #[tokio::test]
 async fn a_write_whose_answer_is_lost_is_reported_and_not_repeated() {
+    b24_testkit::install_crypto_provider();
     let portal = portal().await;
     portal.faults().set_method(
         "crm.item.add",
@@ -256,6 +262,7 @@ async fn a_write_whose_answer_is_lost_is_reported_and_not_repeated() {
 
 #[tokio::test]
 async fn a_read_whose_answer_is_lost_is_retried() {
+    b24_testkit::install_crypto_provider();
     let portal = portal().await;
     let client = client(&portal);
     let added = client
@@ -286,6 +293,7 @@ async fn a_read_whose_answer_is_lost_is_retried() {
 
 #[tokio::test]
 async fn a_client_bucket_below_the_portal_limit_never_meets_query_limit_exceeded() {
+    b24_testkit::install_crypto_provider();
     let portal = Portal::builder()
         .webhook(1, SECRET, &["crm"])
         .rate_limit(10, 5.0)
@@ -334,6 +342,7 @@ async fn a_client_bucket_below_the_portal_limit_never_meets_query_limit_exceeded
 
 #[tokio::test]
 async fn query_limit_exceeded_from_the_portal_is_retried_until_it_drains() {
+    b24_testkit::install_crypto_provider();
     let portal = Portal::builder()
         .webhook(1, SECRET, &["crm"])
         .rate_limit(3, 20.0)
@@ -370,6 +379,7 @@ async fn query_limit_exceeded_from_the_portal_is_retried_until_it_drains() {
 
 #[tokio::test]
 async fn a_method_over_its_time_budget_fails_fast_with_the_reset_time() {
+    b24_testkit::install_crypto_provider();
     let portal = Portal::builder()
         .webhook(1, SECRET, &["crm"])
         .operating_limit(Duration::from_millis(30))

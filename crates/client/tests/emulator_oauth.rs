@@ -93,7 +93,7 @@ fn client_for(
         .unwrap()
         .with_token_server(&portal.oauth_token_url())
         .unwrap();
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    b24_testkit::install_crypto_provider();
     Client::builder(oauth, RateLimits::default().starting_empty())
         .retry(fast_retries(3))
         .request_timeout(Duration::from_secs(10))
@@ -112,6 +112,7 @@ fn latest_pair(admin: &Admin) -> TokenPair {
 
 #[tokio::test]
 async fn a_token_expiring_mid_run_is_refreshed_once_and_stored_before_use() {
+    b24_testkit::install_crypto_provider();
     let setup = Setup::start().await;
     let admin = setup.admin();
     let added = setup
@@ -170,6 +171,7 @@ async fn a_token_expiring_mid_run_is_refreshed_once_and_stored_before_use() {
 
 #[tokio::test]
 async fn a_list_paged_across_the_expiry_reads_everything_with_one_refresh() {
+    b24_testkit::install_crypto_provider();
     let setup = Setup::start().await;
     let admin = setup.admin();
     for i in 0..130 {
@@ -202,6 +204,7 @@ async fn a_list_paged_across_the_expiry_reads_everything_with_one_refresh() {
 
 #[tokio::test]
 async fn concurrent_calls_hitting_the_expiry_share_one_refresh() {
+    b24_testkit::install_crypto_provider();
     let setup = Setup::start().await;
     let admin = setup.admin();
     admin.expire_access_tokens().unwrap();
@@ -233,6 +236,7 @@ async fn concurrent_calls_hitting_the_expiry_share_one_refresh() {
 
 #[tokio::test]
 async fn a_revoked_refresh_token_gives_invalid_grant_without_secrets() {
+    b24_testkit::install_crypto_provider();
     let setup = Setup::start().await;
     let admin = setup.admin();
     admin.expire_access_tokens().unwrap();

@@ -28,6 +28,7 @@ impl Write for Captured {
 
 #[tokio::test]
 async fn no_secret_reaches_the_logs_even_at_trace_level() {
+    b24_testkit::install_crypto_provider();
     let captured = Captured::default();
     let writer = captured.clone();
     tracing_subscriber::fmt()

@@ -72,6 +72,7 @@ fn refresh_answer() -> Reply {
 
 #[tokio::test]
 async fn concurrent_expired_tokens_cause_exactly_one_refresh() {
+    b24_testkit::install_crypto_provider();
     // Both calls must see `expired_token` before either refresh can happen.
     let both_arrived = Arc::new(Barrier::new(2));
     let portal = MockPortal::start_async(move |seen| {
@@ -164,6 +165,7 @@ async fn concurrent_expired_tokens_cause_exactly_one_refresh() {
 
 #[tokio::test]
 async fn a_refused_refresh_is_reported_without_secrets() {
+    b24_testkit::install_crypto_provider();
     let portal = MockPortal::start(|seen| {
         if seen.path == "/oauth/token/" {
             Reply::Json(400, json!({"error": "invalid_grant", "error_description": "Invalid refresh token"}))
@@ -203,6 +205,7 @@ async fn a_refused_refresh_is_reported_without_secrets() {
 
 #[tokio::test]
 async fn a_second_expired_token_after_a_refresh_is_an_error_not_a_loop() {
+    b24_testkit::install_crypto_provider();
     let portal = MockPortal::start(|seen| {
         if seen.path == "/oauth/token/" {
             refresh_answer()
@@ -225,6 +228,7 @@ async fn a_second_expired_token_after_a_refresh_is_an_error_not_a_loop() {
 
 #[tokio::test]
 async fn a_failing_token_store_fails_the_call_but_keeps_the_new_pair_in_use() {
+    b24_testkit::install_crypto_provider();
     let portal = MockPortal::start(|seen| {
         if seen.path == "/oauth/token/" {
             return refresh_answer();
@@ -254,4 +258,80 @@ async fn a_failing_token_store_fails_the_call_but_keeps_the_new_pair_in_use() {
     assert!(client.call("crm.item.get", &json!({})).await.is_ok());
     assert_eq!(portal.seen_count("/oauth/token/"), 1);
     portal.stop().await;
+}
+
+/// A store shared by several processes: what another one stored while this
+/// one waited for the refresh lock is used, and no refresh is sent (its
+/// refresh token would be spent).
+struct SharedStore {
+    stored: Mutex<TokenPair>,
+    saved: Mutex<u32>,
+}
+
+impl TokenStore for SharedStore {
+    fn save<'a>(
+        &'a self,
+        _portal: &'a str,
+        tokens: &'a TokenPair,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = b24_client::TokenStoreResult> + Send + 'a>,
+    > {
+        *self.stored.lock().unwrap() = tokens.clone();
+        *self.saved.lock().unwrap() += 1;
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn begin_refresh<'a>(
+        &'a self,
+        _portal: &'a str,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Result<b24_client::RefreshGuard, b24_client::TokenStoreError>,
+                > + Send
+                + 'a,
+        >,
+    > {
+        let stored = self.stored.lock().unwrap().clone();
+        Box::pin(std::future::ready(Ok(b24_client::RefreshGuard {
+            stored: Some(stored),
+            held: None,
+        })))
+    }
+}
+
+#[tokio::test]
+async fn a_pair_another_process_stored_is_used_instead_of_refreshing() {
+    b24_testkit::install_crypto_provider();
+    let portal = MockPortal::start(|seen| {
+        if seen.path == "/oauth/token/" {
+            return refresh_answer();
+        }
+        match seen.query_param("auth").as_deref() {
+            Some("other-access") => Reply::Json(200, json!({"result": "ok"})),
+            _ => Reply::Json(
+                401,
+                json!({"error": "expired_token", "error_description": "The access token provided has expired."}),
+            ),
+        }
+    })
+    .await;
+    let store = Arc::new(SharedStore {
+        // Another replica refreshed already and stored its new pair.
+        stored: Mutex::new(TokenPair {
+            access_token: Secret::new("other-access"),
+            refresh_token: Secret::new("other-refresh"),
+        }),
+        saved: Mutex::new(0),
+    });
+    let recorder = Arc::new(Recorder::default());
+    let client = oauth_client(&portal, store.clone(), &recorder);
+    let answer = client.call("profile", &json!({})).await.unwrap();
+    assert_eq!(answer.result, json!("ok"));
+    assert_eq!(portal.seen_count("/oauth/token/"), 0, "no refresh was sent");
+    assert_eq!(*store.saved.lock().unwrap(), 0);
+    assert_eq!(
+        client.oauth_tokens().unwrap().refresh_token.expose(),
+        "other-refresh"
+    );
 }

@@ -31,6 +31,7 @@ fn item_list(params: &Value) -> Reply {
 
 #[tokio::test]
 async fn fast_paging_walks_by_id_and_stops_on_a_short_page() {
+    b24_testkit::install_crypto_provider();
     let portal = MockPortal::start(|seen| item_list(&seen.json())).await;
 
     let records: Vec<Value> = client_for(&portal)
@@ -60,6 +61,7 @@ async fn fast_paging_walks_by_id_and_stops_on_a_short_page() {
 
 #[tokio::test]
 async fn classic_paging_follows_next() {
+    b24_testkit::install_crypto_provider();
     let portal = MockPortal::start(|seen| {
         let start = seen.json()["start"].as_u64().unwrap();
         let page: Vec<Value> = (start + 1..=120)
@@ -97,6 +99,7 @@ async fn classic_paging_follows_next() {
 
 #[tokio::test]
 async fn an_error_ends_the_stream_after_the_records_already_read() {
+    b24_testkit::install_crypto_provider();
     let portal = MockPortal::start(|seen| {
         if seen.json()["filter"].get(">ID").is_some() {
             Reply::Json(

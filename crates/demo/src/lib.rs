@@ -13,15 +13,11 @@ mod story;
 use std::io::Write;
 
 pub use error::DemoError;
+pub use stack::{Options, PORTS};
 pub use story::{Outcome, UNLISTED};
 
 /// The version and the git revision it was built from.
-pub const VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    " (",
-    env!("B24_GIT_REVISION"),
-    ")"
-);
+pub const VERSION: &str = env!("B24_VERSION");
 
 /// A started demo: every piece running, nothing told yet.
 pub struct Demo {
@@ -30,11 +26,17 @@ pub struct Demo {
 
 impl Demo {
     /// Starts the portals, the relay, the edge and the queue-server
-    /// stand-in, and waits until the edge admits by its nodes list.
-    pub async fn start() -> Result<Demo, DemoError> {
+    /// stand-in, writes the relay's and the edge's configurations into the
+    /// demo's directory, and waits until the edge admits by its nodes list.
+    pub async fn start(options: &Options) -> Result<Demo, DemoError> {
         Ok(Demo {
-            stack: stack::Stack::start().await?,
+            stack: stack::Stack::start(options).await?,
         })
+    }
+
+    /// The configuration files the relay and the edge run with.
+    pub fn config_files(&self) -> (&std::path::Path, &std::path::Path) {
+        (&self.stack.files.relay_toml, &self.stack.files.edge_toml)
     }
 
     /// Runs the story from the first deal to the metrics, writing it to `out`.
@@ -57,9 +59,13 @@ impl Demo {
         })
     }
 
-    /// Prints curl commands to try against the running pieces (`--serve`).
+    /// Prints curl commands to try against the running pieces (`--serve`),
+    /// and from then on one line per request the queue-server stand-in
+    /// relays.
     pub fn tell_how_to_try(&self, out: &mut dyn Write) -> Result<(), DemoError> {
-        story::show_try_it(&self.stack, out)
+        story::show_try_it(&self.stack, out)?;
+        self.stack.queue.log_requests();
+        Ok(())
     }
 
     /// Stops everything and removes the temporary directory.

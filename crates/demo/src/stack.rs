@@ -1,5 +1,6 @@
-//! Everything the demo runs, started in one process on 127.0.0.1 with
-//! ephemeral ports and a temporary directory, and stopped together.
+//! Everything the demo runs, started in one process on 127.0.0.1 (free
+//! ports, or fixed ones from `--port-base`) with its files in a directory
+//! (temporary, or `--dir`), and stopped together.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -7,6 +8,8 @@ use std::time::Duration;
 
 use b24_emulator::{EventHandler, HandlerSeed, Portal};
 use serde_json::{Value, json};
+
+use b24_cli_support::Chain;
 
 use crate::error::{DemoError, start_error};
 use crate::queue::{QueueServer, client_from};
@@ -48,11 +51,31 @@ fn target_seed() -> Value {
     })
 }
 
-/// Files the demo writes (config, secrets, certificate, nodes list).
+/// Where the demo keeps its files: a temporary directory removed at the
+/// end, or one the user named (`--dir`), kept.
+pub enum Dir {
+    Temporary(tempfile::TempDir),
+    Kept(PathBuf),
+}
+
+impl Dir {
+    pub fn path(&self) -> &Path {
+        match self {
+            Dir::Temporary(dir) => dir.path(),
+            Dir::Kept(path) => path,
+        }
+    }
+}
+
+/// Files the demo writes (configs, secrets, certificate, nodes list).
 pub struct Files {
-    pub dir: tempfile::TempDir,
+    pub dir: Dir,
     pub cert_pem: String,
     pub nodes: PathBuf,
+    /// The configurations the relay and the edge run with, as files a user
+    /// can copy or point `b24-relay jobs --config` at.
+    pub relay_toml: PathBuf,
+    pub edge_toml: PathBuf,
 }
 
 impl Files {
@@ -62,9 +85,62 @@ impl Files {
     }
 }
 
+/// How the demo runs: where its files go and which ports it takes.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Keep the files in this directory (created if missing) instead of a
+    /// temporary one removed at the end.
+    pub dir: Option<PathBuf>,
+    /// Listen on fixed ports from this one up ([`PORTS`] of them, in the
+    /// order of [`Ports`]) instead of free ones the system picks.
+    pub port_base: Option<u16>,
+}
+
+/// How many consecutive ports `--port-base` takes.
+pub const PORTS: u16 = 7;
+
+/// Every listening address of the demo, all on 127.0.0.1; port 0 (any
+/// free port) unless `--port-base` fixes them.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    pub source: SocketAddr,
+    pub target: SocketAddr,
+    pub relay: SocketAddr,
+    pub relay_metrics: SocketAddr,
+    pub edge: SocketAddr,
+    pub edge_metrics: SocketAddr,
+    pub queue: SocketAddr,
+}
+
+impl Ports {
+    pub fn new(base: Option<u16>) -> Result<Ports, DemoError> {
+        let at = |offset: u16| -> Result<SocketAddr, DemoError> {
+            let port = match base {
+                None => 0,
+                Some(base) => base.checked_add(offset).ok_or_else(|| {
+                    start_error(
+                        "the demo",
+                        format!("--port-base {base} leaves no room for {PORTS} ports below 65536"),
+                    )
+                })?,
+            };
+            Ok(SocketAddr::new(LISTED, port))
+        };
+        Ok(Ports {
+            source: at(0)?,
+            target: at(1)?,
+            relay: at(2)?,
+            relay_metrics: at(3)?,
+            edge: at(4)?,
+            edge_metrics: at(5)?,
+            queue: at(6)?,
+        })
+    }
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> Result<PathBuf, DemoError> {
     let path = dir.join(name);
-    std::fs::write(&path, text).map_err(|e| start_error("the demo's files", e))?;
+    std::fs::write(&path, text).map_err(|e| start_error("the demo's files", Chain(&e)))?;
     Ok(path)
 }
 
@@ -87,7 +163,15 @@ fn certificate(dir: &Path) -> Result<(String, PathBuf, PathBuf), DemoError> {
     Ok((cert_pem, cert_path, key_path))
 }
 
-fn relay_config(dir: &Path, source: &Portal, target: &Portal) -> Result<String, DemoError> {
+/// The relay's configuration; `listen` and `metrics_listen` as given (port
+/// 0 before the start, the bound ports in the file written after it).
+fn relay_config(
+    dir: &Path,
+    source: &Portal,
+    target: &Portal,
+    listen: SocketAddr,
+    metrics_listen: SocketAddr,
+) -> Result<String, DemoError> {
     let source_hook = write(
         dir,
         "partner.webhook",
@@ -97,8 +181,8 @@ fn relay_config(dir: &Path, source: &Portal, target: &Portal) -> Result<String, 
     let token = write(dir, "partner.token", APP_TOKEN)?;
     Ok(format!(
         r#"
-listen = "127.0.0.1:0"
-metrics_listen = "127.0.0.1:0"
+listen = "{listen}"
+metrics_listen = "{metrics_listen}"
 store = "sqlite://{db}"
 workers = 2
 retry_base_delay = "200ms"
@@ -131,19 +215,32 @@ writeback = {{ comment = true }}
     ))
 }
 
-fn edge_config(cert: &Path, key: &Path, nodes: &Path, relay: SocketAddr) -> String {
+fn edge_config(
+    cert: &Path,
+    key: &Path,
+    nodes: &Path,
+    relay: SocketAddr,
+    listen: SocketAddr,
+    metrics_listen: SocketAddr,
+) -> String {
     format!(
         r#"
 [server]
-listen = "127.0.0.1:0"
+listen = "{listen}"
 tls_cert = "{cert}"
 tls_key = "{key}"
-metrics_listen = "127.0.0.1:0"
+metrics_listen = "{metrics_listen}"
 workers = 1
 shutdown_timeout = "5s"
+# The demo shows the unlisted client its 403 (a production edge resets
+# such a connection before TLS).
+refuse_before_tls = false
 
 [nodes]
 source = "{nodes}"
+# The demo's "queue server" is 127.0.0.1: loopback is refused in a list
+# unless allowed explicitly.
+allow_special = true
 
 [[route]]
 prefix = "/"
@@ -156,6 +253,21 @@ allow = ["nodes"]
     )
 }
 
+/// The relay's configuration with the addresses it bound.
+fn relay_config_text_bound(
+    dir: &Path,
+    source: &Portal,
+    target: &Portal,
+    relay: &b24_relay::Relay,
+) -> Result<String, DemoError> {
+    let metrics = relay.metrics_addr.unwrap_or(relay.addr);
+    Ok(format!(
+        "{}{}",
+        written_header("b24-relay", dir),
+        relay_config(dir, source, target, relay.addr, metrics)?
+    ))
+}
+
 /// The running pieces.
 pub struct Stack {
     pub source: Portal,
@@ -166,33 +278,64 @@ pub struct Stack {
     pub files: Files,
 }
 
+/// The header of the configuration files the demo writes.
+fn written_header(program: &str, dir: &Path) -> String {
+    let path = dir.join("relay.toml");
+    format!(
+        "# The configuration b24-demo runs {program} with, ports as bound in this run\n\
+         # (--port-base fixes them). The secrets are in the files it names.\n\
+         # While the demo runs: b24-relay jobs list --config {}\n",
+        path.display()
+    )
+}
+
 impl Stack {
-    pub async fn start() -> Result<Stack, DemoError> {
-        let dir = tempfile::Builder::new()
-            .prefix("b24-demo-")
-            .tempdir()
-            .map_err(|e| start_error("the demo's directory", e))?;
+    pub async fn start(options: &Options) -> Result<Stack, DemoError> {
+        let ports = Ports::new(options.port_base)?;
+        let dir = match &options.dir {
+            Some(path) => {
+                std::fs::create_dir_all(path)
+                    .map_err(|e| start_error("the demo's directory", Chain(&e)))?;
+                Dir::Kept(path.clone())
+            }
+            None => Dir::Temporary(
+                tempfile::Builder::new()
+                    .prefix("b24-demo-")
+                    .tempdir()
+                    .map_err(|e| start_error("the demo's directory", Chain(&e)))?,
+            ),
+        };
         let source = Portal::builder()
             .domain("partner.test")
+            .listen(ports.source)
             .webhook(1, SOURCE_SECRET, &["crm", "user"])
             .seed(source_seed())
             .start()
             .await
-            .map_err(|e| start_error("the source portal", e))?;
+            .map_err(|e| start_error("the source portal", Chain(&e)))?;
         let target = Portal::builder()
             .domain("hq.test")
+            .listen(ports.target)
             .webhook(1, TARGET_SECRET, &["crm", "user"])
             .seed(target_seed())
             .start()
             .await
-            .map_err(|e| start_error("the target portal", e))?;
+            .map_err(|e| start_error("the target portal", Chain(&e)))?;
 
-        let relay_text = relay_config(dir.path(), &source, &target)?;
-        let relay_config =
-            b24_relay::Config::parse(&relay_text).map_err(|e| start_error("the relay", e))?;
-        let relay = b24_relay::Relay::start(relay_config)
+        let relay_text = relay_config(
+            dir.path(),
+            &source,
+            &target,
+            ports.relay,
+            ports.relay_metrics,
+        )?;
+        let parsed = b24_relay::Config::parse(&relay_text)
+            .map_err(|e| start_error("the relay", Chain(&e)))?;
+        let relay = b24_relay::Relay::start(parsed)
             .await
-            .map_err(|e| start_error("the relay", e))?;
+            .map_err(|e| start_error("the relay", Chain(&e)))?;
+        let relay_bound = relay_config_text_bound(dir.path(), &source, &target, &relay)?;
+        let relay_toml = write(dir.path(), "relay.toml", &relay_bound)?;
 
         let (cert_pem, cert, key) = certificate(dir.path())?;
         let nodes = write(
@@ -200,16 +343,38 @@ impl Stack {
             "app.json",
             &format!("{{\"nodes\": [\"{LISTED}\"]}}\n"),
         )?;
-        let edge_config =
-            b24_edge::Config::from_toml(&edge_config(&cert, &key, &nodes, relay.addr))
-                .map_err(|e| start_error("the edge", e))?;
-        let edge = b24_edge::start(edge_config)
+        let edge_text = edge_config(
+            &cert,
+            &key,
+            &nodes,
+            relay.addr,
+            ports.edge,
+            ports.edge_metrics,
+        );
+        let parsed = b24_edge::Config::from_toml(&edge_text)
+            .map_err(|e| start_error("the edge", Chain(&e)))?;
+        let edge = b24_edge::start(parsed)
             .await
-            .map_err(|e| start_error("the edge", e))?;
+            .map_err(|e| start_error("the edge", Chain(&e)))?;
+        let edge_metrics = edge.metrics_addr().unwrap_or(ports.edge_metrics);
+        let edge_bound = format!(
+            "{}{}",
+            written_header("b24-edge", dir.path()),
+            edge_config(
+                &cert,
+                &key,
+                &nodes,
+                relay.addr,
+                edge.addrs()[0],
+                edge_metrics
+            )
+        );
+        let edge_toml = write(dir.path(), "edge.toml", &edge_bound)?;
         wait_ready(&edge).await?;
 
         let edge_url = format!("https://{}", edge.addrs()[0]);
-        let queue = QueueServer::start(edge_url, client_from(LISTED, &cert_pem)?).await?;
+        let queue =
+            QueueServer::start(ports.queue, edge_url, client_from(LISTED, &cert_pem)?).await?;
         Ok(Stack {
             source,
             target,
@@ -220,6 +385,8 @@ impl Stack {
                 dir,
                 cert_pem,
                 nodes,
+                relay_toml,
+                edge_toml,
             },
         })
     }
@@ -260,6 +427,7 @@ impl Stack {
         self.queue.shutdown().await;
         self.edge.shutdown().await;
         self.relay.shutdown().await;
+        // A temporary directory goes now; a --dir one is kept.
         drop(self.files.dir);
     }
 }

@@ -49,7 +49,6 @@ const DEALS: [DemoDeal; 3] = [
 ];
 
 fn plain_client() -> Result<reqwest::Client, DemoError> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -118,6 +117,12 @@ pub fn introduce(stack: &Stack, out: &mut dyn Write) -> Result<(), DemoError> {
         "  target portal   {}  ({}, emulated)",
         stack.target.url(),
         stack.target.domain()
+    )?;
+    writeln!(
+        out,
+        "  configurations  {} and {} (what the relay and the edge run with)",
+        stack.files.relay_toml.display(),
+        stack.files.edge_toml.display()
     )?;
     writeln!(out)?;
     Ok(())
@@ -349,7 +354,9 @@ pub async fn show_refusal(stack: &Stack, out: &mut dyn Write) -> Result<u16, Dem
 pub fn show_firewall(stack: &Stack, out: &mut dyn Write) -> Result<(), DemoError> {
     let body = std::fs::read(&stack.files.nodes)
         .map_err(|e| DemoError::Unexpected(format!("reading the nodes list: {e}")))?;
-    let list = b24_nodes::NodeList::parse(&body, &b24_nodes::Limits::default())
+    // The demo's list is 127.0.0.1, so it needs the escape hatch
+    // (nodesync --allow-special).
+    let list = b24_nodes::NodeList::parse(&body, &b24_nodes::Limits::allowing_special())
         .map_err(|e| DemoError::Unexpected(format!("the demo's nodes list: {e}")))?;
     let rules = nodesync::emit::render(
         nodesync::emit::Format::Nftables,
@@ -358,7 +365,7 @@ pub fn show_firewall(stack: &Stack, out: &mut dyn Write) -> Result<(), DemoError
     );
     writeln!(
         out,
-        "4. On a box, nodesync turns the same list into firewall rules (nodesync --emit nftables):"
+        "4. On a box, nodesync turns the same list into firewall rules (nodesync --emit nftables --allow-special, since this list is loopback):"
     )?;
     for line in rules.lines() {
         writeln!(out, "   | {line}")?;
@@ -492,7 +499,19 @@ pub fn show_try_it(stack: &Stack, out: &mut dyn Write) -> Result<(), DemoError> 
     if let Some(addr) = stack.relay.metrics_addr {
         writeln!(out, "  curl -s http://{addr}/metrics | grep -v '^#'")?;
     }
-    writeln!(out, "Press Ctrl-C to stop.")?;
+    writeln!(
+        out,
+        "  # the relay's queue, from the command line, beside the running demo"
+    )?;
+    writeln!(
+        out,
+        "  b24-relay jobs list --config {}",
+        stack.files.relay_toml.display()
+    )?;
+    writeln!(
+        out,
+        "Each request the queue-server stand-in relays is logged below. Press Ctrl-C to stop."
+    )?;
     out.flush()?;
     Ok(())
 }

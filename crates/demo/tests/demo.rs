@@ -100,6 +100,21 @@ fn the_demo_runs_end_to_end_and_exits_0() {
     );
     assert_no_secrets(&out);
     assert_no_secrets(&err);
+    // The configurations it ran with were printed, and went with its
+    // temporary directory.
+    let line = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("configurations"))
+        .unwrap_or_else(|| panic!("no configurations line:\n{out}"));
+    let relay_toml = line
+        .split_whitespace()
+        .find(|w| w.ends_with("relay.toml"))
+        .expect("relay.toml path");
+    assert!(line.contains("edge.toml"), "{line}");
+    assert!(
+        !std::path::Path::new(relay_toml).exists(),
+        "{relay_toml} left behind"
+    );
 }
 
 #[test]
@@ -158,4 +173,106 @@ fn version_names_the_git_revision() {
         revision == "unknown" || revision.chars().all(|c| c.is_ascii_hexdigit()),
         "{text}"
     );
+}
+
+/// A base port with the demo's seven ports free on 127.0.0.1 right now
+/// (not a fixed port: found at run time, released before the demo binds).
+fn free_port_base() -> u16 {
+    let start = 20_000 + (std::process::id() % 2_000) as u16 * 10;
+    (0..400)
+        .map(|step| start + step * 7)
+        .find(|&base| {
+            let held: Vec<_> = (0..b24_demo::PORTS)
+                .map_while(|offset| std::net::TcpListener::bind(("127.0.0.1", base + offset)).ok())
+                .collect();
+            held.len() == usize::from(b24_demo::PORTS)
+        })
+        .expect("seven free ports")
+}
+
+#[test]
+fn serve_on_fixed_ports_writes_its_configurations_and_logs_what_it_relays() {
+    let base = free_port_base();
+    let dir = tempfile::tempdir().unwrap();
+    let kept = dir.path().join("demo");
+    let mut running = demo(&[
+        "--serve",
+        "--port-base",
+        &base.to_string(),
+        "--dir",
+        kept.to_str().unwrap(),
+    ]);
+    let stdout = running.0.stdout.take().unwrap();
+    let (sender, receiver) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut told = String::new();
+    let wait_for = |told: &mut String, what: &str| {
+        while !told.contains(what) {
+            match receiver.recv_timeout(LIMIT) {
+                Ok(line) => {
+                    told.push_str(&line);
+                    told.push('\n');
+                }
+                Err(_) => panic!("no {what:?} within {LIMIT:?}:\n{told}"),
+            }
+        }
+    };
+    wait_for(&mut told, "Press Ctrl-C to stop");
+    // The files are where it said, with the ports it was given, and the
+    // relay's is a configuration b24-relay loads (as `jobs --config` does).
+    let relay_toml = kept.join("relay.toml");
+    let edge_toml = kept.join("edge.toml");
+    assert!(told.contains(&relay_toml.display().to_string()), "{told}");
+    let relay_text = std::fs::read_to_string(&relay_toml).unwrap();
+    assert!(
+        relay_text.contains(&format!("listen = \"127.0.0.1:{}\"", base + 2)),
+        "{relay_text}"
+    );
+    let edge_text = std::fs::read_to_string(&edge_toml).unwrap();
+    assert!(
+        edge_text.contains(&format!("listen = \"127.0.0.1:{}\"", base + 4)),
+        "{edge_text}"
+    );
+    b24_relay::Config::load(&relay_toml).expect("the written relay.toml loads");
+    b24_edge::Config::load(&edge_toml).expect("the written edge.toml loads");
+    assert!(
+        told.contains(&format!(
+            "b24-relay jobs list --config {}",
+            relay_toml.display()
+        )),
+        "{told}"
+    );
+
+    // An event through the queue-server stand-in (port N+6) is relayed and
+    // logged, without its token.
+    let queue = std::net::SocketAddr::from(([127, 0, 0, 1], base + 6));
+    let mut stream = std::net::TcpStream::connect(queue).unwrap();
+    let body = "event=ONCRMDEALUPDATE&data[FIELDS][ID]=1&auth[application_token]=demoAppToken5d8e0b&auth[domain]=partner.test";
+    use std::io::Write;
+    write!(
+        stream,
+        "POST /hook/event/partner HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    wait_for(
+        &mut told,
+        "relayed POST /hook/event/partner (ONCRMDEALUPDATE, deal 1) → edge: 200 OK",
+    );
+    assert_no_secrets(&told);
+
+    b24_testkit::process::signal_child(&running.0, "TERM");
+    let (code, _, err) = finish(running);
+    assert_eq!(code, Some(0), "stderr:\n{err}");
+    assert!(relay_toml.exists(), "--dir files are kept");
 }

@@ -10,11 +10,14 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use crate::connection::{Activity, Tracked, drive};
 use crate::state::EdgeState;
 
 /// Whether the edge can do its job now, and if not, why.
@@ -34,7 +37,26 @@ pub fn readiness(state: &EdgeState) -> Result<(), String> {
     Ok(())
 }
 
+/// What `/readyz` adds to "ready": a nodes list refused as unsafe (an
+/// entry too broad or special-purpose) while the last good one serves.
+fn nodes_warning(state: &EdgeState) -> Option<String> {
+    let refused = state.nodes.status().refused.clone()?;
+    Some(format!(
+        "the newest nodes list was refused, the last good list is in use: {refused}"
+    ))
+}
+
+/// Admin connections served at once; more are closed at accept. Scrapers
+/// and health checks need a handful.
+const MAX_ADMIN_CONNECTIONS: usize = 64;
+
+/// Serves the admin listener until `stop` is cancelled, under the same
+/// first-request and idle deadlines as client connections, so that a
+/// half-sent request line cannot hold a connection open.
 pub async fn serve(listener: TcpListener, state: Arc<EdgeState>, stop: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
+    let mut builder = http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(None);
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -47,18 +69,36 @@ pub async fn serve(listener: TcpListener, state: Arc<EdgeState>, stop: Cancellat
             },
             _ = stop.cancelled() => return,
         };
+        let deadline = Instant::now() + state.limits.header_timeout;
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            debug!("admin listener full; connection closed");
+            continue;
+        };
         let state = state.clone();
         let stop = stop.clone();
+        let builder = builder.clone();
         tokio::spawn(async move {
+            let _slot = slot;
+            let activity = Arc::new(Activity::new());
+            let service_activity = activity.clone();
+            let service_state = state.clone();
             let service = service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(answer(&state, &req)) }
+                let in_flight = service_activity.begin();
+                let response =
+                    answer(&service_state, &req).map(|body| Tracked::new(body, in_flight));
+                async move { Ok::<_, Infallible>(response) }
             });
-            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                _ = conn => {}
-                _ = stop.cancelled() => {}
-            }
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            let conn = std::pin::pin!(conn);
+            drive(
+                conn,
+                &activity,
+                deadline,
+                &state.limits,
+                &stop,
+                &state.metrics,
+            )
+            .await;
         });
     }
 }
@@ -88,7 +128,10 @@ fn answer(state: &EdgeState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         }
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/readyz" => match readiness(state) {
-            Ok(()) => text(StatusCode::OK, "ready\n".into()),
+            Ok(()) => match nodes_warning(state) {
+                None => text(StatusCode::OK, "ready\n".into()),
+                Some(warning) => text(StatusCode::OK, format!("ready; warning: {warning}\n")),
+            },
             Err(reason) => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("not ready: {reason}\n"),

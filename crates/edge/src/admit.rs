@@ -23,15 +23,19 @@ pub enum DenyReason {
     NodesUnavailable,
     /// The route admits only networks the client is not in.
     NotAllowed,
+    /// A `proxy_protocol` listener was reached by a peer that is not a
+    /// trusted proxy (so no client address can be believed).
+    UntrustedPeer,
 }
 
 impl DenyReason {
     /// Every reason, in declaration order (the metrics index by it).
-    pub const ALL: [DenyReason; 4] = [
+    pub const ALL: [DenyReason; 5] = [
         DenyReason::NoRoute,
         DenyReason::NotInNodes,
         DenyReason::NodesUnavailable,
         DenyReason::NotAllowed,
+        DenyReason::UntrustedPeer,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -40,6 +44,7 @@ impl DenyReason {
             DenyReason::NotInNodes => "not_in_nodes",
             DenyReason::NodesUnavailable => "nodes_unavailable",
             DenyReason::NotAllowed => "not_allowed",
+            DenyReason::UntrustedPeer => "untrusted_peer",
         }
     }
 }
@@ -134,6 +139,18 @@ impl<'t> Decision<'t> {
     }
 }
 
+/// What a client address alone says, before any request names a path:
+/// the check that lets the edge refuse a connection before TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Screening {
+    /// Some route admits this address by name (nodes, `extra`, networks).
+    Listed,
+    /// Only `any` routes admit it.
+    AnyOnly,
+    /// No route admits it, and why (the reason a request would get).
+    Refused(DenyReason),
+}
+
 /// The routes, ordered for longest-prefix matching.
 #[derive(Debug)]
 pub struct RouteTable {
@@ -141,6 +158,10 @@ pub struct RouteTable {
     routes: Vec<Route>,
     /// Addresses admitted wherever `nodes` is (`nodes.extra`).
     extra: Option<AddrSet>,
+    /// For [`RouteTable::screen`]: the union of every route's rule.
+    any_route: bool,
+    nodes_route: bool,
+    all_networks: Option<AddrSet>,
 }
 
 fn set_of(networks: &[IpNet]) -> Option<AddrSet> {
@@ -149,8 +170,8 @@ fn set_of(networks: &[IpNet]) -> Option<AddrSet> {
 
 impl RouteTable {
     /// The configured routes, each with its series in `metrics`.
-    pub fn new(routes: &[RouteConfig], extra: &[IpNet], metrics: &Metrics) -> RouteTable {
-        let mut routes: Vec<Route> = routes
+    pub fn new(configs: &[RouteConfig], extra: &[IpNet], metrics: &Metrics) -> RouteTable {
+        let mut routes: Vec<Route> = configs
             .iter()
             .enumerate()
             .map(|(id, config)| Route {
@@ -158,13 +179,53 @@ impl RouteTable {
                 prefix: config.prefix.clone(),
                 rule: AllowRule::new(&config.allow),
                 upstream: UpstreamTarget::new(config),
-                metrics: metrics.route(&config.prefix),
+                metrics: metrics.route(&config.label),
             })
             .collect();
         routes.sort_by_key(|route| std::cmp::Reverse(route.prefix.len()));
+        let networks: Vec<IpNet> = configs
+            .iter()
+            .flat_map(|config| config.allow.iter())
+            .filter_map(|a| match a {
+                Allow::Network(net) => Some(*net),
+                _ => None,
+            })
+            .collect();
         RouteTable {
+            any_route: routes.iter().any(|r| r.rule.any),
+            nodes_route: routes.iter().any(|r| r.rule.nodes),
+            all_networks: set_of(&networks),
             routes,
             extra: set_of(extra),
+        }
+    }
+
+    /// Whether any route could admit `client`, whatever the path.
+    #[inline]
+    pub fn screen(&self, client: IpAddr, nodes: &LiveNodes) -> Screening {
+        if self
+            .all_networks
+            .as_ref()
+            .is_some_and(|set| set.contains(client))
+        {
+            return Screening::Listed;
+        }
+        let reason = if self.nodes_route {
+            if self.extra.as_ref().is_some_and(|set| set.contains(client)) {
+                return Screening::Listed;
+            }
+            match nodes.contains(client) {
+                Some(true) => return Screening::Listed,
+                Some(false) => DenyReason::NotInNodes,
+                None => DenyReason::NodesUnavailable,
+            }
+        } else {
+            DenyReason::NotAllowed
+        };
+        if self.any_route {
+            Screening::AnyOnly
+        } else {
+            Screening::Refused(reason)
         }
     }
 
@@ -309,6 +370,49 @@ mod tests {
         );
         // IPv4-mapped IPv6 is the IPv4 address.
         assert_eq!(decide("/hook", "::ffff:1.1.1.1"), (Some(0), Ok(())));
+    }
+
+    #[test]
+    fn screening_before_any_path_is_known() {
+        let table = table();
+        let nodes = LiveNodes::new();
+        // No list: only the networks and `extra` are listed; `/public/` is
+        // `any`, so nobody is refused outright.
+        assert_eq!(table.screen(ip("10.1.1.1"), &nodes), Screening::Listed);
+        assert_eq!(table.screen(ip("192.0.2.9"), &nodes), Screening::Listed);
+        assert_eq!(table.screen(ip("1.1.1.1"), &nodes), Screening::AnyOnly);
+
+        let config = Config::from_toml(
+            r#"
+            [server]
+            listen = "127.0.0.1:0"
+            tls_cert = "c"
+            tls_key = "k"
+            [[route]]
+            prefix = "/"
+            upstream = "http://127.0.0.1:1"
+            allow = ["nodes"]
+            [[route]]
+            prefix = "/bitrix/admin/"
+            upstream = "http://127.0.0.1:1"
+            allow = ["10.0.0.0/8"]
+            "#,
+        )
+        .unwrap();
+        let table = RouteTable::new(&config.routes, &[], &Metrics::new());
+        assert_eq!(
+            table.screen(ip("1.1.1.1"), &nodes),
+            Screening::Refused(DenyReason::NodesUnavailable)
+        );
+        nodes.store(Arc::new(
+            NodeList::parse(br#"{"nodes":["1.1.1.1"]}"#, &Default::default()).unwrap(),
+        ));
+        assert_eq!(table.screen(ip("1.1.1.1"), &nodes), Screening::Listed);
+        assert_eq!(table.screen(ip("10.0.0.1"), &nodes), Screening::Listed);
+        assert_eq!(
+            table.screen(ip("1.1.1.2"), &nodes),
+            Screening::Refused(DenyReason::NotInNodes)
+        );
     }
 
     #[test]

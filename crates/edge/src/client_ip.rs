@@ -1,7 +1,7 @@
-//! Who the client is: the TCP peer, unless the peer is a trusted proxy that
-//! tells us otherwise — in a PROXY protocol header (v1 or v2) or in
-//! X-Forwarded-For (rightmost untrusted hop). What anyone else claims is
-//! ignored.
+//! Stage 2 of the request path, the client address: the TCP peer, unless
+//! the listener takes it from a trusted proxy — in a PROXY protocol header
+//! (v1 or v2) or in X-Forwarded-For (rightmost untrusted hop), one or the
+//! other, never both. What anyone else claims is ignored.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -30,35 +30,68 @@ impl TrustedProxies {
         !self.empty && self.set.contains(addr)
     }
 
-    /// The client address for a request that reached us from `hop` (the TCP
-    /// peer, or the source a trusted PROXY header gave): `hop` itself unless
-    /// it is trusted, else the rightmost X-Forwarded-For entry that is not
-    /// a trusted proxy.
-    pub fn client_address(&self, hop: IpAddr, headers: &HeaderMap) -> IpAddr {
-        if !self.contains(hop) {
-            return hop;
-        }
-        let mut client = hop;
-        // Walk the chain from the right; every entry we step over was added
-        // by a proxy we trust. Stop at the first one we don't trust, or at a
-        // malformed entry (nothing left of it can be believed).
-        let values: Vec<&str> = headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        for entry in values.iter().rev().flat_map(|v| v.rsplit(',')) {
-            match parse_forwarded_addr(entry) {
-                Some(addr) => {
-                    client = addr;
+    /// Who sent a request that reached the edge from `peer`, walking
+    /// X-Forwarded-For the way nginx's realip module does (`real_ip_recursive
+    /// on`), on the raw bytes: from the right, every entry that is a trusted
+    /// proxy is stepped over; the first one that is not is the client. An
+    /// entry that is not an address (garbage, non-ASCII) before the client
+    /// is found ends the walk with an error — the request cannot be
+    /// attributed to anyone, least of all to the proxy. Entries left of the
+    /// client are the client's own words and are never read. A trusted peer
+    /// that sends no header is itself the client (health checks).
+    ///
+    /// From an untrusted peer the header is not read at all.
+    pub fn forwarded_client(
+        &self,
+        peer: IpAddr,
+        headers: &HeaderMap,
+    ) -> Result<ForwardedChain, BadForwardedFor> {
+        // Collected right to left, reversed at the end.
+        let mut hops = vec![peer];
+        if self.contains(peer) {
+            'walk: for value in headers.get_all(X_FORWARDED_FOR).iter().rev() {
+                for entry in value.as_bytes().rsplit(|b| *b == b',') {
+                    let entry = entry.trim_ascii();
+                    if entry.is_empty() {
+                        continue;
+                    }
+                    let addr = parse_forwarded_addr(entry).ok_or(BadForwardedFor)?;
+                    hops.push(addr);
                     if !self.contains(addr) {
-                        break;
+                        break 'walk;
                     }
                 }
-                None => break,
             }
         }
-        client
+        hops.reverse();
+        Ok(ForwardedChain { hops })
+    }
+}
+
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+
+/// An X-Forwarded-For entry that is not an address stood where the client
+/// was looked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("X-Forwarded-For has an entry that is not an IP address where the client should be")]
+pub struct BadForwardedFor;
+
+/// The part of an X-Forwarded-For chain the edge can vouch for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardedChain {
+    /// The client first, then each trusted proxy the request passed, the
+    /// peer that reached the edge last.
+    hops: Vec<IpAddr>,
+}
+
+impl ForwardedChain {
+    pub fn client(&self) -> IpAddr {
+        self.hops[0]
+    }
+
+    /// What the upstream's X-Forwarded-For lists.
+    pub fn hops(&self) -> &[IpAddr] {
+        &self.hops
     }
 }
 
@@ -74,9 +107,9 @@ pub fn canonical(addr: IpAddr) -> IpAddr {
 }
 
 /// An X-Forwarded-For entry: an address, possibly with a port
-/// (`1.2.3.4:5678`, `[2001:db8::1]:443`).
-fn parse_forwarded_addr(entry: &str) -> Option<IpAddr> {
-    let entry = entry.trim();
+/// (`1.2.3.4:5678`, `[2001:db8::1]:443`), as nginx accepts them.
+fn parse_forwarded_addr(entry: &[u8]) -> Option<IpAddr> {
+    let entry = std::str::from_utf8(entry).ok()?;
     if let Ok(addr) = entry.parse::<IpAddr>() {
         return Some(canonical(addr));
     }
@@ -256,57 +289,112 @@ pub fn encode_v2(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    fn headers(xff: &[&str]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for value in xff {
-            map.append("x-forwarded-for", value.parse().unwrap());
-        }
-        map
-    }
-
     fn ip(text: &str) -> IpAddr {
         text.parse().unwrap()
+    }
+
+    fn client_of(
+        trusted: &TrustedProxies,
+        peer: &str,
+        xff: &[&[u8]],
+    ) -> Result<IpAddr, BadForwardedFor> {
+        let mut map = HeaderMap::new();
+        for value in xff {
+            map.append(
+                "x-forwarded-for",
+                http::HeaderValue::from_bytes(value).unwrap(),
+            );
+        }
+        trusted.forwarded_client(ip(peer), &map).map(|c| c.client())
     }
 
     #[test]
     fn forwarded_for_is_believed_only_from_trusted_peers() {
         let trusted = TrustedProxies::new(&["10.0.0.0/8".parse().unwrap()]);
-        let spoofed = headers(&["195.208.184.200"]);
+        let node = b"195.208.184.200";
         assert_eq!(
-            trusted.client_address(ip("203.0.113.9"), &spoofed),
-            ip("203.0.113.9")
+            client_of(&trusted, "203.0.113.9", &[node]),
+            Ok(ip("203.0.113.9"))
         );
         assert_eq!(
-            trusted.client_address(ip("10.0.0.1"), &spoofed),
-            ip("195.208.184.200")
+            client_of(&trusted, "10.0.0.1", &[node]),
+            Ok(ip("195.208.184.200"))
         );
         // The client prepends a fake hop; the rightmost untrusted one wins.
-        let chain = headers(&["1.1.1.1, 203.0.113.9", "10.0.0.7"]);
         assert_eq!(
-            trusted.client_address(ip("10.0.0.1"), &chain),
-            ip("203.0.113.9")
+            client_of(
+                &trusted,
+                "10.0.0.1",
+                &[b"1.1.1.1, 203.0.113.9", b"10.0.0.7"]
+            ),
+            Ok(ip("203.0.113.9"))
         );
-        // Garbage stops the walk at the last trusted hop.
-        let garbage = headers(&["1.1.1.1, nonsense, 10.0.0.7"]);
+        // Ports, brackets, empty entries and odd spacing are tolerated.
         assert_eq!(
-            trusted.client_address(ip("10.0.0.1"), &garbage),
-            ip("10.0.0.7")
+            client_of(&trusted, "10.0.0.1", &[b"[2001:db8::1]:443"]),
+            Ok(ip("2001:db8::1"))
         );
-        // Ports and brackets are tolerated.
-        let ported = headers(&["[2001:db8::1]:443"]);
         assert_eq!(
-            trusted.client_address(ip("10.0.0.1"), &ported),
-            ip("2001:db8::1")
+            client_of(
+                &trusted,
+                "10.0.0.1",
+                &[b" 203.0.113.9:5000 ,, \t10.0.0.7 ,"]
+            ),
+            Ok(ip("203.0.113.9"))
         );
         // No header: the peer.
+        assert_eq!(client_of(&trusted, "10.0.0.1", &[]), Ok(ip("10.0.0.1")));
+        // All entries trusted: the leftmost, like nginx.
         assert_eq!(
-            trusted.client_address(ip("10.0.0.1"), &HeaderMap::new()),
-            ip("10.0.0.1")
+            client_of(&trusted, "10.0.0.1", &[b"10.9.9.9, 10.0.0.7"]),
+            Ok(ip("10.9.9.9"))
         );
         let nobody = TrustedProxies::new(&[]);
+        assert_eq!(client_of(&nobody, "10.0.0.1", &[node]), Ok(ip("10.0.0.1")));
+    }
+
+    #[test]
+    fn forwarded_for_is_walked_on_raw_bytes_and_garbage_is_refused() {
+        let trusted = TrustedProxies::new(&["10.0.0.0/8".parse().unwrap()]);
+        // A non-ASCII byte in the client's own part is never read: the
+        // client the balancer appended is found (issue 10, item 3).
         assert_eq!(
-            nobody.client_address(ip("10.0.0.1"), &spoofed),
-            ip("10.0.0.1")
+            client_of(&trusted, "10.0.0.1", &[b"\xff\xfe, 203.0.113.9"]),
+            Ok(ip("203.0.113.9"))
+        );
+        assert_eq!(
+            client_of(
+                &trusted,
+                "10.0.0.1",
+                &[b"\xd0\xbf\xd1\x80\xd0\xb8", b"203.0.113.9"]
+            ),
+            Ok(ip("203.0.113.9"))
+        );
+        // Garbage where the client should be is an error, never the proxy.
+        for garbage in [
+            &b"nonsense"[..],
+            b"1.1.1.1, nonsense, 10.0.0.7",
+            b"\xff",
+            b"unknown",
+            b"203.0.113.9\xff",
+            b"1.2.3.4.5",
+        ] {
+            assert_eq!(
+                client_of(&trusted, "10.0.0.1", &[garbage]),
+                Err(BadForwardedFor),
+                "{garbage:?}"
+            );
+        }
+        // The chain the upstream gets: client, trusted hops, peer.
+        let mut map = HeaderMap::new();
+        map.append(
+            "x-forwarded-for",
+            "6.6.6.6, 203.0.113.9, 10.0.0.7".parse().unwrap(),
+        );
+        let chain = trusted.forwarded_client(ip("10.0.0.1"), &map).unwrap();
+        assert_eq!(
+            chain.hops(),
+            [ip("203.0.113.9"), ip("10.0.0.7"), ip("10.0.0.1")]
         );
     }
 

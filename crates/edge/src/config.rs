@@ -10,23 +10,12 @@ use http::Uri;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-/// Why a configuration was refused: the key (`server.listen`,
-/// `route[2].allow`…) and what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {detail}")]
-    Read { path: String, detail: String },
-    #[error("{0}")]
-    Syntax(String),
-    #[error("{key}: {problem}")]
-    Invalid { key: String, problem: String },
-}
+/// Why a configuration was refused: where (`edge.toml:12:10`), the key
+/// (`server.listen`, `route[2].allow`…) and what to write instead.
+pub use b24_cli_support::ConfigError;
 
 fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.into(),
-        problem: problem.into(),
-    }
+    ConfigError::invalid(key, problem)
 }
 
 /// The validated configuration of one edge.
@@ -39,9 +28,51 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
 }
 
+/// Where the client address of a listener's connections comes from: one
+/// source per listener, never two at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientIpMode {
+    /// The TCP peer. Anything a client writes in X-Forwarded-For is ignored.
+    Peer,
+    /// A PROXY protocol (v1 or v2) header, which every connection must
+    /// start with and only `client_ip.trusted_proxies` may send.
+    ProxyProtocol,
+    /// X-Forwarded-For, believed from `client_ip.trusted_proxies` only.
+    XForwardedFor,
+}
+
+impl ClientIpMode {
+    fn parse(key: &str, text: &str) -> Result<ClientIpMode, ConfigError> {
+        match text.trim() {
+            "peer" => Ok(ClientIpMode::Peer),
+            "proxy_protocol" => Ok(ClientIpMode::ProxyProtocol),
+            "x_forwarded_for" => Ok(ClientIpMode::XForwardedFor),
+            other => Err(invalid(
+                key,
+                format!("{other:?} is not \"peer\", \"proxy_protocol\" or \"x_forwarded_for\""),
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientIpMode::Peer => "peer",
+            ClientIpMode::ProxyProtocol => "proxy_protocol",
+            ClientIpMode::XForwardedFor => "x_forwarded_for",
+        }
+    }
+}
+
+/// One address the edge accepts TLS connections on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listener {
+    pub addr: SocketAddr,
+    pub client_ip: ClientIpMode,
+}
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    pub listen: Vec<SocketAddr>,
+    pub listen: Vec<Listener>,
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
     /// `/metrics`, `/healthz` and `/readyz` (plain HTTP); none when absent.
@@ -52,6 +83,9 @@ pub struct ServerConfig {
     pub workers: usize,
     /// How often the certificate files are checked for a new version.
     pub tls_reload_poll: Duration,
+    /// Whether a client no route admits is refused when it connects,
+    /// before the TLS handshake (else it gets a 403 for each request).
+    pub refuse_before_tls: bool,
 }
 
 /// Bounds that protect the edge and its upstreams.
@@ -59,15 +93,33 @@ pub struct ServerConfig {
 pub struct Limits {
     /// Largest request body forwarded, in bytes (413 above it).
     pub max_body: u64,
-    /// Time a client has to complete the TLS handshake and each request's
-    /// headers before its connection is closed; also the idle time after
-    /// which an HTTP/1.1 keep-alive connection is closed.
+    /// Bodies up to this size, and every body of unknown length, are read
+    /// whole before the upstream is contacted; larger declared bodies are
+    /// streamed. At most `max_body`.
+    pub body_buffer: u64,
+    /// Time a new connection has to deliver its first complete request
+    /// head, counted from accept: PROXY header, TLS handshake and the head
+    /// itself (h2: preface, SETTINGS and HEADERS).
     pub header_timeout: Duration,
+    /// Time a kept-alive connection may wait for its next complete request
+    /// head after the previous response (h2: GOAWAY after that).
+    pub idle_timeout: Duration,
+    /// Most time between two reads of a request body (408 after it).
+    pub client_body_timeout: Duration,
+    /// Most time a write to a client may wait: a client that stops reading
+    /// its response is dropped.
+    pub send_timeout: Duration,
     pub upstream_connect_timeout: Duration,
-    /// Time the upstream has to start its response (504 after it).
+    /// Time the upstream has to start its response once the request is
+    /// sent (504 after it), and most time between two reads of its body.
     pub upstream_timeout: Duration,
-    /// Connections served at once; further clients wait to be accepted.
+    /// Connections served at once.
     pub max_connections: usize,
+    /// Slots only clients admitted by address (the nodes list, `extra`, a
+    /// route's networks) may take; everyone else shares the rest.
+    pub reserved_connections: usize,
+    /// Connections one client address may hold at once.
+    pub max_connections_per_address: usize,
     /// On shutdown, how long in-flight requests may take to finish.
     pub shutdown_timeout: Duration,
 }
@@ -76,10 +128,16 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_body: 10 * 1024 * 1024,
+            body_buffer: 1024 * 1024,
             header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            client_body_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(30),
             upstream_connect_timeout: Duration::from_secs(5),
             upstream_timeout: Duration::from_secs(30),
             max_connections: 10_000,
+            reserved_connections: 1_000,
+            max_connections_per_address: 256,
             shutdown_timeout: Duration::from_secs(30),
         }
     }
@@ -87,8 +145,15 @@ impl Default for Limits {
 
 #[derive(Debug, Clone)]
 pub struct NodesConfig {
-    pub source: Source,
+    /// One or more sources; their union is admitted, each fetched and
+    /// cached on its own.
+    pub sources: Vec<Source>,
     pub cache: Option<PathBuf>,
+    /// Accept list entries broader than /24 (IPv4) or /48 (IPv6).
+    pub allow_broad: bool,
+    /// Accept loopback, private, documentation, benchmarking and other
+    /// special-purpose addresses in the list.
+    pub allow_special: bool,
     /// Between two requests to a URL source; at least 60 s.
     pub refresh: Duration,
     /// Addresses admitted wherever `nodes` is, even with no list at all.
@@ -97,19 +162,22 @@ pub struct NodesConfig {
     pub file_poll: Duration,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ClientIpConfig {
+    /// The mode of listeners that do not name their own.
+    pub mode: ClientIpMode,
     /// Peers whose X-Forwarded-For and PROXY header are believed.
     pub trusted_proxies: Vec<IpNet>,
-    /// Expect a PROXY protocol (v1 or v2) header from trusted peers.
-    pub proxy_protocol: bool,
 }
 
 #[derive(Debug, Clone)]
 pub struct RouteConfig {
-    /// Matched against the request path as a plain string prefix.
+    /// In normal form (see [`crate::head`]); matched against the normalized
+    /// request path as a plain string prefix.
     pub prefix: String,
-    /// Scheme and authority only; the request path is forwarded unchanged.
+    /// As written in the file: the `route` label of its metrics.
+    pub label: String,
+    /// Scheme and authority only; the normalized request path is forwarded.
     pub upstream: Uri,
     /// PEM file of the CA(s) that sign an `https` upstream's certificate;
     /// the system roots are used when absent.
@@ -132,36 +200,23 @@ impl RouteConfig {
 }
 
 impl Config {
+    /// Reads and validates a file; errors name it with the line and column.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
-            path: path.display().to_string(),
-            detail: e.to_string(),
-        })?;
-        Config::from_toml(&text)
+        let text = b24_cli_support::config::read(path)?;
+        Config::from_toml(&text).map_err(|e| e.in_file(path))
     }
 
+    /// Errors are located in `text` (line, column, the line shown with any
+    /// secret hidden).
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|e| ConfigError::Syntax(syntax_message(&e)))?;
-        raw.validate()
+        let raw: RawConfig = b24_cli_support::config::parse(text)?;
+        raw.validate().map_err(|e| e.locate(text))
     }
 
     /// Whether any route admits by the nodes list.
     pub fn uses_nodes(&self) -> bool {
         self.routes.iter().any(RouteConfig::uses_nodes)
     }
-}
-
-/// toml's message names the key and the line; its excerpt of the file could
-/// show a secret someone put in a URL, so only the first line is kept.
-fn syntax_message(e: &toml::de::Error) -> String {
-    let mut text = String::from("invalid config");
-    if let Some(span) = e.span() {
-        text.push_str(&format!(" (at byte {})", span.start));
-    }
-    text.push_str(": ");
-    text.push_str(e.message().lines().next().unwrap_or("").trim());
-    text
 }
 
 #[derive(Deserialize)]
@@ -178,9 +233,25 @@ struct RawConfig {
 
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum OneOrMany {
-    One(String),
-    Many(Vec<String>),
+enum ListenEntries {
+    // A list first: a struct would also accept a list as its fields.
+    Many(Vec<RawListen>),
+    One(RawListen),
+}
+
+/// `"0.0.0.0:443"`, or `{ address = "10.0.0.2:8443", client_ip = "proxy_protocol" }`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawListen {
+    Address(String),
+    Table(RawListenTable),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListenTable {
+    address: String,
+    client_ip: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -193,25 +264,44 @@ enum Size {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawServer {
-    listen: OneOrMany,
+    listen: ListenEntries,
     tls_cert: PathBuf,
     tls_key: PathBuf,
     metrics_listen: Option<String>,
     max_body: Option<Size>,
+    body_buffer: Option<Size>,
     header_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    client_body_timeout: Option<String>,
+    send_timeout: Option<String>,
     upstream_connect_timeout: Option<String>,
     upstream_timeout: Option<String>,
     max_connections: Option<usize>,
+    reserved_connections: Option<usize>,
+    max_connections_per_address: Option<usize>,
     shutdown_timeout: Option<String>,
     workers: Option<usize>,
     tls_reload_poll: Option<String>,
+    refuse_before_tls: Option<bool>,
+}
+
+/// `source = "…"` or `source = ["…", "…"]`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawNodes {
-    source: Option<String>,
+    source: Option<OneOrMany>,
     cache: Option<PathBuf>,
+    #[serde(default)]
+    allow_broad: bool,
+    #[serde(default)]
+    allow_special: bool,
     refresh: Option<String>,
     #[serde(default)]
     extra: Vec<String>,
@@ -221,10 +311,11 @@ struct RawNodes {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawClientIp {
+    mode: Option<String>,
     #[serde(default)]
     trusted_proxies: Vec<String>,
-    #[serde(default)]
-    proxy_protocol: bool,
+    /// Replaced by `mode`; kept only to say so.
+    proxy_protocol: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -239,21 +330,9 @@ struct RawRoute {
 
 impl RawConfig {
     fn validate(self) -> Result<Config, ConfigError> {
-        let server = self.server.validate()?;
+        let client_ip = self.client_ip.validate()?;
+        let server = self.server.validate(&client_ip)?;
         let nodes = self.nodes.validate()?;
-        let client_ip = ClientIpConfig {
-            trusted_proxies: networks(
-                "client_ip.trusted_proxies",
-                &self.client_ip.trusted_proxies,
-            )?,
-            proxy_protocol: self.client_ip.proxy_protocol,
-        };
-        if client_ip.proxy_protocol && client_ip.trusted_proxies.is_empty() {
-            return Err(invalid(
-                "client_ip.proxy_protocol",
-                "is on but client_ip.trusted_proxies is empty; list the load balancers that send the PROXY header",
-            ));
-        }
         if self.route.is_empty() {
             return Err(invalid(
                 "route",
@@ -263,13 +342,16 @@ impl RawConfig {
         let mut routes = Vec::with_capacity(self.route.len());
         for (index, raw) in self.route.into_iter().enumerate() {
             let route = raw.validate(index)?;
-            if routes
+            if let Some(earlier) = routes
                 .iter()
-                .any(|r: &RouteConfig| r.prefix == route.prefix)
+                .find(|r: &&RouteConfig| r.prefix == route.prefix)
             {
                 return Err(invalid(
                     format!("route[{index}].prefix"),
-                    format!("{:?} is used by an earlier route", route.prefix),
+                    format!(
+                        "{:?} means the same path as the earlier route's {:?}",
+                        route.label, earlier.label
+                    ),
                 ));
             }
             routes.push(route);
@@ -283,24 +365,92 @@ impl RawConfig {
     }
 }
 
-impl RawServer {
-    fn validate(self) -> Result<ServerConfig, ConfigError> {
-        let listen_texts = match self.listen {
-            OneOrMany::One(one) => vec![one],
-            OneOrMany::Many(many) => many,
+impl RawClientIp {
+    fn validate(self) -> Result<ClientIpConfig, ConfigError> {
+        if self.proxy_protocol.is_some() {
+            return Err(invalid(
+                "client_ip.proxy_protocol",
+                "was replaced by client_ip.mode = \"proxy_protocol\" (or \"x_forwarded_for\", or \"peer\"): one source of the client address per listener",
+            ));
+        }
+        let mode = match self.mode.as_deref() {
+            None => ClientIpMode::Peer,
+            Some(text) => ClientIpMode::parse("client_ip.mode", text)?,
         };
-        if listen_texts.is_empty() {
+        Ok(ClientIpConfig {
+            mode,
+            trusted_proxies: networks("client_ip.trusted_proxies", &self.trusted_proxies)?,
+        })
+    }
+}
+
+impl RawServer {
+    fn validate(self, client_ip: &ClientIpConfig) -> Result<ServerConfig, ConfigError> {
+        let entries = match self.listen {
+            ListenEntries::One(one) => vec![one],
+            ListenEntries::Many(many) => many,
+        };
+        if entries.is_empty() {
             return Err(invalid("server.listen", "is empty"));
         }
-        let listen = listen_texts
-            .iter()
-            .map(|text| socket_addr("server.listen", text))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut listen = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let listener = match entry {
+                RawListen::Address(text) => Listener {
+                    addr: socket_addr("server.listen", &text)?,
+                    client_ip: client_ip.mode,
+                },
+                RawListen::Table(table) => Listener {
+                    addr: socket_addr("server.listen", &table.address)?,
+                    client_ip: match table.client_ip.as_deref() {
+                        None => client_ip.mode,
+                        Some(text) => ClientIpMode::parse("server.listen.client_ip", text)?,
+                    },
+                },
+            };
+            if listen.iter().any(|l: &Listener| l.addr == listener.addr) {
+                return Err(invalid(
+                    "server.listen",
+                    format!("{} is listed twice; list each address once", listener.addr),
+                ));
+            }
+            if listener.client_ip != ClientIpMode::Peer && client_ip.trusted_proxies.is_empty() {
+                return Err(invalid(
+                    "client_ip.trusted_proxies",
+                    format!(
+                        "is empty, but {} takes the client address from {}; list the load balancers in front of it",
+                        listener.addr,
+                        listener.client_ip.as_str()
+                    ),
+                ));
+            }
+            listen.push(listener);
+        }
+        if !client_ip.trusted_proxies.is_empty()
+            && listen.iter().all(|l| l.client_ip == ClientIpMode::Peer)
+        {
+            return Err(invalid(
+                "client_ip.mode",
+                "is \"peer\" on every listener, so client_ip.trusted_proxies would be ignored; set mode = \"x_forwarded_for\" or \"proxy_protocol\", or remove trusted_proxies",
+            ));
+        }
         let metrics_listen = self
             .metrics_listen
             .as_deref()
             .map(|text| socket_addr("server.metrics_listen", text))
             .transpose()?;
+        // Port 0 (tests: any free port) never collides.
+        let fixed = |addr: &SocketAddr| addr.port() != 0;
+        if let Some(metrics) =
+            metrics_listen.filter(|m| fixed(m) && listen.iter().any(|l| l.addr == *m))
+        {
+            return Err(invalid(
+                "server.metrics_listen",
+                format!(
+                    "{metrics} is also in server.listen; give the metrics their own port, like 127.0.0.1:9901"
+                ),
+            ));
+        }
         let defaults = Limits::default();
         let max_body = match self.max_body {
             None => defaults.max_body,
@@ -312,9 +462,36 @@ impl RawServer {
                 )
             })?,
         };
+        let body_buffer = match self.body_buffer {
+            None => defaults.body_buffer,
+            Some(Size::Bytes(n)) => n,
+            Some(Size::Text(text)) => parse_size(&text).ok_or_else(|| {
+                invalid(
+                    "server.body_buffer",
+                    format!("{text:?} is not a size like 65536, \"64KiB\" or \"1MiB\""),
+                )
+            })?,
+        }
+        .min(max_body);
         let max_connections = self.max_connections.unwrap_or(defaults.max_connections);
         if max_connections == 0 {
             return Err(invalid("server.max_connections", "must be at least 1"));
+        }
+        let reserved_connections = self.reserved_connections.unwrap_or(max_connections / 10);
+        if reserved_connections >= max_connections {
+            return Err(invalid(
+                "server.reserved_connections",
+                format!("must be less than server.max_connections ({max_connections})"),
+            ));
+        }
+        let max_connections_per_address = self
+            .max_connections_per_address
+            .unwrap_or(defaults.max_connections_per_address);
+        if max_connections_per_address == 0 {
+            return Err(invalid(
+                "server.max_connections_per_address",
+                "must be at least 1",
+            ));
         }
         let workers = match self.workers {
             Some(0) => return Err(invalid("server.workers", "must be at least 1")),
@@ -323,10 +500,26 @@ impl RawServer {
         };
         let limits = Limits {
             max_body,
+            body_buffer,
             header_timeout: duration(
                 "server.header_timeout",
                 self.header_timeout,
                 defaults.header_timeout,
+            )?,
+            idle_timeout: duration(
+                "server.idle_timeout",
+                self.idle_timeout,
+                defaults.idle_timeout,
+            )?,
+            client_body_timeout: duration(
+                "server.client_body_timeout",
+                self.client_body_timeout,
+                defaults.client_body_timeout,
+            )?,
+            send_timeout: duration(
+                "server.send_timeout",
+                self.send_timeout,
+                defaults.send_timeout,
             )?,
             upstream_connect_timeout: duration(
                 "server.upstream_connect_timeout",
@@ -339,6 +532,8 @@ impl RawServer {
                 defaults.upstream_timeout,
             )?,
             max_connections,
+            reserved_connections,
+            max_connections_per_address,
             shutdown_timeout: duration(
                 "server.shutdown_timeout",
                 self.shutdown_timeout,
@@ -357,18 +552,31 @@ impl RawServer {
                 self.tls_reload_poll,
                 Duration::from_secs(5),
             )?,
+            refuse_before_tls: self.refuse_before_tls.unwrap_or(true),
         })
     }
 }
 
 impl RawNodes {
     fn validate(self) -> Result<NodesConfig, ConfigError> {
-        let source = match self.source.as_deref() {
-            None => Source::default(),
-            Some(text) => text
-                .parse::<Source>()
-                .map_err(|e| invalid("nodes.source", e.to_string()))?,
+        let texts = match self.source {
+            None => vec![b24_nodes::DEFAULT_SOURCE.to_string()],
+            Some(OneOrMany::One(one)) => vec![one],
+            Some(OneOrMany::Many(many)) => many,
         };
+        if texts.is_empty() {
+            return Err(invalid("nodes.source", "is an empty list"));
+        }
+        let mut sources: Vec<Source> = Vec::with_capacity(texts.len());
+        for text in &texts {
+            let source = text
+                .parse::<Source>()
+                .map_err(|e| invalid("nodes.source", e.to_string()))?;
+            if sources.contains(&source) {
+                return Err(invalid("nodes.source", format!("{source} is listed twice")));
+            }
+            sources.push(source);
+        }
         let refresh = duration("nodes.refresh", self.refresh, Duration::from_secs(300))?;
         if refresh < MIN_INTERVAL {
             return Err(invalid(
@@ -381,8 +589,10 @@ impl RawNodes {
             ));
         }
         Ok(NodesConfig {
-            source,
+            sources,
             cache: self.cache,
+            allow_broad: self.allow_broad,
+            allow_special: self.allow_special,
             refresh,
             extra: networks("nodes.extra", &self.extra)?,
             file_poll: duration("nodes.file_poll", self.file_poll, Duration::from_secs(1))?,
@@ -399,6 +609,15 @@ impl RawRoute {
                 format!("{:?} must start with '/'", self.prefix),
             ));
         }
+        // Requests are matched in normal form, so the prefix is too.
+        let prefix = crate::head::normalize_path(&self.prefix)
+            .map_err(|e| {
+                invalid(
+                    key("prefix"),
+                    format!("{:?} has {e}; no request path could match it", self.prefix),
+                )
+            })?
+            .into_owned();
         let upstream: Uri = self
             .upstream
             .parse()
@@ -425,7 +644,7 @@ impl RawRoute {
         {
             return Err(invalid(
                 key("upstream"),
-                "must have no path or query; the request path is forwarded unchanged",
+                "must have no path or query; the request's own (normalized) path is forwarded",
             ));
         }
         if self.ca_file.is_some() && scheme != "https" {
@@ -451,7 +670,8 @@ impl RawRoute {
             allow.push(parsed);
         }
         Ok(RouteConfig {
-            prefix: self.prefix,
+            prefix,
+            label: self.prefix,
             upstream,
             ca_file: self.ca_file,
             allow,
@@ -460,12 +680,7 @@ impl RawRoute {
 }
 
 fn socket_addr(key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
-    text.trim().parse().map_err(|_| {
-        invalid(
-            key,
-            format!("{text:?} is not an address:port like 0.0.0.0:443 or [::]:443"),
-        )
-    })
+    b24_cli_support::config::parse_socket_addr(text).map_err(|problem| invalid(key, problem))
 }
 
 fn duration(key: &str, text: Option<String>, default: Duration) -> Result<Duration, ConfigError> {

@@ -58,13 +58,24 @@ impl DenyLog {
     /// Logs one denial, if the budget allows. The path is not logged: a
     /// webhook URL carries its secret in the path.
     pub fn denied(&self, client: IpAddr, reason: DenyReason, route: &str) {
-        let (write, left_out) = self.admit();
-        if left_out > 0 {
-            warn!(count = left_out, "denied requests not logged (rate limit)");
-        }
-        if write {
+        if self.budget() {
             info!(%client, reason = reason.as_str(), route, "request denied");
         }
+    }
+
+    /// Logs one connection refused before TLS, on the same budget.
+    pub fn refused_connection(&self, client: IpAddr, reason: DenyReason) {
+        if self.budget() {
+            info!(%client, reason = reason.as_str(), "connection refused before TLS");
+        }
+    }
+
+    fn budget(&self) -> bool {
+        let (write, left_out) = self.admit();
+        if left_out > 0 {
+            warn!(count = left_out, "denials not logged (rate limit)");
+        }
+        write
     }
 }
 

@@ -1,20 +1,29 @@
 //! Stage 5 of the request path, forwarding an admitted request to its
-//! route's upstream: pooled connections, header rewriting, bodies streamed
-//! both ways with the request body capped, and timeouts mapped to 502/504.
+//! route's upstream: the request body read whole before the upstream is
+//! contacted (or, large and of declared length, streamed), pooled
+//! connections, header rewriting, the response streamed back, and
+//! failures mapped to one status each.
+//!
+//! What the upstream receives: the normalized path (see [`crate::head`])
+//! with the query as sent; Host and X-Forwarded-Host = the validated host;
+//! X-Forwarded-For = the client, then each trusted proxy it came through,
+//! then the peer that reached the edge (the chain the edge vouches for —
+//! nothing a client wrote about itself); X-Real-IP = the client;
+//! X-Forwarded-Proto = https; no hop-by-hop headers, no `Expect`; a body
+//! read whole gets its exact Content-Length.
 
 use std::error::Error as StdError;
+use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, Uri, Version};
-use http_body::{Body, Frame, SizeHint};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
@@ -26,9 +35,14 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
 use crate::admit::{Route, RouteTable};
+use crate::body::{
+    ClientBodyError, ForwardBody, StreamedBody, UpstreamBody, client_body_error, discard,
+    read_whole,
+};
 use crate::config::{Limits, RouteConfig};
+use crate::metrics::Metrics;
 
-pub type BoxError = Box<dyn StdError + Send + Sync>;
+pub use crate::body::BoxError;
 /// The body of every response the edge sends.
 pub type EdgeBody = UnsyncBoxBody<Bytes, BoxError>;
 
@@ -52,8 +66,10 @@ pub enum UpstreamSetupError {
 /// Why forwarding failed; each maps to one status code.
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
-    #[error("request body over the limit")]
-    TooLarge,
+    /// The client's body: too large (413), paused too long (408), or
+    /// malformed (400). The upstream saw none of it, or a cut-off stream.
+    #[error(transparent)]
+    ClientBody(#[from] ClientBodyError),
     #[error("cannot connect to the upstream: {0}")]
     Connect(String),
     #[error("the upstream did not answer in time")]
@@ -63,19 +79,21 @@ pub enum ForwardError {
 }
 
 impl ForwardError {
-    pub fn status(&self) -> http::StatusCode {
+    pub fn status(&self) -> StatusCode {
         match self {
-            ForwardError::TooLarge => http::StatusCode::PAYLOAD_TOO_LARGE,
-            ForwardError::Connect(_) | ForwardError::Protocol(_) => http::StatusCode::BAD_GATEWAY,
-            ForwardError::Timeout => http::StatusCode::GATEWAY_TIMEOUT,
+            ForwardError::ClientBody(ClientBodyError::TooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
+            ForwardError::ClientBody(ClientBodyError::Timeout) => StatusCode::REQUEST_TIMEOUT,
+            ForwardError::ClientBody(ClientBodyError::Malformed(_)) => StatusCode::BAD_REQUEST,
+            ForwardError::Connect(_) | ForwardError::Protocol(_) => StatusCode::BAD_GATEWAY,
+            ForwardError::Timeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
-    /// The `kind` label of the upstream error metric (none for a client's
-    /// oversized body, which is not the upstream's fault).
+    /// The `kind` label of the upstream error metric; none for the
+    /// client's own faults.
     pub fn metric_kind(&self) -> Option<&'static str> {
         match self {
-            ForwardError::TooLarge => None,
+            ForwardError::ClientBody(_) => None,
             ForwardError::Connect(_) => Some("connect"),
             ForwardError::Timeout => Some("timeout"),
             ForwardError::Protocol(_) => Some("protocol"),
@@ -84,25 +102,35 @@ impl ForwardError {
 
     pub fn body(&self) -> &'static str {
         match self {
-            ForwardError::TooLarge => "request body too large\n",
+            ForwardError::ClientBody(ClientBodyError::TooLarge) => "request body too large\n",
+            ForwardError::ClientBody(ClientBodyError::Timeout) => "request body timeout\n",
+            ForwardError::ClientBody(ClientBodyError::Malformed(_)) => "bad request body\n",
             ForwardError::Connect(_) | ForwardError::Protocol(_) => "bad gateway\n",
             ForwardError::Timeout => "gateway timeout\n",
         }
     }
 }
 
-/// Who sent a request, as far as forwarding headers are concerned.
-#[derive(Debug, Clone, Copy)]
-pub struct Forwarded {
-    /// The client address the edge decided on (X-Real-IP).
+/// How much more of an oversized body the edge reads and drops before its
+/// 413, and for how long at most.
+const LINGER_BYTES: u64 = 16 * 1024 * 1024;
+const LINGER_WAIT: Duration = Duration::from_secs(2);
+
+/// What the request stage decided about a request, for its headers.
+#[derive(Debug)]
+pub struct Forwarded<'a> {
+    /// The client address (X-Real-IP).
     pub client: IpAddr,
-    /// The hop that reached us: the TCP peer, or the PROXY header's source.
-    pub hop: IpAddr,
-    /// Whether `hop` is a trusted proxy (its X-Forwarded-For is kept).
-    pub hop_trusted: bool,
+    /// X-Forwarded-For: the client first, the peer last.
+    pub hops: &'a [IpAddr],
+    /// The validated host (Host, X-Forwarded-Host); none for HTTP/1.0
+    /// without one.
+    pub host: Option<HeaderValue>,
+    /// The normalized path, when it differs from the request's.
+    pub path: Option<String>,
 }
 
-type UpstreamClient = Client<HttpsConnector<HttpConnector>, LimitedBody>;
+type UpstreamClient = Client<HttpsConnector<HttpConnector>, ForwardBody>;
 
 /// Where a route's requests go: the upstream's scheme and authority (the
 /// request's own path is kept), and for `https` the CA file to trust.
@@ -131,8 +159,8 @@ impl UpstreamTarget {
 pub struct Forwarder {
     /// Indexed by [`Route::id`].
     clients: Vec<UpstreamClient>,
-    max_body: u64,
-    upstream_timeout: Duration,
+    limits: Limits,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -144,7 +172,11 @@ impl std::fmt::Debug for Forwarder {
 }
 
 impl Forwarder {
-    pub fn new(routes: &RouteTable, limits: &Limits) -> Result<Forwarder, UpstreamSetupError> {
+    pub fn new(
+        routes: &RouteTable,
+        limits: &Limits,
+        metrics: Arc<Metrics>,
+    ) -> Result<Forwarder, UpstreamSetupError> {
         let clients = routes
             .in_config_order()
             .into_iter()
@@ -152,8 +184,8 @@ impl Forwarder {
             .collect::<Result<_, _>>()?;
         Ok(Forwarder {
             clients,
-            max_body: limits.max_body,
-            upstream_timeout: limits.upstream_timeout,
+            limits: limits.clone(),
+            metrics,
         })
     }
 
@@ -163,39 +195,86 @@ impl Forwarder {
         &self,
         route: &Route,
         req: Request<Incoming>,
-        who: &Forwarded,
+        who: Forwarded<'_>,
     ) -> Result<Response<EdgeBody>, ForwardError> {
-        let upstream = route.upstream();
-        let client = &self.clients[route.id()];
+        let limits = &self.limits;
         let declared = req
             .headers()
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > self.max_body) {
-            return Err(ForwardError::TooLarge);
-        }
-        let (mut parts, body) = req.into_parts();
-        rewrite_request(&mut parts, upstream, who).map_err(ForwardError::Protocol)?;
-        let body = LimitedBody {
-            inner: body,
-            remaining: self.max_body,
+        let expects_continue = req
+            .headers()
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        let (mut parts, mut body) = req.into_parts();
+        let parts_version_is_h1 = parts.version < Version::HTTP_2;
+        let too_large = |mut body: Incoming| async move {
+            // So that an HTTP/1.1 client still writing its body sees the
+            // 413 rather than a reset; never invited by 100 Continue.
+            if parts_version_is_h1 && !expects_continue {
+                discard(&mut body, LINGER_BYTES, LINGER_WAIT).await;
+            }
+            Err(ForwardError::ClientBody(ClientBodyError::TooLarge))
         };
+        // Like nginx's proxy_request_buffering: the upstream is contacted
+        // only once the body is known to fit, so nothing of an oversized
+        // chunked upload ever reaches it. Only a large body of declared
+        // (so already checked) length is streamed.
+        if declared.is_some_and(|len| len > limits.max_body) {
+            return too_large(body).await;
+        }
+        let (body, body_sent) = if body.is_end_stream() {
+            (ForwardBody::Full(None), None)
+        } else if declared.is_some_and(|len| len > limits.body_buffer) {
+            let (body, sent) = StreamedBody::new(body, limits.max_body, limits.client_body_timeout);
+            (ForwardBody::Streamed(body), Some(sent))
+        } else {
+            match read_whole(&mut body, limits.max_body, limits.client_body_timeout).await {
+                Ok(bytes) => (ForwardBody::full(bytes), None),
+                Err(ClientBodyError::TooLarge) => return too_large(body).await,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        rewrite_request(&mut parts, route.upstream(), who, &body)
+            .map_err(ForwardError::Protocol)?;
         let request = Request::from_parts(parts, body);
-        let result = tokio::time::timeout(self.upstream_timeout, client.request(request)).await;
+        let client = &self.clients[route.id()];
+        let mut exchange = std::pin::pin!(client.request(request));
+        // The upstream's time starts once it has the whole request: a slow
+        // upload is the client's (client_body_timeout), not a 504.
+        let result = match body_sent {
+            None => tokio::time::timeout(limits.upstream_timeout, exchange).await,
+            Some(sent) => tokio::select! {
+                answered = exchange.as_mut() => Ok(answered),
+                _ = sent => tokio::time::timeout(limits.upstream_timeout, exchange.as_mut()).await,
+            },
+        };
         let response = match result {
             Err(_) => return Err(ForwardError::Timeout),
-            Ok(Err(e)) if caused_by_too_large(&e) => return Err(ForwardError::TooLarge),
-            Ok(Err(e)) if e.is_connect() => return Err(ForwardError::Connect(error_chain(&e))),
-            Ok(Err(e)) => return Err(ForwardError::Protocol(error_chain(&e))),
+            Ok(Err(e)) => {
+                if let Some(client_fault) = client_body_error(&e) {
+                    return Err(ForwardError::ClientBody(client_fault.clone()));
+                }
+                if e.is_connect() {
+                    return Err(ForwardError::Connect(error_chain(&e)));
+                }
+                return Err(ForwardError::Protocol(error_chain(&e)));
+            }
             Ok(Ok(response)) => response,
         };
         let (mut parts, body) = response.into_parts();
         remove_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(
-            parts,
-            body.map_err(BoxError::from).boxed_unsync(),
-        ))
+        if !parts_version_is_h1 {
+            detach_values(&mut parts.headers);
+        }
+        let body = UpstreamBody::new(
+            body,
+            limits.upstream_timeout,
+            self.metrics.clone(),
+            route.metrics().label().clone(),
+        );
+        Ok(Response::from_parts(parts, body.boxed_unsync()))
     }
 }
 
@@ -233,12 +312,9 @@ fn build_client(
                 .with_no_client_auth();
             builder.with_tls_config(config)
         }
-        None if upstream.scheme == Scheme::HTTPS => {
-            b24_nodes::install_crypto_provider();
-            builder
-                .with_native_roots()
-                .map_err(|e| UpstreamSetupError::NativeRoots(e.to_string()))?
-        }
+        None if upstream.scheme == Scheme::HTTPS => builder
+            .with_native_roots()
+            .map_err(|e| UpstreamSetupError::NativeRoots(e.to_string()))?,
         // Plain HTTP: a TLS configuration is still required by the type but
         // never used.
         None => {
@@ -266,40 +342,21 @@ const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 fn rewrite_request(
     parts: &mut http::request::Parts,
     upstream: &UpstreamTarget,
-    who: &Forwarded,
+    who: Forwarded<'_>,
+    body: &ForwardBody,
 ) -> Result<(), String> {
-    let host = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            parts
-                .headers
-                .get(header::HOST)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        });
     remove_hop_by_hop(&mut parts.headers);
+    // The edge answered (or skipped) the client's 100-continue itself.
+    parts.headers.remove(header::EXPECT);
 
-    // A trusted proxy's chain is kept and extended; anyone else's claim is
-    // dropped so the upstream cannot be misled either.
-    let prior: Vec<String> = if who.hop_trusted {
-        parts
-            .headers
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .map(str::to_owned)
-            .collect()
-    } else {
-        Vec::new()
-    };
-    parts.headers.remove(&X_FORWARDED_FOR);
-    let mut chain = prior.join(", ");
-    if !chain.is_empty() {
-        chain.push_str(", ");
+    let mut chain = String::with_capacity(who.hops.len() * 17);
+    for (i, hop) in who.hops.iter().enumerate() {
+        if i > 0 {
+            chain.push_str(", ");
+        }
+        let _ = write!(chain, "{hop}");
     }
-    chain.push_str(&who.hop.to_string());
+    parts.headers.remove(&X_FORWARDED_FOR);
     parts.headers.insert(X_FORWARDED_FOR, header_value(&chain)?);
     parts
         .headers
@@ -307,24 +364,40 @@ fn rewrite_request(
     parts
         .headers
         .insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
-    match &host {
+    match who.host {
         Some(host) => {
-            let value = header_value(host)?;
-            parts.headers.insert(X_FORWARDED_HOST, value.clone());
+            parts.headers.insert(X_FORWARDED_HOST, host.clone());
             // h2 carries the host in :authority; HTTP/1.1 upstreams need it
             // as a header.
-            parts.headers.insert(header::HOST, value);
+            parts.headers.insert(header::HOST, host);
         }
         None => {
             parts.headers.remove(&X_FORWARDED_HOST);
         }
     }
+    if let ForwardBody::Full(bytes) = body {
+        let len = bytes.as_ref().map_or(0, Bytes::len);
+        if len > 0 || parts.headers.contains_key(header::CONTENT_LENGTH) {
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        }
+    }
 
-    let path = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let path = match who.path {
+        None => parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        Some(mut path) => {
+            if let Some(query) = parts.uri.query() {
+                path.push('?');
+                path.push_str(query);
+            }
+            PathAndQuery::try_from(path).map_err(|e| e.to_string())?
+        }
+    };
     parts.uri = Uri::builder()
         .scheme(upstream.scheme.clone())
         .authority(upstream.authority.clone())
@@ -339,9 +412,45 @@ fn header_value(text: &str) -> Result<HeaderValue, String> {
     HeaderValue::from_str(text).map_err(|_| "a forwarding header value is not valid".to_owned())
 }
 
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1),
-/// plus whatever the `Connection` header names.
+/// Gives every header value its own small allocation. The values hyper
+/// parses from an upstream response are slices of that upstream
+/// connection's 8 KiB read buffer, and an HTTP/2 client connection's HPACK
+/// encoder keeps the values it indexes (Date, Server, Content-Type…) for as
+/// long as the connection lives: without the copy, each idle h2 client
+/// connection pins a whole upstream read buffer (docs/benchmarks.md).
+fn detach_values(headers: &mut HeaderMap) {
+    for value in headers.values_mut() {
+        let sensitive = value.is_sensitive();
+        if let Ok(mut copy) = HeaderValue::from_bytes(value.as_bytes()) {
+            copy.set_sensitive(sensitive);
+            *value = copy;
+        }
+    }
+}
+
+/// The headers that describe one connection, not the message (RFC 9110
+/// §7.6.1).
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+];
+
+/// Removes the hop-by-hop headers, plus whatever the `Connection` header
+/// names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of them (a request through the edge usually
+    // has no `Connection` header at all): one pass over the few names
+    // present is cheaper than hashing and probing for all nine.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -352,17 +461,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in [
-        header::CONNECTION,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-    ] {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
 }
@@ -378,66 +477,28 @@ fn error_chain(e: &dyn StdError) -> String {
     text
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("request body over the limit")]
-struct BodyTooLarge;
-
-/// A request body that fails once more than `remaining` bytes went through,
-/// so an oversized chunked upload is cut off without ever being buffered.
-pub struct LimitedBody {
-    inner: Incoming,
-    remaining: u64,
-}
-
-/// Whether forwarding failed because [`LimitedBody`] cut the body off.
-fn caused_by_too_large(e: &(dyn StdError + 'static)) -> bool {
-    let mut cause = Some(e);
-    while let Some(c) = cause {
-        if c.is::<BodyTooLarge>() {
-            return true;
-        }
-        cause = c.source();
-    }
-    false
-}
-
-impl Body for LimitedBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    let len = data.len() as u64;
-                    if len > self.remaining {
-                        return Poll::Ready(Some(Err(BodyTooLarge.into())));
-                    }
-                    self.remaining -= len;
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn detached_values_are_equal_copies() {
+        let buffer = bytes::Bytes::from_static(b"nginx/1.22.1 text/plain");
+        let mut headers = HeaderMap::new();
+        let server = HeaderValue::from_maybe_shared(buffer.slice(..12)).unwrap();
+        headers.insert(header::SERVER, server);
+        let mut token = HeaderValue::from_static("secret");
+        token.set_sensitive(true);
+        headers.insert(header::SET_COOKIE, token);
+        detach_values(&mut headers);
+        assert_eq!(headers[header::SERVER], "nginx/1.22.1");
+        assert_ne!(
+            headers[header::SERVER].as_bytes().as_ptr(),
+            buffer.as_ptr(),
+            "the value no longer points into the upstream's buffer"
+        );
+        assert!(headers[header::SET_COOKIE].is_sensitive());
+    }
 
     #[test]
     fn hop_by_hop_headers_go() {
@@ -454,5 +515,18 @@ mod tests {
         remove_hop_by_hop(&mut headers);
         assert_eq!(headers.len(), 1, "{headers:?}");
         assert!(headers.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn one_hop_by_hop_header_among_others_goes() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, "example.org".parse().unwrap());
+        headers.insert(header::CONTENT_TYPE, "text/plain".parse().unwrap());
+        remove_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 2, "nothing to remove, nothing removed");
+        headers.insert(header::TE, "trailers".parse().unwrap());
+        remove_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 2, "{headers:?}");
+        assert!(!headers.contains_key(header::TE));
     }
 }

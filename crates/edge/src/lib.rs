@@ -10,22 +10,29 @@
 //! 4. [`admit`] picks the [`admit::Route`] and makes the [`admit::Decision`];
 //! 5. [`forward`] sends an admitted request upstream.
 //!
-//! [`connection`] drives one connection through stages 2–3 and serves HTTP
-//! on it; [`request`] drives one request through 2 (X-Forwarded-For), 4 and
-//! 5. [`server`] builds the shared [`state`] from one [`config::Config`] and
-//! starts the [`worker`] threads; everything is counted in [`metrics`].
+//! [`accept`] also reads the PROXY header and hands out connection
+//! [`slots`]; [`connection`] drives one connection through TLS and serves
+//! HTTP on it under its deadlines; [`request`] drives one request through
+//! the [`head`] checks, 2 (X-Forwarded-For), 4 and 5, with its [`body`].
+//! [`server`] builds the shared [`state`] from one [`config::Config`],
+//! binds the sockets ([`listen`]) and starts the [`worker`] threads;
+//! everything is counted in [`metrics`].
 
 mod accept;
 mod admin;
 pub mod admit;
+mod body;
 pub mod client_ip;
 pub mod config;
 mod connection;
 mod denylog;
 pub mod forward;
+pub mod head;
+mod listen;
 pub mod metrics;
 mod request;
 pub mod server;
+mod slots;
 mod state;
 pub mod tls;
 mod worker;
@@ -34,9 +41,4 @@ pub use config::{Config, ConfigError};
 pub use server::{EdgeHandle, StartError, start};
 
 /// The version and the git revision it was built from.
-pub const VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    " (",
-    env!("B24_GIT_REVISION"),
-    ")"
-);
+pub const VERSION: &str = env!("B24_VERSION");

@@ -1,11 +1,13 @@
 //! `b24-edge --config edge.toml`: reads the configuration, starts the edge,
-//! reloads the certificate on SIGHUP and drains on SIGTERM/SIGINT.
+//! reloads the certificate on SIGHUP and drains on SIGTERM/SIGINT (a second
+//! one stops at once).
 
 use std::path::PathBuf;
 
 use anyhow::Context;
+use b24_cli_support::LogOptions;
 use b24_edge::{Config, VERSION};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 
@@ -14,58 +16,79 @@ use tracing::info;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
+const AFTER_LONG_HELP: &str = "\
+Configuration:
+  One TOML file, validated before anything starts; every key with its
+  default is in the example, /usr/share/doc/b24-connect/examples/edge.example.toml
+  (deploy/config/edge.example.toml in the source). An error names the file,
+  line, column and key, and says what to write instead.
+
+Signals:
+  SIGHUP           re-read server.tls_cert and server.tls_key (the files are
+                   also watched); a broken new pair is refused, the old one stays
+  SIGTERM, SIGINT  stop accepting, close idle connections (HTTP/2: GOAWAY) at
+                   once, let in-flight requests finish (at most
+                   server.shutdown_timeout), exit 0; a second one exits now
+
+Endpoints (plain HTTP on server.metrics_listen, e.g. 127.0.0.1:9901):
+  /metrics  Prometheus metrics: requests, denials by reason, connections
+            refused before TLS, timeouts, 400s, latency, upstream errors, TLS,
+            nodes list size and age
+  /healthz  200 while the process runs
+  /readyz   200 when every route can admit; 503 with the reason (no nodes list yet)
+
+Exit codes:
+  0  stopped after SIGTERM/SIGINT, or --check-config found everything valid
+  1  could not start or keep serving (a port in use or already served by
+     another b24-edge, an unreadable certificate)
+  2  usage or configuration error: nothing was started
+
+Environment:
+  B24_EDGE_CONFIG  the configuration file when --config is not given
+  B24_LOG_FORMAT   text or json when --log-format is not given
+  RUST_LOG         log level and filters (default: info,rustls=error)
+
+Examples:
+  b24-edge --config /etc/b24-edge/edge.toml --check-config
+  b24-edge --config /etc/b24-edge/edge.toml --log-format json
+  systemctl reload b24-edge     # SIGHUP: reload the certificate";
 
 /// TLS edge proxy that admits only Bitrix24's event-delivery servers.
 #[derive(Debug, Parser)]
-#[command(name = "b24-edge", version = VERSION, about)]
+#[command(
+    name = "b24-edge",
+    version = VERSION,
+    about,
+    long_about = "TLS edge proxy that admits only Bitrix24's event-delivery servers (the \
+                  published nodes list, kept fresh) and forwards their requests to the \
+                  upstream of the matching route; everyone else is refused before TLS (or gets \
+                  403).",
+    after_long_help = AFTER_LONG_HELP
+)]
 struct Cli {
-    /// The configuration file (see deploy/config/edge.example.toml).
-    #[arg(long, short, env = "B24_EDGE_CONFIG")]
+    /// The configuration file (TOML).
+    #[arg(long, short, value_name = "PATH", env = "B24_EDGE_CONFIG")]
     config: PathBuf,
-    /// Validate the configuration and the certificate, then exit.
+    /// Validate the configuration and load the certificate and key, print
+    /// "valid" and exit, without binding any port.
     #[arg(long)]
     check_config: bool,
-    /// Log line format. The level comes from RUST_LOG (default "info,rustls=error").
-    #[arg(long, value_enum, default_value = "text", env = "B24_EDGE_LOG_FORMAT")]
-    log_format: LogFormat,
+    #[command(flatten)]
+    log: LogOptions,
 }
 
 fn main() -> std::process::ExitCode {
-    b24_nodes::install_crypto_provider();
+    b24_cli_support::install_crypto_provider();
     let cli = Cli::parse();
-    init_logging(cli.log_format);
-    match run(cli) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            // One line on stderr, whatever the log level.
-            eprintln!("b24-edge: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        // rustls warns about each client that sends an IP address as SNI
-        // (health checkers do); that is noise for an edge.
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustls=error"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    // rustls warns about each client that sends an IP address as SNI
+    // (health checkers do); that is noise for an edge.
+    b24_cli_support::logging::init(cli.log.log_format, "info,rustls=error");
+    b24_cli_support::exit::finish("b24-edge", run(cli))
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = Config::load(&cli.config)
-        .with_context(|| format!("configuration {}", cli.config.display()))?;
+    // The error names the file, line and column itself.
+    let config = Config::load(&cli.config)?;
     if cli.check_config {
         b24_edge::tls::load_cert(&config.server.tls_cert, &config.server.tls_key)
             .context("configuration server.tls_cert / server.tls_key")?;
@@ -99,11 +122,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             _ = interrupt.recv() => break,
         }
     }
-    info!("stopping: finishing in-flight requests");
-    if edge.shutdown().await {
-        info!("stopped");
-    } else {
-        info!("stopped; some connections were still open at the shutdown timeout");
+    info!("stopping: idle connections closed, finishing in-flight requests");
+    tokio::select! {
+        drained = edge.shutdown() => {
+            if drained {
+                info!("stopped");
+            } else {
+                info!("stopped; some connections were still open at the shutdown timeout");
+            }
+        }
+        // A second signal: the operator does not want to wait.
+        _ = terminate.recv() => info!("second signal: stopping now"),
+        _ = interrupt.recv() => info!("second signal: stopping now"),
     }
     Ok(())
 }

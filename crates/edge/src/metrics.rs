@@ -92,6 +92,14 @@ pub struct Metrics {
     pub tls_handshake_failures: Counter,
     /// One counter per [`ProxyHeaderFailure`].
     proxy_header_failures: Vec<Counter>,
+    /// One counter per [`ConnectionRefusal`].
+    connections_refused: Vec<Counter>,
+    /// One counter per [`BadRequest`].
+    bad_requests: Vec<Counter>,
+    pub request_head_timeouts: Counter,
+    pub idle_closes: Counter,
+    pub client_body_timeouts: Counter,
+    pub send_timeouts: Counter,
     pub open_connections: Gauge,
     pub certificate_expiry: Gauge,
     pub certificate_reload_failures: Counter,
@@ -99,6 +107,7 @@ pub struct Metrics {
     nodes_age: Gauge<f64, AtomicU64>,
     nodes_refreshes: Counter,
     nodes_refresh_failures: Counter,
+    nodes_refused: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -114,34 +123,67 @@ fn duration_histogram() -> Histogram {
     ))
 }
 
-/// Why a PROXY protocol header was not accepted (the `reason` label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProxyHeaderFailure {
-    /// The connection did not start with a PROXY header.
-    Missing,
-    /// It started with one that could not be parsed.
-    Malformed,
-    /// The peer closed the connection before the header was complete.
-    Closed,
-    /// The header did not arrive in time.
-    Timeout,
+/// An enum whose values are the `reason` label of one counter family:
+/// `ALL` in declaration order (counters are indexed by the value) and the
+/// label text of each.
+macro_rules! reason_label {
+    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name { $($(#[$vmeta])* $variant,)+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text,)+ }
+            }
+        }
+    };
 }
 
-impl ProxyHeaderFailure {
-    pub const ALL: [ProxyHeaderFailure; 4] = [
-        ProxyHeaderFailure::Missing,
-        ProxyHeaderFailure::Malformed,
-        ProxyHeaderFailure::Closed,
-        ProxyHeaderFailure::Timeout,
-    ];
+reason_label! {
+    /// Why a PROXY protocol header was not accepted.
+    pub enum ProxyHeaderFailure {
+        /// The connection did not start with a PROXY header.
+        Missing => "missing",
+        /// It started with one that could not be parsed.
+        Malformed => "malformed",
+        /// The peer closed the connection before the header was complete.
+        Closed => "closed",
+        /// The header did not arrive in time.
+        Timeout => "timeout",
+    }
+}
 
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProxyHeaderFailure::Missing => "missing",
-            ProxyHeaderFailure::Malformed => "malformed",
-            ProxyHeaderFailure::Closed => "closed",
-            ProxyHeaderFailure::Timeout => "timeout",
-        }
+reason_label! {
+    /// Why a connection was closed before its TLS handshake.
+    pub enum ConnectionRefusal {
+        /// No route admits the client (also counted in the denials by
+        /// its reason).
+        Denied => "denied",
+        /// Its address already holds `max_connections_per_address`.
+        PerAddress => "per_address",
+        /// Every slot it may use was taken.
+        MaxConnections => "max_connections",
+        /// A listed client waited for a slot until its deadline.
+        SlotWait => "slot_wait",
+    }
+}
+
+reason_label! {
+    /// Why the edge answered 400 itself.
+    pub enum BadRequest {
+        /// An ambiguous or malformed path (see [`crate::head`]).
+        Path => "path",
+        /// A missing, repeated or malformed Host.
+        Host => "host",
+        /// X-Forwarded-For from a trusted proxy without a readable client.
+        ForwardedFor => "forwarded_for",
+        /// A malformed or cut-off request body (chunked framing, say).
+        Body => "body",
+        /// A request head hyper could not parse (it answers 400 itself).
+        Head => "head",
     }
 }
 
@@ -178,8 +220,49 @@ impl Metrics {
         let denials = reason_counters(&denial_family, DenyReason::ALL.map(DenyReason::as_str));
         registry.register(
             "b24_edge_denials",
-            "Requests refused with 403, by reason",
+            "Requests refused with 403, and connections refused before TLS, by reason",
             denial_family,
+        );
+        let refused_family = Family::<ReasonLabels, Counter>::default();
+        let connections_refused = reason_counters(
+            &refused_family,
+            ConnectionRefusal::ALL.iter().map(|r| r.as_str()),
+        );
+        registry.register(
+            "b24_edge_connections_refused",
+            "Connections closed before their TLS handshake: the client is admitted by no route (denied), or has no slot (per_address, max_connections, slot_wait)",
+            refused_family,
+        );
+        let bad_family = Family::<ReasonLabels, Counter>::default();
+        let bad_requests = reason_counters(&bad_family, BadRequest::ALL.iter().map(|r| r.as_str()));
+        registry.register(
+            "b24_edge_bad_requests",
+            "Requests answered 400 by the edge itself (client errors), by reason",
+            bad_family,
+        );
+        let request_head_timeouts = Counter::default();
+        registry.register(
+            "b24_edge_request_head_timeouts",
+            "Connections closed because no complete first request head arrived within header_timeout",
+            request_head_timeouts.clone(),
+        );
+        let idle_closes = Counter::default();
+        registry.register(
+            "b24_edge_idle_closes",
+            "Kept-alive connections closed (HTTP/2: GOAWAY) after idle_timeout without a new request",
+            idle_closes.clone(),
+        );
+        let send_timeouts = Counter::default();
+        registry.register(
+            "b24_edge_send_timeouts",
+            "Client connections dropped because the client stopped reading its response for send_timeout",
+            send_timeouts.clone(),
+        );
+        let client_body_timeouts = Counter::default();
+        registry.register(
+            "b24_edge_client_body_timeouts",
+            "Requests answered 408 because the client paused its body longer than client_body_timeout",
+            client_body_timeouts.clone(),
         );
         let request_duration: HistogramFamily = Family::new_with_constructor(duration_histogram);
         registry.register(
@@ -202,7 +285,7 @@ impl Metrics {
         let proxy_family = Family::<ReasonLabels, Counter>::default();
         let proxy_header_failures = reason_counters(
             &proxy_family,
-            ProxyHeaderFailure::ALL.map(ProxyHeaderFailure::as_str),
+            ProxyHeaderFailure::ALL.iter().map(|r| r.as_str()),
         );
         registry.register(
             "b24_edge_proxy_header_failures",
@@ -245,6 +328,12 @@ impl Metrics {
             "Nodes list refreshes attempted since start",
             nodes_refreshes.clone(),
         );
+        let nodes_refused = Gauge::default();
+        registry.register(
+            "b24_edge_nodes_refused",
+            "Nodes sources whose newest list was refused as unsafe (an entry broader than /24 or /48, or a special-purpose address); the last good list stays in use",
+            nodes_refused.clone(),
+        );
         let nodes_refresh_failures = Counter::default();
         registry.register(
             "b24_edge_nodes_refresh_failures",
@@ -262,6 +351,12 @@ impl Metrics {
             upstream_errors,
             tls_handshake_failures,
             proxy_header_failures,
+            connections_refused,
+            bad_requests,
+            request_head_timeouts,
+            idle_closes,
+            client_body_timeouts,
+            send_timeouts,
             open_connections,
             certificate_expiry,
             certificate_reload_failures,
@@ -269,6 +364,7 @@ impl Metrics {
             nodes_age,
             nodes_refreshes,
             nodes_refresh_failures,
+            nodes_refused,
         }
     }
 
@@ -302,10 +398,18 @@ impl Metrics {
         self.proxy_header_failures[failure as usize].inc();
     }
 
-    pub fn record_upstream_error(&self, route: &RouteMetrics, kind: &'static str) {
+    pub fn record_connection_refused(&self, refusal: ConnectionRefusal) {
+        self.connections_refused[refusal as usize].inc();
+    }
+
+    pub fn record_bad_request(&self, reason: BadRequest) {
+        self.bad_requests[reason as usize].inc();
+    }
+
+    pub fn record_upstream_error(&self, route: &RouteLabel, kind: &'static str) {
         self.upstream_errors
             .get_or_create(&UpstreamErrorLabels {
-                route: route.label.clone(),
+                route: route.clone(),
                 kind,
             })
             .inc();
@@ -330,6 +434,13 @@ impl Metrics {
             .unwrap_or_default()
             .as_secs_f64();
         self.nodes_age.set(age);
+        let refused = nodes
+            .sources()
+            .iter()
+            .filter(|part| part.status.refused.is_some())
+            .count();
+        self.nodes_refused
+            .set(i64::try_from(refused).unwrap_or(i64::MAX));
         // The refresh loop keeps running totals; counters only move forward.
         self.nodes_refreshes
             .inner()
@@ -370,7 +481,9 @@ mod tests {
         metrics.record_request(metrics.unrouted(), 403, Duration::from_millis(1));
         metrics.record_denial(DenyReason::NotInNodes);
         metrics.record_proxy_header_failure(ProxyHeaderFailure::Timeout);
-        metrics.record_upstream_error(&root, "connect");
+        metrics.record_upstream_error(root.label(), "connect");
+        metrics.record_connection_refused(ConnectionRefusal::Denied);
+        metrics.record_bad_request(BadRequest::Path);
         metrics.observe_nodes(&LiveNodes::new());
         let text = metrics.encode();
         for expected in [
@@ -383,8 +496,16 @@ mod tests {
             "b24_edge_tls_handshake_failures_total 0",
             "b24_edge_proxy_header_failures_total{reason=\"timeout\"} 1",
             "b24_edge_proxy_header_failures_total{reason=\"missing\"} 0",
+            "b24_edge_connections_refused_total{reason=\"denied\"} 1",
+            "b24_edge_connections_refused_total{reason=\"per_address\"} 0",
+            "b24_edge_bad_requests_total{reason=\"path\"} 1",
+            "b24_edge_bad_requests_total{reason=\"host\"} 0",
+            "b24_edge_request_head_timeouts_total 0",
+            "b24_edge_idle_closes_total 0",
+            "b24_edge_client_body_timeouts_total 0",
             "b24_edge_open_connections 0",
             "b24_edge_nodes_networks{family=\"ipv4\"} 0",
+            "b24_edge_nodes_refused 0",
             "b24_edge_nodes_last_success_age_seconds ",
             "b24_edge_certificate_expiry_timestamp_seconds 0",
         ] {

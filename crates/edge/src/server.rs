@@ -6,20 +6,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use b24_nodes::{FetchError, FetchOptions, Fetcher, LiveNodes, Schedule, run_refresh_loop};
+use b24_nodes::{FetchError, FetchOptions, FetcherSet, LiveNodes, Schedule, run_refresh_loops};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::oneshot;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::accept::bind_shared;
 use crate::admit::RouteTable;
 use crate::client_ip::TrustedProxies;
-use crate::config::Config;
+use crate::config::{ClientIpMode, Config};
 use crate::denylog::DenyLog;
 use crate::forward::{Forwarder, UpstreamSetupError};
+use crate::listen::{InstanceLock, ListenError, bind_shared, claim};
 use crate::metrics::Metrics;
+use crate::slots::ConnectionSlots;
 use crate::state::EdgeState;
 use crate::tls::{CertStore, TlsError};
 use crate::worker::{self, WorkerSetup};
@@ -29,9 +30,11 @@ use crate::worker::{self, WorkerSetup};
 pub enum StartError {
     #[error(transparent)]
     Tls(#[from] TlsError),
-    #[error("nodes source: {0}")]
+    // The cause is the source (printed by the error chain), not repeated
+    // in the message.
+    #[error("nodes source")]
     Nodes(#[from] FetchError),
-    #[error("upstream: {0}")]
+    #[error("upstream")]
     Upstream(#[from] UpstreamSetupError),
     #[error("cannot listen on {addr}: {detail}")]
     Bind { addr: SocketAddr, detail: String },
@@ -42,6 +45,8 @@ pub enum StartError {
 /// A started edge. Call [`EdgeHandle::shutdown`] to stop it gracefully;
 /// dropping it stops it at once.
 pub struct EdgeHandle {
+    /// Released when the edge is gone.
+    _locks: Vec<InstanceLock>,
     addrs: Vec<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
     state: Arc<EdgeState>,
@@ -81,9 +86,9 @@ impl EdgeHandle {
         crate::admin::readiness(&self.state)
     }
 
-    /// Stops accepting, lets in-flight requests finish (at most
-    /// `server.shutdown_timeout`), then stops everything. Returns whether
-    /// every connection finished in time.
+    /// Stops accepting, closes idle connections (h2: GOAWAY) at once, lets
+    /// in-flight requests finish (at most `server.shutdown_timeout`), then
+    /// stops everything. Returns whether every connection finished in time.
     pub async fn shutdown(mut self) -> bool {
         self.state.draining.store(true, Ordering::Relaxed);
         self.stop_accepting.cancel();
@@ -126,7 +131,6 @@ fn note_reload(state: &EdgeState, result: &Result<(), TlsError>) {
 /// Background tasks (nodes refresh, certificate watch, admin listener) run
 /// on the caller's runtime; requests are served by `server.workers` threads.
 pub async fn start(config: Config) -> Result<EdgeHandle, StartError> {
-    b24_nodes::install_crypto_provider();
     let certs = Arc::new(CertStore::open(
         &config.server.tls_cert,
         &config.server.tls_key,
@@ -136,32 +140,54 @@ pub async fn start(config: Config) -> Result<EdgeHandle, StartError> {
     metrics.certificate_expiry.set(certs.not_after());
     let routes = RouteTable::new(&config.routes, &config.nodes.extra, &metrics);
 
-    let fetcher = Fetcher::new(
-        config.nodes.source.clone(),
-        config.nodes.cache.clone(),
-        FetchOptions::default(),
+    let options = FetchOptions {
+        limits: b24_nodes::Limits {
+            allow_broad: config.nodes.allow_broad,
+            allow_special: config.nodes.allow_special,
+            ..b24_nodes::Limits::default()
+        },
+        ..FetchOptions::default()
+    };
+    let fetchers = FetcherSet::new(
+        &config.nodes.sources,
+        config.nodes.cache.as_deref(),
+        options,
     )?;
-    let nodes = Arc::new(LiveNodes::from_fetcher(&fetcher));
+    let nodes = Arc::new(LiveNodes::from_fetchers(fetchers.fetchers()));
     let workers = config.server.workers;
     let forwarders = (0..workers)
-        .map(|_| Forwarder::new(&routes, &config.server.limits))
+        .map(|_| Forwarder::new(&routes, &config.server.limits, metrics.clone()))
         .collect::<Result<Vec<_>, _>>()?;
 
     // Every worker gets its own socket on each address (SO_REUSEPORT). A
     // port 0 is resolved by the first bind and reused for the others.
-    let mut addrs = Vec::with_capacity(config.server.listen.len());
-    let mut per_worker: Vec<Vec<std::net::TcpListener>> =
-        (0..workers).map(|_| Vec::new()).collect();
-    for requested in &config.server.listen {
-        let bind_err = |e: std::io::Error| StartError::Bind {
-            addr: *requested,
+    // Every fixed address is claimed (lock + probe) before any is bound, so
+    // that the edge's own sockets never trip its probe.
+    let bind_err = |addr: SocketAddr| {
+        move |e: ListenError| StartError::Bind {
+            addr,
             detail: e.to_string(),
-        };
-        let first = bind_shared(*requested).map_err(bind_err)?;
-        let bound = first.local_addr().map_err(bind_err)?;
-        per_worker[0].push(first);
+        }
+    };
+    let mut locks = Vec::with_capacity(config.server.listen.len());
+    for listener in &config.server.listen {
+        if listener.addr.port() != 0 {
+            locks.push(claim(listener.addr, true).map_err(bind_err(listener.addr))?);
+        }
+    }
+    let mut addrs = Vec::with_capacity(config.server.listen.len());
+    let mut per_worker: Vec<Vec<(std::net::TcpListener, ClientIpMode)>> =
+        (0..workers).map(|_| Vec::new()).collect();
+    for listener in &config.server.listen {
+        let io_err = |e: std::io::Error| bind_err(listener.addr)(ListenError::Io(e));
+        let first = bind_shared(listener.addr).map_err(io_err)?;
+        let bound = first.local_addr().map_err(io_err)?;
+        if listener.addr.port() == 0 {
+            locks.push(claim(bound, false).map_err(bind_err(bound))?);
+        }
+        per_worker[0].push((first, listener.client_ip));
         for sockets in per_worker.iter_mut().skip(1) {
-            sockets.push(bind_shared(bound).map_err(bind_err)?);
+            sockets.push((bind_shared(bound).map_err(io_err)?, listener.client_ip));
         }
         addrs.push(bound);
     }
@@ -184,7 +210,7 @@ pub async fn start(config: Config) -> Result<EdgeHandle, StartError> {
         routes,
         nodes: nodes.clone(),
         trusted: TrustedProxies::new(&config.client_ip.trusted_proxies),
-        proxy_protocol: config.client_ip.proxy_protocol,
+        refuse_before_tls: config.server.refuse_before_tls,
         metrics,
         certs: certs.clone(),
         deny_log: DenyLog::new(10),
@@ -194,7 +220,7 @@ pub async fn start(config: Config) -> Result<EdgeHandle, StartError> {
     });
 
     let stop_accepting = CancellationToken::new();
-    let permits = Arc::new(Semaphore::new(state.limits.max_connections));
+    let slots = Arc::new(ConnectionSlots::new(&state.limits));
     let mut workers_done = Vec::with_capacity(workers);
     for (index, (listeners, forwarder)) in per_worker.into_iter().zip(forwarders).enumerate() {
         let (done, done_rx) = oneshot::channel();
@@ -203,7 +229,7 @@ pub async fn start(config: Config) -> Result<EdgeHandle, StartError> {
             forwarder,
             acceptor: acceptor.clone(),
             listeners,
-            permits: permits.clone(),
+            slots: slots.clone(),
             stop: stop_accepting.clone(),
             done,
         };
@@ -221,8 +247,8 @@ pub async fn start(config: Config) -> Result<EdgeHandle, StartError> {
             jitter: 0.1,
             file_poll: config.nodes.file_poll,
         };
-        tokio::spawn(run_refresh_loop(
-            fetcher,
+        tokio::spawn(run_refresh_loops(
+            fetchers.into_fetchers(),
             nodes,
             schedule,
             stop_background.clone(),
@@ -242,8 +268,9 @@ pub async fn start(config: Config) -> Result<EdgeHandle, StartError> {
             stop_background.clone(),
         ));
     }
-    info!(listen = ?addrs, metrics = ?metrics_addr, workers, routes = config.routes.len(), "b24-edge started");
+    info!(listen = ?addrs, metrics_listen = %metrics_addr.map_or_else(|| "none".to_owned(), |a| a.to_string()), workers, routes = config.routes.len(), "b24-edge started");
     Ok(EdgeHandle {
+        _locks: locks,
         addrs,
         metrics_addr,
         state,

@@ -18,7 +18,8 @@ pub(crate) struct EdgeState {
     pub(crate) routes: RouteTable,
     pub(crate) nodes: Arc<LiveNodes>,
     pub(crate) trusted: TrustedProxies,
-    pub(crate) proxy_protocol: bool,
+    /// Refuse clients no route admits at accept (else: 403 per request).
+    pub(crate) refuse_before_tls: bool,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) certs: Arc<CertStore>,
     pub(crate) deny_log: DenyLog,

@@ -6,16 +6,18 @@
 
 use std::sync::Arc;
 
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::oneshot;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::warn;
 
 use crate::accept::accept_loop;
+use crate::config::ClientIpMode;
 use crate::connection::ConnContext;
 use crate::forward::Forwarder;
+use crate::slots::ConnectionSlots;
 use crate::state::EdgeState;
 
 /// What a worker thread is given.
@@ -23,15 +25,16 @@ pub(crate) struct WorkerSetup {
     pub state: Arc<EdgeState>,
     pub forwarder: Forwarder,
     pub acceptor: TlsAcceptor,
-    pub listeners: Vec<std::net::TcpListener>,
-    pub permits: Arc<Semaphore>,
+    /// Its own socket for each listener, with the listener's mode.
+    pub listeners: Vec<(std::net::TcpListener, ClientIpMode)>,
+    pub slots: Arc<ConnectionSlots>,
     pub stop: CancellationToken,
     /// Sends whether every connection finished within the shutdown timeout.
     pub done: oneshot::Sender<bool>,
 }
 
 /// Starts one worker thread. It serves until `stop` is cancelled, then
-/// drains its connections and reports through `done`.
+/// lets its connections finish and reports through `done`.
 pub(crate) fn spawn(index: usize, setup: WorkerSetup) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name(format!("b24-edge-worker-{index}"))
@@ -48,6 +51,7 @@ pub(crate) fn spawn(index: usize, setup: WorkerSetup) -> std::io::Result<()> {
                 }
             };
             runtime.block_on(run(setup));
+            // Dropping the runtime cancels what is left at the timeout.
         })
         .map(|_| ())
 }
@@ -58,14 +62,14 @@ async fn run(setup: WorkerSetup) {
         forwarder,
         acceptor,
         listeners,
-        permits,
+        slots,
         stop,
         done,
     } = setup;
-    let graceful = GracefulShutdown::new();
-    let conn = ConnContext::new(state.clone(), forwarder, acceptor);
+    let conn = ConnContext::new(state.clone(), forwarder, acceptor, slots, stop);
+    let tasks = TaskTracker::new();
     let mut loops = Vec::new();
-    for listener in listeners {
+    for (listener, mode) in listeners {
         let listener = match TcpListener::from_std(listener) {
             Ok(listener) => listener,
             Err(e) => {
@@ -73,16 +77,13 @@ async fn run(setup: WorkerSetup) {
                 continue;
             }
         };
-        loops.push(accept_loop(
-            listener,
-            &conn,
-            &permits,
-            &graceful,
-            stop.clone(),
-        ));
+        loops.push(accept_loop(listener, mode, &conn, &tasks));
     }
     futures_util::future::join_all(loops).await;
-    let drained = tokio::time::timeout(state.limits.shutdown_timeout, graceful.shutdown())
+    // Each connection saw the same cancellation: idle ones are closing
+    // now, busy ones once their requests end.
+    tasks.close();
+    let drained = tokio::time::timeout(state.limits.shutdown_timeout, tasks.wait())
         .await
         .is_ok();
     let _ = done.send(drained);

@@ -7,15 +7,14 @@ use b24_testkit::{NodesServer, Reply};
 use common::*;
 
 fn nodes_section_url(server: &NodesServer, dir: &std::path::Path) -> String {
-    format!(
-        "[nodes]\nsource = \"{}\"\ncache = \"{}\"\n",
-        server.url(),
-        dir.join("nodes-cache.json").display()
+    nodes_section(
+        &server.url(),
+        &format!("cache = \"{}\"", dir.join("nodes-cache.json").display()),
     )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nodes_are_admitted_and_others_get_403() {
+async fn nodes_are_admitted_and_others_refused_before_tls() {
     let dir = tempfile::tempdir().unwrap();
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
@@ -54,9 +53,20 @@ async fn nodes_are_admitted_and_others_get_403() {
     assert_eq!(status, 200);
     assert_eq!(upstream.count(), 2);
 
-    let (status, body) = get(&client(&certs, "127.0.0.3", false), &url(&edge, "/hook")).await;
-    assert_eq!(status, 403);
-    assert!(body.len() < 64, "a short body: {body:?}");
+    // No route admits 127.0.0.3: its connection is reset before the TLS
+    // handshake, over either protocol.
+    for http2 in [false, true] {
+        let refused = client(&certs, "127.0.0.3", http2)
+            .get(url(&edge, "/hook"))
+            .send()
+            .await;
+        assert!(refused.is_err(), "{refused:?}");
+    }
+    assert!(
+        tls_from(&certs, "127.0.0.3", edge.addrs()[0], &[b"h2"])
+            .await
+            .is_err()
+    );
     assert_eq!(
         upstream.count(),
         2,
@@ -66,8 +76,21 @@ async fn nodes_are_admitted_and_others_get_403() {
     let metrics = scrape(&edge).await;
     assert_eq!(
         sample(&metrics, "b24_edge_denials_total{reason=\"not_in_nodes\"}"),
-        1.0
+        3.0
     );
+    assert_eq!(
+        sample(
+            &metrics,
+            "b24_edge_connections_refused_total{reason=\"denied\"}"
+        ),
+        3.0
+    );
+    // Refused before any handshake was attempted, and never given a slot.
+    assert_eq!(
+        sample(&metrics, "b24_edge_tls_handshake_failures_total"),
+        0.0
+    );
+    assert_eq!(sample(&metrics, "b24_edge_open_connections"), 0.0);
     assert_eq!(
         sample(
             &metrics,
@@ -80,7 +103,44 @@ async fn nodes_are_admitted_and_others_get_403() {
             &metrics,
             "b24_edge_requests_total{route=\"/\",status=\"403\"}"
         ),
-        1.0
+        0.0,
+        "no request was ever read from the refused client"
+    );
+    assert!(edge.shutdown().await);
+}
+
+/// The same client in `refuse_before_tls = false` mode (for debugging with
+/// curl): it completes the handshake and gets a 403 it can see.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debug_mode_answers_403_after_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = TestCerts::new(dir.path());
+    let upstream = Upstream::start().await;
+    let edge = start_edge(&format!(
+        "{}{}{}",
+        server_section(&certs, "127.0.0.1:0", "refuse_before_tls = false"),
+        nodes_file(dir.path(), &["127.0.0.2"]),
+        route("/", &upstream.url(), &["nodes"]),
+    ))
+    .await;
+    list_loaded(&edge).await;
+    for http2 in [false, true] {
+        let (status, body) = get(&client(&certs, "127.0.0.3", http2), &url(&edge, "/hook")).await;
+        assert_eq!(status, 403);
+        assert!(body.len() < 64, "a short body: {body:?}");
+    }
+    assert_eq!(upstream.count(), 0);
+    let metrics = scrape(&edge).await;
+    assert_eq!(
+        sample(&metrics, "b24_edge_denials_total{reason=\"not_in_nodes\"}"),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "b24_edge_connections_refused_total{reason=\"denied\"}"
+        ),
+        0.0
     );
     assert!(edge.shutdown().await);
 }
@@ -90,12 +150,10 @@ async fn any_and_cidr_routes_and_longest_prefix() {
     let dir = tempfile::tempdir().unwrap();
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
-    let list = dir.path().join("app.json");
-    replace_file(&list, nodes_json(&["127.0.0.2"]).as_bytes());
     let edge = start_edge(&format!(
-        "{}[nodes]\nsource = \"{}\"\n{}{}{}{}",
+        "{}{}{}{}{}{}",
         server_section(&certs, "127.0.0.1:0", ""),
-        list.display(),
+        nodes_file(dir.path(), &["127.0.0.2"]),
         route("/", &upstream.url(), &["nodes"]),
         route("/public/", &upstream.url(), &["any"]),
         route(
@@ -191,12 +249,10 @@ async fn ipv6_clients() {
     let dir = tempfile::tempdir().unwrap();
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
-    let list = dir.path().join("app.json");
-    replace_file(&list, nodes_json(&["::1"]).as_bytes());
     let edge = start_edge(&format!(
-        "{}[nodes]\nsource = \"{}\"\n{}{}",
+        "{}{}{}{}",
         server_section(&certs, "[::1]:0", ""),
-        list.display(),
+        nodes_file(dir.path(), &["::1"]),
         route("/", &upstream.url(), &["nodes"]),
         route("/v4/", &upstream.url(), &["127.0.0.0/8"]),
     ))
@@ -219,12 +275,10 @@ async fn h2_and_streaming_bodies() {
     let dir = tempfile::tempdir().unwrap();
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
-    let list = dir.path().join("app.json");
-    replace_file(&list, nodes_json(&["127.0.0.2"]).as_bytes());
     let edge = start_edge(&format!(
-        "{}[nodes]\nsource = \"{}\"\n{}",
+        "{}{}{}",
         server_section(&certs, "127.0.0.1:0", ""),
-        list.display(),
+        nodes_file(dir.path(), &["127.0.0.2"]),
         route("/", &upstream.url(), &["nodes"]),
     ))
     .await;
@@ -240,15 +294,7 @@ async fn h2_and_streaming_bodies() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.text().await.unwrap(), "upstream saw /over-h2");
     assert_eq!(upstream.seen()[0].headers["x-forwarded-for"], "127.0.0.2");
-    let denied = client(&certs, "127.0.0.3", true)
-        .get(url(&edge, "/over-h2"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        (denied.version(), denied.status().as_u16()),
-        (reqwest::Version::HTTP_2, 403)
-    );
+    assert!(refused(&client(&certs, "127.0.0.3", true), &url(&edge, "/over-h2")).await);
 
     // A 4 MiB upload sent in chunks, echoed back in full, over both protocols.
     for client in [h2, client(&certs, "127.0.0.2", false)] {
@@ -270,8 +316,9 @@ async fn h2_and_streaming_bodies() {
     assert!(edge.shutdown().await);
 }
 
-/// Bitrix24 POSTs its events with a form body. A refused POST must still
-/// get its 403 — not a reset because the edge answered without reading the
+/// Bitrix24 POSTs its events with a form body. A refused POST (here in the
+/// debug mode that answers unlisted clients after TLS) must still get its
+/// 403 — not a reset because the edge answered without reading the
 /// body (an HTTP/2 client sees its stream reset) — on fresh and kept-alive
 /// connections, HTTP/1.1 and h2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -279,12 +326,10 @@ async fn refused_posts_with_a_body_get_a_clean_403() {
     let dir = tempfile::tempdir().unwrap();
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
-    let file = dir.path().join("app.json");
-    std::fs::write(&file, nodes_json(&["127.0.0.2"])).unwrap();
     let edge = start_edge(&format!(
-        "{}[nodes]\nsource = \"{}\"\n{}",
-        server_section(&certs, "127.0.0.1:0", ""),
-        file.display(),
+        "{}{}{}",
+        server_section(&certs, "127.0.0.1:0", "refuse_before_tls = false"),
+        nodes_file(dir.path(), &["127.0.0.2"]),
         route("/", &upstream.url(), &["nodes"]),
     ))
     .await;

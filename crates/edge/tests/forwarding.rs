@@ -8,26 +8,21 @@ use b24_edge::client_ip::encode_v2;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Nodes: 127.0.0.2 only. Trusted proxy: 127.0.0.5.
+/// Nodes: 127.0.0.2 only. Trusted proxy: 127.0.0.5, as `mode`.
 async fn edge_behind_proxy(
     certs: &TestCerts,
     dir: &std::path::Path,
     upstream: &Upstream,
-    proxy_protocol: bool,
+    mode: &str,
 ) -> b24_edge::EdgeHandle {
-    let list = dir.join("app.json");
-    replace_file(&list, nodes_json(&["127.0.0.2"]).as_bytes());
     let edge = start_edge(&format!(
-        "{}[nodes]\nsource = \"{}\"\n[client_ip]\ntrusted_proxies = [\"127.0.0.5/32\"]\nproxy_protocol = {proxy_protocol}\n{}",
+        "{}{}[client_ip]\nmode = \"{mode}\"\ntrusted_proxies = [\"127.0.0.5/32\"]\n{}",
         server_section(certs, "127.0.0.1:0", ""),
-        list.display(),
+        nodes_file(dir, &["127.0.0.2"]),
         route("/", &upstream.url(), &["nodes"]),
     ))
     .await;
-    eventually("the list is loaded", || async {
-        edge.nodes().current().is_some()
-    })
-    .await;
+    list_loaded(&edge).await;
     edge
 }
 
@@ -47,7 +42,7 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
     let dir = tempfile::tempdir().unwrap();
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
-    let edge = edge_behind_proxy(&certs, dir.path(), &upstream, false).await;
+    let edge = edge_behind_proxy(&certs, dir.path(), &upstream, "x_forwarded_for").await;
     let target = url(&edge, "/x");
     let balancer = client(&certs, "127.0.0.5", false);
     let stranger = client(&certs, "127.0.0.3", false);
@@ -64,8 +59,16 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
         get_with_xff(&balancer, &target, "127.0.0.2, 127.0.0.3").await,
         403
     );
-    // The same header from anyone else changes nothing.
-    assert_eq!(get_with_xff(&stranger, &target, "127.0.0.2").await, 403);
+    // The same header from anyone else changes nothing: the peer is the
+    // client, and no route admits it, so it is refused before TLS.
+    assert!(
+        stranger
+            .get(&target)
+            .header("x-forwarded-for", "127.0.0.2")
+            .send()
+            .await
+            .is_err()
+    );
     let node = client(&certs, "127.0.0.2", false);
     assert_eq!(get_with_xff(&node, &target, "6.6.6.6").await, 200);
     let seen = upstream.seen();
@@ -81,7 +84,7 @@ async fn proxied_get(
     edge: &b24_edge::EdgeHandle,
     header: &[u8],
 ) -> std::io::Result<(u16, String)> {
-    let mut tcp = tcp_from(from, edge.addrs()[0]).await;
+    let mut tcp = try_tcp_from(from, edge.addrs()[0]).await?;
     tcp.write_all(header).await?;
     let tls = tls_over(certs, tcp).await?;
     let mut sender = h1_over(tls).await;
@@ -93,7 +96,7 @@ async fn proxy_protocol_v1_and_v2_from_trusted_peers_only() {
     let dir = tempfile::tempdir().unwrap();
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
-    let edge = edge_behind_proxy(&certs, dir.path(), &upstream, true).await;
+    let edge = edge_behind_proxy(&certs, dir.path(), &upstream, "proxy_protocol").await;
     let dst = edge.addrs()[0];
 
     let v1_node = format!("PROXY TCP4 127.0.0.2 {} 40000 {}\r\n", dst.ip(), dst.port());
@@ -104,11 +107,14 @@ async fn proxy_protocol_v1_and_v2_from_trusted_peers_only() {
     assert_eq!(upstream.seen()[0].headers["x-real-ip"], "127.0.0.2");
     assert_eq!(upstream.seen()[0].headers["x-forwarded-for"], "127.0.0.2");
 
+    // A source no route admits is refused right after its PROXY header,
+    // still before TLS.
     let v1_stranger = format!("PROXY TCP4 127.0.0.3 {} 40000 {}\r\n", dst.ip(), dst.port());
-    let (status, _) = proxied_get(&certs, "127.0.0.5", &edge, v1_stranger.as_bytes())
-        .await
-        .unwrap();
-    assert_eq!(status, 403);
+    assert!(
+        proxied_get(&certs, "127.0.0.5", &edge, v1_stranger.as_bytes())
+            .await
+            .is_err()
+    );
 
     let v2_node = encode_v2("127.0.0.2:40001".parse().unwrap(), dst);
     assert_eq!(
@@ -119,39 +125,41 @@ async fn proxy_protocol_v1_and_v2_from_trusted_peers_only() {
         200
     );
     let v2_stranger = encode_v2("127.0.0.3:40001".parse().unwrap(), dst);
-    assert_eq!(
+    assert!(
         proxied_get(&certs, "127.0.0.5", &edge, &v2_stranger)
             .await
-            .unwrap()
-            .0,
-        403
+            .is_err()
     );
     assert_eq!(upstream.count(), 2);
 
-    // From an untrusted peer a PROXY header is not read: it breaks the TLS
-    // handshake and nobody is admitted.
+    // Only trusted peers may connect to a proxy_protocol listener: forged
+    // headers and direct connections, even from a node, are refused at
+    // accept (its address cannot be believed from an unknown peer).
     let forged = proxied_get(&certs, "127.0.0.3", &edge, v1_node.as_bytes()).await;
     assert!(forged.is_err());
     let forged = proxied_get(&certs, "127.0.0.3", &edge, &v2_node).await;
     assert!(forged.is_err());
-    // Untrusted peers still connect directly and are judged by their address.
-    assert_eq!(
-        proxied_get(&certs, "127.0.0.2", &edge, b"")
-            .await
-            .unwrap()
-            .0,
-        200
-    );
-    assert_eq!(upstream.count(), 3);
+    assert!(proxied_get(&certs, "127.0.0.2", &edge, b"").await.is_err());
+    assert_eq!(upstream.count(), 2);
     // A trusted peer that sends no header is cut off.
     assert!(proxied_get(&certs, "127.0.0.5", &edge, b"").await.is_err());
     let metrics = scrape(&edge).await;
-    // The two forged headers broke TLS handshakes; the trusted peer's
-    // missing header is a PROXY failure of its own.
     assert_eq!(
         sample(&metrics, "b24_edge_tls_handshake_failures_total"),
+        0.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "b24_edge_denials_total{reason=\"untrusted_peer\"}"
+        ),
+        3.0
+    );
+    assert_eq!(
+        sample(&metrics, "b24_edge_denials_total{reason=\"not_in_nodes\"}"),
         2.0
     );
+    // The trusted peer's missing header is a PROXY failure of its own.
     assert_eq!(
         sample(
             &metrics,
@@ -380,12 +388,12 @@ async fn connection_and_nodes_gauges() {
     let list = dir.path().join("app.json");
     replace_file(
         &list,
-        nodes_json(&["127.0.0.2", "127.0.1.0/24", "::1", "2001:db8::/32"]).as_bytes(),
+        nodes_json(&["127.0.0.2", "127.0.1.0/24", "::1", "2001:db8::/48"]).as_bytes(),
     );
     let edge = start_edge(&format!(
-        "{}[nodes]\nsource = \"{}\"\n{}",
+        "{}{}{}",
         server_section(&certs, "127.0.0.1:0", ""),
-        list.display(),
+        nodes_section(&list.display().to_string(), ""),
         route("/", &upstream.url(), &["nodes"]),
     ))
     .await;
@@ -474,46 +482,67 @@ async fn tls_1_2_and_1_3_with_alpn() {
     assert!(edge.shutdown().await);
 }
 
+/// Two slots, one reserved for listed clients: a client of the `any`
+/// route gets the other or is turned away at once; a listed client waits
+/// for a slot when both are taken, and is served as soon as one frees.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_over_the_limit_wait_for_a_free_slot() {
+async fn listed_clients_keep_reserved_slots_and_wait_for_a_free_one() {
     let dir = tempfile::tempdir().unwrap();
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
-    let edge = open_edge(&certs, &upstream.url(), "max_connections = 1").await;
-    let first = tls_over(&certs, tcp_from("127.0.0.3", edge.addrs()[0]).await)
-        .await
-        .unwrap();
-    let mut first = h1_over(first).await;
-    assert_eq!(send_get(&mut first, "/one").await.0, 200);
-
-    // The second client is not served while the first holds the only slot…
-    let second = tokio::spawn({
-        let root = certs.root_store();
-        let addr = edge.addrs()[0];
+    let edge = start_edge(&format!(
+        "{}{}{}{}",
+        server_section(
+            &certs,
+            "127.0.0.1:0",
+            "max_connections = 2\nreserved_connections = 1"
+        ),
+        nodes_file(dir.path(), &["127.0.0.2"]),
+        route("/", &upstream.url(), &["nodes"]),
+        route("/public/", &upstream.url(), &["any"]),
+    ))
+    .await;
+    list_loaded(&edge).await;
+    let addr = edge.addrs()[0];
+    let connect = |from: &'static str| {
+        let config = tls_client_config(&certs, &[b"http/1.1"]);
         async move {
-            let mut config = rustls::ClientConfig::builder()
-                .with_root_certificates(root)
-                .with_no_client_auth();
-            config.alpn_protocols = vec![b"http/1.1".to_vec()];
-            let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
-            let tcp = tcp_from("127.0.0.3", addr).await;
+            let tcp = try_tcp_from(from, addr).await?;
             let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-            let tls = connector.connect(name, tcp).await.unwrap();
-            let mut sender = h1_over(tls).await;
-            send_get(&mut sender, "/two").await
+            tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
         }
-    });
+    };
+    let mut public = h1_over(connect("127.0.0.3").await.unwrap()).await;
+    assert_eq!(send_get(&mut public, "/public/one").await.0, 200);
+    // The unlisted share (one slot) is taken: the next one is reset.
+    assert!(connect("127.0.0.4").await.is_err());
+    let mut listed = h1_over(connect("127.0.0.2").await.unwrap()).await;
+    assert_eq!(send_get(&mut listed, "/hook").await.0, 200);
+
+    // Both slots are taken: another listed client waits…
+    let waiting = tokio::spawn(connect("127.0.0.2"));
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    assert!(!second.is_finished());
-    assert_eq!(upstream.count(), 1);
-    // …and is served as soon as the first leaves.
-    drop(first);
-    let (status, _) = tokio::time::timeout(GENEROUS, second)
+    assert!(!waiting.is_finished());
+    // …and is served as soon as one leaves.
+    drop(public);
+    let tls = tokio::time::timeout(GENEROUS, waiting)
         .await
         .unwrap()
+        .unwrap()
         .unwrap();
-    assert_eq!(status, 200);
-    assert_eq!(upstream.count(), 2);
+    let mut second = h1_over(tls).await;
+    assert_eq!(send_get(&mut second, "/hook").await.0, 200);
+    let metrics = scrape(&edge).await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "b24_edge_connections_refused_total{reason=\"max_connections\"}"
+        ),
+        1.0
+    );
+    drop((listed, second));
     assert!(edge.shutdown().await);
 }
 

@@ -47,6 +47,14 @@ impl Admin {
             .unwrap_or(0)
     }
 
+    /// Requests the portal's leaky bucket refused (QUERY_LIMIT_EXCEEDED),
+    /// injected faults not included.
+    pub fn limit_refusals(&self) -> u64 {
+        self.shared
+            .limit_refusals
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn total_requests(&self) -> u64 {
         self.request_counts().values().sum()
     }

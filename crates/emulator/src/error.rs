@@ -138,15 +138,16 @@ impl ApiError {
     }
 }
 
-/// Why a portal could not be built or started.
+/// Why a portal could not be built or started. An I/O cause is the
+/// error's `source()` (the chain prints it), not repeated in the message.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot read seed file {path}: {source}")]
+    #[error("cannot read seed file {path}")]
     SeedRead {
         path: std::path::PathBuf,
         source: std::io::Error,

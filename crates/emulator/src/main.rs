@@ -6,16 +6,49 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::Parser;
 
+const AFTER_LONG_HELP: &str = "\
+Endpoints (on --listen):
+  /rest/USER_ID/SECRET/METHOD[.json]  REST over an incoming webhook (JSON or form)
+  /rest/METHOD?auth=TOKEN             REST in application context (with --app)
+  /oauth/token/                       the application's authorization server
+  /_emulator/...                      admin API: records, counts, faults, limits,
+                                      POST /_emulator/app/install (with --app)
+
+Signals:
+  SIGTERM, SIGINT  stop and exit 0
+
+Exit codes:
+  0  stopped by a signal
+  1  could not start (the address is in use, an unreadable seed file)
+  2  usage error (a malformed --webhook, --app or --rate-limit)
+
+Secrets are never logged. Logs go to stderr (RUST_LOG=debug for more).
+
+Examples:
+  b24-emulator --domain source.test --webhook 1:SECRET
+  b24-emulator --listen 127.0.0.1:7002 --domain hq.test --webhook 1:OTHER:crm,user \\
+               --rate-limit 250/5 --seed crates/emulator/seeds/example.json
+  b24-emulator --domain app.test --app local.1:S3CRET:crm,bizproc --token-lifetime 60";
+
 /// Runs an emulated Bitrix24 portal (REST over incoming webhooks, cloud
 /// limits, outbound events) for tests, benchmarks and trying the relay.
 #[derive(Debug, Parser)]
-#[command(version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("B24_GIT_REVISION"), ")"))]
+#[command(
+    name = "b24-emulator",
+    version = env!("B24_VERSION"),
+    about = "Runs an emulated Bitrix24 portal for tests, benchmarks and trying the relay",
+    long_about = "Runs one emulated Bitrix24 portal: REST over incoming webhooks and, for a \
+                  local application, OAuth; the cloud's limits and error shapes; outbound \
+                  events as the queue servers send them.",
+    after_long_help = AFTER_LONG_HELP
+)]
 struct Args {
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:7001")]
+    /// Address to listen on (an IP address and port).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7001",
+          value_parser = b24_cli_support::config::parse_socket_addr)]
     listen: SocketAddr,
-    /// The portal's domain as events report it.
-    #[arg(long, default_value = "portal.test")]
+    /// The portal's domain as events report it (auth[domain]).
+    #[arg(long, value_name = "DOMAIN", default_value = "portal.test")]
     domain: String,
     /// The portal's `member_id` as events and installs report it (random
     /// when not given).
@@ -23,25 +56,31 @@ struct Args {
     member_id: Option<String>,
     /// Incoming webhook as USER_ID:SECRET[:scope,scope...]; repeatable.
     /// Without scopes it gets crm, user, bizproc and im.
-    #[arg(long = "webhook", required_unless_present = "app")]
+    #[arg(
+        long = "webhook",
+        value_name = "USER_ID:SECRET[:SCOPES]",
+        required_unless_present = "app"
+    )]
     webhooks: Vec<String>,
     /// A local application as CLIENT_ID:CLIENT_SECRET[:scope,scope...]
     /// (default scopes crm, user, bizproc, im); install it through
     /// POST /_emulator/app/install. Its authorization server is /oauth/token/.
-    #[arg(long)]
+    #[arg(long, value_name = "CLIENT_ID:CLIENT_SECRET[:SCOPES]")]
     app: Option<String>,
     /// Lifetime of the application's access tokens, in seconds.
-    #[arg(long, default_value_t = 3600)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
     token_lifetime: u64,
     /// Leaky bucket as BURST/DRAIN_PER_SECOND (cloud: 50/2, Enterprise: 250/5).
-    #[arg(long, default_value = "50/2")]
+    #[arg(long, value_name = "BURST/DRAIN", default_value = "50/2")]
     rate_limit: String,
     /// Seed data (pipelines, user fields, users, records, handlers) as JSON.
-    #[arg(long)]
+    #[arg(long, value_name = "PATH")]
     seed: Option<PathBuf>,
-    /// Serve HTTPS with a self-signed certificate, printed at start.
+    /// Serve HTTPS with a self-signed certificate, printed (PEM) at start.
     #[arg(long)]
     tls_self_signed: bool,
+    #[command(flatten)]
+    log: b24_cli_support::LogOptions,
 }
 
 struct WebhookArg {
@@ -137,16 +176,22 @@ async fn wait_for_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+fn main() -> std::process::ExitCode {
+    b24_cli_support::install_crypto_provider();
     let args = Args::parse();
-    let (burst, drain) = parse_rate(&args.rate_limit)?;
+    b24_cli_support::logging::init(args.log.log_format, "info");
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            let error = anyhow::Error::new(e).context("cannot start the async runtime");
+            return b24_cli_support::exit::report("b24-emulator", &error);
+        }
+    };
+    b24_cli_support::exit::finish("b24-emulator", runtime.block_on(run(args)))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let (burst, drain) = parse_rate(&args.rate_limit).map_err(usage)?;
     let mut builder = b24_emulator::Portal::builder()
         .domain(&args.domain)
         .listen(args.listen)
@@ -155,12 +200,12 @@ async fn main() -> anyhow::Result<()> {
         builder = builder.member_id(member_id);
     }
     for text in &args.webhooks {
-        let hook = parse_webhook(text)?;
+        let hook = parse_webhook(text).map_err(usage)?;
         let scopes: Vec<&str> = hook.scopes.iter().map(String::as_str).collect();
         builder = builder.webhook(hook.user_id, &hook.secret, &scopes);
     }
     if let Some(text) = &args.app {
-        let app = parse_app(text)?;
+        let app = parse_app(text).map_err(usage)?;
         let scopes: Vec<&str> = app.scopes.iter().map(String::as_str).collect();
         builder = builder
             .application(&app.client_id, &app.client_secret, &scopes)
@@ -188,6 +233,11 @@ async fn main() -> anyhow::Result<()> {
     wait_for_signal().await?;
     portal.shutdown().await;
     Ok(())
+}
+
+/// A malformed argument value: exit 2, like clap's own errors.
+fn usage(error: anyhow::Error) -> anyhow::Error {
+    b24_cli_support::exit::UsageError(error.to_string()).into()
 }
 
 #[cfg(test)]

@@ -203,7 +203,6 @@ pub(crate) fn ordered_form(leaves: &[(&[&str], String)]) -> String {
 
 impl Outbound {
     pub fn new(handlers: HandlerSeed, delivery_timeout: Duration) -> Self {
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .timeout(delivery_timeout)
             .redirect(reqwest::redirect::Policy::none())

@@ -210,6 +210,7 @@ impl PortalBuilder {
             limits: Limits::new(self.limits),
             faults: Faults::default(),
             requests: Mutex::new(Default::default()),
+            limit_refusals: Default::default(),
             outbound: Outbound::new(seed.handlers.clone(), self.delivery_timeout),
             app,
         });
@@ -221,7 +222,7 @@ impl PortalBuilder {
             acceptor,
             cancel.clone(),
         ));
-        tracing::info!(%addr, domain = %shared.domain, "emulated portal listening");
+        tracing::info!(listen = %addr, domain = %shared.domain, "emulated portal listening");
         Ok(Portal {
             shared,
             addr,

@@ -181,6 +181,9 @@ async fn handle(
     };
     let started = clock::now_unix();
     if !shared.limits.admit(peer.ip(), started) {
+        shared
+            .limit_refusals
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         return Ok(error_response(&ApiError::query_limit()));
     }
     if method == "crm.controller.item.getfile" {

@@ -93,6 +93,9 @@ pub struct Shared {
     pub faults: Faults,
     /// HTTP requests per REST method (batch counts once, as `batch`).
     pub requests: Mutex<BTreeMap<String, u64>>,
+    /// Requests refused with QUERY_LIMIT_EXCEEDED by the leaky bucket
+    /// (not injected faults).
+    pub limit_refusals: std::sync::atomic::AtomicU64,
     pub outbound: Outbound,
     /// The local application, when the portal was built with one.
     pub app: Option<Application>,

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 #[tokio::test]
 async fn install_posts_the_onappinstall_form_and_issues_working_tokens() {
+    b24_testkit::install_crypto_provider();
     let receiver = Receiver::start().await;
     let portal = app_portal().await;
     let installed = portal
@@ -105,6 +106,7 @@ async fn install_posts_the_onappinstall_form_and_issues_working_tokens() {
 
 #[tokio::test]
 async fn rest_over_oauth_checks_token_scope_and_accepts_auth_in_the_body() {
+    b24_testkit::install_crypto_provider();
     let receiver = Receiver::start().await;
     let portal = app_portal().await;
     let installed = portal
@@ -163,6 +165,7 @@ async fn rest_over_oauth_checks_token_scope_and_accepts_auth_in_the_body() {
 
 #[tokio::test]
 async fn expired_tokens_get_expired_token_until_refreshed_and_refresh_rotates() {
+    b24_testkit::install_crypto_provider();
     let receiver = Receiver::start().await;
     let portal = app_portal().await;
     let admin = portal.admin();
@@ -230,6 +233,7 @@ async fn expired_tokens_get_expired_token_until_refreshed_and_refresh_rotates() 
 
 #[tokio::test]
 async fn revoked_refresh_tokens_and_wrong_clients_are_refused() {
+    b24_testkit::install_crypto_provider();
     let receiver = Receiver::start().await;
     let portal = app_portal().await;
     let admin = portal.admin();
@@ -284,6 +288,7 @@ async fn revoked_refresh_tokens_and_wrong_clients_are_refused() {
 
 #[tokio::test]
 async fn admin_http_endpoints_install_expire_and_count() {
+    b24_testkit::install_crypto_provider();
     let receiver = Receiver::start().await;
     let portal = app_portal().await;
     let http = client();
@@ -363,6 +368,7 @@ async fn admin_http_endpoints_install_expire_and_count() {
 
 #[tokio::test]
 async fn a_portal_without_an_application_refuses_tokens() {
+    b24_testkit::install_crypto_provider();
     let portal = common::portal(json!({})).await;
     let (status, refused) = token_request(&portal, &refresh_pairs("abc")).await;
     assert_eq!((status, refused), (200, json!({"error": "wrong_client"})));

@@ -50,6 +50,7 @@ fn properties(route: &str) -> Map<String, Value> {
 
 #[tokio::test]
 async fn robot_methods_work_in_application_context_and_validate_like_bitrix24() {
+    b24_testkit::install_crypto_provider();
     let receiver = Receiver::start().await;
     let (portal, installed) = installed(&receiver).await;
     let token = installed.tokens.access_token.as_str();
@@ -225,6 +226,7 @@ async fn robot_methods_work_in_application_context_and_validate_like_bitrix24() 
 
 #[tokio::test]
 async fn a_rule_run_posts_the_exact_payload_and_event_send_answers_the_workflow() {
+    b24_testkit::install_crypto_provider();
     let receiver = Receiver::start().await;
     let (portal, installed) = installed(&receiver).await;
     let token = installed.tokens.access_token.clone();
@@ -378,6 +380,7 @@ async fn a_rule_run_posts_the_exact_payload_and_event_send_answers_the_workflow(
 
 #[tokio::test]
 async fn a_placed_rule_runs_when_a_deal_enters_its_stage_and_no_subscription_means_no_answer() {
+    b24_testkit::install_crypto_provider();
     let receiver = Receiver::start().await;
     let (portal, installed) = installed(&receiver).await;
     let token = installed.tokens.access_token.clone();
@@ -426,6 +429,7 @@ async fn a_placed_rule_runs_when_a_deal_enters_its_stage_and_no_subscription_mea
 
 #[tokio::test]
 async fn event_bind_delivers_deal_events_with_the_application_token() {
+    b24_testkit::install_crypto_provider();
     let receiver = Receiver::start().await;
     let (portal, installed) = installed(&receiver).await;
     let token = installed.tokens.access_token.clone();

@@ -43,7 +43,7 @@ async fn binary_serves_the_seed_and_stops_on_sigterm() {
         .expect("url printed")
         .to_string();
 
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    b24_testkit::install_crypto_provider();
     let client = reqwest::Client::new();
     let deal: Value = client
         .post(format!("{url}/rest/1/BINSECRET/crm.item.get"))
@@ -140,7 +140,7 @@ async fn binary_runs_an_application_without_webhooks() {
         .local_addr()
         .unwrap();
 
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    b24_testkit::install_crypto_provider();
     let client = reqwest::Client::new();
     let installed: Value = client
         .post(format!("{url}/_emulator/app/install"))

@@ -10,6 +10,7 @@ use serde_json::json;
 
 #[tokio::test]
 async fn list_fields_carry_portal_specific_option_ids() {
+    b24_testkit::install_crypto_provider();
     let uf = |ids: [i64; 2]| {
         json!({"userFields": [{"entity": "deal", "name": "UF_CRM_COLOR", "type": "enumeration", "title": "Color",
         "options": [{"id": ids[0], "value": "Red"}, {"id": ids[1], "value": "Blue"}]}]})
@@ -69,6 +70,7 @@ async fn list_fields_carry_portal_specific_option_ids() {
 
 #[tokio::test]
 async fn files_upload_as_base64_and_download_with_the_webhook() {
+    b24_testkit::install_crypto_provider();
     let portal = portal(json!({"userFields": [{"entity": "deal", "name": "UF_CRM_DOCS", "type": "file", "multiple": true}]})).await;
     let content = b"%PDF-1.4 emulated";
     let encoded = base64::engine::general_purpose::STANDARD.encode(content);
@@ -118,6 +120,7 @@ async fn files_upload_as_base64_and_download_with_the_webhook() {
 
 #[tokio::test]
 async fn multifields_append_without_row_id_and_duplicates_are_found() {
+    b24_testkit::install_crypto_provider();
     let portal = portal(json!({})).await;
     let (_, added) = call(&portal, "crm.contact.add", json!({"fields": {"NAME": "Ann", "PHONE": [{"VALUE": "+1 (555) 010-20", "VALUE_TYPE": "WORK"}], "EMAIL": [{"VALUE": "Ann@Example.com", "VALUE_TYPE": "WORK"}]}})).await;
     let id = added["result"].as_i64().unwrap();
@@ -194,6 +197,7 @@ async fn multifields_append_without_row_id_and_duplicates_are_found() {
 
 #[tokio::test]
 async fn product_rows_replace_and_set_the_amount() {
+    b24_testkit::install_crypto_provider();
     let portal = portal(json!({})).await;
     let (_, added) = call(
         &portal,
@@ -238,6 +242,7 @@ async fn product_rows_replace_and_set_the_amount() {
 
 #[tokio::test]
 async fn statuses_categories_comments_users_and_notifications() {
+    b24_testkit::install_crypto_provider();
     let portal = portal(json!({
         "pipelines": [{"id": 5, "name": "Wholesale", "stages": [{"id": "C5:NEW", "name": "New"}, {"id": "C5:WON", "name": "Won", "semantics": "S"}]}],
         "users": [{"id": 1, "name": "Admin", "email": "admin@example.com"}, {"id": 7, "name": "Eve", "email": "eve@example.com"}]

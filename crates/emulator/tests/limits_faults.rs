@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 #[tokio::test]
 async fn leaky_bucket_answers_503_query_limit_exceeded() {
+    b24_testkit::install_crypto_provider();
     // Drain 0: the bucket never empties, so the count is exact on any machine.
     let portal = Portal::builder()
         .webhook(1, SECRET, &["crm"])
@@ -34,6 +35,7 @@ async fn leaky_bucket_answers_503_query_limit_exceeded() {
 
 #[tokio::test]
 async fn operating_time_budget_blocks_the_method_with_429() {
+    b24_testkit::install_crypto_provider();
     let portal = Portal::builder()
         .webhook(1, SECRET, &["crm"])
         .operating_limit(Duration::from_millis(30))
@@ -64,6 +66,7 @@ async fn operating_time_budget_blocks_the_method_with_429() {
 
 #[tokio::test]
 async fn requests_over_the_time_limit_get_a_gateway_timeout() {
+    b24_testkit::install_crypto_provider();
     let portal = Portal::builder()
         .webhook(1, SECRET, &["crm"])
         .request_time_limit(Duration::from_millis(50))
@@ -89,6 +92,7 @@ async fn requests_over_the_time_limit_get_a_gateway_timeout() {
 
 #[tokio::test]
 async fn injected_errors_fail_without_running() {
+    b24_testkit::install_crypto_provider();
     let portal = common::portal(json!({})).await;
     portal.faults().set_method(
         "crm.item.add",
@@ -138,6 +142,7 @@ async fn injected_errors_fail_without_running() {
 
 #[tokio::test]
 async fn dropped_response_still_executes_the_write() {
+    b24_testkit::install_crypto_provider();
     let portal = common::portal(json!({})).await;
     portal.faults().set_method(
         "crm.item.add",
@@ -166,6 +171,7 @@ async fn dropped_response_still_executes_the_write() {
 
 #[tokio::test]
 async fn a_down_portal_closes_connections_until_it_is_back() {
+    b24_testkit::install_crypto_provider();
     let portal = common::portal(json!({})).await;
     portal.admin().set_down(true);
     assert!(
@@ -189,6 +195,7 @@ async fn a_down_portal_closes_connections_until_it_is_back() {
 
 #[tokio::test]
 async fn admin_http_api_controls_limits_faults_and_shows_state() {
+    b24_testkit::install_crypto_provider();
     let portal = common::portal(json!({})).await;
     let http = client();
     let admin = |path: &str| format!("{}/_emulator/{path}", portal.url());
@@ -271,6 +278,7 @@ async fn admin_http_api_controls_limits_faults_and_shows_state() {
 
 #[tokio::test]
 async fn secrets_never_show_in_debug_output_or_errors() {
+    b24_testkit::install_crypto_provider();
     let portal = common::portal(json!({"handlers": {"events": [{"event": "ONCRMDEALADD", "url": "http://127.0.0.1:9/x", "applicationToken": "apptok-123"}]}})).await;
     let debug = format!("{portal:?} {:?}", portal.admin().handlers());
     assert!(!debug.contains(SECRET), "webhook secret leaked: {debug}");

@@ -27,6 +27,7 @@ fn seed_with(receiver: &Receiver) -> Value {
 
 #[tokio::test]
 async fn deal_events_carry_the_documented_form_payload() {
+    b24_testkit::install_crypto_provider();
     let receiver = Receiver::start().await;
     let portal = portal(seed_with(&receiver)).await;
     let (_, added) = call(
@@ -75,6 +76,7 @@ async fn deal_events_carry_the_documented_form_payload() {
 
 #[tokio::test]
 async fn moving_to_another_pipeline_fires_move_to_category_not_update_and_the_stage_rule() {
+    b24_testkit::install_crypto_provider();
     let receiver = Receiver::start().await;
     let portal = portal(seed_with(&receiver)).await;
     let (_, added) = call(
@@ -144,6 +146,7 @@ async fn moving_to_another_pipeline_fires_move_to_category_not_update_and_the_st
 
 #[tokio::test]
 async fn robots_get_the_application_payload_and_answer_with_event_send() {
+    b24_testkit::install_crypto_provider();
     let receiver = Receiver::start().await;
     let portal = portal(json!({})).await;
     let mut properties = Map::new();
@@ -214,6 +217,7 @@ async fn robots_get_the_application_payload_and_answer_with_event_send() {
 
 #[tokio::test]
 async fn failed_deliveries_are_recorded_and_never_retried() {
+    b24_testkit::install_crypto_provider();
     // A port with nothing listening: bind, learn the port, close.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

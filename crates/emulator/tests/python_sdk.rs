@@ -75,6 +75,7 @@ fn write_ca(dir: &Path, pem: &str) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_python_sdk_sees_a_bitrix24_portal() {
+    b24_testkit::install_crypto_provider();
     let Some(python) = tokio::task::spawn_blocking(sdk_python).await.unwrap() else {
         return;
     };
@@ -143,6 +144,7 @@ async fn official_python_sdk_sees_a_bitrix24_portal() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_python_sdk_runs_a_local_application() {
+    b24_testkit::install_crypto_provider();
     let Some(python) = tokio::task::spawn_blocking(sdk_python).await.unwrap() else {
         return;
     };

@@ -22,6 +22,7 @@ fn assert_time_block(body: &Value) {
 
 #[tokio::test]
 async fn item_crud_has_bitrix_shapes() {
+    b24_testkit::install_crypto_provider();
     let portal = portal(json!({})).await;
     let (status, added) = call(&portal, "crm.item.add", json!({"entityTypeId": 2, "fields": {"title": "First", "opportunity": 300, "currencyId": "EUR", "originatorId": "src", "originId": "17"}})).await;
     assert_eq!(status, 200, "{added}");
@@ -84,6 +85,7 @@ async fn item_crud_has_bitrix_shapes() {
 
 #[tokio::test]
 async fn legacy_deal_methods_use_upper_case_strings_and_form_bodies() {
+    b24_testkit::install_crypto_provider();
     let portal = portal(json!({})).await;
     let (status, added) = call_form(
         &portal,
@@ -120,6 +122,7 @@ async fn legacy_deal_methods_use_upper_case_strings_and_form_bodies() {
 
 #[tokio::test]
 async fn auth_scope_and_unknown_method_errors_match_bitrix() {
+    b24_testkit::install_crypto_provider();
     let portal = portal(json!({})).await;
     let http = client();
     let wrong = http
@@ -221,6 +224,7 @@ fn many_deals(count: usize) -> Value {
 
 #[tokio::test]
 async fn lists_page_by_fifty_with_next_total_and_fast_mode() {
+    b24_testkit::install_crypto_provider();
     let portal = portal(many_deals(120)).await;
     let (_, first) = call(&portal, "crm.item.list", json!({"entityTypeId": 2})).await;
     assert_eq!(first["result"]["items"].as_array().unwrap().len(), 50);
@@ -259,6 +263,7 @@ async fn lists_page_by_fifty_with_next_total_and_fast_mode() {
 
 #[tokio::test]
 async fn filters_by_stage_category_and_external_keys() {
+    b24_testkit::install_crypto_provider();
     let portal = portal(many_deals(10)).await;
     let list = |filter: Value| {
         let portal = &portal;
@@ -304,6 +309,7 @@ async fn filters_by_stage_category_and_external_keys() {
 
 #[tokio::test]
 async fn batch_references_earlier_results_and_reports_errors() {
+    b24_testkit::install_crypto_provider();
     let portal = portal(json!({})).await;
     let (status, body) = call(
         &portal,

@@ -36,6 +36,16 @@ pub struct CacheRecord {
     /// The last failure, if the last attempt failed.
     pub last_error: Option<String>,
     pub consecutive_failures: u32,
+    /// Whether the last failure was a list refused as unsafe (entries too
+    /// broad or special-purpose).
+    #[serde(default)]
+    pub last_error_unsafe: bool,
+    /// The shrink baseline: the most networks an accepted list had within
+    /// the baseline window, and when a list that large was last seen.
+    #[serde(default)]
+    pub peak_networks: Option<usize>,
+    #[serde(default)]
+    pub peak_at: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +67,8 @@ impl CacheRecord {
         }
     }
 
-    /// The stored list, if there is a usable one.
+    /// The stored list, if there is a usable one. It is not checked against
+    /// any entry rules; [`NodeList::check`] does that.
     pub fn list(&self) -> Option<NodeList> {
         let nets: Option<Vec<_>> = self.nodes.iter().map(|n| parse_network(n)).collect();
         let list = NodeList::from_networks(nets?);
@@ -170,7 +181,7 @@ mod tests {
 
         let list = NodeList::parse(
             br#"{"nodes": ["10.0.0.0/24", "2001:db8::1"]}"#,
-            &Default::default(),
+            &crate::Limits::allowing_special(),
         )
         .unwrap();
         let mut record = CacheRecord::new("https://example.test/app.json".into());

@@ -29,6 +29,9 @@ pub struct FetchOptions {
     /// The least time between two requests to a URL source. Bitrix24 asks
     /// for at most one request a minute; keep 60 s or more for its servers.
     pub min_interval: Duration,
+    /// How long the largest accepted list stays the shrink baseline (see
+    /// [`Baseline::peak`]).
+    pub baseline_window: Duration,
 }
 
 impl Default for FetchOptions {
@@ -38,12 +41,17 @@ impl Default for FetchOptions {
             connect_timeout: Duration::from_secs(5),
             total_timeout: Duration::from_secs(20),
             min_interval: MIN_INTERVAL,
+            baseline_window: BASELINE_WINDOW,
         }
     }
 }
 
 /// The politeness floor Bitrix24 sets for polling its list.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(60);
+
+/// How long the largest list seen stays the baseline a new list is compared
+/// with: a day, so that a list cannot be walked down run by run.
+pub const BASELINE_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 /// Why a fetch produced no new list. None of these replaces the last good
 /// list.
@@ -65,6 +73,14 @@ pub enum FetchError {
     Refused { origin: String, reason: String },
     #[error("cannot build an HTTP client: {0}")]
     Client(String),
+}
+
+impl FetchError {
+    /// Whether the source served a well-formed list that names addresses
+    /// that are never Bitrix24's (too broad or special-purpose).
+    pub fn is_unsafe_list(&self) -> bool {
+        matches!(self, FetchError::Invalid { error, .. } if error.is_unsafe())
+    }
 }
 
 /// What one refresh did.
@@ -100,12 +116,25 @@ impl Outcome {
     }
 }
 
+/// What a new list is compared with before it is accepted.
+#[derive(Debug, Clone, Copy)]
+pub struct Baseline<'a> {
+    /// The current (last good) list of this source.
+    pub previous: Option<&'a NodeList>,
+    /// The most networks an accepted list of this source had within the
+    /// baseline window (a day by default): a list that shrinks a little on
+    /// every run is still compared with where it stood, so it cannot be
+    /// walked down. `None` for a source with no history (a new cache, or a
+    /// cache left by another source).
+    pub peak: Option<usize>,
+}
+
 /// A check a caller applies to a new list before it is accepted; an `Err`
 /// is recorded as a failure and the old list stays (nodesync's shrink guard).
-pub type Acceptance<'a> = &'a (dyn Fn(Option<&NodeList>, &NodeList) -> Result<(), String> + Sync);
+pub type Acceptance<'a> = &'a (dyn Fn(&Baseline<'_>, &NodeList) -> Result<(), String> + Sync);
 
 /// Accepts every valid list.
-pub fn accept_all(_: Option<&NodeList>, _: &NodeList) -> Result<(), String> {
+pub fn accept_all(_: &Baseline<'_>, _: &NodeList) -> Result<(), String> {
     Ok(())
 }
 
@@ -157,17 +186,34 @@ impl Fetcher {
             }
             None => None,
         };
+        let loaded = loaded.filter(|record| {
+            // A cache left by another source (a trial list, a test server)
+            // is neither this source's last good list nor its baseline.
+            let same = record.source == shown_source;
+            if !same {
+                debug!(old = %record.source, new = %shown_source, "the nodes cache is another source's; starting afresh");
+            }
+            same
+        });
         let mut record = loaded.unwrap_or_else(|| CacheRecord::new(shown_source.clone()));
-        let list = record.list().map(Arc::new);
-        if record.source != shown_source {
-            // A list from another Bitrix24 source is still a list of its
-            // servers and better than none, but that source's validators and
-            // request time say nothing about this one.
-            debug!(old = %record.source, new = %shown_source, "the nodes source changed");
-            record.source = shown_source.clone();
+        let mut list = record.list().map(Arc::new);
+        if let (Some(cached), Some(path)) = (&list, &cache_path)
+            && let Err(e) = cached.check(&options.limits)
+        {
+            // Written under other rules (an older version, or with an escape
+            // hatch since removed): not a list to fall back on.
+            let message = format!(
+                "the cache file {} holds a list the current rules refuse, so it is not used: {e}",
+                path.display()
+            );
+            warn!(error = %message, "ignoring the nodes cache");
+            cache_error = Some(message);
+            list = None;
+            record.nodes.clear();
+            record.peak_networks = None;
+            record.peak_at = None;
             record.etag = None;
             record.last_modified = None;
-            record.attempted_at = None;
         }
         Ok(Fetcher {
             source,
@@ -220,6 +266,7 @@ impl Fetcher {
         };
         if let Outcome::Failed { error, .. } = &outcome {
             self.record.last_error = Some(error.to_string());
+            self.record.last_error_unsafe = error.is_unsafe_list();
             self.record.consecutive_failures = self.record.consecutive_failures.saturating_add(1);
         }
         // Only what changed is written: a file source is checked every
@@ -257,6 +304,7 @@ impl Fetcher {
         if status == StatusCode::NOT_MODIFIED && self.list.is_some() {
             self.record.fetched_at = Some(now);
             self.mark_success();
+            self.note_peak();
             return Outcome::Unchanged {
                 list: self.list.clone().expect("checked above"),
             };
@@ -332,14 +380,18 @@ impl Fetcher {
                 });
             }
         };
-        if let Err(reason) = accept(self.list.as_deref(), &new) {
+        let baseline = Baseline {
+            previous: self.list.as_deref(),
+            peak: self.peak(),
+        };
+        if let Err(reason) = accept(&baseline, &new) {
             return self.failed(FetchError::Refused {
                 origin: self.shown_source.clone(),
                 reason,
             });
         }
         self.mark_success();
-        match &self.list {
+        let outcome = match &self.list {
             Some(old) if **old == new => Outcome::Unchanged { list: old.clone() },
             old => {
                 let diff = match old {
@@ -352,11 +404,33 @@ impl Fetcher {
                 self.list = Some(list.clone());
                 Outcome::Changed { list, diff }
             }
+        };
+        self.note_peak();
+        outcome
+    }
+
+    /// The baseline peak, if it is still within the window.
+    fn peak(&self) -> Option<usize> {
+        let (networks, at) = (self.record.peak_networks?, self.record.peak_at?);
+        let age = unix_now().saturating_sub(at);
+        (age <= self.options.baseline_window.as_secs()).then_some(networks)
+    }
+
+    /// After a success: the current list becomes the peak if it is at least
+    /// as large, or if the old peak has left the window.
+    fn note_peak(&mut self) {
+        let Some(current) = self.list.as_ref().map(|l| l.len()) else {
+            return;
+        };
+        if self.peak().is_none_or(|peak| current >= peak) {
+            self.record.peak_networks = Some(current);
+            self.record.peak_at = Some(unix_now());
         }
     }
 
     fn mark_success(&mut self) {
         self.record.last_error = None;
+        self.record.last_error_unsafe = false;
         self.record.consecutive_failures = 0;
     }
 
@@ -446,7 +520,6 @@ impl Fetcher {
 }
 
 fn build_client(options: &FetchOptions) -> Result<reqwest::Client, FetchError> {
-    crate::install_crypto_provider();
     reqwest::Client::builder()
         .connect_timeout(options.connect_timeout)
         .timeout(options.total_timeout)

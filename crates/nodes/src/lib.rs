@@ -6,7 +6,7 @@
 //! ```
 //! use b24_nodes::{Limits, NodeList};
 //!
-//! let list = NodeList::parse(br#"{"nodes": ["195.208.184.200", "2a02:6b8::/32"]}"#, &Limits::default())?;
+//! let list = NodeList::parse(br#"{"nodes": ["195.208.184.200", "2a02:6b8:c00::/48"]}"#, &Limits::default())?;
 //! assert!(list.contains("195.208.184.200".parse()?));
 //! assert!(!list.contains("195.208.184.201".parse()?));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -17,22 +17,19 @@ pub mod cache;
 mod fetch;
 mod list;
 mod live;
+pub mod policy;
+mod set;
 mod source;
 
 pub use addrset::AddrSet;
 pub use cache::{CacheError, CacheRecord, write_atomically};
 pub use fetch::{
-    Acceptance, FetchError, FetchOptions, Fetcher, MIN_INTERVAL, Outcome, accept_all, age_of,
+    Acceptance, BASELINE_WINDOW, Baseline, FetchError, FetchOptions, Fetcher, MIN_INTERVAL,
+    Outcome, accept_all, age_of,
 };
 pub use list::{Diff, Limits, NodeList, ParseError, display_network, parse_network};
-pub use live::{LiveNodes, RefreshStatus, Schedule, run_refresh_loop};
+pub use live::{
+    LiveNodes, RefreshStatus, Schedule, SourceState, run_refresh_loop, run_refresh_loops,
+};
+pub use set::{FetcherSet, cache_path_for, union_of};
 pub use source::{DEFAULT_SOURCE, Source, SourceError};
-
-/// Installs ring as the process's rustls crypto provider, once.
-///
-/// The workspace builds rustls with ring only; reqwest then needs the
-/// provider installed before its first client. Calling this again, or after
-/// a binary installed it, is harmless.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}

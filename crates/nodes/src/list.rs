@@ -8,14 +8,23 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde_json::Value;
 
 use crate::addrset::AddrSet;
+use crate::policy::{BROADEST_V4, BROADEST_V6, Special, broadest_for, special_range};
 
-/// Bounds on a document, checked before and while parsing it.
+/// Bounds on a document and on what its entries may be, checked before and
+/// while parsing it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Largest accepted body in bytes.
     pub max_bytes: usize,
     /// Largest accepted number of entries in `nodes`.
     pub max_entries: usize,
+    /// Accept entries broader than /24 (IPv4) or /48 (IPv6). Off by default:
+    /// Bitrix24 publishes single addresses.
+    pub allow_broad: bool,
+    /// Accept unspecified, loopback, private, link-local, multicast,
+    /// documentation, benchmarking and other reserved ranges. Off by
+    /// default; tests that use loopback or 198.18.0.0/15 turn it on.
+    pub allow_special: bool,
 }
 
 impl Default for Limits {
@@ -23,9 +32,27 @@ impl Default for Limits {
         Limits {
             max_bytes: 4 * 1024 * 1024,
             max_entries: 100_000,
+            allow_broad: false,
+            allow_special: false,
         }
     }
 }
+
+impl Limits {
+    /// The default limits with special-purpose addresses allowed: what a
+    /// test on loopback or in a network namespace needs.
+    pub fn allowing_special() -> Limits {
+        Limits {
+            allow_special: true,
+            ..Limits::default()
+        }
+    }
+}
+
+/// How the escape hatches are spelled, for error messages.
+const BROAD_HATCH: &str = "nodesync --allow-broad, or allow_broad = true in b24-edge's [nodes]";
+const SPECIAL_HATCH: &str =
+    "nodesync --allow-special, or allow_special = true in b24-edge's [nodes]";
 
 /// Why a document was rejected. Each message names the problem and, where
 /// there is one, the offending entry, so an admin can see what the source
@@ -50,6 +77,44 @@ pub enum ParseError {
     NotAString { index: usize, value: String },
     #[error("entry #{index} of \"nodes\" is not an IP address or CIDR network: {entry:?}")]
     InvalidEntry { index: usize, entry: String },
+    #[error(
+        "entry #{index} of \"nodes\" is {entry}, broader than /{bound}; Bitrix24 publishes single \
+         addresses, so the whole list is refused (to accept such entries on purpose: {BROAD_HATCH})"
+    )]
+    TooBroad {
+        index: usize,
+        entry: String,
+        bound: u8,
+    },
+    #[error(
+        "the entries of \"nodes\" merge into {network}, broader than /{bound}; Bitrix24 publishes \
+         single addresses, so the whole list is refused (to accept such lists on purpose: {BROAD_HATCH})"
+    )]
+    MergedTooBroad { network: String, bound: u8 },
+    #[error(
+        "entry #{index} of \"nodes\" is {entry}, which is {kind} address space ({range}), never a \
+         Bitrix24 server; the whole list is refused (to accept such entries on purpose: {SPECIAL_HATCH})"
+    )]
+    SpecialAddress {
+        index: usize,
+        entry: String,
+        kind: Special,
+        range: String,
+    },
+}
+
+impl ParseError {
+    /// Whether the document was valid but names addresses that are never
+    /// Bitrix24's (too broad, or special-purpose): a list that would open
+    /// the protected ports, refused by policy rather than for its syntax.
+    pub fn is_unsafe(&self) -> bool {
+        matches!(
+            self,
+            ParseError::TooBroad { .. }
+                | ParseError::MergedTooBroad { .. }
+                | ParseError::SpecialAddress { .. }
+        )
+    }
 }
 
 /// A validated, deduplicated and merged list of the networks Bitrix24 sends
@@ -109,9 +174,44 @@ impl NodeList {
                 index,
                 entry: truncate(text, 60),
             })?;
+            check_entry(index, &net, limits)?;
             networks.push(net);
         }
-        Ok(NodeList::from_networks(networks))
+        let list = NodeList::from_networks(networks);
+        list.check_merged(limits)?;
+        Ok(list)
+    }
+
+    /// Checks an already built list (one read back from a cache file, say)
+    /// against the entry rules of `limits`, as [`NodeList::parse`] would.
+    pub fn check(&self, limits: &Limits) -> Result<(), ParseError> {
+        for (index, net) in self.networks().enumerate() {
+            check_entry(index, &net, limits)?;
+        }
+        self.check_merged(limits)
+    }
+
+    /// Many narrow entries can add up to one broad block (two adjacent /25s
+    /// are a /24; 512 adjacent /32s are a /23): the bound holds for what the
+    /// firewall will actually admit.
+    fn check_merged(&self, limits: &Limits) -> Result<(), ParseError> {
+        if limits.allow_broad {
+            return Ok(());
+        }
+        let v4 = self
+            .v4
+            .iter()
+            .find(|n| n.prefix_len() < BROADEST_V4)
+            .map(|n| (n.to_string(), BROADEST_V4));
+        let v6 = self
+            .v6
+            .iter()
+            .find(|n| n.prefix_len() < BROADEST_V6)
+            .map(|n| (n.to_string(), BROADEST_V6));
+        match v4.or(v6) {
+            Some((network, bound)) => Err(ParseError::MergedTooBroad { network, bound }),
+            None => Ok(()),
+        }
     }
 
     /// Builds a list from networks (host bits are cleared, duplicates and
@@ -221,6 +321,30 @@ impl Diff {
     }
 }
 
+/// Refuses an entry that is broader than the bound or touches a special
+/// range, unless `limits` allows it.
+fn check_entry(index: usize, net: &IpNet, limits: &Limits) -> Result<(), ParseError> {
+    let bound = broadest_for(net);
+    if !limits.allow_broad && net.prefix_len() < bound {
+        return Err(ParseError::TooBroad {
+            index,
+            entry: display_network(net),
+            bound,
+        });
+    }
+    if !limits.allow_special
+        && let Some((range, kind)) = special_range(net)
+    {
+        return Err(ParseError::SpecialAddress {
+            index,
+            entry: display_network(net),
+            kind,
+            range: range.to_string(),
+        });
+    }
+    Ok(())
+}
+
 /// Parses one entry: an address (a host network) or a CIDR network. Host
 /// bits set in a CIDR entry (`10.0.0.1/24`) are accepted and cleared, as
 /// firewalls do.
@@ -268,8 +392,126 @@ fn truncate(text: &str, max_chars: usize) -> String {
 mod tests {
     use super::*;
 
+    /// Parses with the entry rules off: these tests are about the format.
     fn parse(doc: &str) -> Result<NodeList, ParseError> {
+        let limits = Limits {
+            allow_broad: true,
+            allow_special: true,
+            ..Limits::default()
+        };
+        NodeList::parse(doc.as_bytes(), &limits)
+    }
+
+    fn parse_strict(doc: &str) -> Result<NodeList, ParseError> {
         NodeList::parse(doc.as_bytes(), &Limits::default())
+    }
+
+    #[test]
+    fn the_real_list_shape_passes_the_entry_rules() {
+        let list = parse_strict(
+            r#"{"nodes": ["195.208.184.200", "89.208.230.2", "185.230.60.0/24", "2a02:6b8:c00::/48"]}"#,
+        )
+        .unwrap();
+        assert_eq!(list.len(), 4);
+    }
+
+    #[test]
+    fn a_list_that_opens_the_world_is_refused_whole() {
+        for (doc, entry) in [
+            (
+                r#"{"nodes": ["195.208.184.200", "0.0.0.0/0"]}"#,
+                "0.0.0.0/0",
+            ),
+            (r#"{"nodes": ["195.208.184.200", "::/0"]}"#, "::/0"),
+            (r#"{"nodes": ["0.0.0.0/1", "128.0.0.0/1"]}"#, "0.0.0.0/1"),
+            (r#"{"nodes": ["89.208.0.0/16"]}"#, "89.208.0.0/16"),
+            (r#"{"nodes": ["2a02:6b8::/32"]}"#, "2a02:6b8::/32"),
+        ] {
+            let err = parse_strict(doc).unwrap_err();
+            assert!(
+                matches!(&err, ParseError::TooBroad { entry: e, .. } if e == entry),
+                "{doc}: {err:?}"
+            );
+            assert!(err.is_unsafe());
+            let text = err.to_string();
+            assert!(
+                text.contains(entry)
+                    && text.contains("--allow-broad")
+                    && text.contains("allow_broad = true"),
+                "{text}"
+            );
+        }
+        // Narrow entries that add up to a broad block are refused too.
+        let halves = r#"{"nodes": ["89.208.230.0/25", "89.208.230.128/25", "89.208.231.0/24"]}"#;
+        let err = parse_strict(halves).unwrap_err();
+        assert_eq!(
+            err,
+            ParseError::MergedTooBroad {
+                network: "89.208.230.0/23".into(),
+                bound: 24
+            }
+        );
+        // Exactly the bound is fine.
+        assert!(parse_strict(r#"{"nodes": ["89.208.230.0/25", "89.208.230.128/25"]}"#).is_ok());
+    }
+
+    #[test]
+    fn special_addresses_are_refused_whole_and_named() {
+        for (entry, says) in [
+            ("127.0.0.1", "loopback"),
+            ("10.0.0.0/24", "private"),
+            ("192.168.1.10", "private"),
+            ("169.254.0.5", "link-local"),
+            ("224.0.0.251", "multicast"),
+            ("192.0.2.1", "documentation"),
+            ("198.18.0.2", "benchmarking"),
+            ("0.0.0.0", "unspecified"),
+            ("::1", "loopback"),
+            ("fe80::1", "link-local"),
+            ("fd12:3456::1", "unique-local"),
+            ("2001:db8::1", "documentation"),
+            ("2001:2::7", "benchmarking"),
+        ] {
+            let doc = format!(r#"{{"nodes": ["195.208.184.200", "{entry}"]}}"#);
+            let err = parse_strict(&doc).unwrap_err();
+            assert!(
+                matches!(&err, ParseError::SpecialAddress { index: 1, .. }),
+                "{entry}: {err:?}"
+            );
+            let text = err.to_string();
+            assert!(
+                text.contains(entry) && text.contains(says) && text.contains("--allow-special"),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn each_escape_hatch_opens_only_its_own_door() {
+        let special = Limits::allowing_special();
+        let broad = Limits {
+            allow_broad: true,
+            ..Limits::default()
+        };
+        assert!(NodeList::parse(br#"{"nodes": ["127.0.0.1", "198.18.0.0/24"]}"#, &special).is_ok());
+        assert!(matches!(
+            NodeList::parse(br#"{"nodes": ["198.18.0.0/16"]}"#, &special),
+            Err(ParseError::TooBroad { .. })
+        ));
+        assert!(NodeList::parse(br#"{"nodes": ["89.0.0.0/8"]}"#, &broad).is_ok());
+        // The whole internet also covers private and loopback space: both
+        // hatches are needed for it.
+        assert!(matches!(
+            NodeList::parse(br#"{"nodes": ["0.0.0.0/0"]}"#, &broad),
+            Err(ParseError::SpecialAddress { .. })
+        ));
+    }
+
+    #[test]
+    fn check_applies_the_same_rules_to_a_built_list() {
+        let list = NodeList::from_networks(["127.0.0.1/32".parse().unwrap()]);
+        assert!(list.check(&Limits::default()).unwrap_err().is_unsafe());
+        assert!(list.check(&Limits::allowing_special()).is_ok());
     }
 
     #[test]
@@ -356,6 +598,7 @@ mod tests {
         let limits = Limits {
             max_bytes: 64,
             max_entries: 2,
+            ..Limits::default()
         };
         let big = format!(r#"{{"nodes": ["{}"]}}"#, "1".repeat(100));
         assert!(matches!(
@@ -373,7 +616,7 @@ mod tests {
     fn json_round_trip_keeps_the_list() {
         let list =
             parse(r#"{"nodes": ["2a02:6b8::/32", "195.208.184.200", "10.0.0.0/8"]}"#).unwrap();
-        let again = NodeList::parse(list.to_json().as_bytes(), &Limits::default()).unwrap();
+        let again = parse(&list.to_json()).unwrap();
         assert_eq!(list, again);
         assert!(list.to_json().contains("\"195.208.184.200\""));
     }

@@ -13,6 +13,7 @@ use tracing::{info, warn};
 use crate::cache::from_unix;
 use crate::fetch::{Fetcher, Outcome};
 use crate::list::{NodeList, display_network};
+use crate::set::union_of;
 use crate::source::Source;
 
 /// What the refresh loop last did, for `/readyz` and metrics.
@@ -28,16 +29,32 @@ pub struct RefreshStatus {
     /// Refreshes that were attempted since the process started.
     pub total_refreshes: u64,
     pub last_error: Option<String>,
+    /// Set while the newest list from the source was refused as unsafe
+    /// (entries too broad or special-purpose): the refusal, naming the
+    /// entry. The last good list stays in use.
+    pub refused: Option<String>,
 }
 
-/// The current nodes list, shared by every request handler.
+/// One source's part of the live list.
+#[derive(Debug, Clone)]
+pub struct SourceState {
+    /// The source as displayed (credentials removed).
+    pub source: String,
+    pub list: Option<Arc<NodeList>>,
+    pub status: RefreshStatus,
+}
+
+/// The current nodes list, shared by every request handler: the union of
+/// every source's last good list.
 ///
 /// Readers never block and never see a half-updated list: the list is an
-/// immutable value behind an [`ArcSwapOption`], replaced whole.
+/// immutable value behind an [`ArcSwapOption`], replaced whole. There is
+/// one writer, the refresh loop.
 #[derive(Debug, Default)]
 pub struct LiveNodes {
     list: ArcSwapOption<NodeList>,
     status: ArcSwap<RefreshStatus>,
+    parts: ArcSwap<Vec<SourceState>>,
 }
 
 impl LiveNodes {
@@ -47,17 +64,60 @@ impl LiveNodes {
 
     /// Starts with the last good list a fetcher holds (from its cache file).
     pub fn from_fetcher(fetcher: &Fetcher) -> LiveNodes {
+        LiveNodes::from_fetchers(std::slice::from_ref(fetcher))
+    }
+
+    /// Starts with the union of the last good lists the fetchers hold.
+    pub fn from_fetchers(fetchers: &[Fetcher]) -> LiveNodes {
+        let parts = fetchers
+            .iter()
+            .map(|fetcher| {
+                let record = fetcher.record();
+                let refused = record
+                    .last_error
+                    .clone()
+                    .filter(|_| record.last_error_unsafe);
+                SourceState {
+                    source: fetcher.source().to_string(),
+                    list: fetcher.current().cloned(),
+                    status: RefreshStatus {
+                        last_success: record.fetched_at.map(from_unix),
+                        last_change: record.changed_at.map(from_unix),
+                        consecutive_failures: record.consecutive_failures,
+                        last_error: record.last_error.clone(),
+                        refused,
+                        ..RefreshStatus::default()
+                    },
+                }
+            })
+            .collect();
         let live = LiveNodes::new();
-        live.list.store(fetcher.current().cloned());
-        let record = fetcher.record();
-        live.status.store(Arc::new(RefreshStatus {
-            last_success: record.fetched_at.map(from_unix),
-            last_change: record.changed_at.map(from_unix),
-            consecutive_failures: record.consecutive_failures,
-            last_error: record.last_error.clone(),
-            ..RefreshStatus::default()
-        }));
+        live.publish(parts);
         live
+    }
+
+    /// Each source's part, in configuration order.
+    pub fn sources(&self) -> Arc<Vec<SourceState>> {
+        self.parts.load_full()
+    }
+
+    /// Publishes new parts: their union becomes the list, their statuses
+    /// the combined status.
+    fn publish(&self, parts: Vec<SourceState>) {
+        let union = union_of(parts.iter().filter_map(|p| p.list.clone()));
+        // Swap only when the admitted set really changed: an unchanged
+        // union keeps the same allocation readers already hold.
+        let current = self.list.load_full();
+        let same = match (&current, &union) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b) || **a == **b,
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            self.list.store(union);
+        }
+        self.status.store(Arc::new(combined_status(&parts)));
+        self.parts.store(Arc::new(parts));
     }
 
     /// The current list, if there is one.
@@ -81,40 +141,90 @@ impl LiveNodes {
         self.list.store(Some(list));
     }
 
-    /// Records the outcome of one refresh, swapping in a new list if any.
+    /// Records the outcome of one refresh of the only (or first) source.
     pub fn apply(&self, outcome: &Outcome) {
+        self.apply_source(0, outcome);
+    }
+
+    /// Records the outcome of one refresh of source `index`, swapping in a
+    /// new union if its list changed.
+    pub fn apply_source(&self, index: usize, outcome: &Outcome) {
+        if matches!(outcome, Outcome::Throttled { .. }) {
+            return;
+        }
+        let mut parts = Vec::clone(&self.parts.load());
+        if parts.len() <= index {
+            parts.resize_with(index + 1, || SourceState {
+                source: String::new(),
+                list: None,
+                status: RefreshStatus::default(),
+            });
+        }
+        let part = &mut parts[index];
         let now = SystemTime::now();
-        let mut status = RefreshStatus::clone(&self.status.load());
+        let status = &mut part.status;
         match outcome {
             Outcome::Changed { list, .. } => {
-                self.list.store(Some(list.clone()));
+                part.list = Some(list.clone());
                 status.total_refreshes += 1;
                 status.last_success = Some(now);
                 status.last_change = Some(now);
                 status.consecutive_failures = 0;
                 status.last_error = None;
+                status.refused = None;
             }
             Outcome::Unchanged { list } => {
                 // A handle created empty (not from the fetcher) learns the
                 // list from the first confirmation, e.g. a 304 for the
                 // cached list.
-                if self.list.load().is_none() {
-                    self.list.store(Some(list.clone()));
+                if part.list.is_none() {
+                    part.list = Some(list.clone());
                 }
                 status.total_refreshes += 1;
                 status.last_success = Some(now);
                 status.consecutive_failures = 0;
                 status.last_error = None;
+                status.refused = None;
             }
-            Outcome::Throttled { .. } => return,
+            Outcome::Throttled { .. } => unreachable!("returned above"),
             Outcome::Failed { error, .. } => {
                 status.total_refreshes += 1;
                 status.total_failures += 1;
                 status.consecutive_failures = status.consecutive_failures.saturating_add(1);
                 status.last_error = Some(error.to_string());
+                status.refused = error.is_unsafe_list().then(|| error.to_string());
             }
         }
-        self.status.store(Arc::new(status));
+        self.publish(parts);
+    }
+}
+
+/// What `/readyz` and the metrics see for several sources: the worst of
+/// each (the oldest confirmation, the longest failure streak), the sums of
+/// the counters, and every source's error named by its source.
+fn combined_status(parts: &[SourceState]) -> RefreshStatus {
+    if let [only] = parts {
+        return only.status.clone();
+    }
+    let named = |pick: fn(&RefreshStatus) -> Option<&String>| {
+        let texts: Vec<String> = parts
+            .iter()
+            .filter_map(|p| pick(&p.status).map(|e| format!("{}: {e}", p.source)))
+            .collect();
+        (!texts.is_empty()).then(|| texts.join("; "))
+    };
+    RefreshStatus {
+        last_success: parts.iter().map(|p| p.status.last_success).min().flatten(),
+        last_change: parts.iter().filter_map(|p| p.status.last_change).max(),
+        consecutive_failures: parts
+            .iter()
+            .map(|p| p.status.consecutive_failures)
+            .max()
+            .unwrap_or(0),
+        total_failures: parts.iter().map(|p| p.status.total_failures).sum(),
+        total_refreshes: parts.iter().map(|p| p.status.total_refreshes).sum(),
+        last_error: named(|s| s.last_error.as_ref()),
+        refused: named(|s| s.refused.as_ref()),
     }
 }
 
@@ -178,29 +288,59 @@ fn jittered(base: Duration, jitter: f64, floor: Duration) -> Duration {
     base.mul_f64(factor).max(floor.min(base))
 }
 
-/// Runs the refresh loop until `stop` is cancelled: refresh, publish into
-/// `live`, log what changed, wait, repeat. The first refresh happens at once
-/// (it is throttled by the cache file if the source was asked recently).
+/// Runs the refresh loop of one source until `stop` is cancelled (see
+/// [`run_refresh_loops`]).
 pub async fn run_refresh_loop(
-    mut fetcher: Fetcher,
+    fetcher: Fetcher,
     live: Arc<LiveNodes>,
     schedule: Schedule,
     stop: CancellationToken,
 ) {
-    let source = fetcher.source().clone();
+    run_refresh_loops(vec![fetcher], live, schedule, stop).await
+}
+
+/// Runs the refresh loop of several sources until `stop` is cancelled: each
+/// source is refreshed on its own schedule (its own interval, back-off and
+/// 60 s rule), its outcome published into `live` as its part of the union,
+/// and what changed logged. The first refresh of each happens at once (it
+/// is throttled by its cache file if the source was asked recently). One
+/// task drives them all, so `live` has a single writer.
+pub async fn run_refresh_loops(
+    mut fetchers: Vec<Fetcher>,
+    live: Arc<LiveNodes>,
+    schedule: Schedule,
+    stop: CancellationToken,
+) {
+    if fetchers.is_empty() {
+        return;
+    }
+    let start = tokio::time::Instant::now();
+    let mut due = vec![start; fetchers.len()];
     loop {
+        let (index, when) = due
+            .iter()
+            .copied()
+            .enumerate()
+            .min_by_key(|(_, when)| *when)
+            .expect("at least one source");
+        tokio::select! {
+            _ = tokio::time::sleep_until(when) => {}
+            _ = stop.cancelled() => return,
+        }
+        let fetcher = &mut fetchers[index];
         let outcome = tokio::select! {
             outcome = fetcher.refresh() => outcome,
             _ = stop.cancelled() => return,
         };
+        let source = fetcher.source().clone();
         log_outcome(&source, &outcome);
-        live.apply(&outcome);
-        let failures = live.status().consecutive_failures;
+        live.apply_source(index, &outcome);
+        let failures = live
+            .sources()
+            .get(index)
+            .map_or(0, |p| p.status.consecutive_failures);
         let wait = schedule.next_wait(&source, &outcome, failures, fetcher.options().min_interval);
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = stop.cancelled() => return,
-        }
+        due[index] = tokio::time::Instant::now() + wait;
     }
 }
 
@@ -223,6 +363,7 @@ fn log_outcome(source: &Source, outcome: &Outcome) {
             );
         }
         Outcome::Failed { error, list } => warn!(
+            %source,
             %error,
             keeping = list.as_ref().map_or(0, |l| l.len()),
             "nodes refresh failed; keeping the last good list"

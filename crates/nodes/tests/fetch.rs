@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use b24_nodes::{
-    CacheRecord, FetchError, FetchOptions, Fetcher, LiveNodes, Outcome, ParseError, Schedule,
-    Source, run_refresh_loop,
+    Baseline, CacheRecord, FetchError, FetchOptions, Fetcher, Limits, LiveNodes, Outcome,
+    ParseError, Schedule, Source, run_refresh_loop,
 };
 use b24_testkit::{NodesServer, Reply};
 use tokio_util::sync::CancellationToken;
@@ -15,6 +15,15 @@ fn fast() -> FetchOptions {
         min_interval: Duration::ZERO,
         connect_timeout: Duration::from_secs(2),
         total_timeout: Duration::from_secs(2),
+        ..polite()
+    }
+}
+
+/// The default options, with the special-purpose addresses these tests use
+/// (10.0.0.0/8, 198.51.100.0/24, 203.0.113.0/24) allowed explicitly.
+fn polite() -> FetchOptions {
+    FetchOptions {
+        limits: Limits::allowing_special(),
         ..FetchOptions::default()
     }
 }
@@ -32,7 +41,8 @@ fn has(outcome: &Outcome, ip: &str) -> bool {
 
 #[tokio::test]
 async fn success_is_cached_on_disk() {
-    let server = NodesServer::start(Reply::nodes(&["195.208.184.200", "2a02:6b8::/32"])).await;
+    b24_testkit::install_crypto_provider();
+    let server = NodesServer::start(Reply::nodes(&["195.208.184.200", "2a02:6b8:c00::/48"])).await;
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("nodes.json");
     let mut f = fetcher(&server, &cache, fast());
@@ -40,13 +50,14 @@ async fn success_is_cached_on_disk() {
     assert!(matches!(outcome, Outcome::Changed { .. }), "{outcome:?}");
     assert!(has(&outcome, "195.208.184.200"));
     let record = CacheRecord::load(&cache).unwrap().unwrap();
-    assert_eq!(record.nodes, ["195.208.184.200", "2a02:6b8::/32"]);
+    assert_eq!(record.nodes, ["195.208.184.200", "2a02:6b8:c00::/48"]);
     assert!(record.etag.is_some() && record.fetched_at.is_some());
     assert_eq!(record.last_error, None);
 }
 
 #[tokio::test]
 async fn failures_and_bad_documents_keep_the_last_good_list() {
+    b24_testkit::install_crypto_provider();
     let server = NodesServer::start(Reply::nodes(&["10.0.0.1"])).await;
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("nodes.json");
@@ -110,6 +121,7 @@ async fn failures_and_bad_documents_keep_the_last_good_list() {
 
 #[tokio::test]
 async fn a_server_that_never_answers_times_out() {
+    b24_testkit::install_crypto_provider();
     let server = NodesServer::start(Reply::Hang).await;
     let dir = tempfile::tempdir().unwrap();
     let mut f = fetcher(&server, &dir.path().join("nodes.json"), fast());
@@ -130,6 +142,7 @@ async fn a_server_that_never_answers_times_out() {
 
 #[tokio::test]
 async fn a_huge_body_is_refused() {
+    b24_testkit::install_crypto_provider();
     let mut body = br#"{"nodes": ["10.0.0.1""#.to_vec();
     while body.len() < 10 * 1024 * 1024 {
         body.extend_from_slice(br#", "10.0.0.1""#);
@@ -156,6 +169,7 @@ async fn a_huge_body_is_refused() {
 
 #[tokio::test]
 async fn conditional_requests_get_304() {
+    b24_testkit::install_crypto_provider();
     let server = NodesServer::start(Reply::nodes(&["10.0.0.1", "10.0.0.2"])).await;
     let dir = tempfile::tempdir().unwrap();
     let mut f = fetcher(&server, &dir.path().join("nodes.json"), fast());
@@ -168,13 +182,14 @@ async fn conditional_requests_get_304() {
 
 #[tokio::test]
 async fn the_minimum_interval_holds_across_fetchers_sharing_a_cache() {
+    b24_testkit::install_crypto_provider();
     let server = NodesServer::start(Reply::nodes(&["10.0.0.1"])).await;
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("nodes.json");
     // Two fetchers, as two processes would be, with the default 60 s floor.
-    let mut first = fetcher(&server, &cache, FetchOptions::default());
+    let mut first = fetcher(&server, &cache, polite());
     assert!(matches!(first.refresh().await, Outcome::Changed { .. }));
-    let mut second = fetcher(&server, &cache, FetchOptions::default());
+    let mut second = fetcher(&server, &cache, polite());
     let outcome = second.refresh().await;
     let Outcome::Throttled { list, retry_in } = &outcome else {
         panic!("{outcome:?}")
@@ -188,16 +203,17 @@ async fn the_minimum_interval_holds_across_fetchers_sharing_a_cache() {
     record.attempted_at = record.attempted_at.map(|t| t - 61);
     record.store(&cache).unwrap();
     server.set(Reply::Status(503, "busy".into()));
-    let mut third = fetcher(&server, &cache, FetchOptions::default());
+    let mut third = fetcher(&server, &cache, polite());
     assert!(matches!(third.refresh().await, Outcome::Failed { .. }));
     assert_eq!(server.hits(), 2);
-    let mut fourth = fetcher(&server, &cache, FetchOptions::default());
+    let mut fourth = fetcher(&server, &cache, polite());
     assert!(matches!(fourth.refresh().await, Outcome::Throttled { .. }));
     assert_eq!(server.hits(), 2);
 }
 
 #[tokio::test]
 async fn restart_with_the_source_down_uses_the_cache() {
+    b24_testkit::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("nodes.json");
     let url = {
@@ -229,13 +245,15 @@ async fn restart_with_the_source_down_uses_the_cache() {
 
 #[tokio::test]
 async fn a_refused_list_is_not_kept() {
+    b24_testkit::install_crypto_provider();
     let server = NodesServer::start(Reply::nodes(&["10.0.0.1", "10.0.0.2", "10.0.0.3"])).await;
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("nodes.json");
     let mut f = fetcher(&server, &cache, fast());
     assert!(matches!(f.refresh().await, Outcome::Changed { .. }));
     server.set(Reply::nodes(&["10.0.0.9"]));
-    let refuse_shrink = |old: Option<&b24_nodes::NodeList>, new: &b24_nodes::NodeList| match old {
+    let refuse_shrink = |baseline: &Baseline<'_>, new: &b24_nodes::NodeList| match baseline.previous
+    {
         Some(old) if old.lost_share(new) > 0.5 => Err("too much lost".to_string()),
         _ => Ok(()),
     };
@@ -264,10 +282,11 @@ async fn a_refused_list_is_not_kept() {
 
 #[tokio::test]
 async fn file_sources_are_followed_by_the_refresh_loop() {
+    b24_testkit::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("app.json");
     std::fs::write(&file, r#"{"nodes": ["198.51.100.1"]}"#).unwrap();
-    let f = Fetcher::new(Source::File(file.clone()), None, FetchOptions::default()).unwrap();
+    let f = Fetcher::new(Source::File(file.clone()), None, polite()).unwrap();
     let live = Arc::new(LiveNodes::new());
     let stop = CancellationToken::new();
     let schedule = Schedule {
@@ -317,17 +336,13 @@ async fn file_sources_are_followed_by_the_refresh_loop() {
 /// re-parse, a new failure and a log line each time.
 #[tokio::test]
 async fn an_unchanged_file_source_is_not_reread_nor_the_cache_rewritten() {
+    b24_testkit::install_crypto_provider();
     use std::os::unix::fs::MetadataExt;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("app.json");
     let cache = dir.path().join("nodes.json");
     std::fs::write(&file, r#"{"nodes": ["198.51.100.1"]}"#).unwrap();
-    let mut f = Fetcher::new(
-        Source::File(file.clone()),
-        Some(cache.clone()),
-        FetchOptions::default(),
-    )
-    .unwrap();
+    let mut f = Fetcher::new(Source::File(file.clone()), Some(cache.clone()), polite()).unwrap();
     assert!(matches!(f.refresh().await, Outcome::Changed { .. }));
     // Each cache write is a rename, so a rewrite shows as a new inode.
     let written = std::fs::metadata(&cache).unwrap().ino();

@@ -1,200 +1,422 @@
-//! Loading rendered rules into the kernel with the system's own tools.
+//! Loading rendered rules into the kernel with the system's own tools,
+//! after checking that it is safe to.
 //!
-//! Each format is loaded so that a failure leaves the previous rules in
-//! place: `nft -f` is one transaction, `ipset restore` stops before the swap,
-//! `iptables-restore` commits a table at once. The tool's own error output is
-//! returned verbatim: it names the line that failed.
-
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+//! First, nothing is changed while anything is checked: the tools exist,
+//! `--iface` names an interface of this host, every table, chain and set
+//! about to be replaced is nodesync's own ([`crate::owner`]), and the new
+//! rules would not lock the admin out of SSH ([`crate::guard`]). Then each
+//! format is loaded so that a failure leaves the previous rules in place:
+//! `nft -f` is one transaction, `ipset restore` stops before the swap,
+//! `iptables-restore` commits a table at once.
 
 use b24_nodes::NodeList;
 
-use crate::emit::{self, Family, Format, RuleOptions};
+use crate::cli::exit;
+use crate::emit::{self, Family, Format, IpsetPlan, RuleOptions};
+use crate::guard::{self, Host, Lockout};
+use crate::owner::{self, Found, IptablesListing};
+pub use crate::tools::find_tool;
+use crate::tools::{self, ToolError, run_args, run_capture, run_with_file, run_with_stdin};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
+    #[error(transparent)]
+    Tool(#[from] ToolError),
     #[error(
-        "`{tool}` was not found (looked in PATH, /usr/sbin and /sbin); install the {package} package"
+        "refused to apply: {0}; choose another --table (nodesync only ever replaces what it created); nothing was changed"
     )]
-    NotFound { tool: String, package: String },
-    #[error("`{command}` failed ({status}):\n{output}")]
-    Failed {
-        command: String,
-        status: String,
-        output: String,
-    },
-    #[error("cannot run `{command}`: {source}")]
-    Spawn {
-        command: String,
-        source: std::io::Error,
-    },
+    NotOurs(String),
+    #[error(
+        "--iface {iface}: there is no such network interface here (interfaces: {known}); nothing was changed"
+    )]
+    NoInterface { iface: String, known: String },
+    #[error(
+        "refused to apply, nothing was changed: {}; keep the port out of --ports, add your address with --extra, filter only the WAN with --iface, or pass --allow-lockout if you have another way in (a console)",
+        .0.iter().map(Lockout::to_string).collect::<Vec<_>>().join("; ")
+    )]
+    Lockout(Vec<Lockout>),
+    #[error(
+        "the host has IPv6 but ip6tables was not found: IPv6 clients would reach the protected ports unfiltered; install the iptables package (it has ip6tables); nothing was changed"
+    )]
+    NoIp6tables,
     #[error("--apply is not available for --emit {0}: it only writes a file")]
     Unsupported(String),
 }
 
-/// Loads the rules for `format` (the text `render` produced for it).
+impl ApplyError {
+    /// The exit code a run reports for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ApplyError::Tool(_) | ApplyError::NoIp6tables => exit::APPLY_FAILED,
+            ApplyError::NotOurs(_) => exit::NOT_OURS,
+            ApplyError::Lockout(_) => exit::LOCKOUT,
+            ApplyError::NoInterface { .. } | ApplyError::Unsupported(_) => exit::USAGE,
+        }
+    }
+}
+
+/// How to apply.
+#[derive(Debug, Clone, Copy)]
+pub struct Safety {
+    /// Skip the lock-out guard (`--allow-lockout`).
+    pub allow_lockout: bool,
+}
+
+/// Checks, then loads the rules for `format` (`rendered` is what `render`
+/// produced for it).
 pub fn apply(
     format: Format,
     rendered: &str,
     list: &NodeList,
     options: &RuleOptions,
+    safety: Safety,
 ) -> Result<(), ApplyError> {
     match format {
-        Format::Nftables => run_with_file("nft", "nftables", &["-f"], rendered),
-        Format::Ipset => run_with_stdin("ipset", "ipset", &["restore"], rendered),
-        Format::Iptables | Format::Ip6tables => {
-            let v6 = format == Format::Ip6tables;
-            let family = if v6 { Family::V6 } else { Family::V4 };
-            // The rules name the set, so the set must exist first.
-            let sets = emit::ipset(list, options, family);
-            run_with_stdin("ipset", "ipset", &["restore"], &sets)?;
-            let (tool, restore) = if v6 {
-                ("ip6tables", "ip6tables-restore")
-            } else {
-                ("iptables", "iptables-restore")
-            };
-            run_with_file(restore, "iptables", &["--noflush"], rendered)?;
-            ensure_jump(tool, options)
+        Format::Nftables => {
+            tools::require("nft")?;
+            check_interface(options)?;
+            check_nft_ownership(options)?;
+            if !options.set_only {
+                check_lockout(list, options, safety)?;
+            }
+            run_with_file("nft", &["-f"], rendered)?;
+            Ok(())
         }
-        Format::Nginx | Format::Plain | Format::Json => Err(ApplyError::Unsupported(
-            format!("{format:?}").to_lowercase(),
-        )),
+        Format::Ipset => {
+            tools::require("ipset")?;
+            let plan = ipset_plan(options, &[false, true])?;
+            load_ipset(list, options, Family::Both, &plan)
+        }
+        Format::Iptables | Format::Ip6tables => {
+            let families: Vec<bool> = if format == Format::Ip6tables {
+                vec![true]
+            } else if ipv6_enabled() {
+                vec![false, true]
+            } else {
+                vec![false]
+            };
+            tools::require("ipset")?;
+            for &v6 in &families {
+                let (tool, restore) = iptables_tools(v6);
+                match (tools::require(tool), tools::require(restore)) {
+                    (Ok(_), Ok(_)) => {}
+                    _ if v6 && format == Format::Iptables => return Err(ApplyError::NoIp6tables),
+                    (Err(e), _) | (_, Err(e)) => return Err(e.into()),
+                }
+            }
+            check_interface(options)?;
+            let plan = ipset_plan(options, &families)?;
+            let mut listings = Vec::new();
+            for &v6 in &families {
+                let listing = IptablesListing::read(iptables_tools(v6).0)?;
+                let chain = options.iptables_chain();
+                if let Found::Foreign(why) = listing.judge_chain(&chain, &[options.ipset_name(v6)])
+                {
+                    return Err(ApplyError::NotOurs(why));
+                }
+                listings.push((v6, listing));
+            }
+            check_lockout(list, options, safety)?;
+            let family = match families.as_slice() {
+                [true] => Family::V6,
+                [false] => Family::V4,
+                _ => Family::Both,
+            };
+            // The rules name the sets, so the sets come first.
+            load_ipset(list, options, family, &plan)?;
+            for (v6, listing) in listings {
+                let (tool, restore) = iptables_tools(v6);
+                let rules = emit::render(
+                    if v6 {
+                        Format::Ip6tables
+                    } else {
+                        Format::Iptables
+                    },
+                    list,
+                    options,
+                );
+                run_with_file(restore, &["-w", "--noflush"], &rules)?;
+                ensure_jumps(tool, &listing, options)?;
+            }
+            Ok(())
+        }
+        Format::Nginx | Format::Plain | Format::Json => {
+            Err(ApplyError::Unsupported(format.name().to_string()))
+        }
     }
 }
 
-/// Makes INPUT send the protected ports to our chain exactly once, removing
-/// jumps left by an earlier run with other ports or interface.
-fn ensure_jump(tool: &str, options: &RuleOptions) -> Result<(), ApplyError> {
-    let wanted = emit::jump_rule(options);
-    let wanted_line = format!("-A INPUT {}", wanted.join(" "));
-    let chain_target = format!("-j {}", options.iptables_chain());
-    let listing = run_capture(tool, "iptables", &["-S", "INPUT"])?;
-    let mut present = false;
-    for line in listing.lines().map(str::trim) {
-        if !line.starts_with("-A INPUT ") || !line.ends_with(&chain_target) {
-            continue;
+/// With no list at all, rules that reference nodesync's ipset sets (saved
+/// by netfilter-persistent, say) must still load at boot: the sets are
+/// created empty if they do not exist, which admits nobody but `--extra`
+/// on the protected ports (fail closed). Existing sets are left alone.
+pub fn ensure_sets_exist(format: Format, options: &RuleOptions) -> Result<(), ApplyError> {
+    let families: &[bool] = match format {
+        Format::Ipset | Format::Iptables => &[false, true],
+        Format::Ip6tables => &[true],
+        _ => return Ok(()),
+    };
+    tools::require("ipset")?;
+    let plan = ipset_plan(options, families)?;
+    let mut script = String::new();
+    for &v6 in families {
+        if !plan.live_exist[usize::from(v6)] {
+            let family = if v6 { "inet6" } else { "inet" };
+            script.push_str(&format!(
+                "create {} hash:net family {family} hashsize 1024 maxelem 262144 comment -exist\n",
+                options.ipset_name(v6)
+            ));
         }
-        if line == wanted_line && !present {
-            present = true;
-            continue;
-        }
-        let mut args = vec!["-D".to_string(), "INPUT".to_string()];
-        args.extend(
-            line["-A INPUT ".len()..]
-                .split_whitespace()
-                .map(str::to_string),
-        );
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        run_capture(tool, "iptables", &args)?;
     }
-    if !present {
-        let mut args = vec!["-I", "INPUT", "1"];
-        args.extend(wanted.iter().map(String::as_str));
-        run_capture(tool, "iptables", &args)?;
+    if !script.is_empty() {
+        run_with_stdin("ipset", &["restore"], &script)?;
     }
     Ok(())
 }
 
-/// Finds an admin tool even under cron, whose PATH usually lacks /usr/sbin.
-pub fn find_tool(tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
-        .map(|dir| dir.join(tool))
-        .find(|candidate| is_executable(candidate))
-}
-
-fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    path.metadata()
-        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
-fn command(tool: &str, package: &str) -> Result<Command, ApplyError> {
-    let path = find_tool(tool).ok_or_else(|| ApplyError::NotFound {
-        tool: tool.to_string(),
-        package: package.to_string(),
-    })?;
-    Ok(Command::new(path))
-}
-
-fn run_with_file(tool: &str, package: &str, args: &[&str], script: &str) -> Result<(), ApplyError> {
-    let shown = format!("{tool} {}", args.join(" "));
-    let spawn_error = |source| ApplyError::Spawn {
-        command: shown.clone(),
-        source,
-    };
-    let mut file = tempfile::Builder::new()
-        .prefix("nodesync-")
-        .tempfile()
-        .map_err(spawn_error)?;
-    file.write_all(script.as_bytes()).map_err(spawn_error)?;
-    file.flush().map_err(spawn_error)?;
-    let mut cmd = command(tool, package)?;
-    cmd.args(args).arg(file.path());
-    finish(cmd, &format!("{shown} FILE"), None)
-}
-
-fn run_with_stdin(tool: &str, package: &str, args: &[&str], input: &str) -> Result<(), ApplyError> {
-    let mut cmd = command(tool, package)?;
-    cmd.args(args);
-    finish(cmd, &format!("{tool} {}", args.join(" ")), Some(input))
-}
-
-fn run_capture(tool: &str, package: &str, args: &[&str]) -> Result<String, ApplyError> {
-    let mut cmd = command(tool, package)?;
-    cmd.args(args);
-    let shown = format!("{tool} {}", args.join(" "));
-    let output = cmd.output().map_err(|source| ApplyError::Spawn {
-        command: shown.clone(),
-        source,
-    })?;
-    if !output.status.success() {
-        return Err(failed(&shown, &output));
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
-fn finish(mut cmd: Command, shown: &str, input: Option<&str>) -> Result<(), ApplyError> {
-    let spawn_error = |source| ApplyError::Spawn {
-        command: shown.to_string(),
-        source,
-    };
-    cmd.stdin(if input.is_some() {
-        Stdio::piped()
+fn iptables_tools(v6: bool) -> (&'static str, &'static str) {
+    if v6 {
+        ("ip6tables", "ip6tables-restore")
     } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(spawn_error)?;
-    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
-        // A tool that stops reading early (a bad line) closes the pipe; its
-        // exit status says why, so a write error here is not the story.
-        let _ = stdin.write_all(input.as_bytes());
+        ("iptables", "iptables-restore")
     }
-    let output = child.wait_with_output().map_err(spawn_error)?;
-    if output.status.success() {
+}
+
+/// Whether this network namespace has IPv6 at all (else there is nothing
+/// for ip6tables to filter).
+fn ipv6_enabled() -> bool {
+    std::path::Path::new("/proc/net/if_inet6").exists()
+}
+
+fn check_interface(options: &RuleOptions) -> Result<(), ApplyError> {
+    let Some(iface) = &options.iface else {
+        return Ok(());
+    };
+    let known = interfaces();
+    if known.iter().any(|name| name == iface) {
+        return Ok(());
+    }
+    Err(ApplyError::NoInterface {
+        iface: iface.clone(),
+        known: known.join(", "),
+    })
+}
+
+/// This network namespace's interfaces, from /proc/net/dev (which follows
+/// the namespace of the process reading it, unlike /sys outside `ip netns
+/// exec`).
+fn interfaces() -> Vec<String> {
+    std::fs::read_to_string("/proc/net/dev")
+        .unwrap_or_default()
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next().map(|n| n.trim().to_string()))
+        .collect()
+}
+
+fn check_nft_ownership(options: &RuleOptions) -> Result<(), ApplyError> {
+    let table = owner::nft_table(&options.table)?;
+    if options.set_only {
+        for (name, kind) in [("nodes_v4", "ipv4_addr"), ("nodes_v6", "ipv6_addr")] {
+            if let Found::Foreign(why) =
+                owner::judge_set(&options.table, table.as_ref(), name, kind)
+            {
+                return Err(ApplyError::NotOurs(why));
+            }
+        }
+        return Ok(());
+    }
+    match table {
+        None => Ok(()),
+        Some(table) => match owner::judge_full_table(&options.table, &table) {
+            Found::Foreign(why) => Err(ApplyError::NotOurs(format!(
+                "{why} (to fill sets in a table of your own, use --set-only)"
+            ))),
+            _ => Ok(()),
+        },
+    }
+}
+
+fn check_lockout(list: &NodeList, options: &RuleOptions, safety: Safety) -> Result<(), ApplyError> {
+    if safety.allow_lockout {
+        return Ok(());
+    }
+    let host = Host::read(&options.ports, options.iface.as_deref());
+    let found = guard::lockouts(&host, list, options);
+    if found.is_empty() {
         Ok(())
     } else {
-        Err(failed(shown, &output))
+        Err(ApplyError::Lockout(found))
     }
 }
 
-fn failed(shown: &str, output: &std::process::Output) -> ApplyError {
-    let mut text = String::from_utf8_lossy(&output.stderr)
-        .trim_end()
-        .to_string();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    if !stdout.trim().is_empty() {
-        text.push('\n');
-        text.push_str(stdout.trim_end());
+/// Checks the live sets of `families` and picks unique temporary names.
+fn ipset_plan(options: &RuleOptions, families: &[bool]) -> Result<IpsetPlan, ApplyError> {
+    let mut live_exist = [false, false];
+    for &v6 in families {
+        match owner::judge_ipset(&options.ipset_name(v6))? {
+            Found::Absent => {}
+            Found::Ours => live_exist[usize::from(v6)] = true,
+            Found::Foreign(why) => return Err(ApplyError::NotOurs(why)),
+        }
     }
-    ApplyError::Failed {
-        command: shown.to_string(),
-        status: output.status.to_string(),
-        output: text,
+    let tag: u32 = rand_tag();
+    Ok(IpsetPlan {
+        tmp_prefix: Some(format!("nodesync-{tag:08x}-")),
+        live_exist,
+    })
+}
+
+/// A tag no other run uses at the same time: the process id mixed with the
+/// clock.
+fn rand_tag() -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    std::process::id().rotate_left(16) ^ nanos
+}
+
+fn load_ipset(
+    list: &NodeList,
+    options: &RuleOptions,
+    family: Family,
+    plan: &IpsetPlan,
+) -> Result<(), ApplyError> {
+    let script = emit::ipset(list, options, family, plan);
+    if let Err(e) = run_with_stdin("ipset", &["restore"], &script) {
+        // A failed restore stops before the swap; its temporary sets would
+        // linger.
+        if let Some(prefix) = &plan.tmp_prefix {
+            for digit in ['4', '6'] {
+                let _ = run_capture("ipset", &["destroy", &format!("{prefix}{digit}")]);
+            }
+        }
+        return Err(e.into());
+    }
+    Ok(())
+}
+
+/// Makes INPUT (and, for DNAT-ed traffic, DOCKER-USER when Docker made it,
+/// else FORWARD) jump to our chain exactly as configured, at the top, and
+/// removes jumps to it left by another configuration. Each jump carries a
+/// comment naming its configuration, which is how it is recognised.
+fn ensure_jumps(
+    tool: &str,
+    before: &IptablesListing,
+    options: &RuleOptions,
+) -> Result<(), ApplyError> {
+    let chain = options.iptables_chain();
+    let forward_parent = if before.has_chain("DOCKER-USER") {
+        "DOCKER-USER"
+    } else {
+        "FORWARD"
+    };
+    let mut wanted: Vec<(&str, Vec<String>)> = vec![("INPUT", emit::jump_rule(options))];
+    if options.forward {
+        for rule in emit::forward_rules(options) {
+            wanted.push((forward_parent, rule));
+        }
+    }
+    let listing = IptablesListing::read(tool)?;
+    let target = format!("-j {chain}");
+    let comment_of = |rule: &[String]| -> String {
+        let at = rule
+            .iter()
+            .position(|w| w == "--comment")
+            .expect("our rules carry a comment");
+        format!("--comment \"{}\"", rule[at + 1])
+    };
+    // Insert what is missing first, so that the port is never unguarded.
+    for (parent, rule) in wanted.iter().rev() {
+        let present = listing
+            .rules(parent)
+            .iter()
+            .any(|l| l.contains(&comment_of(rule)) && l.ends_with(&target));
+        if !present {
+            let mut args = vec![
+                "-w".to_string(),
+                "-I".into(),
+                parent.to_string(),
+                "1".into(),
+            ];
+            args.extend(rule.iter().cloned());
+            run_args(tool, &args)?;
+        }
+    }
+    for parent in ["INPUT", "FORWARD", "DOCKER-USER"] {
+        for line in listing.rules(parent) {
+            if !line.ends_with(&target) {
+                continue;
+            }
+            let keep = wanted
+                .iter()
+                .any(|(p, rule)| *p == parent && line.contains(&comment_of(rule)));
+            if !keep {
+                let mut args = vec!["-w".to_string(), "-D".into(), parent.to_string()];
+                args.extend(shell_words(line));
+                run_args(tool, &args)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Splits an `iptables -S` rule into arguments, keeping quoted comments
+/// whole.
+fn shell_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut current = String::new();
+    let mut quoted = false;
+    let mut has_word = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                has_word = true;
+            }
+            '\\' if quoted && chars.peek() == Some(&'"') => {
+                current.push('"');
+                chars.next();
+            }
+            c if c.is_whitespace() && !quoted => {
+                if has_word {
+                    words.push(std::mem::take(&mut current));
+                    has_word = false;
+                }
+            }
+            c => {
+                current.push(c);
+                has_word = true;
+            }
+        }
+    }
+    if has_word {
+        words.push(current);
+    }
+    words
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iptables_rules_split_like_a_shell() {
+        assert_eq!(
+            shell_words(
+                "-p tcp -m comment --comment \"nodesync: ports 443,80 on eth0\" -j BITRIX24"
+            ),
+            [
+                "-p",
+                "tcp",
+                "-m",
+                "comment",
+                "--comment",
+                "nodesync: ports 443,80 on eth0",
+                "-j",
+                "BITRIX24"
+            ]
+        );
     }
 }

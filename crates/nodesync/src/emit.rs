@@ -3,6 +3,13 @@
 //! Every output is deterministic for a given list and options (sorted
 //! networks, no timestamps), so "did the rules change?" is a byte compare and
 //! golden tests are exact.
+//!
+//! What the firewall formats do, whatever the list: they only ever drop
+//! (new connections to the protected ports from outside the list), never
+//! accept on the host's behalf — an nftables `accept` in our chain ends only
+//! our chain, and the iptables chain `RETURN`s — so the host's own rules
+//! still decide everything else. Loopback (the box reaching itself, health
+//! checks) and established connections are never dropped.
 
 use std::fmt::Write;
 
@@ -17,7 +24,8 @@ pub enum Format {
     Nftables,
     /// `ipset restore` input: both sets rebuilt aside and swapped in.
     Ipset,
-    /// `iptables-restore --noflush` input (IPv4) using the ipset set.
+    /// `iptables-restore --noflush` input (IPv4) using the ipset set; with
+    /// `--apply`, IPv6 is loaded too (ip6tables).
     Iptables,
     /// `ip6tables-restore --noflush` input (IPv6) using the ipset set.
     Ip6tables,
@@ -27,6 +35,20 @@ pub enum Format {
     Plain,
     /// The `app.json` format (a file source for b24-edge).
     Json,
+}
+
+impl Format {
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Nftables => "nftables",
+            Format::Ipset => "ipset",
+            Format::Iptables => "iptables",
+            Format::Ip6tables => "ip6tables",
+            Format::Nginx => "nginx",
+            Format::Plain => "plain",
+            Format::Json => "json",
+        }
+    }
 }
 
 /// What the firewall formats protect and let through besides the list.
@@ -43,7 +65,15 @@ pub struct RuleOptions {
     pub set_only: bool,
     /// Always-allowed networks (office, VPN), outside the replaced sets.
     pub extra: Vec<IpNet>,
+    /// Also filter connections DNAT-ed to the protected ports (Docker's
+    /// `-p 443:8443`, Kubernetes hostPort), which go through the forward
+    /// hook and never reach input.
+    pub forward: bool,
 }
+
+/// The comment that marks a table, chain or set nodesync created: it only
+/// ever replaces or flushes what carries it.
+pub const MARKER: &str = "managed by nodesync; edits are overwritten";
 
 impl Default for RuleOptions {
     fn default() -> Self {
@@ -53,6 +83,7 @@ impl Default for RuleOptions {
             table: "bitrix24".into(),
             set_only: false,
             extra: Vec::new(),
+            forward: true,
         }
     }
 }
@@ -67,6 +98,18 @@ impl RuleOptions {
     /// The iptables chain that holds the admission rules.
     pub fn iptables_chain(&self) -> String {
         self.table.to_ascii_uppercase()
+    }
+
+    /// The comment on nodesync's jumps into its chain: it says what the
+    /// jump is for, so a jump left by another configuration is recognised
+    /// and removed.
+    pub fn jump_comment(&self, what: &str) -> String {
+        let iface = self
+            .iface
+            .as_ref()
+            .map(|i| format!(" on {i}"))
+            .unwrap_or_default();
+        format!("nodesync: {what}{iface}")
     }
 
     fn port_list(&self) -> String {
@@ -87,9 +130,9 @@ pub fn render(format: Format, list: &NodeList, options: &RuleOptions) -> String 
     match format {
         Format::Nftables if options.set_only => nftables_sets_only(list, options),
         Format::Nftables => nftables(list, options),
-        Format::Ipset => ipset(list, options, Family::Both),
-        Format::Iptables => iptables(options, false),
-        Format::Ip6tables => iptables(options, true),
+        Format::Ipset => ipset(list, options, Family::Both, &IpsetPlan::standalone()),
+        Format::Iptables => iptables(list, options, false),
+        Format::Ip6tables => iptables(list, options, true),
         Format::Nginx => nginx(list, options),
         Format::Plain => plain(list),
         Format::Json => list.to_json(),
@@ -107,7 +150,7 @@ fn header(out: &mut String, what: &str) {
 fn set_declaration(out: &mut String, name: &str, kind: &str, nets: &[String]) {
     let _ = write!(
         out,
-        "\tset {name} {{\n\t\ttype {kind}\n\t\tflags interval\n"
+        "\tset {name} {{\n\t\ttype {kind}\n\t\tflags interval\n\t\tcomment \"{MARKER}\"\n"
     );
     if !nets.is_empty() {
         out.push_str("\t\telements = {\n");
@@ -133,38 +176,64 @@ fn nets_v6(list: &NodeList) -> Vec<String> {
         .collect()
 }
 
-/// The full nftables script. Declaring the table and its sets, flushing
-/// them and filling them again in one file makes `nft -f` apply it as one
-/// transaction: the kernel switches from the old sets and rules to the new
-/// ones at once. (`flush table` empties chains but not sets, hence the
-/// explicit set flushes.)
+/// The full nftables script. It declares the table (so that the delete
+/// never fails on a first run), deletes it, and defines it again with its
+/// sets and chains: `nft -f` applies the file as one transaction, so the
+/// kernel switches from the old table to the new one at once — no moment
+/// with an empty set, and no chain left over from an earlier version or
+/// configuration. The table carries [`MARKER`]; `--apply` replaces only a
+/// table that does.
 fn nftables(list: &NodeList, options: &RuleOptions) -> String {
     let table = &options.table;
     let mut out = String::new();
     header(&mut out, "nftables ruleset for `nft -f`");
     let _ = write!(
         out,
-        "# Protected TCP ports: {}. Other ports and other traffic are not touched.\n\n",
-        options.port_list()
+        "# Protected TCP ports: {}{}. Other ports and other traffic are not touched.\n\n",
+        options.port_list(),
+        if options.forward {
+            " (also when DNAT-ed to a container)"
+        } else {
+            ""
+        }
     );
-    declare_and_flush(&mut out, table);
-    let _ = writeln!(out, "table inet {table} {{");
+    let _ = writeln!(out, "table inet {table} {{\n\tcomment \"{MARKER}\"\n}}");
+    let _ = writeln!(out, "delete table inet {table}");
+    let _ = writeln!(out, "table inet {table} {{\n\tcomment \"{MARKER}\"");
     set_declaration(&mut out, "nodes_v4", "ipv4_addr", &nets_v4(list));
     set_declaration(&mut out, "nodes_v6", "ipv6_addr", &nets_v6(list));
-    out.push_str(
-        "\n\tchain input {\n\t\ttype filter hook input priority filter - 10; policy accept;\n",
-    );
     let iface = options
         .iface
         .as_ref()
         .map(|i| format!("iifname \"{i}\" "))
         .unwrap_or_default();
+    // Each chain carries the marker too: `nft list chains` shows chain
+    // comments cheaply, where the table's needs a listing of every element.
+    let _ = write!(
+        out,
+        "\n\tchain input {{\n\t\tcomment \"{MARKER}\"\n\t\ttype filter hook input priority filter - 10; policy accept;\n"
+    );
     let _ = writeln!(
         out,
-        "\t\t{iface}tcp dport {{ {} }} jump protected",
+        "\t\t{iface}tcp dport {{ {} }} jump protected\n\t}}",
         options.port_list()
     );
-    out.push_str("\t}\n\n\tchain protected {\n");
+    if options.forward {
+        // A published container port is DNAT-ed before routing: the packet
+        // is forwarded with the container's port, and only conntrack still
+        // knows the port the client asked for.
+        let _ = write!(
+            out,
+            "\n\tchain forward {{\n\t\tcomment \"{MARKER}\"\n\t\ttype filter hook forward priority filter - 10; policy accept;\n"
+        );
+        let _ = writeln!(
+            out,
+            "\t\t{iface}ct status dnat ct direction original meta l4proto tcp ct original proto-dst {{ {} }} jump protected\n\t}}",
+            options.port_list()
+        );
+    }
+    let _ = write!(out, "\n\tchain protected {{\n\t\tcomment \"{MARKER}\"\n");
+    out.push_str("\t\tiif \"lo\" accept\n");
     out.push_str("\t\tct state established,related accept\n");
     out.push_str("\t\tip saddr @nodes_v4 accept\n");
     out.push_str("\t\tip6 saddr @nodes_v6 accept\n");
@@ -182,34 +251,23 @@ fn nftables(list: &NodeList, options: &RuleOptions) -> String {
     out
 }
 
-/// Declares the table and its (empty) sets, which is a no-op for those that
-/// exist, so that the flushes after it never fail on a first run.
-fn declare_sets(out: &mut String, table: &str) {
-    let _ = writeln!(out, "table inet {table} {{");
-    set_declaration(out, "nodes_v4", "ipv4_addr", &[]);
-    set_declaration(out, "nodes_v6", "ipv6_addr", &[]);
-    out.push_str("}\n");
-}
-
-fn declare_and_flush(out: &mut String, table: &str) {
-    declare_sets(out, table);
-    let _ = writeln!(out, "flush table inet {table}");
-    for name in ["nodes_v4", "nodes_v6"] {
-        let _ = writeln!(out, "flush set inet {table} {name}");
-    }
-}
-
 /// Only the two sets, flushed and refilled in one transaction, in a table
-/// that may hold the admin's own chains (they are left alone).
+/// that may hold the admin's own chains: the table itself is never flushed
+/// or replaced, only the two sets (which carry [`MARKER`]).
 fn nftables_sets_only(list: &NodeList, options: &RuleOptions) -> String {
     let table = &options.table;
     let mut out = String::new();
     header(&mut out, "nftables sets for `nft -f` (sets only)");
     let _ = write!(
         out,
-        "# Reference them from your own rules: ip saddr @nodes_v4, ip6 saddr @nodes_v6.\n\n"
+        "# Reference them from your own rules: ip saddr @nodes_v4, ip6 saddr @nodes_v6.\n\
+         # To have them at boot before your rules use them, declare them in your\n\
+         # ruleset exactly as below (the comment tells nodesync they are its own).\n\n"
     );
-    declare_sets(&mut out, table);
+    let _ = writeln!(out, "table inet {table} {{");
+    set_declaration(&mut out, "nodes_v4", "ipv4_addr", &[]);
+    set_declaration(&mut out, "nodes_v6", "ipv6_addr", &[]);
+    out.push_str("}\n");
     for (name, nets) in [("nodes_v4", nets_v4(list)), ("nodes_v6", nets_v6(list))] {
         let _ = writeln!(out, "flush set inet {table} {name}");
         if !nets.is_empty() {
@@ -231,11 +289,38 @@ pub enum Family {
     Both,
 }
 
+/// How an ipset script names its temporary sets and whether it creates the
+/// live ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpsetPlan {
+    /// The temporary set of a family is `tmp_prefix` + `4` or `6`.
+    pub tmp_prefix: Option<String>,
+    /// Whether the live sets already exist (then they are not created: a
+    /// set an earlier version made without the `comment` flag could not be
+    /// "created" again with it, but swaps fine).
+    pub live_exist: [bool; 2],
+}
+
+impl IpsetPlan {
+    /// For a file: deterministic temporary names (`<set>-new`), live sets
+    /// created if missing.
+    pub fn standalone() -> IpsetPlan {
+        IpsetPlan {
+            tmp_prefix: None,
+            live_exist: [false, false],
+        }
+    }
+}
+
+/// The `create` options of nodesync's sets; `comment` is the marker that
+/// tells nodesync's sets from others.
+const IPSET_OPTIONS: &str = "hashsize 1024 maxelem 262144 comment";
+
 /// `ipset restore` input. Each set is filled under a temporary name and
 /// swapped with the live one, so the live set is never empty or partial; if
 /// any line fails, `ipset restore` stops before the swap and the live set
 /// keeps its old content.
-pub fn ipset(list: &NodeList, options: &RuleOptions, family: Family) -> String {
+pub fn ipset(list: &NodeList, options: &RuleOptions, family: Family, plan: &IpsetPlan) -> String {
     let mut out = String::new();
     header(&mut out, "ipset sets for `ipset restore`");
     let families: &[bool] = match family {
@@ -245,11 +330,16 @@ pub fn ipset(list: &NodeList, options: &RuleOptions, family: Family) -> String {
     };
     for &v6 in families {
         let name = options.ipset_name(v6);
-        let tmp = format!("{name}-new");
+        let tmp = match &plan.tmp_prefix {
+            Some(prefix) => format!("{prefix}{}", if v6 { 6 } else { 4 }),
+            None => format!("{name}-new"),
+        };
         let inet = if v6 { "inet6" } else { "inet" };
         let nets = if v6 { nets_v6(list) } else { nets_v4(list) };
-        let create = format!("hash:net family {inet} hashsize 1024 maxelem 262144");
-        let _ = writeln!(out, "create {name} {create} -exist");
+        let create = format!("hash:net family {inet} {IPSET_OPTIONS}");
+        if !plan.live_exist[usize::from(v6)] {
+            let _ = writeln!(out, "create {name} {create} -exist");
+        }
         let _ = writeln!(out, "create {tmp} {create} -exist");
         let _ = writeln!(out, "flush {tmp}");
         for net in nets {
@@ -262,9 +352,10 @@ pub fn ipset(list: &NodeList, options: &RuleOptions, family: Family) -> String {
 }
 
 /// `iptables-restore --noflush` input: a chain of our own, flushed and
-/// refilled (declaring a user chain under `--noflush` flushes it). Traffic
-/// that passes returns to INPUT, so the admin's later rules still apply.
-fn iptables(options: &RuleOptions, v6: bool) -> String {
+/// refilled (declaring a user chain under `--noflush` flushes it), whose
+/// first rule is the [`MARKER`] comment. Traffic that passes returns to the
+/// calling chain, so the admin's later rules still apply.
+fn iptables(list: &NodeList, options: &RuleOptions, v6: bool) -> String {
     let chain = options.iptables_chain();
     let set = options.ipset_name(v6);
     let tool = if v6 { "ip6tables" } else { "iptables" };
@@ -275,11 +366,35 @@ fn iptables(options: &RuleOptions, v6: bool) -> String {
     );
     let _ = writeln!(
         out,
-        "# Needs the ipset set {set} (nodesync --emit ipset) and, once, a jump from INPUT:"
+        "# Needs the ipset set {set} (nodesync --emit ipset) and jumps into {chain}:"
     );
-    let _ = writeln!(out, "#   {tool} -I INPUT {}", jump_rule(options).join(" "));
+    let _ = writeln!(
+        out,
+        "#   {tool} -I INPUT 1 {}",
+        shell_line(&jump_rule(options))
+    );
+    if options.forward {
+        for rule in forward_rules(options) {
+            let _ = writeln!(out, "#   {tool} -I DOCKER-USER 1 {}", shell_line(&rule));
+        }
+    }
+    let other = if v6 { list.v4().len() } else { list.v6().len() };
+    if other > 0 {
+        let (family, format) = if v6 {
+            ("IPv4", "iptables")
+        } else {
+            ("IPv6", "ip6tables")
+        };
+        let _ = writeln!(
+            out,
+            "# The list also has {other} {family} networks, which these rules do not cover:\n\
+             # use --emit {format} for them too (nodesync --apply loads both)."
+        );
+    }
     out.push_str("*filter\n");
     let _ = writeln!(out, ":{chain} - [0:0]");
+    let _ = writeln!(out, "-A {chain} -m comment --comment \"{MARKER}\"");
+    let _ = writeln!(out, "-A {chain} -i lo -j RETURN");
     let _ = writeln!(
         out,
         "-A {chain} -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN"
@@ -294,21 +409,63 @@ fn iptables(options: &RuleOptions, v6: bool) -> String {
 }
 
 /// The INPUT rule that sends the protected ports to our chain (without the
-/// leading `-I INPUT`/`-C INPUT`), for `iptables -C` / `-I`.
+/// leading `-I INPUT`), for `iptables -C` / `-I`.
 pub fn jump_rule(options: &RuleOptions) -> Vec<String> {
     let ports: Vec<String> = options.ports.iter().map(u16::to_string).collect();
-    let mut rule = Vec::new();
-    if let Some(iface) = &options.iface {
-        rule.extend(["-i".to_string(), iface.clone()]);
-    }
-    rule.extend(
-        ["-p", "tcp", "-m", "multiport", "--dports"]
-            .iter()
-            .map(|s| s.to_string()),
-    );
+    let mut rule = iface_match(options);
+    rule.extend(words("-p tcp -m multiport --dports"));
     rule.push(ports.join(","));
+    rule.extend(words("-m comment --comment"));
+    rule.push(options.jump_comment(&format!("ports {}", ports.join(","))));
     rule.extend(["-j".to_string(), options.iptables_chain()]);
     rule
+}
+
+/// The DOCKER-USER (or FORWARD) rules that send connections DNAT-ed from a
+/// protected port to our chain: one per port, since conntrack matches one
+/// original port (or range) at a time.
+pub fn forward_rules(options: &RuleOptions) -> Vec<Vec<String>> {
+    options
+        .ports
+        .iter()
+        .map(|port| {
+            let mut rule = iface_match(options);
+            rule.extend(words(
+                "-p tcp -m conntrack --ctstate DNAT --ctdir ORIGINAL --ctorigdstport",
+            ));
+            rule.push(port.to_string());
+            rule.extend(words("-m comment --comment"));
+            rule.push(options.jump_comment(&format!("forwarded port {port}")));
+            rule.extend(["-j".to_string(), options.iptables_chain()]);
+            rule
+        })
+        .collect()
+}
+
+/// Arguments as a shell would need them (the comment quoted).
+fn shell_line(args: &[String]) -> String {
+    let quoted: Vec<String> = args
+        .iter()
+        .map(|a| {
+            if a.contains(' ') {
+                format!("\"{a}\"")
+            } else {
+                a.clone()
+            }
+        })
+        .collect();
+    quoted.join(" ")
+}
+
+fn iface_match(options: &RuleOptions) -> Vec<String> {
+    match &options.iface {
+        Some(iface) => vec!["-i".to_string(), iface.clone()],
+        None => Vec::new(),
+    }
+}
+
+fn words(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.split_whitespace().map(str::to_string)
 }
 
 fn nginx(list: &NodeList, options: &RuleOptions) -> String {
@@ -340,7 +497,10 @@ mod tests {
     fn list() -> NodeList {
         NodeList::parse(
             br#"{"nodes": ["195.208.184.200", "10.1.0.0/16", "2a02:6b8::/32"]}"#,
-            &Default::default(),
+            &b24_nodes::Limits {
+                allow_broad: true,
+                ..b24_nodes::Limits::allowing_special()
+            },
         )
         .unwrap()
     }
@@ -354,16 +514,72 @@ mod tests {
         };
         let script = render(Format::Nftables, &list(), &options);
         assert!(script.contains("iifname \"eth0\" tcp dport { 443, 80 } jump protected"));
-        assert!(script.contains("flush table inet bitrix24\nflush set inet bitrix24 nodes_v4\n"));
+        assert!(script.contains("ct original proto-dst { 443, 80 } jump protected"));
+        assert!(script.contains("delete table inet bitrix24\ntable inet bitrix24 {\n\tcomment"));
         assert!(script.contains("10.1.0.0/16, 195.208.184.200,"));
+        let protected = &script[script.find("chain protected").unwrap()..];
+        assert!(
+            protected.find("iif \"lo\" accept").unwrap() < protected.find("counter drop").unwrap()
+        );
+    }
+
+    #[test]
+    fn set_only_never_touches_the_table() {
+        let options = RuleOptions {
+            set_only: true,
+            table: "filter".into(),
+            ..RuleOptions::default()
+        };
+        let script = render(Format::Nftables, &list(), &options);
+        assert!(!script.contains("flush table") && !script.contains("delete"));
+        assert!(script.contains("flush set inet filter nodes_v4"));
+        assert_eq!(script.matches(MARKER).count(), 2);
+    }
+
+    #[test]
+    fn no_forward_chain_when_asked_not_to() {
+        let options = RuleOptions {
+            forward: false,
+            ..RuleOptions::default()
+        };
+        assert!(!render(Format::Nftables, &list(), &options).contains("hook forward"));
+        assert!(!render(Format::Iptables, &list(), &options).contains("DOCKER-USER"));
     }
 
     #[test]
     fn an_empty_family_has_no_elements_clause() {
-        let v4_only = NodeList::parse(br#"{"nodes": ["192.0.2.1"]}"#, &Default::default()).unwrap();
+        let v4_only = NodeList::parse(
+            br#"{"nodes": ["192.0.2.1"]}"#,
+            &b24_nodes::Limits::allowing_special(),
+        )
+        .unwrap();
         let script = render(Format::Nftables, &v4_only, &RuleOptions::default());
         let v6_set = &script[script.find("set nodes_v6").unwrap()..];
         assert!(!v6_set[..v6_set.find('}').unwrap()].contains("elements"));
+    }
+
+    #[test]
+    fn ipset_temporary_names_and_existing_sets() {
+        let plan = IpsetPlan {
+            tmp_prefix: Some("nodesync-1a2b3c4d-".into()),
+            live_exist: [true, false],
+        };
+        let script = ipset(&list(), &RuleOptions::default(), Family::Both, &plan);
+        assert!(!script.contains("create bitrix24-v4 "));
+        assert!(script.contains("create bitrix24-v6 hash:net family inet6"));
+        assert!(script.contains("swap nodesync-1a2b3c4d-4 bitrix24-v4\n"));
+        assert!(
+            script
+                .lines()
+                .all(|l| l.split_whitespace().nth(1).is_none_or(|n| n.len() <= 31))
+        );
+    }
+
+    #[test]
+    fn iptables_says_what_it_does_not_cover() {
+        let script = render(Format::Iptables, &list(), &RuleOptions::default());
+        assert!(script.contains("1 IPv6 networks"), "{script}");
+        assert!(script.contains("-A BITRIX24 -i lo -j RETURN"));
     }
 
     #[test]

@@ -5,8 +5,13 @@ use nodesync::cli::{Args, exit};
 use nodesync::run::{Streams, run};
 
 fn main() -> ExitCode {
-    b24_nodes::install_crypto_provider();
-    let settings = match Args::parse().validate() {
+    b24_cli_support::install_crypto_provider();
+    let argv: Vec<String> = std::env::args().collect();
+    // clap prints --help and --version itself, and usage errors with exit 2.
+    if let Err(e) = Args::try_parse_from(&argv) {
+        e.exit();
+    }
+    let settings = match Args::parse_args(&argv) {
         Ok(settings) => settings,
         Err(message) => {
             eprintln!("nodesync: error: {message}");

@@ -12,8 +12,13 @@ pub struct Metrics {
     /// Unix seconds of the last change of the list.
     pub last_change: Option<u64>,
     pub consecutive_failures: u32,
-    /// Whether `--apply` failed; `None` when the run did not apply.
+    /// Sources whose newest list was refused as unsafe.
+    pub refused_sources: usize,
+    /// Whether `--apply` failed or was refused; `None` when the run did
+    /// not apply.
     pub apply_failed: Option<bool>,
+    /// The run's exit code (see `nodesync --help`).
+    pub exit_code: u8,
 }
 
 /// The Prometheus text exposition format that the textfile collector reads.
@@ -51,10 +56,20 @@ pub fn render(m: &Metrics) -> String {
         "Failed or rejected fetches since the last success.",
         &[("", m.consecutive_failures.to_string())],
     );
+    gauge(
+        "nodesync_list_refused",
+        "Sources whose newest list was refused as unsafe (an entry too broad or special-purpose); the last good list stays.",
+        &[("", m.refused_sources.to_string())],
+    );
+    gauge(
+        "nodesync_exit_code",
+        "The exit code of the last run (0 ok, 3 stale, 5 list refused, 6 lock-out refused, 7 not nodesync's…).",
+        &[("", m.exit_code.to_string())],
+    );
     if let Some(failed) = m.apply_failed {
         gauge(
             "nodesync_apply_failed",
-            "1 if the last --apply failed (the previous rules stayed in place).",
+            "1 if the last --apply failed or was refused (the previous rules stayed in place).",
             &[("", u8::from(failed).to_string())],
         );
     }
@@ -73,7 +88,9 @@ mod tests {
             last_success: Some(1_700_000_000),
             last_change: None,
             consecutive_failures: 2,
+            refused_sources: 1,
             apply_failed: Some(false),
+            exit_code: 5,
         });
         assert!(text.contains("nodesync_nodes{family=\"ipv4\"} 3\n"));
         assert!(text.contains("nodesync_nodes{family=\"ipv6\"} 1\n"));
@@ -81,6 +98,8 @@ mod tests {
         assert!(text.contains("nodesync_last_change_timestamp_seconds 0\n"));
         assert!(text.contains("nodesync_consecutive_failures 2\n"));
         assert!(text.contains("nodesync_apply_failed 0\n"));
-        assert_eq!(text.matches("# TYPE").count(), 5);
+        assert!(text.contains("nodesync_list_refused 1\n"));
+        assert!(text.contains("nodesync_exit_code 5\n"));
+        assert_eq!(text.matches("# TYPE").count(), 7);
     }
 }

@@ -228,7 +228,8 @@ async fn a_large_shrink_is_refused_unless_forced() {
 #[test]
 fn offline_uses_the_cache_and_usage_errors_are_exit_2() {
     let dir = tempfile::tempdir().unwrap();
-    let example = common::workspace_file("deploy/examples/app.json");
+    let example = dir.path().join("app.json");
+    std::fs::copy(common::workspace_file("deploy/examples/app.json"), &example).unwrap();
     let cache = dir.path().join("cache.json");
     let with = |extra: &[&str]| {
         let mut a = vec![
@@ -244,7 +245,13 @@ fn offline_uses_the_cache_and_usage_errors_are_exit_2() {
     assert_eq!(json.code, 0, "{}", json.stderr);
     assert!(json.stdout.contains("\"195.208.184.200\""));
     // The file source is gone; --offline still has the list.
-    let offline = run(&[
+    std::fs::remove_file(&example).unwrap();
+    let offline = with(&["--emit", "plain", "--offline"]);
+    assert_eq!(offline.code, 0, "{}", offline.stderr);
+    assert!(offline.stdout.contains("195.208.184.200\n"));
+    // That cache is this source's: pointed at another source, it is not
+    // used (a trial list must not become another source's last good list).
+    let other = run(&[
         "--source",
         "/nonexistent/app.json",
         "--cache",
@@ -253,8 +260,8 @@ fn offline_uses_the_cache_and_usage_errors_are_exit_2() {
         "plain",
         "--offline",
     ]);
-    assert_eq!(offline.code, 0, "{}", offline.stderr);
-    assert!(offline.stdout.contains("195.208.184.200\n"));
+    assert_eq!(other.code, 1, "{}", other.stderr);
+    assert_eq!(other.stdout, "");
 
     let bad = with(&["--emit", "nftables", "--extra", "not-a-network"]);
     assert_eq!(bad.code, 2);
@@ -273,4 +280,341 @@ fn offline_uses_the_cache_and_usage_errors_are_exit_2() {
     );
     let help = run(&["--help"]);
     assert!(help.stdout.contains("Exit codes:") && help.stdout.contains("--max-shrink"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_list_that_opens_the_world_is_refused_with_exit_5_and_one_line() {
+    let server = NodesServer::start(Reply::nodes(&["195.208.184.200", "89.208.230.2"])).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("list.txt");
+    let base = ["--emit", "plain", "--output", out.to_str().unwrap()];
+    assert_eq!(
+        run_async(args(&base, dir.path(), &server.url())).await.code,
+        0
+    );
+
+    for (entries, named, hatch) in [
+        (
+            &["195.208.184.200", "0.0.0.0/0"][..],
+            "0.0.0.0/0",
+            "--allow-broad",
+        ),
+        (
+            &["0.0.0.0/1", "128.0.0.0/1"][..],
+            "0.0.0.0/1",
+            "--allow-broad",
+        ),
+        (&["195.208.184.200", "::/0"][..], "::/0", "--allow-broad"),
+        (
+            &["195.208.184.200", "10.0.0.0/24"][..],
+            "10.0.0.0/24",
+            "--allow-special",
+        ),
+        (
+            &["195.208.184.200", "127.0.0.1"][..],
+            "127.0.0.1",
+            "--allow-special",
+        ),
+    ] {
+        server.set(Reply::nodes(entries));
+        age_cache(dir.path(), 61);
+        let r = run_async(args(&base, dir.path(), &server.url())).await;
+        assert_eq!(r.code, 5, "{entries:?}: {}", r.stderr);
+        assert_eq!(r.stderr.lines().count(), 1, "one clear line: {}", r.stderr);
+        assert!(
+            r.stderr.contains(named)
+                && r.stderr.contains(hatch)
+                && r.stderr.contains("using the last good list (2 networks"),
+            "{}",
+            r.stderr
+        );
+        assert_eq!(r.stdout, "", "no 'removed' lines: nothing changed");
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap(),
+            "89.208.230.2\n195.208.184.200\n"
+        );
+    }
+
+    // The escape hatch, named explicitly, takes the same list.
+    server.set(Reply::nodes(&["195.208.184.200", "127.0.0.1"]));
+    age_cache(dir.path(), 61);
+    let mut lax = base.to_vec();
+    lax.push("--allow-special");
+    let r = run_async(args(&lax, dir.path(), &server.url())).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(std::fs::read_to_string(&out).unwrap().contains("127.0.0.1"));
+
+    // With no last good list at all, still exit 5 and nothing emitted.
+    let fresh = tempfile::tempdir().unwrap();
+    server.set(Reply::nodes(&["0.0.0.0/0"]));
+    let r = run_async(args(&["--emit", "plain"], fresh.path(), &server.url())).await;
+    assert_eq!((r.code, r.stdout.as_str()), (5, ""), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("no cached list to fall back on"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn several_sources_are_admitted_as_a_union_and_a_failing_one_keeps_its_part() {
+    let world = NodesServer::start(Reply::nodes(&["195.208.184.200"])).await;
+    let russia = NodesServer::start(Reply::nodes(&["89.208.230.2"])).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache.json");
+    let both = |extra: &[&str]| {
+        let mut a: Vec<String> = vec![
+            "--emit".into(),
+            "plain".into(),
+            "--source".into(),
+            world.url(),
+            "--source".into(),
+            russia.url(),
+            "--cache".into(),
+            cache.display().to_string(),
+        ];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let r = run_async(both(&[])).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout, "89.208.230.2\n195.208.184.200\n");
+
+    // Within the minute neither is asked again.
+    let r = run_async(both(&[])).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!((world.hits(), russia.hits()), (1, 1));
+
+    // One source breaks (and one serves a bad list): their last good parts
+    // stay, the union is unchanged, and each problem is one line.
+    russia.set(Reply::Status(500, "oops".into()));
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.starts_with("cache.127.0.0.1-") {
+            continue; // the lock and the run state
+        }
+        let mut record = CacheRecord::load(&path).unwrap().unwrap();
+        record.attempted_at = record.attempted_at.map(|t| t - 61);
+        record.store(&path).unwrap();
+    }
+    let r = run_async(both(&[])).await;
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert_eq!(r.stdout, "89.208.230.2\n195.208.184.200\n");
+    assert!(
+        r.stderr.contains("HTTP 500") && r.stderr.lines().count() == 1,
+        "{}",
+        r.stderr
+    );
+
+    // Given twice, a source is a usage error.
+    let mut twice = both(&[]);
+    twice.extend(["--source".into(), world.url()]);
+    assert_eq!(run_async(twice).await.code, 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outage_is_mailed_when_it_begins_and_when_it_ends() {
+    let server = NodesServer::start(Reply::nodes(&["195.208.184.200", "89.208.230.2"])).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("list.txt");
+    let base = ["--emit", "plain", "--output", out.to_str().unwrap()];
+    assert_eq!(
+        run_async(args(&base, dir.path(), &server.url())).await.code,
+        0
+    );
+
+    server.set(Reply::Status(503, "busy".into()));
+    age_cache(dir.path(), 61);
+    let began = run_async(args(&base, dir.path(), &server.url())).await;
+    assert_eq!(began.code, 3);
+    assert!(
+        began.stderr.contains("HTTP 503") && began.stderr.lines().count() == 1,
+        "{}",
+        began.stderr
+    );
+    // While it lasts: exit 3 every run, nothing for cron to mail.
+    for _ in 0..3 {
+        age_cache(dir.path(), 61);
+        let during = run_async(args(&base, dir.path(), &server.url())).await;
+        assert_eq!(
+            (during.code, during.stdout.as_str(), during.stderr.as_str()),
+            (3, "", "")
+        );
+    }
+    // Throttled runs in between still say the source is failing (exit 3).
+    let throttled = run_async(args(&base, dir.path(), &server.url())).await;
+    assert_eq!((throttled.code, throttled.stderr.as_str()), (3, ""));
+    // Its nature changes: news.
+    server.set(Reply::raw("<html>maintenance</html>", "text/html"));
+    age_cache(dir.path(), 61);
+    let changed = run_async(args(&base, dir.path(), &server.url())).await;
+    assert!(changed.stderr.contains("HTML page"), "{}", changed.stderr);
+    // It ends: one line.
+    server.set(Reply::nodes(&["195.208.184.200", "89.208.230.2"]));
+    age_cache(dir.path(), 61);
+    let ended = run_async(args(&base, dir.path(), &server.url())).await;
+    assert_eq!(ended.code, 0, "{}", ended.stderr);
+    assert!(
+        ended.stdout.contains("works again after 5 failed attempts"),
+        "{}",
+        ended.stdout
+    );
+    assert_eq!(ended.stdout.lines().count(), 1, "{}", ended.stdout);
+    assert_eq!(ended.stderr, "");
+}
+
+#[test]
+fn a_fresh_box_gets_its_directories_and_quiet_optional_metrics() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("app.json");
+    std::fs::copy(common::workspace_file("deploy/examples/app.json"), &source).unwrap();
+    let cache = dir.path().join("var/lib/nodesync/cache.json");
+    let output = dir.path().join("var/lib/nodesync/nft/bitrix24.nft");
+    let metrics_dir = dir.path().join("node-exporter");
+    let textfile = metrics_dir.join("nodesync.prom");
+    let go = || {
+        run(&[
+            "--emit",
+            "nftables",
+            "--source",
+            source.to_str().unwrap(),
+            "--cache",
+            cache.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+            "--textfile",
+            textfile.to_str().unwrap(),
+        ])
+    };
+    let first = go();
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    let mode = std::fs::metadata(cache.parent().unwrap())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o755);
+    assert!(output.exists() && cache.exists());
+    // node_exporter is not installed: said once, then quiet.
+    assert!(
+        first.stderr.contains("does not exist") && first.stderr.lines().count() == 1,
+        "{}",
+        first.stderr
+    );
+    let second = go();
+    assert_eq!(
+        (second.code, second.stdout.as_str(), second.stderr.as_str()),
+        (0, "", "")
+    );
+    // It gets installed: the metrics appear.
+    std::fs::create_dir(&metrics_dir).unwrap();
+    let third = go();
+    assert_eq!(third.code, 0);
+    assert!(third.stdout.contains("resolved"), "{}", third.stdout);
+    let metrics = std::fs::read_to_string(&textfile).unwrap();
+    assert!(
+        metrics.contains("nodesync_exit_code 0\n") && metrics.contains("nodesync_list_refused 0\n"),
+        "{metrics}"
+    );
+    // Without --textfile nothing is said about metrics at all.
+    let plain = run(&[
+        "--emit",
+        "plain",
+        "--source",
+        source.to_str().unwrap(),
+        "--cache",
+        cache.to_str().unwrap(),
+    ]);
+    assert_eq!((plain.code, plain.stderr.as_str()), (0, ""));
+    // Nothing to restore yet: quiet success.
+    let restore = run(&["--restore", "--cache", cache.to_str().unwrap()]);
+    assert_eq!(
+        (
+            restore.code,
+            restore.stdout.as_str(),
+            restore.stderr.as_str()
+        ),
+        (0, "", "")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_at_once_still_ask_the_source_once_a_minute() {
+    let server = NodesServer::start(Reply::nodes(&["195.208.184.200"])).await;
+    let dir = tempfile::tempdir().unwrap();
+    let handles: Vec<_> = (0..6)
+        .map(|_| {
+            let a = args(&["--emit", "plain"], dir.path(), &server.url());
+            tokio::task::spawn_blocking(move || {
+                let a: Vec<&str> = a.iter().map(String::as_str).collect();
+                run(&a)
+            })
+        })
+        .collect();
+    for h in handles {
+        let r = h.await.unwrap();
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert_eq!(r.stdout, "195.208.184.200\n");
+    }
+    assert_eq!(server.hits(), 1, "six runs at once, one request");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_list_cannot_be_walked_down_run_by_run() {
+    let all: Vec<String> = (0..40).map(|i| format!("89.208.0.{}", 1 + i * 2)).collect();
+    let entries = |n: usize| all[..n].iter().map(String::as_str).collect::<Vec<_>>();
+    let server = NodesServer::start(Reply::nodes(&entries(40))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let base = ["--emit", "plain"];
+    assert_eq!(
+        run_async(args(&base, dir.path(), &server.url())).await.code,
+        0
+    );
+    let mut accepted = vec![40];
+    for n in [20, 10, 5, 3, 2] {
+        server.set(Reply::nodes(&entries(n)));
+        age_cache(dir.path(), 61);
+        let r = run_async(args(&base, dir.path(), &server.url())).await;
+        if r.code == 0 {
+            accepted.push(n);
+        } else {
+            assert_eq!(r.code, 3, "{}", r.stderr);
+        }
+    }
+    assert_eq!(accepted, [40, 20]);
+}
+
+#[test]
+fn the_readme_documents_every_exit_code_the_binary_has() {
+    let help = run(&["--help"]).stdout;
+    let readme = std::fs::read_to_string(common::workspace_file("README.md")).unwrap();
+    let section = &readme[readme.find("## nodesync").unwrap()..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
+    for code in 0..=8 {
+        assert!(
+            help.contains(&format!("\n  {code}  ")),
+            "--help lacks exit code {code}"
+        );
+        assert!(
+            section.contains(&format!("| {code} |")),
+            "README lacks exit code {code}"
+        );
+    }
+    for flag in [
+        "--allow-broad",
+        "--allow-special",
+        "--allow-lockout",
+        "--restore",
+        "--lock-wait",
+        "--no-forward",
+        "--set-only",
+        "--source",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}");
+        assert!(
+            section.contains(flag),
+            "README's nodesync section lacks {flag}"
+        );
+    }
 }

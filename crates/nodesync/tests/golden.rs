@@ -21,6 +21,7 @@ fn full_options() -> RuleOptions {
         iface: Some("eth0".into()),
         table: "bitrix24".into(),
         set_only: false,
+        forward: true,
         extra: vec![
             "192.168.10.0/24".parse().unwrap(),
             "fd12:3456::/48".parse().unwrap(),
@@ -85,8 +86,16 @@ fn nftables_outputs_pass_nft_check() {
     let dir = tempfile::tempdir().unwrap();
     // The golden lists, plus a v4-only and a v6-only list (an empty set has
     // no elements clause) and a large list.
-    let v4_only = NodeList::parse(br#"{"nodes": ["192.0.2.1"]}"#, &Default::default()).unwrap();
-    let v6_only = NodeList::parse(br#"{"nodes": ["2001:db8::1"]}"#, &Default::default()).unwrap();
+    let v4_only = NodeList::parse(
+        br#"{"nodes": ["192.0.2.1"]}"#,
+        &b24_nodes::Limits::allowing_special(),
+    )
+    .unwrap();
+    let v6_only = NodeList::parse(
+        br#"{"nodes": ["2001:db8::1"]}"#,
+        &b24_nodes::Limits::allowing_special(),
+    )
+    .unwrap();
     let large = NodeList::from_networks((0..20_000u32).map(|i| {
         ipnet::IpNet::V4(
             ipnet::Ipv4Net::new(std::net::Ipv4Addr::from(0x0b00_0000 + i * 4), 31).unwrap(),

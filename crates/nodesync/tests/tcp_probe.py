@@ -1,44 +1,187 @@
-"""A tiny TCP server and client for nodesync's namespace tests.
+"""TCP servers and clients for nodesync's namespace tests.
 
-serve HOST PORT [PORT...]   accept on each port, answer "ok\n", forever
-connect SRC DST PORT SECS   exit 0 if a connection from SRC gets "ok", else 1
+serve HOST PORT [PORT...]      accept on each port, answer "ok\\n" and close
+sshd PORT                      like serve, named "sshd" (/proc/self/comm), and
+                               keeps each connection open (echoing) until the peer closes
+session PORT                   named "session": for each connection, read one
+                               line of JSON {"argv": [...], "env": {...}}, run it
+                               as a child (so the connection is held by the
+                               child's parent, as an SSH session is), answer
+                               "<exit code>\\n<output>" and close
+check SECS SRC>DST:PORT ...    try each connection in parallel; print one line
+                               of 1/0 per item, in order
+hold SRC DST PORT              open a connection to an sshd, print "held", keep
+                               it until stdin closes, then print "alive" if it
+                               still echoes
+count SECS SRC DST PORT        connect every 20 ms for SECS seconds, print
+                               "ok fail"
+Addresses may be IPv6 (DST:PORT is then [DST]:PORT).
 """
+import json
 import socket
+import subprocess
 import sys
 import threading
+import time
+
+
+def listener(host, port):
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(family)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.bind((host, int(port)))
+    s.listen(128)
+    return s
+
+
+def forever(fn):
+    t = threading.Thread(target=fn, daemon=True)
+    t.start()
+    return t
 
 
 def serve(host, ports):
-    def loop(port):
-        s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind((host, port))
-        s.listen(64)
+    def loop(s):
         while True:
             conn, _ = s.accept()
             try:
                 conn.sendall(b"ok\n")
+            except OSError:
+                pass
             finally:
                 conn.close()
 
-    threads = [threading.Thread(target=loop, args=(int(p),), daemon=True) for p in ports]
-    for t in threads:
-        t.start()
+    threads = [forever(lambda s=listener(host, p): loop(s)) for p in ports]
     print("ready", flush=True)
     for t in threads:
         t.join()
 
 
-def connect(src, dst, port, secs):
+def name_self(name):
+    with open("/proc/self/comm", "w") as f:
+        f.write(name)
+
+
+def sshd(port):
+    name_self("sshd")
+    s = listener("::", port)
+
+    def keep(conn):
+        try:
+            conn.sendall(b"ok\n")
+            while True:
+                data = conn.recv(64)
+                if not data:
+                    break
+                conn.sendall(data)
+        except OSError:
+            pass
+        conn.close()
+
+    print("ready", flush=True)
+    while True:
+        conn, _ = s.accept()
+        forever(lambda c=conn: keep(c))
+
+
+def session(port):
+    name_self("session")
+    s = listener("::", port)
+
+    def run(conn):
+        try:
+            line = b""
+            while not line.endswith(b"\n"):
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                line += chunk
+            req = json.loads(line)
+            done = subprocess.run(req["argv"], env=req["env"], capture_output=True)
+            conn.sendall(f"{done.returncode}\n".encode() + done.stdout + done.stderr)
+        finally:
+            conn.close()
+
+    print("ready", flush=True)
+    while True:
+        conn, _ = s.accept()
+        forever(lambda c=conn: run(c))
+
+
+def split_target(text):
+    src, rest = text.split(">")
+    dst, port = rest.rsplit(":", 1)
+    return src, dst.strip("[]"), int(port)
+
+
+def try_connect(src, dst, port, secs):
+    family = socket.AF_INET6 if ":" in dst else socket.AF_INET
     try:
-        with socket.create_connection((dst, int(port)), timeout=float(secs), source_address=(src, 0)) as c:
-            return 0 if c.recv(3) == b"ok\n" else 1
+        with socket.socket(family) as c:
+            c.settimeout(secs)
+            c.bind((src, 0))
+            c.connect((dst, port))
+            return c.recv(3) == b"ok\n"
     except OSError:
-        return 1
+        return False
+
+
+def check(secs, items):
+    results = [None] * len(items)
+
+    def one(i, item):
+        results[i] = try_connect(*split_target(item), secs)
+
+    threads = [forever(lambda i=i, item=item: one(i, item)) for i, item in enumerate(items)]
+    for t in threads:
+        t.join()
+    print("\n".join("1" if r else "0" for r in results), flush=True)
+
+
+def hold(src, dst, port):
+    family = socket.AF_INET6 if ":" in dst else socket.AF_INET
+    c = socket.socket(family)
+    c.bind((src, 0))
+    c.connect((dst, int(port)))
+    assert c.recv(3) == b"ok\n"
+    print("held", flush=True)
+    sys.stdin.read()
+    # Still alive? The connection must have survived every reload.
+    c.settimeout(2)
+    try:
+        c.sendall(b"x")
+        print("alive" if c.recv(1) == b"x" else "dead", flush=True)
+    except OSError:
+        print("dead", flush=True)
+
+
+def count(secs, src, dst, port):
+    ok = fail = 0
+    end = time.monotonic() + float(secs)
+    while time.monotonic() < end:
+        if try_connect(src, dst, int(port), 1.0):
+            ok += 1
+        else:
+            fail += 1
+        time.sleep(0.02)
+    print(f"{ok} {fail}", flush=True)
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "serve":
-        serve(sys.argv[2], sys.argv[3:])
+    cmd, args = sys.argv[1], sys.argv[2:]
+    if cmd == "serve":
+        serve(args[0], args[1:])
+    elif cmd == "sshd":
+        sshd(args[0])
+    elif cmd == "session":
+        session(args[0])
+    elif cmd == "check":
+        check(float(args[0]), args[1:])
+    elif cmd == "hold":
+        hold(*args)
+    elif cmd == "count":
+        count(*args)
     else:
-        sys.exit(connect(*sys.argv[2:6]))
+        sys.exit(f"unknown command {cmd}")

@@ -16,8 +16,12 @@
 //!   PHP arrays. After `]`, anything up to the next `[` is ignored, and so
 //!   is an unclosed `[` after a subscript (`a[b][c=1` sets `a[b]`); an
 //!   unclosed `[` straight after the name stays part of the name.
-//! - A map whose keys are exactly `0..n-1` in insertion order becomes a JSON
-//!   array (what `json_encode` does); any other map becomes a JSON object.
+//! - A map whose keys are exactly the integers `0..n-1`, sent in any order,
+//!   becomes a JSON array with each value at its key's index: PHP code reads
+//!   `$a[2]` by key, not by position (`json_encode` would print such a map
+//!   as an object unless the order is `0..n-1`). Any other map becomes a JSON
+//!   object in insertion order. [`item`] reads an index from either shape,
+//!   for trees that came as JSON bodies.
 //! - Conflicts follow PHP: the later pair wins. `a=1&a[b]=2` gives
 //!   `{"a":{"b":"2"}}` and `a[b]=2&a=1` gives `{"a":"1"}`; a repeated key
 //!   keeps its first position and takes the last value.
@@ -31,7 +35,8 @@
 //! See [`encode`]. Trees made only of non-empty maps, non-empty lists and
 //! strings survive `encode` then `parse` unchanged, provided no map key is
 //! empty, contains `[` or `]`, or is a lone space (PHP reads `[ ]` as `[]`),
-//! and no map has exactly the keys `"0".."n-1"` (PHP makes that a list).
+//! and no map has exactly the keys `"0".."n-1"` in any order (they read as
+//! a list).
 
 mod encode;
 mod error;
@@ -41,6 +46,20 @@ mod php_array;
 pub use encode::encode;
 pub use error::FormError;
 pub use parse::{parse, parse_str};
+
+use serde_json::Value;
+
+/// The element at `index` of a list, or under the key `"index"` of an
+/// object (a JSON body may send `{"0": "crm", "2": "DEAL_1"}`): PHP reads
+/// `$a[2]` by key either way. `Null` when there is none.
+pub fn item(tree: &Value, index: usize) -> &Value {
+    static NULL: Value = Value::Null;
+    match tree {
+        Value::Array(items) => items.get(index).unwrap_or(&NULL),
+        Value::Object(map) => map.get(&index.to_string()).unwrap_or(&NULL),
+        _ => &NULL,
+    }
+}
 
 /// Bounds on what [`parse`] accepts, so a hostile body cannot exhaust memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,5 +79,20 @@ impl Default for Limits {
             max_depth: 8,
             max_keys: 1000,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn item_reads_an_index_from_a_list_or_a_keyed_object() {
+        let list = json!(["crm", "CCrmDocumentDeal", "DEAL_1"]);
+        let keyed = json!({"2": "DEAL_1", "0": "crm"});
+        assert_eq!(super::item(&list, 2), "DEAL_1");
+        assert_eq!(super::item(&keyed, 2), "DEAL_1");
+        assert!(super::item(&keyed, 1).is_null());
+        assert!(super::item(&json!("DEAL_1"), 0).is_null());
     }
 }

@@ -194,9 +194,27 @@ mod tests {
     }
 
     #[test]
-    fn integer_keys_out_of_order_or_with_gaps_stay_objects() {
-        assert_eq!(parsed("a[1]=x&a[0]=y"), json!({"a": {"1": "x", "0": "y"}}));
+    fn integer_keys_are_indices_whatever_their_order() {
+        // PHP keys by index: `$document_id[2]` is the pair named `[2]`.
+        assert_eq!(
+            parsed("document_id[2]=DEAL_103&document_id[1]=CCrmDocumentDeal&document_id[0]=crm"),
+            json!({"document_id": ["crm", "CCrmDocumentDeal", "DEAL_103"]})
+        );
+        assert_eq!(parsed("a[1]=x&a[0]=y"), json!({"a": ["y", "x"]}));
+        assert_eq!(
+            parsed("a[1][v]=x&a[0][v]=y&a[1][w]=z"),
+            json!({"a": [{"v": "y"}, {"v": "x", "w": "z"}]})
+        );
+    }
+
+    #[test]
+    fn integer_keys_with_gaps_or_other_keys_stay_objects() {
         assert_eq!(parsed("a[0]=x&a[2]=y"), json!({"a": {"0": "x", "2": "y"}}));
+        assert_eq!(
+            parsed("a[1]=x&a[-1]=y"),
+            json!({"a": {"1": "x", "-1": "y"}})
+        );
+        assert_eq!(parsed("a[1]=x&a[b]=y"), json!({"a": {"1": "x", "b": "y"}}));
         assert_eq!(parsed("a[00]=x"), json!({"a": {"00": "x"}}));
     }
 

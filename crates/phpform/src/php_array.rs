@@ -127,21 +127,27 @@ impl PhpArray {
         object
     }
 
-    /// What PHP's `json_encode` prints: a list when the keys are exactly
-    /// `0..n-1` in order, otherwise an object.
+    /// A list when the keys are exactly the integers `0..n-1`, in any order,
+    /// with each value at its key's index: PHP code reads `$a[2]` by key,
+    /// so `a[2]=x&a[1]=y&a[0]=z` must give `a[2] == "x"`, not the third pair
+    /// sent. (PHP's `json_encode` would print such an array as an object;
+    /// the readers of these trees index, they do not iterate.) Otherwise an
+    /// object in insertion order.
     pub(crate) fn into_json(self) -> Value {
-        let is_list = self
-            .entries
-            .iter()
-            .enumerate()
-            .all(|(index, (key, _))| *key == PhpKey::Int(index as i64));
-        if is_list && !self.entries.is_empty() {
-            return Value::Array(
-                self.entries
-                    .into_iter()
-                    .map(|(_, v)| v.into_json())
-                    .collect(),
-            );
+        let count = self.entries.len();
+        let is_list = count > 0
+            && (0..count as i64).all(|index| self.positions.contains_key(&PhpKey::Int(index)));
+        if is_list {
+            let mut items: Vec<(i64, Value)> = self
+                .entries
+                .into_iter()
+                .map(|(key, value)| match key {
+                    PhpKey::Int(index) => (index, value.into_json()),
+                    PhpKey::Str(_) => unreachable!("every key is one of 0..n-1"),
+                })
+                .collect();
+            items.sort_by_key(|(index, _)| *index);
+            return Value::Array(items.into_iter().map(|(_, value)| value).collect());
         }
         Value::Object(self.into_object_map())
     }

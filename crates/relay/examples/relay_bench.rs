@@ -105,7 +105,7 @@ writeback = {{ comment = true, field = "ufCrm_ESB_DEAL_ID" }}
     );
     let relay = Relay::start(Config::parse(&config).unwrap()).await.unwrap();
     let base = format!("http://{}", relay.addr);
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    b24_cli_support::install_crypto_provider();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(1)
         .build()

@@ -19,28 +19,30 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, StoreLocation};
 use crate::intake::Intake;
 use crate::metrics::Metrics;
 use crate::portals::Portals;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, StoreOptions};
 use crate::transfer::Transfer;
 use crate::worker::Workers;
 
+/// Why the relay could not start. A cause is the error's `source()` (the
+/// chain prints it), never repeated in the message.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("opening the store {path}: {source}")]
+    #[error("opening the store {path}")]
     Store { path: String, source: StoreError },
-    #[error("portal clients: {0}")]
+    #[error("portal clients")]
     Client(#[from] b24_client::Error),
     #[error("another `b24-relay serve` already uses {path} (one serving process per SQLite store)")]
     Locked { path: String },
-    #[error("cannot lock {path}: {source}")]
+    #[error("cannot lock {path}")]
     Lock {
         path: String,
         source: std::io::Error,
     },
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
@@ -57,16 +59,20 @@ pub struct Parts {
 
 impl Parts {
     pub async fn open(config: Config) -> Result<Self, StartError> {
-        let store =
-            Store::open_sqlite(&config.store)
-                .await
-                .map_err(|source| StartError::Store {
-                    path: config.store.display().to_string(),
-                    source,
-                })?;
+        let options = StoreOptions {
+            max_interruptions: config.max_interruptions,
+            ..StoreOptions::default()
+        };
+        let store = Store::open(&config.store, options)
+            .await
+            .map_err(|source| StartError::Store {
+                path: config.store.location.to_string(),
+                source,
+            })?;
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::new());
-        let portals = Arc::new(Portals::new(&config, metrics.clone())?);
+        let shared = store.shared_budget(config.store.rate_scope);
+        let portals = Arc::new(Portals::new(&config, metrics.clone(), shared)?);
         for (_, portal) in portals.iter() {
             if let Err(error) =
                 crate::application::connect_installed(portal, &config.app, &store).await
@@ -96,23 +102,27 @@ pub struct Relay {
     pub store: Store,
     stop: CancellationToken,
     tasks: JoinSet<()>,
-    /// Held while serving: released jobs and leases assume a single server.
-    _lock: std::fs::File,
+    /// Held while serving from SQLite: released jobs assume a single server
+    /// (PostgreSQL replicas share the work through leases instead).
+    _lock: Option<std::fs::File>,
 }
 
 impl Relay {
     /// Opens the store, makes jobs left running by a previous process due
-    /// again (one serving process per SQLite file), binds the listeners and
-    /// starts the workers.
+    /// again (one serving process per SQLite file; with PostgreSQL any
+    /// number of replicas), binds the listeners and starts the workers.
     pub async fn start(config: Config) -> Result<Self, StartError> {
-        let lock = lock_store(&config.store)?;
+        let lock = match &config.store.location {
+            StoreLocation::Sqlite(path) => Some(lock_store(path)?),
+            StoreLocation::Postgres(_) => None,
+        };
         let parts = Parts::open(config).await?;
         let released = parts
             .store
             .release_running()
             .await
             .map_err(|source| StartError::Store {
-                path: parts.config.store.display().to_string(),
+                path: parts.config.store.location.to_string(),
                 source,
             })?;
         if released > 0 {
@@ -179,7 +189,20 @@ impl Relay {
                 });
             }
         }
-        tracing::info!(%addr, ?metrics_addr, workers = count, "b24-relay serving");
+        if parts.store.shared_by_replicas() {
+            let (store, stop) = (parts.store.clone(), stop.clone());
+            let sizes: Vec<(String, f64)> = parts
+                .config
+                .portals
+                .values()
+                .map(|p| {
+                    let burst = p.rate.burst - crate::portals::headroom(p.rate.burst);
+                    (p.webhook.portal(), f64::from(burst))
+                })
+                .collect();
+            tasks.spawn(announce_replica(store, parts.metrics.clone(), sizes, stop));
+        }
+        tracing::info!(listen = %addr, metrics_listen = %metrics_addr.map_or_else(|| "none".to_owned(), |a| a.to_string()), workers = count, replica = parts.store.replica_name(), "b24-relay serving");
         Ok(Self {
             addr,
             metrics_addr,
@@ -202,6 +225,8 @@ impl Relay {
         {
             self.tasks.abort_all();
         }
+        // What is queued is written and the WAL checkpointed.
+        self.store.close().await;
     }
 }
 
@@ -211,14 +236,54 @@ impl Drop for Relay {
     }
 }
 
-/// An exclusive `flock` on `<store>.lock`, released when the process ends
-/// (also by SIGKILL).
+/// Keeps this replica in the store's replica list while it serves, and
+/// the shared rate budgets in the metrics.
+async fn announce_replica(
+    store: Store,
+    metrics: Arc<Metrics>,
+    sizes: Vec<(String, f64)>,
+    stop: CancellationToken,
+) {
+    loop {
+        if let Err(error) = store.replica_alive().await {
+            tracing::warn!(%error, "cannot record this replica in the store");
+        }
+        if let Ok(budgets) = store.budgets().await {
+            for (host, level) in budgets {
+                let size = sizes
+                    .iter()
+                    .find(|(h, _)| *h == host)
+                    .map_or(0.0, |(_, size)| *size);
+                metrics.set_shared_budget(&host, level, size);
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+    let _ = store.replica_gone().await;
+}
+
+/// An exclusive lock (`flock`) on `<store>.lock`, released when the
+/// process ends (also by SIGKILL).
 fn lock_store(store: &std::path::Path) -> Result<std::fs::File, StartError> {
-    use std::os::fd::AsRawFd;
     let path = format!("{}.lock", store.display());
-    let failed = |source| StartError::Lock {
-        path: path.clone(),
-        source,
+    let failed = |error: std::io::Error| match error.kind() {
+        // Said as the store's problem: it cannot be written either.
+        std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied => {
+            StartError::Store {
+                path: store.display().to_string(),
+                source: StoreError::ReadOnly {
+                    path: store.display().to_string(),
+                    why: format!("its directory: {error}; the lock file {path} cannot be created"),
+                },
+            }
+        }
+        _ => StartError::Lock {
+            path: path.clone(),
+            source: error,
+        },
     };
     if let Some(dir) = store.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(failed)?;
@@ -229,16 +294,12 @@ fn lock_store(store: &std::path::Path) -> Result<std::fs::File, StartError> {
         .write(true)
         .open(&path)
         .map_err(failed)?;
-    // SAFETY: flock on a descriptor this function owns; no memory involved.
-    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if locked != 0 {
-        let error = std::io::Error::last_os_error();
-        return Err(match error.raw_os_error() {
-            Some(libc::EWOULDBLOCK) => StartError::Locked { path },
-            _ => failed(error),
-        });
+    use rustix::fs::{FlockOperation, flock};
+    match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(errno) if errno == rustix::io::Errno::WOULDBLOCK => Err(StartError::Locked { path }),
+        Err(errno) => Err(failed(errno.into())),
     }
-    Ok(file)
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {

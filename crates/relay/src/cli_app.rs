@@ -14,19 +14,29 @@ use crate::portals::PortalHandle;
 #[derive(Debug, Subcommand)]
 pub enum AppAction {
     /// Register the "Transfer deal" rule (update it if it exists).
+    #[command(
+        after_long_help = "Run it after changing the routes (the rule's route list) or \
+                                 app.public_url.\n\nExample:\n  b24-relay app register --portal partner --config relay.toml"
+    )]
     Register {
         /// Only this portal (default: every portal with [portal.NAME.app]).
-        #[arg(long)]
+        #[arg(long, value_name = "NAME")]
         portal: Option<String>,
     },
     /// Delete the rule from the portal.
+    #[command(
+        after_long_help = "Example:\n  b24-relay app unregister --portal partner --config relay.toml"
+    )]
     Unregister {
-        #[arg(long)]
+        /// Only this portal (default: every portal with [portal.NAME.app]).
+        #[arg(long, value_name = "NAME")]
         portal: Option<String>,
     },
     /// Installed or not, scopes, whether a re-install is needed, the rule.
+    #[command(after_long_help = "Example:\n  b24-relay app status --config relay.toml")]
     Status {
-        #[arg(long)]
+        /// Only this portal (default: every portal with [portal.NAME.app]).
+        #[arg(long, value_name = "NAME")]
         portal: Option<String>,
     },
 }

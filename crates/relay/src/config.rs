@@ -12,24 +12,19 @@ use serde::Deserialize;
 use serde_json::Value;
 
 mod app;
+mod store;
 
 pub use app::{AppCredentials, AppSettings, DEFAULT_ROBOT_CODE};
 use app::{RawAppCredentials, RawAppSettings, build_app_settings};
+pub use store::{PostgresConfig, RateScope, StoreConfig, StoreLocation};
 
-/// A configuration problem, naming the key.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{0}")]
-    Invalid(String),
-}
+/// A configuration problem: where (`relay.toml:12:10`), the key
+/// (``route `p2e`.when.stages``) and what to write instead.
+pub use b24_cli_support::ConfigError;
 
+/// `"KEY: problem"`; the key locates the line in the file.
 fn invalid(message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid(message.into())
+    ConfigError::keyed(message)
 }
 
 /// The whole relay configuration, validated.
@@ -37,11 +32,14 @@ fn invalid(message: impl Into<String>) -> ConfigError {
 pub struct Config {
     pub listen: SocketAddr,
     pub metrics_listen: Option<SocketAddr>,
-    /// Path of the SQLite database.
-    pub store: PathBuf,
+    /// Where the queue and links are kept (SQLite or PostgreSQL).
+    pub store: StoreConfig,
     pub workers: usize,
     /// Attempts of a job before a transient error marks it failed.
     pub max_attempts: u32,
+    /// Attempts cut short by a stopping relay (kill, crash, restart) before
+    /// a job fails; counted apart from `max_attempts`.
+    pub max_interruptions: u32,
     pub retry_base_delay: Duration,
     pub retry_max_delay: Duration,
     /// How long a claimed job stays claimed without a heartbeat.
@@ -155,14 +153,21 @@ pub struct Responsible {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
+    #[serde(deserialize_with = "b24_cli_support::config::socket_addr")]
     listen: SocketAddr,
+    #[serde(
+        default,
+        deserialize_with = "b24_cli_support::config::optional_socket_addr"
+    )]
     metrics_listen: Option<SocketAddr>,
-    #[serde(default = "default_store")]
-    store: String,
+    #[serde(default = "store::default_store")]
+    store: toml::Value,
     #[serde(default = "default_workers")]
     workers: usize,
     #[serde(default = "default_attempts")]
     max_attempts: u32,
+    #[serde(default = "default_interruptions")]
+    max_interruptions: u32,
     #[serde(default = "default_retry_base", with = "humantime_serde_lite")]
     retry_base_delay: Duration,
     #[serde(default = "default_retry_max", with = "humantime_serde_lite")]
@@ -181,13 +186,13 @@ struct RawConfig {
     app: RawAppSettings,
 }
 
-fn default_store() -> String {
-    "sqlite:///var/lib/b24-relay/relay.db".into()
-}
 fn default_workers() -> usize {
     4
 }
 fn default_attempts() -> u32 {
+    10
+}
+fn default_interruptions() -> u32 {
     10
 }
 fn default_retry_base() -> Duration {
@@ -309,38 +314,24 @@ struct RawRoute {
 }
 
 impl Config {
-    /// Reads and validates a config file; secrets are loaded now.
+    /// Reads and validates a config file; secrets are loaded now. Errors
+    /// name the file, line and column.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(&text)
+        let text = b24_cli_support::config::read(path)?;
+        Self::parse(&text).map_err(|e| e.in_file(path))
     }
 
+    /// Errors are located in `text` (secrets never shown).
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            // The message only: toml's Display quotes the source line, which
-            // may hold a secret someone wrote inline.
-            let line = e
-                .span()
-                .map(|span| text[..span.start.min(text.len())].lines().count().max(1));
-            match line {
-                Some(line) => invalid(format!("line {line}: {}", e.message())),
-                None => invalid(e.message().to_owned()),
-            }
-        })?;
-        let store = match raw.store.strip_prefix("sqlite://") {
-            Some(path) if !path.is_empty() => PathBuf::from(path),
-            _ => {
-                return Err(invalid(format!(
-                    "store: `{}` is not supported; use sqlite:///path/to/relay.db",
-                    raw.store
-                )));
-            }
-        };
-        if raw.workers == 0 || raw.max_attempts == 0 {
-            return Err(invalid("workers and max_attempts must be at least 1"));
+        Self::build(b24_cli_support::config::parse(text)?).map_err(|e| e.locate(text))
+    }
+
+    fn build(raw: RawConfig) -> Result<Self, ConfigError> {
+        let store = store::build_store(raw.store)?;
+        if raw.workers == 0 || raw.max_attempts == 0 || raw.max_interruptions == 0 {
+            return Err(invalid(
+                "workers, max_attempts and max_interruptions must be at least 1",
+            ));
         }
         let mut portals = BTreeMap::new();
         for (name, portal) in raw.portal {
@@ -354,6 +345,14 @@ impl Config {
             }
             routes.push(route);
         }
+        if let Some(metrics) = raw
+            .metrics_listen
+            .filter(|m| m.port() != 0 && *m == raw.listen)
+        {
+            return Err(invalid(format!(
+                "metrics_listen: {metrics} is also `listen`; give the metrics their own port, like 127.0.0.1:9902"
+            )));
+        }
         let app = build_app_settings(raw.app)?;
         Ok(Config {
             app,
@@ -362,6 +361,7 @@ impl Config {
             store,
             workers: raw.workers,
             max_attempts: raw.max_attempts,
+            max_interruptions: raw.max_interruptions,
             retry_base_delay: raw.retry_base_delay,
             retry_max_delay: raw.retry_max_delay,
             lease: raw.lease.max(Duration::from_secs(1)),
@@ -467,6 +467,68 @@ fn build_portal(name: &str, raw: RawPortal) -> Result<PortalConfig, ConfigError>
     })
 }
 
+/// The pipeline a stage id belongs to: `C5:NEW` → 5, `NEW` → 0 (the
+/// general pipeline's stages have no prefix).
+fn pipeline_of(stage: &str) -> i64 {
+    stage
+        .strip_prefix('C')
+        .and_then(|rest| rest.split_once(':'))
+        .and_then(|(number, _)| number.parse().ok())
+        .unwrap_or(0)
+}
+
+fn stage_prefix(pipeline: i64) -> String {
+    if pipeline == 0 {
+        String::new()
+    } else {
+        format!("C{pipeline}:")
+    }
+}
+
+/// Stages that can never match: a trigger stage of another pipeline than
+/// `when.category`, a target stage outside `target.category`, and a
+/// `target.stages` entry for a source stage the route never takes.
+fn check_stages(key: &str, raw: &RawRoute) -> Result<(), ConfigError> {
+    if let Some(category) = raw.when.category {
+        if let Some(stage) = raw.when.stages.iter().find(|s| pipeline_of(s) != category) {
+            return Err(invalid(format!(
+                "{key}.when.stages: `{stage}` is a stage of pipeline {}, not of when.category = {category}; \
+                 its stages look like \"{}NAME\"",
+                pipeline_of(stage),
+                stage_prefix(category)
+            )));
+        }
+    }
+    if !raw.when.stages.is_empty() {
+        if let Some(stage) = raw
+            .target
+            .stages
+            .keys()
+            .find(|s| !raw.when.stages.contains(s))
+        {
+            return Err(invalid(format!(
+                "{key}.target.stages: source stage `{stage}` is not in when.stages, so no deal in it \
+                 is ever transferred; add it to when.stages or remove the entry"
+            )));
+        }
+    }
+    let category = raw.target.category;
+    let targets = raw.target.stage.iter().map(|s| ("stage", s));
+    let mapped = raw.target.stages.values().map(|s| ("stages", s));
+    if let Some((name, stage)) = targets
+        .chain(mapped)
+        .find(|(_, s)| pipeline_of(s) != category)
+    {
+        return Err(invalid(format!(
+            "{key}.target.{name}: `{stage}` is a stage of pipeline {}, not of target.category = {category}; \
+             its stages look like \"{}NAME\"",
+            pipeline_of(stage),
+            stage_prefix(category)
+        )));
+    }
+    Ok(())
+}
+
 fn match_mode(key: &str, value: Option<String>) -> Result<bool, ConfigError> {
     match value.as_deref() {
         None | Some("none") => Ok(false),
@@ -496,6 +558,7 @@ fn build_route(
     if raw.from == raw.to {
         return Err(invalid(format!("{key}: from and to are the same portal")));
     }
+    check_stages(&key, &raw)?;
     let mut values = BTreeMap::new();
     for (field, table) in raw.values {
         let rule = match table.get("match") {

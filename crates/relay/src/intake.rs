@@ -271,24 +271,43 @@ fn from_install_error(error: application::InstallError) -> Refusal {
     )
 }
 
+/// The `secret` of the rule's URL. Bitrix24 sends the URL exactly as the
+/// user typed it, where `+` is a literal character (RFC 3986), while form
+/// decoding reads `+` as a space: both readings are tried, so a secret with
+/// `+` works whether it was typed as `+`, `%2B` or (for a space) `+`.
 fn check_rule_secret(portal: &PortalConfig, query: &str) -> Result<(), Refusal> {
     let unauthorized = || Refusal(StatusCode::UNAUTHORIZED, "wrong or missing secret".into());
     let expected = portal.rule_secret.as_ref().ok_or_else(unauthorized)?;
-    let params = b24_phpform::parse(query.as_bytes(), &b24_phpform::Limits::default())
-        .map_err(|_| unauthorized())?;
-    let given = params.get("secret").and_then(Value::as_str).unwrap_or("");
-    if secret_matches(given, expected) {
+    let given = query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .rfind(|(name, _)| *name == "secret")
+        .map(|(_, value)| value)
+        .unwrap_or("");
+    let literal = percent_encoding::percent_decode_str(given).decode_utf8_lossy();
+    let spaced = given.replace('+', " ");
+    let form = percent_encoding::percent_decode_str(&spaced).decode_utf8_lossy();
+    // Both compared, always: the time taken does not tell which matched.
+    let matched = secret_matches(&literal, expected) | secret_matches(&form, expected);
+    if matched && !given.is_empty() {
         Ok(())
     } else {
         Err(unauthorized())
     }
 }
 
+/// Whether a body is JSON: by its content type, or by its first byte when
+/// a hand-made call sends JSON with the form content type (a form body
+/// never starts with `{`).
+fn is_json_body(content_type_says_json: bool, body: &[u8]) -> bool {
+    content_type_says_json || body.trim_ascii_start().first() == Some(&b'{')
+}
+
 fn parse_body(body: &[u8], json_body: bool) -> Result<Value, String> {
     if body.is_empty() {
         return Err("empty body".into());
     }
-    let tree = if json_body {
+    let tree = if is_json_body(json_body, body) {
         serde_json::from_slice::<Value>(body).map_err(|e| format!("invalid JSON: {e}"))?
     } else {
         b24_phpform::parse(body, &b24_phpform::Limits::default())
@@ -344,18 +363,39 @@ fn read_event(portal: &PortalConfig, tree: &Value) -> Result<Option<(i64, String
     Ok(Some((deal_id, event)))
 }
 
+/// The deal of a rule call's `document_id`: `[0]=crm`, `[1]=CCrmDocumentDeal`,
+/// `[2]=DEAL_<id>`, read by index (PHP keys by index, whatever the order the
+/// pairs came in). A lead's or any other document is refused, even with a
+/// `DEAL_` id.
+pub fn deal_of_document(tree: &Value) -> Result<i64, String> {
+    let document = &tree["document_id"];
+    let part = |index| scalar(b24_phpform::item(document, index));
+    let (module, kind, id) = (part(0), part(1), part(2));
+    if !module.eq_ignore_ascii_case("crm") || !kind.eq_ignore_ascii_case("CCrmDocumentDeal") {
+        return Err(format!(
+            "document_id must be crm, CCrmDocumentDeal, DEAL_<id> (the rule must be on a deal), not {}, {}, {}",
+            shown(&module),
+            shown(&kind),
+            shown(&id)
+        ));
+    }
+    id.strip_prefix("DEAL_")
+        .and_then(positive_id)
+        .ok_or_else(|| format!("document_id[2] must be DEAL_<id>, not {}", shown(&id)))
+}
+
+/// A short, printable rendering of a value sent by a caller, for messages.
+fn shown(text: &str) -> String {
+    if text.is_empty() {
+        return "nothing".into();
+    }
+    let cut: String = text.chars().take(40).collect();
+    format!("{cut:?}")
+}
+
 /// `document_id[2]=DEAL_123` → 123.
 fn read_rule(tree: &Value) -> Result<i64, Refusal> {
-    let document = scalar(&tree["document_id"][2]);
-    document
-        .strip_prefix("DEAL_")
-        .and_then(positive_id)
-        .ok_or_else(|| {
-            Refusal(
-                StatusCode::BAD_REQUEST,
-                "document_id[2] must be DEAL_<id> (the rule must be on a deal)".into(),
-            )
-        })
+    deal_of_document(tree).map_err(|reason| Refusal(StatusCode::BAD_REQUEST, reason))
 }
 
 fn positive_id(text: &str) -> Option<i64> {
@@ -383,5 +423,42 @@ mod tests {
         assert_eq!(read_rule(&rule).ok(), Some(17));
         let lead = json!({"document_id": ["crm", "CCrmDocumentLead", "LEAD_17"]});
         assert!(read_rule(&lead).is_err());
+    }
+
+    #[test]
+    fn a_document_is_read_by_index_and_must_be_a_deal() {
+        let limits = b24_phpform::Limits::default();
+        let reversed = b24_phpform::parse_str(
+            "document_id[2]=DEAL_103&document_id[1]=CCrmDocumentDeal&document_id[0]=crm",
+            &limits,
+        )
+        .unwrap();
+        assert_eq!(deal_of_document(&reversed), Ok(103));
+        let keyed = json!({"document_id": {"2": "DEAL_103", "0": "crm", "1": "CCrmDocumentDeal"}});
+        assert_eq!(deal_of_document(&keyed), Ok(103));
+        for (body, expected) in [
+            (
+                "document_id[0]=crm&document_id[1]=CCrmDocumentLead&document_id[2]=DEAL_103",
+                "CCrmDocumentLead",
+            ),
+            ("document_id[2]=DEAL_103", "crm, CCrmDocumentDeal"),
+            (
+                "document_id[0]=crm&document_id[1]=CCrmDocumentDeal&document_id[2]=LEAD_5",
+                "LEAD_5",
+            ),
+        ] {
+            let tree = b24_phpform::parse_str(body, &limits).unwrap();
+            let error = deal_of_document(&tree).unwrap_err();
+            assert!(error.contains(expected), "{body}: {error}");
+        }
+    }
+
+    #[test]
+    fn json_is_recognised_by_its_first_byte_too() {
+        assert!(is_json_body(false, b" {\"event\": 1}"));
+        assert!(is_json_body(true, b"event=1"));
+        assert!(!is_json_body(false, b"event=ONCRMDEALUPDATE"));
+        let tree = parse_body(br#"{"event":"ONCRMDEALUPDATE"}"#, false).unwrap();
+        assert_eq!(tree["event"], "ONCRMDEALUPDATE");
     }
 }

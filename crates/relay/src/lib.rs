@@ -9,6 +9,7 @@ pub mod cli;
 pub mod cli_app;
 pub mod cli_check;
 pub mod cli_fields;
+pub mod cli_store;
 pub mod config;
 pub mod intake;
 pub mod links;

@@ -1,20 +1,10 @@
-use clap::Parser;
-use tracing_subscriber::EnvFilter;
+//! `b24-relay COMMAND --config relay.toml`: the commands are in
+//! [`b24_relay::cli`]; this only sets up the process and reports the outcome.
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("B24_RELAY_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = b24_relay::cli::Cli::parse();
-    match b24_relay::cli::run(cli).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("b24-relay: {error:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    b24_cli_support::install_crypto_provider();
+    let cli = b24_relay::cli::Cli::parse_args();
+    b24_cli_support::logging::init(cli.log.log_format, "info");
+    b24_cli_support::exit::finish("b24-relay", b24_relay::cli::run(cli).await)
 }

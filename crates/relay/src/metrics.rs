@@ -21,6 +21,9 @@ pub struct Metrics {
     registry: Registry,
     jobs: Family<Labels, Gauge>,
     queue_depth: Gauge,
+    replicas: Gauge,
+    shared_budget: Family<Labels, Gauge<f64, AtomicU64>>,
+    shared_budget_size: Family<Labels, Gauge<f64, AtomicU64>>,
     oldest_pending: Gauge<f64, AtomicU64>,
     transfers: Family<Labels, Counter>,
     transfer_seconds: Histogram,
@@ -49,6 +52,24 @@ impl Metrics {
             "queue_depth",
             "Jobs waiting or running",
             queue_depth.clone(),
+        );
+        let replicas = Gauge::default();
+        registry.register(
+            "replicas",
+            "Relay processes serving from this store (PostgreSQL: replicas seen in the last 15 s; SQLite: 1)",
+            replicas.clone(),
+        );
+        let shared_budget = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "shared_rate_budget_level",
+            "Requests in each portal's shared rate budget not drained yet at its last reservation, by host (PostgreSQL, rate_scope = shared); compare with shared_rate_budget_size",
+            shared_budget.clone(),
+        );
+        let shared_budget_size = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "shared_rate_budget_size",
+            "Requests each portal's shared budget lets through back to back (the configured burst less the relay's headroom), by host",
+            shared_budget_size.clone(),
         );
         let oldest_pending = Gauge::<f64, AtomicU64>::default();
         registry.register(
@@ -95,7 +116,7 @@ impl Metrics {
         let token_refreshes = Family::<Labels, Counter>::default();
         registry.register(
             "oauth_token_refreshes",
-            "OAuth token refreshes by portal (host) and result",
+            "OAuth token refreshes by portal and result",
             token_refreshes.clone(),
         );
         let app_reinstall_needed = Family::<Labels, Gauge>::default();
@@ -117,6 +138,9 @@ impl Metrics {
             registry,
             jobs,
             queue_depth,
+            replicas,
+            shared_budget,
+            shared_budget_size,
             oldest_pending,
             transfers,
             transfer_seconds,
@@ -160,6 +184,11 @@ impl Metrics {
             }
         }
         self.queue_depth.set(depth);
+        self.replicas.set(
+            stats
+                .replicas
+                .map_or(1, |n| i64::try_from(n).unwrap_or(i64::MAX)),
+        );
         self.oldest_pending.set(
             stats
                 .oldest_pending_age
@@ -167,11 +196,18 @@ impl Metrics {
         );
     }
 
-    /// A refresh was refused (`refused`) for a portal host.
-    pub fn token_refresh_refused(&self, host: &str) {
+    /// The shared rate budget of a portal host: its level and its size.
+    pub fn set_shared_budget(&self, host: &str, level: f64, size: f64) {
+        let labels = vec![("host", host.to_owned())];
+        self.shared_budget.get_or_create(&labels).set(level);
+        self.shared_budget_size.get_or_create(&labels).set(size);
+    }
+
+    /// A refresh was refused (`refused`) for a configured portal.
+    pub fn token_refresh_refused(&self, portal: &str) {
         self.token_refreshes
             .get_or_create(&vec![
-                ("portal", host.to_owned()),
+                ("portal", portal.to_owned()),
                 ("result", "refused".to_owned()),
             ])
             .inc();
@@ -242,6 +278,40 @@ impl Observer for Metrics {
     }
 }
 
+/// The relay's metrics as one portal's clients report to them: the client
+/// knows the portal by its host; every metric is labelled with the
+/// configured name (`portal="partner"`), like the rest of the relay's.
+pub struct PortalObserver {
+    name: String,
+    metrics: std::sync::Arc<Metrics>,
+}
+
+impl PortalObserver {
+    pub fn new(name: &str, metrics: std::sync::Arc<Metrics>) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(PortalObserver {
+            name: name.to_owned(),
+            metrics,
+        })
+    }
+}
+
+impl Observer for PortalObserver {
+    fn request_finished(&self, event: &RequestEvent<'_>) {
+        self.metrics.request_finished(&RequestEvent {
+            portal: &self.name,
+            ..event.clone()
+        });
+    }
+
+    fn token_refreshed(&self, _host: &str) {
+        self.metrics.token_refreshed(&self.name);
+    }
+
+    fn rate_limit_waited(&self, _host: &str, waited: Duration) {
+        self.metrics.rate_limit_waited(&self.name, waited);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,6 +325,7 @@ mod tests {
         metrics.set_queue(&QueueStats {
             by_state: vec![(JobState::Pending, 3), (JobState::Running, 1)],
             oldest_pending_age: Some(Duration::from_secs(7)),
+            replicas: Some(3),
         });
         metrics.request_finished(&RequestEvent {
             portal: "127.0.0.1:5",
@@ -269,6 +340,7 @@ mod tests {
         for expected in [
             "b24_relay_transfers_total{route=\"p2e\",result=\"created\"} 1",
             "b24_relay_queue_depth 4",
+            "b24_relay_replicas 3",
             "b24_relay_oldest_pending_job_age_seconds 7",
             "b24_relay_jobs{state=\"pending\"} 3",
             "b24_relay_portal_requests_total{portal=\"127.0.0.1:5\",method=\"batch\",code=\"ok\"} 1",
@@ -281,6 +353,32 @@ mod tests {
         assert_eq!(
             metrics.portal_request_count("127.0.0.1:5", "batch", "ok"),
             1
+        );
+    }
+
+    #[test]
+    fn a_portal_client_reports_under_the_configured_name() {
+        let metrics = std::sync::Arc::new(Metrics::new());
+        let observer = PortalObserver::new("partner", metrics.clone());
+        observer.request_finished(&RequestEvent {
+            portal: "127.0.0.1:39735",
+            method: "crm.item.get",
+            outcome: "ok",
+            status: Some(200),
+            elapsed: Duration::from_millis(3),
+            attempt: 1,
+        });
+        observer.rate_limit_waited("127.0.0.1:39735", Duration::from_millis(5));
+        observer.token_refreshed("127.0.0.1:39735");
+        let text = metrics.render();
+        assert!(!text.contains("127.0.0.1:39735"), "{text}");
+        assert_eq!(
+            metrics.portal_request_count("partner", "crm.item.get", "ok"),
+            1
+        );
+        assert!(
+            text.contains("b24_relay_rate_limit_waits_total{portal=\"partner\"} 1"),
+            "{text}"
         );
     }
 }

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::config::{Config, PortalConfig};
 use crate::mapping::scalar;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PortalObserver};
 use crate::transfer::DialectCell;
 
 mod app_slot;
@@ -56,9 +56,16 @@ pub fn headroom(burst: u32) -> u32 {
 }
 
 impl Portals {
-    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Self, ClientError> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let rate_limits = RateLimits::default();
+    /// `shared`: the rate budget the store's replicas share, if any.
+    pub fn new(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        shared: Option<Arc<dyn b24_client::SharedBucket>>,
+    ) -> Result<Self, ClientError> {
+        let rate_limits = match shared {
+            Some(shared) => RateLimits::default().share_with(shared),
+            None => RateLimits::default(),
+        };
         let mut by_name = BTreeMap::new();
         for (name, portal) in &config.portals {
             let bucket = b24_client::BucketConfig {
@@ -67,7 +74,7 @@ impl Portals {
             };
             rate_limits.set_portal(&portal.webhook.portal(), bucket)?;
             let client = Client::builder(portal.webhook.clone(), rate_limits.clone())
-                .observer(metrics.clone())
+                .observer(PortalObserver::new(name, metrics.clone()))
                 .build()?;
             by_name.insert(
                 name.clone(),

@@ -7,10 +7,28 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use b24_client::{Secret, TokenPair};
 
+/// How to get going again after a store is refused as damaged, empty or
+/// lost: appended to those errors, and documented in the README.
+pub const RECOVERY: &str = "to recover: stop every relay process; move the store aside with its \
+-wal and -shm files (keep them for analysis); create an empty store with `b24-relay store \
+migrate`; then run `b24-relay links rebuild --route NAME` for every route, which links the \
+deals already on the target portals so that none is created twice (README: \"A damaged or \
+lost store\")";
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// A batch of writes could not be committed; none of it is stored.
+    #[error("database: the commit failed: {0}")]
+    Commit(String),
+    #[error("the store's writer has stopped")]
+    WriterStopped,
+    #[error("PostgreSQL: {0}")]
+    Postgres(String),
+    /// The database cannot be reached (or its pool gave up waiting).
+    #[error("{0}")]
+    Unavailable(String),
     #[error("cannot create the directory of {path}: {source}")]
     Directory {
         path: String,
@@ -21,10 +39,42 @@ pub enum StoreError {
         path: String,
         source: std::io::Error,
     },
+    #[error(
+        "the store {path} is read-only ({why}): the relay writes every request it accepts to it; make it writable by the user running the relay"
+    )]
+    ReadOnly { path: String, why: String },
+    #[error(
+        "the store {path} is damaged ({details}); it is not used, so that no deal is transferred twice; {RECOVERY}"
+    )]
+    Damaged { path: String, details: String },
+    #[error(
+        "the store {path} is an empty file (0 bytes): it was truncated or replaced, and starting on it as a new store would transfer announced deals again; {RECOVERY}"
+    )]
+    Empty { path: String },
+    #[error(
+        "the store {path} is missing but {trace} is there: the store was deleted or moved; put it back, or {RECOVERY}"
+    )]
+    Lost { path: String, trace: String },
     #[error("no job {0}")]
     NoSuchJob(i64),
     #[error("job {id} is {state}; only failed (or finished) jobs can be replayed")]
     NotReplayable { id: i64, state: String },
+}
+
+impl StoreError {
+    /// The disk (or the database's volume) is full: answered with 503 and
+    /// retried by the caller; the store recovers by itself once space is
+    /// freed.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => {
+                e.code == rusqlite::ErrorCode::DiskFull
+            }
+            StoreError::Commit(message) => message.contains("disk is full"),
+            StoreError::Postgres(message) => message.contains("SQLSTATE 53100"),
+            _ => false,
+        }
+    }
 }
 
 /// Where a job is in its life.
@@ -71,7 +121,13 @@ pub struct Job {
     /// What asked for it: the event name, `rule`, or `cli`.
     pub trigger: String,
     pub state: JobState,
+    /// Attempts that ran to an outcome (done, retry, failed), the one
+    /// running included; never above `max_attempts`.
     pub attempts: u32,
+    /// Attempts cut short because the relay stopped (killed, crashed,
+    /// restarted) before they ended; counted apart, up to
+    /// `max_interruptions`, so that restarts do not use up `max_attempts`.
+    pub interruptions: u32,
     /// Further requests for the same deal merged into this job.
     pub coalesced: u32,
     pub created_at_ms: i64,
@@ -89,7 +145,7 @@ pub struct Enqueued {
 }
 
 /// What the relay created on a target for one source record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LinkKind {
     Deal,
     Contact,
@@ -190,6 +246,31 @@ impl std::fmt::Debug for RuleCall {
 pub struct QueueStats {
     pub by_state: Vec<(JobState, u64)>,
     pub oldest_pending_age: Option<Duration>,
+    /// Replicas serving from this store now (PostgreSQL; `None` for SQLite).
+    pub replicas: Option<u64>,
+}
+
+impl QueueStats {
+    /// From `(state, count)` rows and the creation time of the oldest
+    /// waiting job (ms since the epoch).
+    pub(crate) fn from_counts(counted: &[(String, u64)], oldest_ms: Option<i64>) -> Self {
+        let by_state = JobState::ALL
+            .into_iter()
+            .map(|state| {
+                let count = counted
+                    .iter()
+                    .find(|(name, _)| name == state.as_str())
+                    .map_or(0, |(_, n)| *n);
+                (state, count)
+            })
+            .collect();
+        QueueStats {
+            by_state,
+            oldest_pending_age: oldest_ms
+                .map(|at| Duration::from_millis((now_ms() - at).max(0) as u64)),
+            replicas: None,
+        }
+    }
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -199,12 +280,40 @@ pub(crate) fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+pub mod copy;
 mod handle;
+mod postgres;
+mod postgres_app;
+mod postgres_claims;
+mod postgres_copy;
+mod postgres_jobs;
+mod postgres_shared;
 mod sqlite;
 mod sqlite_app;
 mod sqlite_claims;
+mod sqlite_copy;
+mod sqlite_jobs;
 
-pub use handle::Store;
+pub use handle::{Store, StoreOptions};
+
+/// Copies everything of `from` (named `from_name` in the destination's
+/// records) into `to`, then checks that every row of the snapshot is there.
+pub async fn copy_store(
+    from: &Store,
+    from_name: &str,
+    to: &Store,
+) -> Result<(copy::CopyReport, Vec<copy::CheckLine>), StoreError> {
+    let snapshot = from.export().await?;
+    let report = to.import(from_name, &snapshot).await?;
+    let after = to.export().await?;
+    let lines = copy::check(&snapshot, &after, &report.job_map, &report.merged);
+    Ok((report, lines))
+}
+
+/// Applies the configured store's schema migrations; returns how many.
+pub async fn migrate(config: &crate::config::StoreConfig) -> Result<usize, StoreError> {
+    Store::migrate(config).await
+}
 
 #[cfg(test)]
 mod tests;

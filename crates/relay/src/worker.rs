@@ -77,10 +77,17 @@ impl Workers {
                     continue;
                 }
             };
-            // A stop mid-transfer abandons the job; its lease lapses and it
-            // runs again, which every step of a transfer allows.
+            // A stop mid-transfer abandons the attempt and gives the job
+            // back uncounted; it runs again, which every step of a transfer
+            // allows (if even that fails, its lease lapses).
+            let id = job.id;
             tokio::select! {
-                _ = stop.cancelled() => break,
+                _ = stop.cancelled() => {
+                    if let Err(error) = store.release(id).await {
+                        tracing::warn!(job = id, %error, "cannot give the job back; it runs again when its lease lapses");
+                    }
+                    break;
+                }
                 _ = self.process(job) => {}
             }
         }
@@ -297,6 +304,7 @@ mod tests {
             trigger: "rule".into(),
             state: JobState::Running,
             attempts,
+            interruptions: 0,
             coalesced: 0,
             created_at_ms: 0,
             updated_at_ms: 0,

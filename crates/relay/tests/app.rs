@@ -237,6 +237,7 @@ fn secrets_absent(text: &str, secrets: &[&str]) {
 /// the rule → the target deal is created and the workflow gets its id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn install_registers_the_rule_and_a_run_returns_the_target_deal() {
+    b24_testkit::install_crypto_provider();
     let s = setup(4).await;
     s.install().await;
     assert_eq!(s.stored_tokens().await, s.latest_tokens());
@@ -305,6 +306,7 @@ async fn install_registers_the_rule_and_a_run_returns_the_target_deal() {
 /// the new pair in the store, the transfer done and answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_expiring_mid_run_is_refreshed_once_and_persisted() {
+    b24_testkit::install_crypto_provider();
     let s = setup(4).await;
     s.install().await;
     let deal = plain_deal(&s.source, "Expiring", "C2:PREPARATION");
@@ -331,6 +333,7 @@ async fn a_token_expiring_mid_run_is_refreshed_once_and_persisted() {
 /// Several workers meet the expired token at once: still one refresh.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_expiry_makes_a_single_refresh() {
+    b24_testkit::install_crypto_provider();
     let s = setup(4).await;
     s.install().await;
     let deals: Vec<i64> = (0..4)
@@ -353,6 +356,7 @@ async fn concurrent_expiry_makes_a_single_refresh() {
 /// answered once the application is installed again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_refresh_token_flags_the_portal_and_loses_nothing() {
+    b24_testkit::install_crypto_provider();
     let s = setup(2).await;
     s.install().await;
     let deal = plain_deal(&s.source, "Revoked", "C2:PREPARATION");
@@ -433,6 +437,7 @@ fn run_body(application_token: &str, member_id: &str) -> String {
 /// are refused with 401 and queue nothing; a forged install is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_runs_and_installs_are_refused() {
+    b24_testkit::install_crypto_provider();
     let s = setup(1).await;
     assert_eq!(post_run(&s.url, run_body("anything", "m")).await, 401);
     s.install().await;
@@ -505,7 +510,7 @@ fn relay_command(s: &Setup, args: &[&str]) -> (bool, String) {
         .args(args)
         .arg("--config")
         .arg(&path)
-        .env("B24_RELAY_LOG", "debug")
+        .env("RUST_LOG", "debug")
         .output()
         .expect("the binary runs");
     let text = format!(
@@ -522,6 +527,7 @@ fn relay_command(s: &Setup, args: &[&str]) -> (bool, String) {
 /// the portal. No output holds a secret.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn app_commands_and_check_work_beside_the_server() {
+    b24_testkit::install_crypto_provider();
     let s = setup(2).await;
     let (ok, text) = relay_command(&s, &["app", "status"]);
     assert!(ok && text.contains("partner: not installed"), "{text}");
@@ -591,6 +597,7 @@ async fn app_commands_and_check_work_beside_the_server() {
 /// and the waiting run is answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_install_before_the_credentials_are_configured_is_kept() {
+    b24_testkit::install_crypto_provider();
     let s = setup_with(2, false).await;
     s.install().await;
     assert_eq!(s.stored_tokens().await, s.latest_tokens());

@@ -12,7 +12,7 @@ fn relay(args: &[&str], config: &std::path::Path) -> (bool, String) {
         .args(args)
         .arg("--config")
         .arg(config)
-        .env("B24_RELAY_LOG", "warn")
+        .env("RUST_LOG", "warn")
         .output()
         .expect("the binary runs");
     let text = format!(
@@ -28,6 +28,7 @@ fn relay(args: &[&str], config: &std::path::Path) -> (bool, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_fields_dry_run_transfer_and_jobs() {
+    b24_testkit::install_crypto_provider();
     let (source, target) = start_fast_portals().await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(
@@ -133,6 +134,7 @@ async fn check_fields_dry_run_transfer_and_jobs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_names_a_missing_scope() {
+    b24_testkit::install_crypto_provider();
     let source = b24_emulator::Portal::builder()
         .domain("partner.test")
         .webhook(1, SOURCE_SECRET, &["crm", "user", "im"])
@@ -163,6 +165,7 @@ async fn check_names_a_missing_scope() {
 /// single request: the portals here are shut down before it runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_offline_validates_without_contacting_the_portals() {
+    b24_testkit::install_crypto_provider();
     let (source, target) = start_fast_portals().await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &source, &target, &Options::fast());

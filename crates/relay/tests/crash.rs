@@ -22,7 +22,7 @@ fn spawn_relay(config: &std::path::Path, log: &std::path::Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_b24-relay"))
         .args(["serve", "--config"])
         .arg(config)
-        .env("B24_RELAY_LOG", "b24_relay=debug")
+        .env("RUST_LOG", "b24_relay=debug")
         .stdout(Stdio::null())
         .stderr(Stdio::from(log))
         .spawn()
@@ -44,6 +44,7 @@ async fn wait_healthy(url: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_relay_mid_transfer_never_loses_or_duplicates_a_deal() {
+    b24_testkit::install_crypto_provider();
     const DEALS: usize = 50;
     let (source, target) = start_portals(250, 10.0).await;
     // Slow answers, so that kills land in the middle of transfers; and the

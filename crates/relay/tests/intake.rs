@@ -32,6 +32,7 @@ const FORM: &str = "application/x-www-form-urlencoded";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn intake_refuses_what_it_must_and_queues_the_rest() {
+    b24_testkit::install_crypto_provider();
     let (source, target) = start_portals(50, 2.0).await;
     let dir = tempfile::tempdir().unwrap();
     let text = config_text(dir.path(), &source, &target, &Options::default()).replacen(
@@ -198,6 +199,77 @@ async fn intake_refuses_what_it_must_and_queues_the_rest() {
         metrics.contains("b24_relay_intake_requests_total{kind=\"event\",status=\"401\"} 3"),
         "{metrics}"
     );
+    relay.shutdown().await;
+    source.shutdown().await;
+    target.shutdown().await;
+}
+
+/// What real callers send that the first intake refused: PHP indices in any
+/// order, a JSON body under the form content type, a rule secret with `+`;
+/// and what it accepted but must not: a lead's document with a DEAL_ id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intake_reads_bodies_as_bitrix24_and_php_do() {
+    b24_testkit::install_crypto_provider();
+    let (source, target) = start_portals(50, 2.0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(dir.path(), &source, &target, &Options::default());
+    // A secret as a password generator makes it: `+` and `/` (base64).
+    let secret = "Ab+c/9+Zq";
+    std::fs::write(dir.path().join("partner.rule"), secret).unwrap();
+    let relay = Relay::start(Config::parse(&text).unwrap()).await.unwrap();
+    let base = format!("http://{}", relay.addr);
+    let rule_url = |query: &str| format!("{base}/hook/rule/partner?{query}");
+    let document = |parts: [(&str, &str); 3]| {
+        parts
+            .iter()
+            .map(|(index, value)| format!("document_id[{index}]={value}"))
+            .collect::<Vec<_>>()
+            .join("&")
+    };
+
+    // The secret typed literally, percent-encoded, and wrong.
+    let reversed = document([("2", "DEAL_31"), ("1", "CCrmDocumentDeal"), ("0", "crm")]);
+    let (status, body) = post(&rule_url(&format!("secret={secret}")), FORM, reversed).await;
+    assert_eq!(status, 200, "{body}");
+    let encoded = "secret=Ab%2Bc%2F9%2BZq";
+    let plain = document([("0", "crm"), ("1", "CCrmDocumentDeal"), ("2", "DEAL_32")]);
+    let (status, body) = post(&rule_url(encoded), FORM, plain.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = post(&rule_url("secret=Ab c/9 Zq"), FORM, plain.clone()).await;
+    assert_eq!(status, 401, "a space is not a plus");
+    let (status, _) = post(&rule_url("secret=Ab"), FORM, plain).await;
+    assert_eq!(status, 401);
+
+    // A lead's document is refused even with a DEAL_ id.
+    let lead = document([("0", "crm"), ("1", "CCrmDocumentLead"), ("2", "DEAL_103")]);
+    let (status, body) = post(&rule_url(&format!("secret={secret}")), FORM, lead).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("CCrmDocumentLead"), "{body}");
+
+    // JSON sent with the form content type (curl -d, many HTTP tools).
+    let json_event = serde_json::json!({
+        "event": "ONCRMDEALUPDATE",
+        "data": {"FIELDS": {"ID": "33"}},
+        "auth": {"domain": "partner.test", "application_token": APP_TOKEN}
+    });
+    let (status, body) = post(
+        &format!("{base}/hook/event/partner"),
+        FORM,
+        json_event.to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    let mut queued: Vec<i64> = relay
+        .store
+        .jobs(None, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|j| j.deal_id)
+        .collect();
+    queued.sort();
+    assert_eq!(queued, [31, 32, 33]);
     relay.shutdown().await;
     source.shutdown().await;
     target.shutdown().await;

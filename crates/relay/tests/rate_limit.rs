@@ -17,6 +17,7 @@ use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hundred_deals_at_once_stay_within_the_rate_limit() {
+    b24_testkit::install_crypto_provider();
     const DEALS: usize = 300;
     let (burst, drain) = (250, 10.0);
     let (source, target) = start_portals(burst, drain).await;

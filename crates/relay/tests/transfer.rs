@@ -48,6 +48,7 @@ fn comments_on(portal: &b24_emulator::Portal, deal: i64) -> Vec<String> {
 /// everything mapped and written once, repeats and updates, and a skip.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_transfers_the_deal_once_with_everything_attached() {
+    b24_testkit::install_crypto_provider();
     let (source, target) = start_fast_portals().await;
     let dir = tempfile::tempdir().unwrap();
     let text = config_text(dir.path(), &source, &target, &Options::fast());
@@ -321,6 +322,7 @@ async fn an_event_transfers_the_deal_once_with_everything_attached() {
 /// finds the deal by originatorId/originId instead of creating a second one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_response_to_the_create_still_gives_one_deal() {
+    b24_testkit::install_crypto_provider();
     let (source, target) = start_fast_portals().await;
     let dir = tempfile::tempdir().unwrap();
     let text = config_text(dir.path(), &source, &target, &Options::fast());
@@ -400,6 +402,7 @@ async fn a_lost_response_to_the_create_still_gives_one_deal() {
 /// configuration is fixed transfers the deal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unmappable_value_fails_and_a_replay_after_the_fix_succeeds() {
+    b24_testkit::install_crypto_provider();
     let (source, target) = start_fast_portals().await;
     let dir = tempfile::tempdir().unwrap();
     let text = config_text(dir.path(), &source, &target, &Options::fast());
@@ -461,6 +464,7 @@ async fn an_unmappable_value_fails_and_a_replay_after_the_fix_succeeds() {
 /// `crm.item.*`: the relay reads (and writes back) with `crm.deal.*`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_box_without_crm_item_is_read_with_crm_deal() {
+    b24_testkit::install_crypto_provider();
     let (source, target) = start_fast_portals().await;
     let dir = tempfile::tempdir().unwrap();
     let admin = source.admin();
@@ -542,6 +546,7 @@ async fn a_source_box_without_crm_item_is_read_with_crm_deal() {
 /// backoff and succeeds once the portal is back; nothing is created twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_that_is_down_is_retried_until_it_comes_back() {
+    b24_testkit::install_crypto_provider();
     let (source, target) = start_fast_portals().await;
     let dir = tempfile::tempdir().unwrap();
     let text = config_text(dir.path(), &source, &target, &Options::fast());
@@ -584,6 +589,7 @@ async fn a_target_that_is_down_is_retried_until_it_comes_back() {
 /// and writes the deal, its rows, a new company and files with `crm.deal.*`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_box_without_crm_item_is_written_with_crm_deal() {
+    b24_testkit::install_crypto_provider();
     let (source, target) = start_fast_portals().await;
     let dir = tempfile::tempdir().unwrap();
     let admin = source.admin();

@@ -1,9 +1,21 @@
 //! Test-only helpers shared by the workspace's tests and benchmarks: a
 //! scriptable HTTP server on loopback that plays the Bitrix24 `app.json`
 //! endpoint (answers, failures, ETags, hangs) and counts what it was asked,
-//! and deterministic synthetic lists.
+//! deterministic synthetic lists, typed builders for `edge.toml` and
+//! `relay.toml` ([`config`]), and the set-up every test shares (the TLS
+//! crypto provider, signals to child processes).
 
+pub mod config;
+pub mod process;
 pub mod synthetic;
+pub mod tls;
+
+/// Installs the workspace's rustls crypto provider (ring), as a binary's
+/// `main` does; libraries never do. Call it first in any test that builds
+/// an HTTP client or a TLS server; calling it again is harmless.
+pub fn install_crypto_provider() {
+    b24_cli_support::install_crypto_provider();
+}
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

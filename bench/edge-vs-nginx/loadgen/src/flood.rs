@@ -26,9 +26,10 @@ pub struct Options {
 /// How one attempt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
-    /// connect() failed (refused, or the SYN not answered in time).
+    /// connect() failed (refused: nothing listening).
     ConnectFailed,
-    /// The server closed or reset the connection before TLS completed.
+    /// The server closed or reset the connection before TLS completed
+    /// (also when the reset arrived while connect() was completing).
     RefusedBeforeTls,
     /// TLS completed and the server answered 403.
     Refused403,
@@ -136,6 +137,10 @@ async fn attempt(
 ) -> Outcome {
     let stream = match tokio::time::timeout(STEP_TIMEOUT, tls::tcp_connect(source, target)).await {
         Err(_) => return Outcome::TimedOut,
+        // A server that accepts and resets at once (refusal at accept) can
+        // beat the client's own view of the completed connect: the reset
+        // then surfaces as the connect's error.
+        Ok(Err(e)) if was_reset(&e) => return Outcome::RefusedBeforeTls,
         Ok(Err(_)) => return Outcome::ConnectFailed,
         Ok(Ok(stream)) => stream,
     };
@@ -171,6 +176,15 @@ async fn attempt(
             None => Outcome::ClosedAfterTls,
         },
     }
+}
+
+fn was_reset(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::BrokenPipe
+    )
 }
 
 /// The status code of an HTTP/1.x answer.

@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -26,7 +27,7 @@ use tokio_rustls::client::TlsStream;
 pub const GENEROUS: Duration = Duration::from_secs(60);
 
 pub fn init() {
-    b24_nodes::install_crypto_provider();
+    b24_testkit::install_crypto_provider();
 }
 
 pub fn ip(text: &str) -> IpAddr {
@@ -119,7 +120,9 @@ pub struct Seen {
 
 /// A plain-HTTP upstream on 127.0.0.1 that records requests. Paths:
 /// `/slow/<ms>` answers after a delay, `/echo` returns the body it got,
-/// anything else answers `upstream saw <path>`.
+/// `/stall` sends the start of a body and then nothing, `/big` answers
+/// 32 MiB, anything else
+/// answers `upstream saw <path>`.
 pub struct Upstream {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
@@ -230,12 +233,30 @@ impl rustls::server::ResolvesServerCert for FixedCert {
     }
 }
 
+type UpstreamBody = BoxBody<Bytes, Infallible>;
+
+fn full(body: impl Into<Bytes>) -> UpstreamBody {
+    Full::new(body.into()).boxed()
+}
+
 async fn answer(
     req: Request<Incoming>,
     seen: Arc<Mutex<Vec<Seen>>>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<UpstreamBody>, Infallible> {
     let path = req.uri().path().to_owned();
     let headers = req.headers().clone();
+    if path == "/stall" {
+        seen.lock().unwrap().push(Seen {
+            path: path.clone(),
+            headers,
+            body_len: 0,
+        });
+        let start = futures_util::stream::once(async {
+            Ok::<_, Infallible>(http_body::Frame::data(Bytes::from_static(b"the start")))
+        });
+        let stream = futures_util::StreamExt::chain(start, futures_util::stream::pending());
+        return Ok(Response::new(StreamBody::new(stream).boxed()));
+    }
     if let Some(ms) = path.strip_prefix("/slow/") {
         // Record first, so a test can tell the request is in flight.
         seen.lock().unwrap().push(Seen {
@@ -244,7 +265,7 @@ async fn answer(
             body_len: 0,
         });
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(1000))).await;
-        return Ok(Response::new(Full::from(format!("upstream saw {path}"))));
+        return Ok(Response::new(full(format!("upstream saw {path}"))));
     }
     let body = req
         .into_body()
@@ -258,9 +279,12 @@ async fn answer(
         body_len: body.len(),
     });
     if path == "/echo" {
-        return Ok(Response::new(Full::from(body)));
+        return Ok(Response::new(full(body)));
     }
-    Ok(Response::new(Full::from(format!("upstream saw {path}"))))
+    if path == "/big" {
+        return Ok(Response::new(full(vec![b'b'; 32 << 20])));
+    }
+    Ok(Response::new(full(format!("upstream saw {path}"))))
 }
 
 /// The `[server]` table for tests: TLS files, a listener and an admin
@@ -271,6 +295,20 @@ pub fn server_section(certs: &TestCerts, listen: &str, extra: &str) -> String {
         certs.cert_path.display(),
         certs.key_path.display()
     )
+}
+
+/// The `[nodes]` table of every test config: `source` (a file or URL) plus
+/// `more` lines. The one place to add what every test list needs.
+pub fn nodes_section(source: &str, more: &str) -> String {
+    // The tests' lists hold loopback addresses, which a real list may not.
+    format!("[nodes]\nallow_special = true\nsource = \"{source}\"\n{more}\n")
+}
+
+/// A nodes list file holding `entries`, and the `[nodes]` table reading it.
+pub fn nodes_file(dir: &Path, entries: &[&str]) -> String {
+    let list = dir.join("app.json");
+    replace_file(&list, nodes_json(entries).as_bytes());
+    nodes_section(&list.display().to_string(), "")
 }
 
 pub fn route(prefix: &str, upstream: &str, allow: &[&str]) -> String {
@@ -312,6 +350,21 @@ pub async fn get(client: &reqwest::Client, url: &str) -> (u16, String) {
     let response = client.get(url).send().await.unwrap();
     let status = response.status().as_u16();
     (status, response.text().await.unwrap())
+}
+
+/// Whether the edge refused the connection for `url` before TLS (the
+/// request fails without any HTTP answer).
+pub async fn refused(client: &reqwest::Client, url: &str) -> bool {
+    client.get(url).send().await.is_err()
+}
+
+/// Whether `url` was denied: the connection refused before TLS, or — on a
+/// connection admitted earlier, when the list changed since — a 403.
+pub async fn denied(client: &reqwest::Client, url: &str) -> bool {
+    match client.get(url).send().await {
+        Err(_) => true,
+        Ok(response) => response.status() == 403,
+    }
 }
 
 /// `/metrics` of an edge.
@@ -361,14 +414,20 @@ where
 
 /// A TCP connection from a chosen loopback address.
 pub async fn tcp_from(local: &str, to: SocketAddr) -> TcpStream {
+    try_tcp_from(local, to).await.unwrap()
+}
+
+/// The same, for connections the edge may reset at once (a refused peer
+/// can see the reset already in `connect`).
+pub async fn try_tcp_from(local: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
     let local: SocketAddr = SocketAddr::new(ip(local), 0);
     let socket = if local.is_ipv4() {
-        TcpSocket::new_v4().unwrap()
+        TcpSocket::new_v4()?
     } else {
-        TcpSocket::new_v6().unwrap()
+        TcpSocket::new_v6()?
     };
-    socket.bind(local).unwrap();
-    socket.connect(to).await.unwrap()
+    socket.bind(local)?;
+    socket.connect(to).await
 }
 
 /// Completes a TLS handshake over `tcp` trusting the test CA, offering
@@ -409,4 +468,260 @@ pub async fn send_get(
     let status = response.status().as_u16();
     let body = response.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Waits until the edge has a nodes list.
+pub async fn list_loaded(edge: &b24_edge::EdgeHandle) {
+    eventually("the list is loaded", || async {
+        edge.nodes().current().is_some()
+    })
+    .await;
+}
+
+/// A TLS client config trusting the test CA and offering `alpn`.
+pub fn tls_client_config(certs: &TestCerts, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(certs.root_store())
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+/// A TLS handshake from `local` offering `alpn` (empty: no ALPN at all).
+pub async fn tls_from(
+    certs: &TestCerts,
+    local: &str,
+    to: SocketAddr,
+    alpn: &[&[u8]],
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let tcp = try_tcp_from(local, to).await?;
+    TlsConnector::from(tls_client_config(certs, alpn))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+}
+
+/// An h2 connection over an established TLS stream.
+pub async fn h2_over<S>(stream: S) -> hyper::client::conn::http2::SendRequest<Full<Bytes>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// Writes raw bytes over TLS (ALPN http/1.1) from `local` and returns
+/// everything the edge sends back until it closes the connection, or
+/// what came within `wait` if it keeps it open.
+pub async fn raw_exchange(
+    certs: &TestCerts,
+    local: &str,
+    to: SocketAddr,
+    request: &[u8],
+    wait: Duration,
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tls = tls_from(certs, local, to, &[b"http/1.1"]).await.unwrap();
+    tls.write_all(request).await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(wait, tls.read_to_end(&mut got)).await;
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// The status line's code of a raw HTTP/1.1 response ("" for none).
+pub fn status_of(raw: &str) -> &str {
+    raw.strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .unwrap_or("")
+}
+
+/// A client at a listed address that keeps asking, on a new connection
+/// each time, while an attack runs: the attack succeeded if any of its
+/// requests failed.
+pub struct ListedProbe {
+    served: Arc<std::sync::atomic::AtomicUsize>,
+    failures: Arc<Mutex<Vec<String>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ListedProbe {
+    /// Starts asking `url` from `local` (a fresh client, so a fresh TCP
+    /// connection and TLS handshake, per request), expecting 200.
+    pub fn start(certs: &TestCerts, local: &str, url: String) -> ListedProbe {
+        use std::sync::atomic::Ordering;
+        let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ca = certs.ca_pem.clone();
+        let local = ip(local);
+        let (task_served, task_failures, task_stop) =
+            (served.clone(), failures.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            let mut http2 = false;
+            while !task_stop.load(Ordering::Relaxed) {
+                let mut builder = reqwest::Client::builder()
+                    .tls_certs_only([reqwest::Certificate::from_pem(ca.as_bytes()).unwrap()])
+                    .local_address(local)
+                    .timeout(GENEROUS)
+                    .no_proxy();
+                builder = if http2 {
+                    builder.http2_prior_knowledge()
+                } else {
+                    builder.http1_only()
+                };
+                http2 = !http2;
+                let client = builder.build().unwrap();
+                match client.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => {
+                        task_served.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(r) => task_failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("status {}", r.status())),
+                    Err(e) => task_failures.lock().unwrap().push(format!("{e:?}")),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        ListedProbe {
+            served,
+            failures,
+            stop,
+            task,
+        }
+    }
+
+    pub fn served(&self) -> usize {
+        self.served.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits until `more` further requests were served.
+    pub async fn wait_for(&self, more: usize) {
+        let target = self.served() + more;
+        eventually("the listed client is served", || async {
+            self.served() >= target || !self.failures.lock().unwrap().is_empty()
+        })
+        .await;
+        self.assert_no_failure();
+    }
+
+    pub fn assert_no_failure(&self) {
+        let failures = self.failures.lock().unwrap();
+        assert!(
+            failures.is_empty(),
+            "the listed client was not served: {failures:?}"
+        );
+    }
+
+    /// Stops the probe; panics if any of its requests failed.
+    pub async fn finish(self) -> usize {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let ListedProbe {
+            served,
+            failures,
+            task,
+            ..
+        } = self;
+        task.await.unwrap();
+        let failures = failures.lock().unwrap();
+        assert!(
+            failures.is_empty(),
+            "the listed client was not served: {failures:?}"
+        );
+        served.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Whether tests that need a system tool may run; without the tool they
+/// skip with a message, unless CI requires them (B24_REQUIRE_ROOT_TESTS=1,
+/// set by scripts/test as root, where scripts/install-deps installed it).
+pub fn tool_available(test: &str, tool: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
+        .unwrap_or(false)
+        || Path::new("/usr/sbin").join(tool).is_file();
+    if found {
+        return true;
+    }
+    if std::env::var_os("B24_REQUIRE_ROOT_TESTS").is_some_and(|v| v == "1") {
+        panic!(
+            "{test} must run here (B24_REQUIRE_ROOT_TESTS=1) but {tool} is not installed (scripts/install-deps test)"
+        );
+    }
+    eprintln!("SKIPPED {test}: {tool} is not installed (scripts/install-deps test installs it)");
+    false
+}
+
+/// A real nginx (from apt) on 127.0.0.1, for a peer that normalizes paths
+/// or balances load in front of the edge. Stopped when dropped.
+pub struct Nginx {
+    pub addr: SocketAddr,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    /// Starts nginx with `server_body` inside `server { listen ...; }` of a
+    /// minimal http block, and waits until it accepts connections.
+    pub async fn start(server_body: &str) -> Nginx {
+        let dir = tempfile::tempdir().unwrap();
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap().port()
+        };
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let d = dir.path().display();
+        let conf = format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+             events {{ worker_connections 256; }}\n\
+             http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fastcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
+             server {{\n listen {addr};\n {server_body}\n }}\n}}\n"
+        );
+        std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+        let nginx = if Path::new("/usr/sbin/nginx").is_file() {
+            "/usr/sbin/nginx"
+        } else {
+            "nginx"
+        };
+        let child = std::process::Command::new(nginx)
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(dir.path().join("nginx.conf"))
+            .arg("-e")
+            .arg(dir.path().join("error.log"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start nginx");
+        let running = Nginx {
+            addr,
+            child,
+            _dir: dir,
+        };
+        eventually("nginx accepts connections", || async {
+            TcpStream::connect(addr).await.is_ok()
+        })
+        .await;
+        running
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

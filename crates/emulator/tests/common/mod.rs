@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 pub const SECRET: &str = "k3y9secret";
 
 pub fn client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    b24_testkit::install_crypto_provider();
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()

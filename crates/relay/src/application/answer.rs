@@ -236,6 +236,7 @@ mod tests {
             trigger: "app-rule".into(),
             state,
             attempts: 1,
+            interruptions: 0,
             coalesced: 0,
             created_at_ms: 0,
             updated_at_ms: 0,

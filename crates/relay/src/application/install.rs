@@ -250,11 +250,7 @@ pub fn read_rule_run(
     if !code.is_empty() && code != config.app.robot_code {
         return Err(refused(400, format!("unknown rule code {code}")));
     }
-    let deal_id = scalar(&tree["document_id"][2])
-        .strip_prefix("DEAL_")
-        .and_then(|id| id.parse::<i64>().ok())
-        .filter(|id| *id > 0)
-        .ok_or_else(|| refused(400, "document_id[2] must be DEAL_<id>"))?;
+    let deal_id = crate::intake::deal_of_document(tree).map_err(|reason| refused(400, reason))?;
     let wants_answer = !scalar(&tree["use_subscription"]).eq_ignore_ascii_case("N");
     let event_token = scalar(&tree["event_token"]);
     if event_token.is_empty() && wants_answer {

@@ -12,7 +12,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use b24_client::{Client, OAuth, TokenPair, TokenStore, TokenStoreResult};
+use b24_client::{
+    Client, OAuth, RefreshGuard, TokenPair, TokenStore, TokenStoreError, TokenStoreResult,
+};
 
 use crate::config::{AppCredentials, AppSettings};
 use crate::portals::PortalHandle;
@@ -37,6 +39,20 @@ impl TokenStore for AppTokens {
         Box::pin(async move {
             self.store
                 .save_app_tokens(&self.portal, tokens)
+                .await
+                .map_err(Into::into)
+        })
+    }
+
+    /// One refresh at a time across the replicas of the store; a pair
+    /// another replica stored meanwhile is used instead.
+    fn begin_refresh<'a>(
+        &'a self,
+        _host: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<RefreshGuard, TokenStoreError>> + Send + 'a>> {
+        Box::pin(async move {
+            self.store
+                .begin_refresh(&self.portal)
                 .await
                 .map_err(Into::into)
         })

@@ -22,7 +22,7 @@ webhook = {{ file = "{}" }}
 name = "r"
 from = "a"
 to = "b"
-when = {{ category = 2, stages = ["C2:PREPARATION"] }}
+when = {{ category = 2, stages = ["C2:PREPARATION", "C2:WON"] }}
 target = {{ category = 3, stage = "C3:NEW", stages = {{ "C2:WON" = "C3:WON" }} }}
 {extra}
 "#,

@@ -7,6 +7,7 @@ use b24_client::{Client, Error as ClientError};
 
 use super::PortalHandle;
 use crate::config::AppSettings;
+use crate::metrics::PortalObserver;
 use crate::store::{AppInstall, Store};
 
 /// The application's client and what rebuilding it needs.
@@ -21,7 +22,7 @@ impl PortalHandle {
     /// bucket), made the portal's application client.
     pub fn build_app_client(&self, oauth: b24_client::OAuth) -> Result<Client, ClientError> {
         Client::builder(oauth, self.rate_limits.clone())
-            .observer(self.metrics.clone())
+            .observer(PortalObserver::new(&self.config.name, self.metrics.clone()))
             .build()
     }
 
@@ -83,7 +84,7 @@ impl PortalHandle {
             Err(answer) => return answer,
         };
         self.metrics.set_reinstall_needed(name, true);
-        self.metrics.token_refresh_refused(taken.client.portal());
+        self.metrics.token_refresh_refused(name);
         let reason = format!(
             "the authorization server refused to refresh the tokens ({code}); install the application again"
         );

@@ -1,23 +1,37 @@
-//! The SQLite implementation of [`Store`]: WAL, `synchronous=FULL`, every
-//! multi-statement change in an immediate transaction.
+//! The SQLite backend: one file in WAL mode with `synchronous=FULL`.
+//!
+//! - **Group commit.** One writer thread owns the write connection. Writes
+//!   queue up while it commits, and it takes everything queued as one
+//!   transaction (each write in its own savepoint, so one failing write
+//!   does not undo the others): one fsync for many intake requests, and no
+//!   caller is answered before the commit that holds its write is durable.
+//! - **Reads** use a small pool of read-only connections on blocking
+//!   threads; WAL lets them run beside the writer.
+//! - **Checkpoints** keep the WAL small, so that it cannot fill a small
+//!   volume: automatic ones every [`CHECKPOINT_PAGES`] pages, a truncating
+//!   one whenever the writer is idle, and one after a "disk full".
+//! - **Health at open.** A missing, empty, damaged, read-only or foreign
+//!   store is refused with what to do; a new store is created whole (in a
+//!   temporary file, renamed into place), so a crash never leaves an empty
+//!   file behind that could pass for one.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags};
 
-use super::{Attempt, Enqueued, Job, JobState, Link, LinkKey, QueueStats, StoreError, now_ms};
+use super::StoreError;
 
-/// The SQLite store: one file, one process serving jobs. Its methods
-/// block; [`super::Store`] runs them off the async threads.
-pub(super) struct SqliteStore {
-    connection: Mutex<Connection>,
-}
-
-fn ms(duration: Duration) -> i64 {
-    duration.as_millis().min(i64::MAX as u128) as i64
-}
+/// WAL pages after which a commit runs a (passive) checkpoint: 512 KiB.
+pub(super) const CHECKPOINT_PAGES: u32 = 128;
+/// Writes taken into one transaction at most.
+const MAX_BATCH: usize = 512;
+/// Idle time after which the writer truncates the WAL.
+const IDLE: Duration = Duration::from_secs(1);
+/// The schema version this build writes (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
@@ -27,6 +41,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     trigger TEXT NOT NULL,
     state TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
+    interruptions INTEGER NOT NULL DEFAULT 0,
     coalesced INTEGER NOT NULL DEFAULT 0,
     next_run_at INTEGER NOT NULL,
     lease_until INTEGER,
@@ -66,7 +81,8 @@ CREATE TABLE IF NOT EXISTS app_installs (
     access_token TEXT NOT NULL,
     refresh_token TEXT NOT NULL,
     reinstall_reason TEXT,
-    updated_at INTEGER NOT NULL
+    updated_at INTEGER NOT NULL,
+    server_endpoint TEXT
 );
 CREATE TABLE IF NOT EXISTS rule_calls (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -90,502 +106,538 @@ CREATE TABLE IF NOT EXISTS attempts (
     message TEXT NOT NULL,
     PRIMARY KEY (job_id, number)
 );
+CREATE TABLE IF NOT EXISTS party_claims (
+    kind TEXT NOT NULL,
+    source_portal TEXT NOT NULL,
+    source_id INTEGER NOT NULL,
+    target_portal TEXT NOT NULL,
+    holder TEXT NOT NULL,
+    until INTEGER NOT NULL,
+    PRIMARY KEY (kind, source_portal, source_id, target_portal)
+);
+CREATE TABLE IF NOT EXISTS expected_echoes (
+    portal TEXT NOT NULL,
+    deal_id INTEGER NOT NULL,
+    expected INTEGER NOT NULL,
+    until INTEGER NOT NULL,
+    PRIMARY KEY (portal, deal_id)
+);
 ";
 
-const JOB_COLUMNS: &str = "id, portal, deal_id, trigger, state, attempts, coalesced, created_at, updated_at, message, target_deal_id";
+/// Tells a write's caller how it ended, given the commit's error if any.
+type Deliver = Box<dyn FnOnce(Option<&rusqlite::Error>) + Send>;
 
-fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
-    let state: String = row.get(4)?;
-    Ok(Job {
-        id: row.get(0)?,
-        portal: row.get(1)?,
-        deal_id: row.get(2)?,
-        trigger: row.get(3)?,
-        state: JobState::parse(&state).unwrap_or(JobState::Failed),
-        attempts: row.get(5)?,
-        coalesced: row.get(6)?,
-        created_at_ms: row.get(7)?,
-        updated_at_ms: row.get(8)?,
-        message: row.get(9)?,
-        target_deal_id: row.get(10)?,
-    })
+/// What a write did, to be told to its caller once the commit is known.
+struct Done {
+    failed: bool,
+    deliver: Deliver,
 }
 
-/// Queues `deal_id` inside `tx`, merging into a pending job for the deal.
-pub(super) fn enqueue_in(
-    tx: &rusqlite::Transaction<'_>,
-    portal: &str,
-    deal_id: i64,
-    trigger: &str,
-) -> Result<Enqueued, StoreError> {
-    let now = now_ms();
-    let merged: Option<i64> = tx
-        .query_row(
-            "UPDATE jobs SET coalesced = coalesced + 1, updated_at = ?3
-             WHERE portal = ?1 AND deal_id = ?2 AND state = 'pending' RETURNING id",
-            params![portal, deal_id, now],
-            |row| row.get(0),
-        )
-        .optional()?;
-    Ok(match merged {
-        Some(job_id) => Enqueued {
-            job_id,
-            coalesced: true,
-        },
-        None => {
-            tx.execute(
-                "INSERT INTO jobs (portal, deal_id, trigger, state, next_run_at, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, 'pending', ?4, ?4, ?4)",
-                params![portal, deal_id, trigger, now],
-            )?;
-            Enqueued {
-                job_id: tx.last_insert_rowid(),
-                coalesced: false,
+/// A queued write: run on the writer's connection, or told why the
+/// transaction could not begin.
+type Op = Box<dyn FnOnce(Result<&Connection, &rusqlite::Error>) -> Done + Send>;
+
+/// The SQLite store. Its methods hand work to the writer thread or to a
+/// blocking thread; [`super::Store`] is the only caller.
+pub(super) struct SqliteStore {
+    path: PathBuf,
+    /// `None` once closed.
+    writer: Mutex<Option<Sender<Op>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    readers: Mutex<Vec<Connection>>,
+    /// Schema versions applied by this open (a new store counts them all).
+    pub(super) migrated: usize,
+}
+
+fn sqlite_error(path: &Path, error: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode;
+    match &error {
+        rusqlite::Error::SqliteFailure(e, message)
+            if matches!(e.code, ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) =>
+        {
+            StoreError::Damaged {
+                path: path.display().to_string(),
+                details: message.clone().unwrap_or_else(|| e.to_string()),
             }
         }
+        rusqlite::Error::SqliteFailure(e, _) if e.code == ErrorCode::ReadOnly => {
+            StoreError::ReadOnly {
+                path: path.display().to_string(),
+                why: "SQLite cannot write to it".into(),
+            }
+        }
+        _ => StoreError::Sqlite(error),
+    }
+}
+
+/// `None` if the current user may write `path`, else why not.
+fn not_writable(path: &Path) -> Option<String> {
+    use rustix::io::Errno;
+    let errno = match rustix::fs::access(path, rustix::fs::Access::WRITE_OK) {
+        Ok(()) => return None,
+        Err(errno) => errno,
+    };
+    Some(if errno == Errno::ROFS {
+        "it is on a read-only file system".into()
+    } else if errno == Errno::ACCESS || errno == Errno::PERM {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map(|m| format!("{:o}", m.permissions().mode() & 0o777))
+            .unwrap_or_else(|_| "?".into());
+        format!("no write permission for the user running the relay (mode {mode})")
+    } else {
+        format!("not writable: {}", std::io::Error::from(errno))
     })
 }
 
-/// Rule runs waiting on running jobs that a pending job for the same deal
-/// supersedes now wait on that pending job (`stale_before`: only jobs whose
-/// lease lapsed before it).
-fn move_rule_calls_of_superseded(
-    tx: &rusqlite::Transaction<'_>,
-    stale_before: Option<i64>,
-) -> Result<(), StoreError> {
-    tx.execute(
-        "UPDATE rule_calls SET job_id = (
-            SELECT p.id FROM jobs p JOIN jobs j ON p.portal = j.portal AND p.deal_id = j.deal_id
-            WHERE j.id = rule_calls.job_id AND p.state = 'pending')
-         WHERE answered_at IS NULL AND job_id IN (
-            SELECT j.id FROM jobs j WHERE j.state = 'running'
-              AND (?1 IS NULL OR j.lease_until < ?1)
-              AND EXISTS (SELECT 1 FROM jobs p WHERE p.portal = j.portal
-                          AND p.deal_id = j.deal_id AND p.state = 'pending'))",
-        params![stale_before],
-    )?;
-    Ok(())
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
 }
 
-/// The store holds OAuth tokens and application tokens: create it readable
-/// by its owner only, and take group and other access away from an existing
-/// file. SQLite gives its -wal and -shm files the database file's mode.
+/// The store holds OAuth tokens and application tokens: readable by its
+/// owner only. SQLite gives its -wal and -shm files the database file's mode.
 fn restrict_to_owner(path: &Path) -> Result<(), StoreError> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    use std::os::unix::fs::PermissionsExt;
     let permissions = |source| StoreError::Permissions {
         path: path.display().to_string(),
         source,
     };
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(permissions)?;
-    let mode = file.metadata().map_err(permissions)?.permissions().mode();
+    let mode = std::fs::metadata(path)
+        .map_err(permissions)?
+        .permissions()
+        .mode();
     if mode & 0o077 != 0 {
-        file.set_permissions(std::fs::Permissions::from_mode(mode & 0o700))
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o700))
             .map_err(permissions)?;
     }
     Ok(())
 }
 
-impl SqliteStore {
-    pub(super) fn open(path: &Path) -> Result<Self, StoreError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| StoreError::Directory {
-                path: dir.display().to_string(),
-                source,
-            })?;
-        }
-        restrict_to_owner(path)?;
-        let connection = Connection::open(path)?;
-        connection.busy_timeout(Duration::from_secs(10))?;
-        connection.pragma_update(None, "journal_mode", "WAL")?;
-        connection.pragma_update(None, "synchronous", "FULL")?;
-        connection.execute_batch(SCHEMA)?;
-        connection.execute_batch(super::sqlite_claims::SCHEMA)?;
-        super::sqlite_claims::migrate(&connection)?;
-        Ok(Self {
-            connection: Mutex::new(connection),
-        })
-    }
+fn configure(connection: &Connection) -> rusqlite::Result<()> {
+    connection.busy_timeout(Duration::from_secs(10))?;
+    connection.pragma_update(None, "synchronous", "FULL")?;
+    connection.pragma_update(None, "wal_autocheckpoint", CHECKPOINT_PAGES)?;
+    connection.pragma_update(None, "journal_size_limit", 1024 * 1024)?;
+    Ok(())
+}
 
-    pub(super) fn with<T>(
-        &self,
-        work: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let mut connection = self.connection.lock().unwrap_or_else(|e| e.into_inner());
-        work(&mut connection)
+/// Creates a new store whole: schema written in a temporary file, flushed,
+/// then renamed into place (and the directory flushed).
+fn create(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let temporary = with_suffix(path, ".creating");
+    let io = |source| StoreError::Permissions {
+        path: temporary.display().to_string(),
+        source,
+    };
+    let _ = std::fs::remove_file(&temporary);
+    drop(
+        std::fs::OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .mode(0o600)
+            .open(&temporary)
+            .map_err(io)?,
+    );
+    {
+        let connection = Connection::open(&temporary)?;
+        let mode: String =
+            connection.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Commit(format!(
+                "the file system of {} does not support WAL (journal_mode is {mode})",
+                path.display()
+            )));
+        }
+        connection.execute_batch(SCHEMA)?;
+        connection.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     }
+    std::fs::File::open(&temporary)
+        .and_then(|f| f.sync_all())
+        .map_err(io)?;
+    std::fs::rename(&temporary, path).map_err(io)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    }
+    Ok(())
+}
+
+/// Brings an existing store to [`SCHEMA_VERSION`]; returns how many
+/// versions it moved.
+fn migrate(connection: &mut Connection, path: &Path) -> Result<usize, StoreError> {
+    let version: i64 = connection.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let tables: i64 = connection.query_row(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'jobs'",
+        [],
+        |r| r.get(0),
+    )?;
+    if tables == 0 {
+        return Err(StoreError::Damaged {
+            path: path.display().to_string(),
+            details: "it is an SQLite database without the relay's tables: not a relay store"
+                .into(),
+        });
+    }
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Commit(format!(
+            "{} was written by a newer b24-relay (schema {version}; this one knows {SCHEMA_VERSION}): upgrade this b24-relay",
+            path.display()
+        )));
+    }
+    if version == SCHEMA_VERSION {
+        return Ok(0);
+    }
+    let tx = connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    // 0 → 1: interruptions counted apart from attempts.
+    let has_column: i64 = tx.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = 'interruptions'",
+        [],
+        |r| r.get(0),
+    )?;
+    if has_column == 0 {
+        tx.execute_batch("ALTER TABLE jobs ADD COLUMN interruptions INTEGER NOT NULL DEFAULT 0;")?;
+    }
+    // 1 → 2: the authorization server an application was installed with;
+    // party claims and expected echoes (new tables, made by SCHEMA).
+    let has_column: i64 = tx.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info('app_installs') WHERE name = 'server_endpoint'",
+        [],
+        |r| r.get(0),
+    )?;
+    let has_table: i64 = tx.query_row(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'app_installs'",
+        [],
+        |r| r.get(0),
+    )?;
+    if has_table == 1 && has_column == 0 {
+        tx.execute_batch("ALTER TABLE app_installs ADD COLUMN server_endpoint TEXT;")?;
+    }
+    tx.execute_batch(SCHEMA)?;
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()?;
+    tracing::info!(path = %path.display(), from = version, to = SCHEMA_VERSION, "store schema migrated");
+    Ok((SCHEMA_VERSION - version) as usize)
+}
+
+/// `PRAGMA quick_check`: `Err` with the first problems it reports.
+fn quick_check(connection: &Connection, path: &Path) -> Result<(), StoreError> {
+    let mut statement = connection.prepare("PRAGMA quick_check(5)")?;
+    let found: Vec<String> = statement
+        .query_map([], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    if found.len() == 1 && found[0] == "ok" {
+        return Ok(());
+    }
+    Err(StoreError::Damaged {
+        path: path.display().to_string(),
+        details: format!("integrity check: {}", found.join("; ")),
+    })
 }
 
 impl SqliteStore {
-    pub(super) fn enqueue(
-        &self,
-        portal: &str,
-        deal_id: i64,
-        trigger: &str,
-    ) -> Result<Enqueued, StoreError> {
-        self.with(|c| {
-            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let enqueued = enqueue_in(&tx, portal, deal_id, trigger)?;
-            tx.commit()?;
-            Ok(enqueued)
-        })
-    }
-
-    pub(super) fn claim(&self, lease: Duration) -> Result<Option<Job>, StoreError> {
-        self.with(|c| {
-            let now = now_ms();
-            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            // A lapsed lease means the worker died: its job is due again.
-            tx.execute(
-                "UPDATE jobs SET state = 'pending', lease_until = NULL
-                 WHERE state = 'running' AND lease_until < ?1
-                   AND NOT EXISTS (SELECT 1 FROM jobs p WHERE p.portal = jobs.portal
-                                   AND p.deal_id = jobs.deal_id AND p.state = 'pending')",
-                params![now],
-            )?;
-            move_rule_calls_of_superseded(&tx, Some(now))?;
-            tx.execute(
-                "UPDATE jobs SET state = 'done', message = 'superseded by a newer request', lease_until = NULL
-                 WHERE state = 'running' AND lease_until < ?1",
-                params![now],
-            )?;
-            let claimed = tx
-                .query_row(
-                    &format!(
-                        "UPDATE jobs SET state = 'running', attempts = attempts + 1,
-                                lease_until = ?2, updated_at = ?1
-                         WHERE id = (
-                            SELECT j.id FROM jobs j
-                            WHERE j.state = 'pending' AND j.next_run_at <= ?1
-                              AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.portal = j.portal
-                                              AND r.deal_id = j.deal_id AND r.state = 'running')
-                            ORDER BY j.next_run_at, j.id LIMIT 1)
-                         RETURNING {JOB_COLUMNS}"
-                    ),
-                    params![now, now + ms(lease)],
-                    job_from_row,
-                )
-                .optional()?;
-            tx.commit()?;
-            Ok(claimed)
-        })
-    }
-
-    pub(super) fn heartbeat(&self, job_id: i64, lease: Duration) -> Result<(), StoreError> {
-        self.with(|c| {
-            c.execute(
-                "UPDATE jobs SET lease_until = ?2 WHERE id = ?1 AND state = 'running'",
-                params![job_id, now_ms() + ms(lease)],
-            )?;
-            Ok(())
-        })
-    }
-
-    pub(super) fn finish(
-        &self,
-        job_id: i64,
-        state: JobState,
-        message: &str,
-        target_deal_id: Option<i64>,
-    ) -> Result<(), StoreError> {
-        self.with(|c| {
-            c.execute(
-                "UPDATE jobs SET state = ?2, message = ?3, target_deal_id = COALESCE(?4, target_deal_id),
-                        lease_until = NULL, updated_at = ?5 WHERE id = ?1",
-                params![job_id, state.as_str(), message, target_deal_id, now_ms()],
-            )?;
-            Ok(())
-        })
-    }
-
-    pub(super) fn retry_later(
-        &self,
-        job_id: i64,
-        delay: Duration,
-        message: &str,
-    ) -> Result<(), StoreError> {
-        self.with(|c| {
-            let now = now_ms();
-            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            // A newer request may already wait for this deal: merge into it.
-            let waiting: Option<i64> = tx
-                .query_row(
-                    "SELECT p.id FROM jobs p JOIN jobs j ON p.portal = j.portal AND p.deal_id = j.deal_id
-                     WHERE j.id = ?1 AND p.state = 'pending'",
-                    params![job_id],
-                    |row| row.get(0),
-                )
-                .optional()?;
-            match waiting {
-                Some(other) => {
-                    tx.execute(
-                        "UPDATE rule_calls SET job_id = ?2 WHERE job_id = ?1 AND answered_at IS NULL",
-                        params![job_id, other],
-                    )?;
-                    tx.execute(
-                        "UPDATE jobs SET next_run_at = MAX(next_run_at, ?2) WHERE id = ?1",
-                        params![other, now + ms(delay)],
-                    )?;
-                    tx.execute(
-                        "UPDATE jobs SET state = 'done', message = ?2, lease_until = NULL, updated_at = ?3 WHERE id = ?1",
-                        params![job_id, format!("merged into job {other} after: {message}"), now],
-                    )?;
+    /// Opens the store at `path`, creating it when there is no trace of one.
+    pub(super) fn open(path: &Path, group_commit: bool) -> Result<Self, StoreError> {
+        let shown = path.display().to_string();
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Directory {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let mut created = false;
+        match std::fs::metadata(path) {
+            Ok(meta) if meta.len() == 0 => return Err(StoreError::Empty { path: shown }),
+            Ok(_) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                for suffix in ["-wal", "-shm"] {
+                    let trace = with_suffix(path, suffix);
+                    if trace.exists() {
+                        return Err(StoreError::Lost {
+                            path: shown,
+                            trace: trace.display().to_string(),
+                        });
+                    }
                 }
-                None => {
-                    tx.execute(
-                        "UPDATE jobs SET state = 'pending', next_run_at = ?2, message = ?3,
-                                lease_until = NULL, updated_at = ?4 WHERE id = ?1",
-                        params![job_id, now + ms(delay), message, now],
-                    )?;
+                if let Some(why) = not_writable(dir) {
+                    return Err(StoreError::ReadOnly {
+                        path: dir.display().to_string(),
+                        why: format!("the directory of the store: {why}"),
+                    });
                 }
+                create(path)?;
+                created = true;
+                tracing::info!(path = %shown, "created a new store");
             }
-            tx.commit()?;
-            Ok(())
-        })
-    }
-
-    pub(super) fn release_running(&self) -> Result<u64, StoreError> {
-        self.with(|c| {
-            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            move_rule_calls_of_superseded(&tx, None)?;
-            tx.execute(
-                "UPDATE jobs SET state = 'done', message = 'superseded by a newer request', lease_until = NULL
-                 WHERE state = 'running' AND EXISTS (SELECT 1 FROM jobs p WHERE p.portal = jobs.portal
-                       AND p.deal_id = jobs.deal_id AND p.state = 'pending')",
-                [],
-            )?;
-            let released = tx.execute(
-                "UPDATE jobs SET state = 'pending', lease_until = NULL WHERE state = 'running'",
-                [],
-            )?;
-            tx.commit()?;
-            Ok(released as u64)
-        })
-    }
-
-    pub(super) fn job(&self, id: i64) -> Result<Option<Job>, StoreError> {
-        self.with(|c| {
-            Ok(c.query_row(
-                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
-                params![id],
-                job_from_row,
-            )
-            .optional()?)
-        })
-    }
-
-    pub(super) fn jobs(&self, state: Option<JobState>, limit: u32) -> Result<Vec<Job>, StoreError> {
-        self.with(|c| {
-            let mut statement = c.prepare(&format!(
-                "SELECT {JOB_COLUMNS} FROM jobs WHERE (?1 IS NULL OR state = ?1) ORDER BY id DESC LIMIT ?2"
-            ))?;
-            let rows = statement.query_map(params![state.map(JobState::as_str), limit], job_from_row)?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-    }
-
-    pub(super) fn replay(&self, id: i64) -> Result<(), StoreError> {
-        let job = self.job(id)?.ok_or(StoreError::NoSuchJob(id))?;
-        if matches!(job.state, JobState::Pending | JobState::Running) {
-            return Err(StoreError::NotReplayable {
-                id,
-                state: job.state.as_str().into(),
+            Err(source) => {
+                return Err(StoreError::Permissions {
+                    path: shown,
+                    source,
+                });
+            }
+        }
+        if let Some(why) = not_writable(path) {
+            return Err(StoreError::ReadOnly { path: shown, why });
+        }
+        if let Some(why) = not_writable(dir) {
+            return Err(StoreError::ReadOnly {
+                path: shown,
+                why: format!("its directory {}: {why}", dir.display()),
             });
         }
-        self.enqueue(&job.portal, job.deal_id, "replay")?;
-        Ok(())
+        restrict_to_owner(path)?;
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let mut connection =
+            Connection::open_with_flags(path, flags).map_err(|e| sqlite_error(path, e))?;
+        let prepared = (|| -> rusqlite::Result<String> {
+            configure(&connection)?;
+            connection.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+        })();
+        let mode = prepared.map_err(|e| sqlite_error(path, e))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Commit(format!(
+                "cannot switch {shown} to WAL (journal_mode is {mode})"
+            )));
+        }
+        if connection.is_readonly(rusqlite::MAIN_DB)? {
+            return Err(StoreError::ReadOnly {
+                path: shown,
+                why: "SQLite opened it read-only".into(),
+            });
+        }
+        quick_check(&connection, path).map_err(|e| match e {
+            StoreError::Sqlite(e) => sqlite_error(path, e),
+            other => other,
+        })?;
+        let migrated = migrate(&mut connection, path).map_err(|e| match e {
+            StoreError::Sqlite(e) => sqlite_error(path, e),
+            other => other,
+        })?;
+        let migrated = if created {
+            SCHEMA_VERSION as usize
+        } else {
+            migrated
+        };
+        // What a previous process left in the WAL goes into the database now.
+        if let Err(error) = checkpoint(&connection, true) {
+            tracing::warn!(path = %shown, %error, "cannot checkpoint the WAL at start");
+        }
+        let (writer, queue) = std::sync::mpsc::channel::<Op>();
+        let thread_path = path.to_owned();
+        let thread = std::thread::Builder::new()
+            .name("b24-relay-store".into())
+            .spawn(move || {
+                let max_batch = if group_commit { MAX_BATCH } else { 1 };
+                write_loop(connection, queue, &thread_path, max_batch)
+            })
+            .map_err(|e| StoreError::Commit(format!("cannot start the store's writer: {e}")))?;
+        Ok(Self {
+            path: path.to_owned(),
+            writer: Mutex::new(Some(writer)),
+            thread: Mutex::new(Some(thread)),
+            readers: Mutex::new(Vec::new()),
+            migrated,
+        })
     }
 
-    pub(super) fn replay_failed(&self) -> Result<u64, StoreError> {
-        let failed = self.jobs(Some(JobState::Failed), u32::MAX)?;
-        let mut seen = std::collections::HashSet::new();
-        for job in &failed {
-            if seen.insert((job.portal.clone(), job.deal_id)) {
-                self.enqueue(&job.portal, job.deal_id, "replay")?;
+    /// Runs `work` in the writer's next transaction; answers once it is
+    /// committed (or failed).
+    pub(super) async fn write<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let op: Op = Box::new(move |connection| {
+            let result = match connection {
+                Ok(connection) => work(connection),
+                Err(error) => Err(StoreError::Commit(error.to_string())),
+            };
+            Done {
+                failed: result.is_err(),
+                deliver: Box::new(move |commit_error| {
+                    let outcome = match (result, commit_error) {
+                        (Err(error), _) => Err(error),
+                        (Ok(value), None) => Ok(value),
+                        (Ok(_), Some(error)) => Err(StoreError::Commit(error.to_string())),
+                    };
+                    let _ = answer.send(outcome);
+                }),
+            }
+        });
+        self.writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .ok_or(StoreError::WriterStopped)?
+            .send(op)
+            .map_err(|_| StoreError::WriterStopped)?;
+        answered.await.map_err(|_| StoreError::WriterStopped)?
+    }
+
+    /// Runs `work` on a read-only connection, on a blocking thread.
+    pub(super) async fn read<T: Send + 'static>(
+        self: &std::sync::Arc<Self>,
+        work: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = std::sync::Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let connection = store.take_reader()?;
+            let result = work(&connection);
+            store.give_back(connection);
+            result
+        })
+        .await
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic.into_panic()))
+    }
+
+    /// Lets the writer finish what is queued, checkpoint the WAL and stop;
+    /// later writes fail with [`StoreError::WriterStopped`].
+    pub(super) async fn close(&self) {
+        drop(self.writer.lock().unwrap_or_else(|e| e.into_inner()).take());
+        self.readers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+
+    fn take_reader(&self) -> Result<Connection, StoreError> {
+        if let Some(connection) = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+            return Ok(connection);
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let connection = Connection::open_with_flags(&self.path, flags)
+            .map_err(|e| sqlite_error(&self.path, e))?;
+        connection.busy_timeout(Duration::from_secs(10))?;
+        Ok(connection)
+    }
+
+    fn give_back(&self, connection: Connection) {
+        let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+        if readers.len() < 4 {
+            readers.push(connection);
+        }
+    }
+}
+
+/// `wal_checkpoint(TRUNCATE)` (or `PASSIVE`); `Ok(true)` when the whole WAL
+/// went into the database.
+fn checkpoint(connection: &Connection, truncate: bool) -> rusqlite::Result<bool> {
+    let sql = if truncate {
+        "PRAGMA wal_checkpoint(TRUNCATE)"
+    } else {
+        "PRAGMA wal_checkpoint(PASSIVE)"
+    };
+    connection.query_row(sql, [], |row| {
+        let busy: i64 = row.get(0)?;
+        let log: i64 = row.get(1)?;
+        let done: i64 = row.get(2)?;
+        Ok(busy == 0 && log == done)
+    })
+}
+
+fn write_loop(connection: Connection, queue: Receiver<Op>, path: &Path, max_batch: usize) {
+    let mut wal_dirty = false;
+    loop {
+        let first = match queue.recv_timeout(IDLE) {
+            Ok(op) => op,
+            Err(RecvTimeoutError::Timeout) => {
+                if wal_dirty {
+                    // Idle: the WAL goes into the database and is cut to
+                    // nothing, freeing its space on the volume.
+                    wal_dirty = !checkpoint(&connection, true).unwrap_or(false);
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let mut batch = vec![first];
+        while batch.len() < max_batch {
+            match queue.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
             }
         }
-        self.with(|c| {
-            c.execute(
-                "UPDATE jobs SET state = 'done', message = 'replayed: ' || COALESCE(message, ''), updated_at = ?1
-                 WHERE state = 'failed'",
-                params![now_ms()],
-            )?;
-            Ok(())
-        })?;
-        Ok(seen.len() as u64)
-    }
-
-    pub(super) fn link(&self, key: &LinkKey<'_>) -> Result<Option<Link>, StoreError> {
-        self.with(|c| {
-            Ok(c.query_row(
-                "SELECT target_id, synced_hash FROM links
-                 WHERE kind = ?1 AND source_portal = ?2 AND source_id = ?3 AND target_portal = ?4",
-                params![
-                    key.kind.as_str(),
-                    key.source_portal,
-                    key.source_id,
-                    key.target_portal
-                ],
-                |row| {
-                    Ok(Link {
-                        target_id: row.get(0)?,
-                        synced_hash: row.get(1)?,
-                    })
-                },
-            )
-            .optional()?)
-        })
-    }
-
-    pub(super) fn mark_creating(&self, key: &LinkKey<'_>) -> Result<(), StoreError> {
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO links (kind, source_portal, source_id, target_portal, target_id, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, NULL, ?5)
-                 ON CONFLICT DO NOTHING",
-                params![
-                    key.kind.as_str(),
-                    key.source_portal,
-                    key.source_id,
-                    key.target_portal,
-                    now_ms()
-                ],
-            )?;
-            Ok(())
-        })
-    }
-
-    pub(super) fn set_link(
-        &self,
-        key: &LinkKey<'_>,
-        target_id: i64,
-        synced_hash: Option<&str>,
-    ) -> Result<(), StoreError> {
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO links (kind, source_portal, source_id, target_portal, target_id, synced_hash, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                 ON CONFLICT DO UPDATE SET target_id = excluded.target_id,
-                    synced_hash = excluded.synced_hash, updated_at = excluded.updated_at",
-                params![
-                    key.kind.as_str(),
-                    key.source_portal,
-                    key.source_id,
-                    key.target_portal,
-                    target_id,
-                    synced_hash,
-                    now_ms()
-                ],
-            )?;
-            Ok(())
-        })
-    }
-
-    pub(super) fn copied_files(
-        &self,
-        key: &LinkKey<'_>,
-        field: &str,
-    ) -> Result<Vec<i64>, StoreError> {
-        self.with(|c| {
-            let mut statement = c.prepare(
-                "SELECT file_id FROM copied_files WHERE source_portal = ?1 AND deal_id = ?2
-                 AND target_portal = ?3 AND field = ?4 ORDER BY file_id",
-            )?;
-            let rows = statement.query_map(
-                params![key.source_portal, key.source_id, key.target_portal, field],
-                |row| row.get(0),
-            )?;
-            Ok(rows.collect::<Result<Vec<i64>, _>>()?)
-        })
-    }
-
-    pub(super) fn add_copied_files(
-        &self,
-        key: &LinkKey<'_>,
-        field: &str,
-        file_ids: &[i64],
-    ) -> Result<(), StoreError> {
-        self.with(|c| {
-            let tx = c.transaction()?;
-            for file_id in file_ids {
-                tx.execute(
-                    "INSERT OR IGNORE INTO copied_files (source_portal, deal_id, target_portal, field, file_id)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![key.source_portal, key.source_id, key.target_portal, field, file_id],
-                )?;
+        let full = commit_batch(&connection, batch);
+        wal_dirty = true;
+        if full {
+            tracing::error!(path = %path.display(), "the store's volume is full; intake answers 503 until space is freed");
+            if let Ok(true) = checkpoint(&connection, true) {
+                wal_dirty = false;
             }
-            tx.commit()?;
-            Ok(())
-        })
+        }
     }
+    let _ = checkpoint(&connection, true);
+}
 
-    pub(super) fn stats(&self) -> Result<QueueStats, StoreError> {
-        self.with(|c| {
-            let mut statement = c.prepare("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
-            let counted: Vec<(String, u64)> = statement
-                .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
-                .collect::<Result<_, _>>()?;
-            let by_state = JobState::ALL
-                .into_iter()
-                .map(|state| {
-                    let count = counted
-                        .iter()
-                        .find(|(name, _)| name == state.as_str())
-                        .map_or(0, |(_, n)| *n);
-                    (state, count)
-                })
-                .collect();
-            let oldest: Option<i64> = c.query_row(
-                "SELECT MIN(created_at) FROM jobs WHERE state IN ('pending', 'running')",
-                [],
-                |row| row.get(0),
-            )?;
-            Ok(QueueStats {
-                by_state,
-                oldest_pending_age: oldest
-                    .map(|at| Duration::from_millis((now_ms() - at).max(0) as u64)),
-            })
-        })
+/// One transaction for the whole batch, each write in a savepoint. Returns
+/// whether the disk was full.
+fn commit_batch(connection: &Connection, batch: Vec<Op>) -> bool {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    if let Err(error) = connection.execute_batch("BEGIN IMMEDIATE") {
+        for op in batch {
+            (op(Err(&error)).deliver)(None);
+        }
+        if is_full(&error) {
+            return true;
+        }
+        tracing::error!(%error, "cannot begin a store transaction");
+        return false;
     }
+    let alone = batch.len() == 1;
+    let mut dones = Vec::with_capacity(batch.len());
+    for op in batch {
+        if !alone && connection.execute_batch("SAVEPOINT write").is_err() {
+            continue;
+        }
+        match catch_unwind(AssertUnwindSafe(|| op(Ok(connection)))) {
+            Ok(done) => {
+                if !alone {
+                    let end = if done.failed {
+                        "ROLLBACK TO write; RELEASE write"
+                    } else {
+                        "RELEASE write"
+                    };
+                    let _ = connection.execute_batch(end);
+                }
+                dones.push(done);
+            }
+            Err(_) => {
+                tracing::error!("a store write panicked; it is rolled back");
+                if !alone {
+                    let _ = connection.execute_batch("ROLLBACK TO write; RELEASE write");
+                }
+            }
+        }
+    }
+    let committed = if alone && dones.first().is_some_and(|d| d.failed) {
+        connection.execute_batch("ROLLBACK")
+    } else {
+        connection.execute_batch("COMMIT")
+    };
+    match committed {
+        Ok(()) => {
+            for done in dones {
+                (done.deliver)(None);
+            }
+            false
+        }
+        Err(error) => {
+            let _ = connection.execute_batch("ROLLBACK");
+            for done in dones {
+                (done.deliver)(Some(&error));
+            }
+            is_full(&error)
+        }
+    }
+}
 
-    pub(super) fn record_attempt(&self, job_id: i64, attempt: &Attempt) -> Result<(), StoreError> {
-        self.with(|c| {
-            c.execute(
-                "INSERT OR REPLACE INTO attempts (job_id, number, started_at, finished_at, outcome, message)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    job_id,
-                    attempt.number,
-                    attempt.started_at_ms,
-                    attempt.finished_at_ms,
-                    attempt.outcome,
-                    attempt.message
-                ],
-            )?;
-            Ok(())
-        })
-    }
-
-    pub(super) fn attempts(&self, job_id: i64) -> Result<Vec<Attempt>, StoreError> {
-        self.with(|c| {
-            let mut statement = c.prepare(
-                "SELECT number, started_at, finished_at, outcome, message FROM attempts
-                 WHERE job_id = ?1 ORDER BY number",
-            )?;
-            let rows = statement.query_map(params![job_id], |row| {
-                Ok(Attempt {
-                    number: row.get(0)?,
-                    started_at_ms: row.get(1)?,
-                    finished_at_ms: row.get(2)?,
-                    outcome: row.get(3)?,
-                    message: row.get(4)?,
-                })
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-    }
+fn is_full(error: &rusqlite::Error) -> bool {
+    matches!(error, rusqlite::Error::SqliteFailure(e, _) if e.code == rusqlite::ErrorCode::DiskFull)
 }

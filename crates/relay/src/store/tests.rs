@@ -1,8 +1,12 @@
 use super::*;
 
 async fn open() -> (tempfile::TempDir, Store) {
+    open_with(StoreOptions::default()).await
+}
+
+async fn open_with(options: StoreOptions) -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_sqlite(&dir.path().join("sub/relay.db"))
+    let store = Store::open_sqlite_with(&dir.path().join("sub/relay.db"), options)
         .await
         .unwrap();
     (dir, store)
@@ -50,14 +54,83 @@ async fn a_deal_is_never_claimed_twice_at_once() {
 
 #[tokio::test]
 async fn a_lapsed_lease_or_a_restart_makes_the_job_due_again() {
-    let (_dir, store) = open().await;
+    let (_dir, store) = open_with(StoreOptions {
+        max_interruptions: 10,
+        interrupted_delay: Duration::ZERO,
+        ..StoreOptions::default()
+    })
+    .await;
     store.enqueue("partner", 1, "rule").await.unwrap();
     let claimed = store.claim(Duration::ZERO).await.unwrap().unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await;
     let again = store.claim(LEASE).await.unwrap().unwrap();
-    assert_eq!((again.id, again.attempts), (claimed.id, 2));
+    // The cut-short attempt is given back and counted apart.
+    assert_eq!(
+        (again.id, again.attempts, again.interruptions),
+        (claimed.id, 1, 1)
+    );
     assert_eq!(store.release_running().await.unwrap(), 1);
-    assert_eq!(store.claim(LEASE).await.unwrap().unwrap().attempts, 3);
+    let third = store.claim(LEASE).await.unwrap().unwrap();
+    assert_eq!((third.attempts, third.interruptions), (1, 2));
+}
+
+/// Restarts never use up a job's attempts ("gave up after 11 attempts (max
+/// 10)"), an interrupted job goes after the others, and one that the relay
+/// keeps stopping on fails after `max_interruptions` with what to do.
+#[tokio::test]
+async fn interruptions_are_counted_apart_and_limited() {
+    let (_dir, store) = open_with(StoreOptions {
+        max_interruptions: 3,
+        interrupted_delay: Duration::from_secs(3600),
+        ..StoreOptions::default()
+    })
+    .await;
+    let first = store.enqueue("partner", 1, "rule").await.unwrap().job_id;
+    let second = store.enqueue("partner", 2, "rule").await.unwrap().job_id;
+    let claimed = store.claim(LEASE).await.unwrap().unwrap();
+    assert_eq!(claimed.id, first);
+    store.release_running().await.unwrap();
+    // The interrupted job waits; the other one goes first.
+    assert_eq!(store.claim(LEASE).await.unwrap().unwrap().id, second);
+    assert!(store.claim(LEASE).await.unwrap().is_none());
+    let waiting = store.job(first).await.unwrap().unwrap();
+    assert_eq!(
+        (waiting.state, waiting.attempts, waiting.interruptions),
+        (JobState::Pending, 0, 1)
+    );
+
+    let (_dir, store) = open_with(StoreOptions {
+        max_interruptions: 3,
+        interrupted_delay: Duration::ZERO,
+        ..StoreOptions::default()
+    })
+    .await;
+    let id = store.enqueue("partner", 1, "rule").await.unwrap().job_id;
+    for _ in 0..3 {
+        let job = store.claim(LEASE).await.unwrap().unwrap();
+        assert_eq!(job.attempts, 1, "interruptions never count as attempts");
+        store.release_running().await.unwrap();
+    }
+    store.claim(LEASE).await.unwrap().unwrap();
+    store.release_running().await.unwrap();
+    let failed = store.job(id).await.unwrap().unwrap();
+    assert_eq!((failed.state, failed.interruptions), (JobState::Failed, 4));
+    let message = failed.message.unwrap();
+    assert!(message.contains("stopped 4 times"), "{message}");
+    assert!(message.contains(&format!("jobs replay {id}")), "{message}");
+    assert!(store.claim(LEASE).await.unwrap().is_none());
+}
+
+/// A graceful stop gives the job back as it was: due at once, nothing
+/// counted.
+#[tokio::test]
+async fn a_released_job_is_due_at_once_and_counts_nothing() {
+    let (_dir, store) = open().await;
+    let id = store.enqueue("partner", 1, "rule").await.unwrap().job_id;
+    store.claim(LEASE).await.unwrap().unwrap();
+    store.release(id).await.unwrap();
+    let job = store.claim(LEASE).await.unwrap().unwrap();
+    assert_eq!((job.id, job.attempts, job.interruptions), (id, 1, 0));
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod corpus;
+pub mod postgres;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -240,7 +241,7 @@ pub fn plain_deal(source: &Portal, title: &str, stage: &str) -> i64 {
 }
 
 pub fn client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    b24_testkit::install_crypto_provider();
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
