@@ -98,7 +98,7 @@ async fn check_fields_dry_run_transfer_and_jobs() {
         .unwrap()
         .replace(
             "title = \"title\"",
-            "title = \"title\", ufCrm_NOPE = \"ufCrm_GONE\"",
+            "title = \"title\"\nufCrm_NOPE = \"ufCrm_GONE\"",
         )
         .replace("stage = \"C3:NEW\"", "stage = \"C3:NOPE\"");
     let broken_path = dir.path().join("broken.toml");

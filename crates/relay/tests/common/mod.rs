@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use b24_emulator::{EntityType, EventHandler, HandlerSeed, Portal, Record, WebhookRule};
+use b24_testkit::config::{RelayPortal, RelayRoute, RelayToml, write};
 use serde_json::{Value, json};
 
 pub const SOURCE_SECRET: &str = "srcS3cr3tHook";
@@ -100,70 +101,76 @@ impl Default for Options {
     }
 }
 
-fn write(dir: &Path, name: &str, text: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path.display().to_string()
+/// A relay.toml between the two portals, secrets in files under `dir`, as
+/// a builder a test can still change.
+pub fn config(dir: &Path, source: &Portal, target: &Portal, options: &Options) -> RelayToml {
+    let (burst, drain) = options.rate;
+    let mut writeback = toml::Table::new();
+    writeback.insert("comment".into(), true.into());
+    if options.writeback_field {
+        writeback.insert("field".into(), "ufCrm_ESB_DEAL_ID".into());
+    }
+    let mut responsible = toml::Table::new();
+    responsible.insert("match".into(), "email".into());
+    responsible.insert("fallback".into(), 1.into());
+    let mut constants = toml::Table::new();
+    constants.insert("sourceId".into(), "PARTNER".into());
+    // `values.FIELD = { … }` as a test writes it.
+    let values: toml::Table = toml::from_str(options.values).expect("Options::values is TOML");
+    let mut route = RelayRoute::new("partner-to-esb", "partner", "esb")
+        .when(2, &["C2:PREPARATION"])
+        .target(3, Some("C3:NEW"), &[])
+        .fields(&[
+            ("title", "title"),
+            ("opportunity", "opportunity"),
+            ("currencyId", "currencyId"),
+            ("ufCrm_LEVEL", "ufCrm_TIER"),
+            ("ufCrm_DOCS", "ufCrm_FILES"),
+        ])
+        .set("constants", constants)
+        .set("products", true)
+        .set("contact", "match")
+        .set("company", "match")
+        .set("files", vec!["ufCrm_DOCS"])
+        .set("responsible", responsible)
+        .set("writeback", writeback);
+    if let Some(values) = values.get("values") {
+        route = route.set("values", values.clone());
+    }
+    RelayToml::new(&dir.join("relay.db"))
+        .unset("metrics_listen")
+        .listen(&options.listen)
+        .set("workers", options.workers as i64)
+        .set("retry_base_delay", "200ms")
+        .set("retry_max_delay", "2s")
+        .set("lease", options.lease)
+        .portal(
+            RelayPortal::new(
+                "partner",
+                &write(
+                    dir,
+                    "partner.webhook",
+                    &source.webhook_url(1, SOURCE_SECRET),
+                ),
+            )
+            .application_token(&write(dir, "partner.token", APP_TOKEN))
+            .rule_secret(&write(dir, "partner.rule", RULE_SECRET))
+            .domain("partner.test")
+            .rate(burst, drain),
+        )
+        .portal(
+            RelayPortal::new(
+                "esb",
+                &write(dir, "esb.webhook", &target.webhook_url(1, TARGET_SECRET)),
+            )
+            .rate(burst, drain),
+        )
+        .route(route)
 }
 
-/// A relay.toml between the two portals, secrets in files under `dir`.
+/// [`config`] rendered.
 pub fn config_text(dir: &Path, source: &Portal, target: &Portal, options: &Options) -> String {
-    let source_hook = write(
-        dir,
-        "partner.webhook",
-        &source.webhook_url(1, SOURCE_SECRET),
-    );
-    let target_hook = write(dir, "esb.webhook", &target.webhook_url(1, TARGET_SECRET));
-    let token = write(dir, "partner.token", APP_TOKEN);
-    let rule = write(dir, "partner.rule", RULE_SECRET);
-    let (burst, drain) = options.rate;
-    let field = if options.writeback_field {
-        r#", field = "ufCrm_ESB_DEAL_ID""#
-    } else {
-        ""
-    };
-    format!(
-        r#"
-listen = "{listen}"
-store = "sqlite://{db}"
-workers = {workers}
-retry_base_delay = "200ms"
-retry_max_delay = "2s"
-lease = "{lease}"
-
-[portal.partner]
-webhook = {{ file = "{source_hook}" }}
-application_token = {{ file = "{token}" }}
-rule_secret = {{ file = "{rule}" }}
-domain = "partner.test"
-rate = {{ burst = {burst}, per_second = {drain} }}
-
-[portal.esb]
-webhook = {{ file = "{target_hook}" }}
-rate = {{ burst = {burst}, per_second = {drain} }}
-
-[[route]]
-name = "partner-to-esb"
-from = "partner"
-to = "esb"
-when = {{ category = 2, stages = ["C2:PREPARATION"] }}
-target = {{ category = 3, stage = "C3:NEW" }}
-fields = {{ title = "title", opportunity = "opportunity", currencyId = "currencyId", ufCrm_LEVEL = "ufCrm_TIER", ufCrm_DOCS = "ufCrm_FILES" }}
-{values}
-constants = {{ sourceId = "PARTNER" }}
-products = true
-contact = "match"
-company = "match"
-files = ["ufCrm_DOCS"]
-responsible = {{ match = "email", fallback = 1 }}
-writeback = {{ comment = true{field} }}
-"#,
-        listen = options.listen,
-        db = dir.join("relay.db").display(),
-        workers = options.workers,
-        lease = options.lease,
-        values = options.values,
-    )
+    config(dir, source, target, options).render()
 }
 
 pub fn write_config(dir: &Path, source: &Portal, target: &Portal, options: &Options) -> PathBuf {
