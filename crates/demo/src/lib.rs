@@ -63,9 +63,10 @@ impl Demo {
     /// and from then on one line per request the queue-server stand-in
     /// relays.
     pub fn tell_how_to_try(&self, out: &mut dyn Write) -> Result<(), DemoError> {
-        story::show_try_it(&self.stack, out)?;
+        // Before the instructions: a request sent as soon as they appear
+        // is logged too.
         self.stack.queue.log_requests();
-        Ok(())
+        story::show_try_it(&self.stack, out)
     }
 
     /// Stops everything and removes the temporary directory.

@@ -106,7 +106,7 @@ async fn check_fields_dry_run_transfer_and_jobs() {
         .unwrap()
         .replace(
             "title = \"title\"",
-            "title = \"title\", ufCrm_NOPE = \"ufCrm_GONE\"",
+            "title = \"title\"\nufCrm_NOPE = \"ufCrm_GONE\"",
         )
         .replace("stage = \"C3:NEW\"", "stage = \"C3:NOPE\"");
     let broken_path = dir.path().join("broken.toml");
@@ -206,14 +206,20 @@ files = ["ufCrm_DOCS"]"#,
         route_extra: "",
         ..Options::fast()
     };
-    let mut text = config_text(dir.path(), &source, &target, &broken).replace(
-        "constants = { sourceId = \"PARTNER\" }",
-        "constants = { sourceId = \"PARTNER\", ufCrm_COLORS = 5 }",
-    );
     std::fs::write(&source_hook, source.webhook_url(2, "noImS3cret")).unwrap();
-    text = text.replace(
-        &format!("{}\"", dir.path().join("partner.webhook").display()),
-        &format!("{}\"", source_hook.display()),
+    let hook = source_hook.display().to_string();
+    let text = edited(
+        &config_text(dir.path(), &source, &target, &broken),
+        |table| {
+            first_route(table)["constants"]
+                .as_table_mut()
+                .unwrap()
+                .insert("ufCrm_COLORS".into(), 5.into());
+            table["portal"]["partner"]["webhook"]
+                .as_table_mut()
+                .unwrap()
+                .insert("file".into(), hook.into());
+        },
     );
     let config = dir.path().join("broken.toml");
     std::fs::write(&config, &text).unwrap();
@@ -248,10 +254,12 @@ files = ["ufCrm_DOCS"]"#,
         "the webhook's missing scope: {output}"
     );
     // Reserved target fields: refused by the configuration itself.
-    let reserved = text.replace(
-        "title = \"title\",",
-        "title = \"title\", ufCrm_NOTE = \"originId\",",
-    );
+    let reserved = edited(&text, |table| {
+        first_route(table)["fields"]
+            .as_table_mut()
+            .unwrap()
+            .insert("ufCrm_NOTE".into(), "originId".into());
+    });
     std::fs::write(&config, reserved).unwrap();
     let (ok, output) = relay(&["check", "--offline"], &config);
     assert!(!ok, "{output}");

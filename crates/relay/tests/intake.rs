@@ -35,11 +35,9 @@ async fn intake_refuses_what_it_must_and_queues_the_rest() {
     b24_testkit::install_crypto_provider();
     let (source, target) = start_portals(50, 2.0).await;
     let dir = tempfile::tempdir().unwrap();
-    let text = config_text(dir.path(), &source, &target, &Options::default()).replacen(
-        "store =",
-        "metrics_listen = \"127.0.0.1:0\"\nstore =",
-        1,
-    );
+    let text = config(dir.path(), &source, &target, &Options::default())
+        .metrics_listen("127.0.0.1:0")
+        .render();
     let relay = Relay::start(Config::parse(&text).unwrap()).await.unwrap();
     let base = format!("http://{}", relay.addr);
     let second = Relay::start(Config::parse(&text).unwrap()).await;

@@ -326,6 +326,12 @@ impl RelayToml {
         self
     }
 
+    /// Leaves a default key out (`metrics_listen`: no metrics listener).
+    pub fn unset(mut self, key: &str) -> Self {
+        self.root.remove(key);
+        self
+    }
+
     pub fn portal(mut self, portal: RelayPortal) -> Self {
         self.portals.push(portal);
         self

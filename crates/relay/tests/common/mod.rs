@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use b24_emulator::{EntityType, EventHandler, HandlerSeed, Portal, Record, WebhookRule};
+use b24_testkit::config::{RelayPortal, RelayRoute, RelayToml, write};
 use serde_json::{Value, json};
 
 pub const SOURCE_SECRET: &str = "srcS3cr3tHook";
@@ -60,6 +61,8 @@ pub fn target_seed() -> Value {
 }
 
 pub async fn start_portals(burst: u32, drain: f64) -> (Portal, Portal) {
+    // The relay's clients need the process's TLS provider, as main() installs it.
+    b24_testkit::install_crypto_provider();
     let source = Portal::builder()
         .domain("partner.test")
         .webhook(1, SOURCE_SECRET, &["crm", "user", "im"])
@@ -129,78 +132,94 @@ impl Default for Options {
     }
 }
 
-fn write(dir: &Path, name: &str, text: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path.display().to_string()
+/// A relay.toml between the two portals, secrets in files under `dir`, as
+/// a builder a test can still change.
+pub fn config(dir: &Path, source: &Portal, target: &Portal, options: &Options) -> RelayToml {
+    let (burst, drain) = options.rate;
+    let mut writeback = toml::Table::new();
+    writeback.insert("comment".into(), true.into());
+    if options.writeback_field {
+        writeback.insert("field".into(), "ufCrm_ESB_DEAL_ID".into());
+    }
+    let mut responsible = toml::Table::new();
+    responsible.insert("match".into(), "email".into());
+    responsible.insert("fallback".into(), 1.into());
+    let mut constants = toml::Table::new();
+    constants.insert("sourceId".into(), "PARTNER".into());
+    let toml_of = |text: &str, what: &str| -> toml::Table {
+        toml::from_str(text).unwrap_or_else(|e| panic!("Options::{what} is TOML: {e}"))
+    };
+    let mut route = RelayRoute::new("partner-to-esb", "partner", "esb")
+        .when(2, &["C2:PREPARATION"])
+        .target(3, Some("C3:NEW"), &[])
+        .set("constants", constants)
+        .set("products", true)
+        .set("contact", "match")
+        .set("company", "match")
+        .set("responsible", responsible)
+        .set("writeback", writeback);
+    match options.mapping {
+        // The test's own `fields`, `values` and `files`.
+        Some(mapping) => {
+            for (key, value) in toml_of(mapping, "mapping") {
+                route = route.set(&key, value);
+            }
+        }
+        None => {
+            route = route
+                .fields(&[
+                    ("title", "title"),
+                    ("opportunity", "opportunity"),
+                    ("currencyId", "currencyId"),
+                    ("ufCrm_LEVEL", "ufCrm_TIER"),
+                    ("ufCrm_DOCS", "ufCrm_FILES"),
+                ])
+                .set("files", vec!["ufCrm_DOCS"]);
+            // `values.FIELD = { … }` as a test writes it.
+            if let Some(values) = toml_of(options.values, "values").get("values") {
+                route = route.set("values", values.clone());
+            }
+        }
+    }
+    for (key, value) in toml_of(options.route_extra, "route_extra") {
+        route = route.set(&key, value);
+    }
+    let mut partner = RelayPortal::new(
+        "partner",
+        &write(
+            dir,
+            "partner.webhook",
+            &source.webhook_url(1, SOURCE_SECRET),
+        ),
+    )
+    .application_token(&write(dir, "partner.token", APP_TOKEN))
+    .rule_secret(&write(dir, "partner.rule", RULE_SECRET))
+    .domain("partner.test")
+    .rate(burst, drain);
+    for (key, value) in toml_of(options.partner_extra, "partner_extra") {
+        partner = partner.set(&key, value);
+    }
+    RelayToml::new(&dir.join("relay.db"))
+        .unset("metrics_listen")
+        .listen(&options.listen)
+        .set("workers", options.workers as i64)
+        .set("retry_base_delay", "200ms")
+        .set("retry_max_delay", "2s")
+        .set("lease", options.lease)
+        .portal(partner)
+        .portal(
+            RelayPortal::new(
+                "esb",
+                &write(dir, "esb.webhook", &target.webhook_url(1, TARGET_SECRET)),
+            )
+            .rate(burst, drain),
+        )
+        .route(route)
 }
 
-/// A relay.toml between the two portals, secrets in files under `dir`.
+/// [`config`] rendered.
 pub fn config_text(dir: &Path, source: &Portal, target: &Portal, options: &Options) -> String {
-    let source_hook = write(
-        dir,
-        "partner.webhook",
-        &source.webhook_url(1, SOURCE_SECRET),
-    );
-    let target_hook = write(dir, "esb.webhook", &target.webhook_url(1, TARGET_SECRET));
-    let token = write(dir, "partner.token", APP_TOKEN);
-    let rule = write(dir, "partner.rule", RULE_SECRET);
-    let (burst, drain) = options.rate;
-    let field = if options.writeback_field {
-        r#", field = "ufCrm_ESB_DEAL_ID""#
-    } else {
-        ""
-    };
-    format!(
-        r#"
-listen = "{listen}"
-store = "sqlite://{db}"
-workers = {workers}
-retry_base_delay = "200ms"
-retry_max_delay = "2s"
-lease = "{lease}"
-
-[portal.partner]
-webhook = {{ file = "{source_hook}" }}
-application_token = {{ file = "{token}" }}
-rule_secret = {{ file = "{rule}" }}
-domain = "partner.test"
-rate = {{ burst = {burst}, per_second = {drain} }}
-{partner_extra}
-
-[portal.esb]
-webhook = {{ file = "{target_hook}" }}
-rate = {{ burst = {burst}, per_second = {drain} }}
-
-[[route]]
-name = "partner-to-esb"
-from = "partner"
-to = "esb"
-when = {{ category = 2, stages = ["C2:PREPARATION"] }}
-target = {{ category = 3, stage = "C3:NEW" }}
-{mapping}
-constants = {{ sourceId = "PARTNER" }}
-products = true
-contact = "match"
-company = "match"
-responsible = {{ match = "email", fallback = 1 }}
-writeback = {{ comment = true{field} }}
-{route_extra}
-"#,
-        listen = options.listen,
-        db = dir.join("relay.db").display(),
-        workers = options.workers,
-        lease = options.lease,
-        mapping = match options.mapping {
-            Some(mapping) => mapping.to_owned(),
-            None => format!(
-                "fields = {{ title = \"title\", opportunity = \"opportunity\", currencyId = \"currencyId\", ufCrm_LEVEL = \"ufCrm_TIER\", ufCrm_DOCS = \"ufCrm_FILES\" }}\n{}\nfiles = [\"ufCrm_DOCS\"]",
-                options.values
-            ),
-        },
-        partner_extra = options.partner_extra,
-        route_extra = options.route_extra,
-    )
+    config(dir, source, target, options).render()
 }
 
 pub fn write_config(dir: &Path, source: &Portal, target: &Portal, options: &Options) -> PathBuf {
@@ -292,6 +311,7 @@ pub async fn start_fast_portals() -> (Portal, Portal) {
 
 /// Portals seeded with the business-like corpus ([`corpus`]), at [`TEST_RATE`].
 pub async fn start_corpus_portals() -> (Portal, Portal) {
+    b24_testkit::install_crypto_provider();
     let source = Portal::builder()
         .domain("partner.test")
         .webhook(1, SOURCE_SECRET, &["crm", "user", "im"])
@@ -310,4 +330,19 @@ pub async fn start_corpus_portals() -> (Portal, Portal) {
         .await
         .expect("target portal starts");
     (source, target)
+}
+
+/// `text` (a relay.toml) with `edit` applied to its parsed table, rendered
+/// again: for tests that break one key of a working configuration.
+pub fn edited(text: &str, edit: impl FnOnce(&mut toml::Table)) -> String {
+    let mut table: toml::Table = toml::from_str(text).expect("a relay.toml");
+    edit(&mut table);
+    toml::to_string(&table).expect("a TOML table renders")
+}
+
+/// The first `[[route]]` of a parsed relay.toml.
+pub fn first_route(table: &mut toml::Table) -> &mut toml::Table {
+    table["route"].as_array_mut().expect("[[route]]")[0]
+        .as_table_mut()
+        .expect("a route table")
 }
