@@ -33,11 +33,26 @@ Examples:
 #[derive(Debug, Subcommand)]
 pub enum StoreAction {
     /// Apply the schema migrations of the configured store.
+    #[command(
+        after_long_help = "Creates an empty store when there is none (after moving a damaged one \
+                           aside). serve applies migrations at start too; run this to do it \
+                           ahead of an upgrade, or from one host for many replicas.\n\n\
+                           Example:\n  b24-relay store migrate --config relay.toml"
+    )]
     Migrate,
     /// Jobs by state, links, installed applications and serving replicas.
+    #[command(after_long_help = "Example:\n  b24-relay store status --config relay.toml")]
     Status,
     /// Copy another store into the configured one (or into --to), then
     /// check that every row arrived.
+    #[command(
+        after_long_help = "Exit 1 if a row is missing from the destination or a link points at \
+                           a different target record in the two stores.\n\n\
+                           Examples:\n  \
+                           b24-relay store copy --from sqlite:///var/lib/b24-relay/relay.db --config pg.toml\n  \
+                           b24-relay store copy --from sqlite:///backup/relay.db --to postgres://b24relay@db:5432/b24relay \\\n      \
+                           --to-password-file /etc/b24-relay/postgres.password --config relay.toml"
+    )]
     Copy {
         /// The store to copy from: sqlite:///PATH or postgres://USER@HOST:PORT/DB.
         #[arg(long, value_name = "URL")]
