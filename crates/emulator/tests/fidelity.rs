@@ -21,6 +21,7 @@ fn seed() -> serde_json::Value {
 
 #[tokio::test]
 async fn url_and_crm_binding_fields_validate_like_the_portal() {
+    b24_testkit::install_crypto_provider();
     let portal = common::portal(seed()).await;
     let (_, fields) = call(&portal, "crm.item.fields", json!({"entityTypeId": 2})).await;
     let fields = &fields["result"]["fields"];
@@ -55,6 +56,7 @@ async fn url_and_crm_binding_fields_validate_like_the_portal() {
 
 #[tokio::test]
 async fn an_unset_multiple_field_reads_as_an_empty_list() {
+    b24_testkit::install_crypto_provider();
     let portal = common::portal(seed()).await;
     let (_, added) = call(
         &portal,
@@ -93,6 +95,7 @@ async fn an_unset_multiple_field_reads_as_an_empty_list() {
 
 #[tokio::test]
 async fn product_rows_carry_the_prices_derived_from_discount_and_tax() {
+    b24_testkit::install_crypto_provider();
     let portal = common::portal(json!({})).await;
     let (_, deal) = call(
         &portal,
@@ -114,6 +117,7 @@ async fn product_rows_carry_the_prices_derived_from_discount_and_tax() {
 
 #[tokio::test]
 async fn member_id_is_settable_and_downloads_name_files_like_the_portal() {
+    b24_testkit::install_crypto_provider();
     let portal = b24_emulator::Portal::builder()
         .webhook(1, SECRET, &["crm"])
         .member_id("a223c6b3710f85df22e9377d6c4f7553")
@@ -147,6 +151,7 @@ async fn member_id_is_settable_and_downloads_name_files_like_the_portal() {
 
 #[tokio::test]
 async fn file_links_read_over_oauth_carry_the_access_token() {
+    b24_testkit::install_crypto_provider();
     let receiver = Receiver::start().await;
     let portal = b24_emulator::Portal::builder()
         .webhook(1, SECRET, &["crm"])
