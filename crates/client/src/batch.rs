@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use crate::client::{BodyFormat, EncodedBody, validate_method};
-use crate::references::{UnresolvedReference, substitute_earlier_results};
+use crate::references::{UnresolvedReference, prefix_references, substitute_earlier_results};
 use crate::response::as_count;
 use crate::retry::is_read_method;
 use crate::{ApiError, ApiErrorKind, Client, Error};
@@ -290,14 +290,35 @@ impl Client {
                 Segment::Batch(range) => range.clone(),
                 Segment::Alone(index) => *index..*index + 1,
             };
-            let mut cmd: Vec<(&str, String)> = Vec::new();
+            // A segment that may share a request with other callers' batches
+            // gets its names (and references to them) prefixed.
+            let shared = match (&segment, &self.inner.coalescer) {
+                (Segment::Batch(_), Some(coalescer)) if !batch.halt_on_error => {
+                    Some((coalescer, coalescer.ticket()))
+                }
+                _ => None,
+            };
+            let prefix = shared
+                .as_ref()
+                .map_or_else(String::new, |(_, t)| t.prefix.clone());
+            let prefix = prefix.as_str();
+            let names: std::collections::HashSet<&str> = batch.commands[range.clone()]
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect();
+            let mut cmd: Vec<(String, String)> = Vec::new();
             let mut sent = Vec::new();
             let mut alone_params = None;
             for index in range.clone() {
                 let command = &batch.commands[index];
                 match substitute_earlier_results(&command.params, &earlier) {
                     Ok(params) => {
-                        cmd.push((&command.name, command_line(command, &params)));
+                        let line = if prefix.is_empty() {
+                            command_line(command, &params)
+                        } else {
+                            command_line(command, &prefix_references(&params, &names, prefix))
+                        };
+                        cmd.push((format!("{prefix}{}", command.name), line));
                         alone_params = Some(params);
                         sent.push(index);
                     }
@@ -342,13 +363,24 @@ impl Client {
                         let read_only = sent
                             .iter()
                             .all(|&i| is_read_method(&batch.commands[i].method));
-                        let body = batch_body(batch.halt_on_error, &cmd);
-                        match self.execute("batch", &body, read_only).await {
+                        let answer = match shared {
+                            Some((coalescer, ticket)) => {
+                                coalescer.send(self, ticket, cmd, read_only).await
+                            }
+                            None => {
+                                let body = batch_body(batch.halt_on_error, &cmd);
+                                self.execute("batch", &body, read_only)
+                                    .await
+                                    .map(std::sync::Arc::new)
+                            }
+                        };
+                        match answer {
                             Ok(response) => {
                                 for &i in &sent {
                                     let outcome = command_outcome(
                                         self.portal(),
                                         &batch.commands[i],
+                                        &format!("{prefix}{}", batch.commands[i].name),
                                         &response.result,
                                     );
                                     if matches!(outcome, CommandOutcome::Failed(_))
@@ -394,13 +426,13 @@ impl Client {
 /// `{"halt":0,"cmd":{"name":"method?query",..}}` with the commands in the
 /// order they were added: Bitrix24 runs them in body order, and
 /// `serde_json::Map` would sort them by name.
-fn batch_body(halt_on_error: bool, cmd: &[(&str, String)]) -> EncodedBody {
+fn batch_body(halt_on_error: bool, cmd: &[(String, String)]) -> EncodedBody {
     let mut body = format!("{{\"halt\":{},\"cmd\":{{", u8::from(halt_on_error));
     for (index, (name, line)) in cmd.iter().enumerate() {
         if index > 0 {
             body.push(',');
         }
-        body.push_str(&Value::from(*name).to_string());
+        body.push_str(&Value::from(name.as_str()).to_string());
         body.push(':');
         body.push_str(&Value::from(line.as_str()).to_string());
     }
@@ -423,12 +455,14 @@ fn command_line(command: &BatchCommand, params: &Value) -> String {
 
 /// Reads one command's outcome from the `batch` result, whose parts are
 /// objects keyed by command name, or lists when PHP saw integer-like names.
-fn command_outcome(portal: &str, command: &BatchCommand, batch_result: &Value) -> CommandOutcome {
-    let part = |key: &str| {
-        batch_result
-            .get(key)
-            .and_then(|part| entry(part, &command.name))
-    };
+/// `name` is the command's name on the wire (with a shared request's prefix).
+fn command_outcome(
+    portal: &str,
+    command: &BatchCommand,
+    name: &str,
+    batch_result: &Value,
+) -> CommandOutcome {
+    let part = |key: &str| batch_result.get(key).and_then(|part| entry(part, name));
     if let Some(error) = part("result_error") {
         let code = error
             .get("error")
@@ -617,9 +651,12 @@ mod tests {
     #[test]
     fn batch_body_keeps_the_command_order() {
         let cmd = vec![
-            ("z_contact", "crm.contact.add?fields[NAME]=A".to_owned()),
             (
-                "a_deal",
+                "z_contact".to_owned(),
+                "crm.contact.add?fields[NAME]=A".to_owned(),
+            ),
+            (
+                "a_deal".to_owned(),
                 "crm.item.add?fields[contactId]=%24result%5Bz_contact%5D".to_owned(),
             ),
         ];
@@ -654,7 +691,7 @@ mod tests {
             "result_next": {"list": 50},
         });
         assert_eq!(
-            command_outcome("p", &command("list", "crm.deal.list"), &result),
+            command_outcome("p", &command("list", "crm.deal.list"), "list", &result),
             CommandOutcome::Done(CommandResult {
                 result: json!([{"ID": "1"}]),
                 next: Some(50),
@@ -662,7 +699,7 @@ mod tests {
             })
         );
         let CommandOutcome::Failed(error) =
-            command_outcome("p", &command("bad", "crm.item.get"), &result)
+            command_outcome("p", &command("bad", "crm.item.get"), "bad", &result)
         else {
             panic!("expected a failure")
         };
@@ -671,7 +708,7 @@ mod tests {
             (ApiErrorKind::NotFound, "Not found")
         );
         assert_eq!(
-            command_outcome("p", &command("skipped", "crm.item.get"), &result),
+            command_outcome("p", &command("skipped", "crm.item.get"), "skipped", &result),
             CommandOutcome::NotRun
         );
     }
@@ -680,7 +717,7 @@ mod tests {
     fn reads_list_shaped_parts_from_integer_names() {
         let result = json!({"result": ["zero", "one"], "result_error": []});
         assert_eq!(
-            command_outcome("p", &command("1", "crm.item.get"), &result),
+            command_outcome("p", &command("1", "crm.item.get"), "1", &result),
             CommandOutcome::Done(CommandResult {
                 result: json!("one"),
                 next: None,

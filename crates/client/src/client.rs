@@ -41,6 +41,8 @@ pub(crate) struct Inner {
     pub(crate) retry: RetryPolicy,
     format: BodyFormat,
     pub(crate) observer: Arc<dyn Observer>,
+    /// Shared `batch` requests, when enabled.
+    pub(crate) coalescer: Option<Arc<crate::coalesce::Coalescer>>,
 }
 
 pub(crate) enum Auth {
@@ -57,9 +59,20 @@ pub struct ClientBuilder {
     request_timeout: Duration,
     format: BodyFormat,
     observer: Arc<dyn Observer>,
+    coalesce_batches: bool,
 }
 
 impl ClientBuilder {
+    /// Let concurrent [`Client::batch`] calls (of clones of this client)
+    /// share `batch` requests, up to 50 commands each, when they would
+    /// otherwise wait for the portal's bucket one after another. Off by
+    /// default; see the `coalesce` module for the rules that keep every
+    /// caller's outcomes its own.
+    pub fn coalesce_batches(mut self, coalesce: bool) -> Self {
+        self.coalesce_batches = coalesce;
+        self
+    }
+
     pub fn retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
         self
@@ -122,6 +135,9 @@ impl ClientBuilder {
                 retry: self.retry,
                 format: self.format,
                 observer: self.observer,
+                coalescer: self
+                    .coalesce_batches
+                    .then(|| Arc::new(crate::coalesce::Coalescer::default())),
             }),
         })
     }
@@ -153,6 +169,7 @@ impl Client {
             request_timeout: Duration::from_secs(65),
             format: BodyFormat::Json,
             observer: Arc::new(NoopObserver),
+            coalesce_batches: false,
         }
     }
 
@@ -199,16 +216,45 @@ impl Client {
         body: &EncodedBody,
         read_only: bool,
     ) -> Result<Response, Error> {
+        self.execute_with(method, body, read_only, false).await
+    }
+
+    /// [`Client::execute`] after the caller took the first request's place
+    /// in the bucket itself ([`Client::wait_for_bucket`]).
+    pub(crate) async fn execute_prepaid(
+        &self,
+        method: &str,
+        body: &EncodedBody,
+        read_only: bool,
+    ) -> Result<Response, Error> {
+        self.execute_with(method, body, read_only, true).await
+    }
+
+    /// Waits for a place in the portal's bucket.
+    pub(crate) async fn wait_for_bucket(&self) {
+        let inner = &*self.inner;
+        let waited = inner.limiter.acquire().await;
+        if !waited.is_zero() {
+            inner.observer.rate_limit_waited(&inner.portal, waited);
+        }
+    }
+
+    async fn execute_with(
+        &self,
+        method: &str,
+        body: &EncodedBody,
+        read_only: bool,
+        mut prepaid: bool,
+    ) -> Result<Response, Error> {
         validate_method(method)?;
         let inner = &*self.inner;
         let mut attempt = 0u32;
         let mut refreshed = false;
         loop {
             attempt += 1;
-            self.wait_while_blocked(method).await?;
-            let waited = inner.limiter.acquire().await;
-            if !waited.is_zero() {
-                inner.observer.rate_limit_waited(&inner.portal, waited);
+            if !std::mem::take(&mut prepaid) {
+                self.wait_while_blocked(method).await?;
+                self.wait_for_bucket().await;
             }
             let (url, generation) = match &inner.auth {
                 Auth::Webhook(webhook) => (webhook.method_url(method), 0),
@@ -268,7 +314,7 @@ impl Client {
     }
 
     /// Holds a call to a method the portal blocked for its time budget.
-    async fn wait_while_blocked(&self, method: &str) -> Result<(), Error> {
+    pub(crate) async fn wait_while_blocked(&self, method: &str) -> Result<(), Error> {
         let inner = &*self.inner;
         let now = SystemTime::now();
         let Some(until) = inner.limiter.blocked_until(method, now) else {

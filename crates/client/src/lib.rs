@@ -48,6 +48,7 @@
 mod batch;
 mod check;
 mod client;
+mod coalesce;
 mod credentials;
 mod download;
 mod error;

@@ -10,6 +10,9 @@ pub trait Observer: Send + Sync {
     fn rate_limit_waited(&self, _portal: &str, _waited: Duration) {}
     /// The OAuth tokens of `portal` were refreshed.
     fn token_refreshed(&self, _portal: &str) {}
+    /// A shared `batch` request is sent: `callers` batches with `commands`
+    /// commands in all (see [`ClientBuilder::coalesce_batches`](crate::ClientBuilder::coalesce_batches)).
+    fn batch_sent(&self, _portal: &str, _callers: usize, _commands: usize) {}
 }
 
 /// One finished HTTP request.

@@ -77,6 +77,52 @@ fn substitute_in_text(
     Ok(Value::String(out))
 }
 
+/// `params` with references to the commands in `names` renamed to
+/// `prefix` + name, for a batch that travels inside a larger one (whose
+/// command names carry the prefix). Other references are left alone.
+pub(crate) fn prefix_references(
+    params: &Value,
+    names: &std::collections::HashSet<&str>,
+    prefix: &str,
+) -> Value {
+    match params {
+        Value::String(text) if text.contains(MARK) => {
+            let mut out = String::with_capacity(text.len() + prefix.len());
+            let mut rest = text.as_str();
+            while let Some(at) = rest.find(MARK) {
+                out.push_str(&rest[..at]);
+                let from_mark = &rest[at..];
+                match parse_reference(from_mark) {
+                    Some((keys, _)) if names.contains(keys[0]) => {
+                        out.push_str(MARK);
+                        out.push('[');
+                        out.push_str(prefix);
+                        rest = &from_mark[MARK.len() + 1..];
+                    }
+                    _ => {
+                        out.push_str(MARK);
+                        rest = &from_mark[MARK.len()..];
+                    }
+                }
+            }
+            out.push_str(rest);
+            Value::String(out)
+        }
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|item| prefix_references(item, names, prefix))
+                .collect(),
+        ),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(key, value)| (key.clone(), prefix_references(value, names, prefix)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
 /// `$result[name][key]..` at the start of `text`: the bracketed keys (the
 /// first is the command name) and the length of the reference.
 fn parse_reference(text: &str) -> Option<(Vec<&str>, usize)> {
@@ -195,6 +241,24 @@ mod tests {
         assert_eq!(
             substitute_earlier_results(&params, &earlier()),
             Err(UnresolvedReference("failed".into()))
+        );
+    }
+
+    #[test]
+    fn references_inside_a_merged_batch_get_the_prefix() {
+        let names = std::collections::HashSet::from(["deal", "rows"]);
+        let params = json!({
+            "id": "$result[deal][item][id]",
+            "text": "deal $result[deal][item][title] and $result[other][x]",
+            "list": ["$result[rows]", "$result", "$resultx"],
+        });
+        assert_eq!(
+            prefix_references(&params, &names, "q7_"),
+            json!({
+                "id": "$result[q7_deal][item][id]",
+                "text": "deal $result[q7_deal][item][title] and $result[other][x]",
+                "list": ["$result[q7_rows]", "$result", "$resultx"],
+            })
         );
     }
 }

@@ -32,6 +32,7 @@ struct Setup {
 
 impl Setup {
     async fn start() -> Self {
+        b24_testkit::install_crypto_provider();
         let portal = Portal::builder()
             .domain("source.test")
             .application(CLIENT_ID, CLIENT_SECRET, &["crm", "bizproc"])

@@ -161,7 +161,14 @@ impl PortalBuilder {
     }
 
     /// Binds the listener and starts serving.
+    ///
+    /// Installs the workspace's TLS provider (ring) as the process default
+    /// if none is installed yet: the emulator plays portals in tests, and the
+    /// clients those tests build need one, as the binaries install it at
+    /// start-up. Without this a test passes or fails by which test of its
+    /// file happened to install it first.
     pub async fn start(self) -> Result<Portal, StartError> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
         if self.webhooks.is_empty() && self.app.is_none() {
             return Err(StartError::Config(
                 "at least one webhook or an application is needed".into(),

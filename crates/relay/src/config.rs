@@ -187,7 +187,7 @@ struct RawConfig {
 }
 
 fn default_workers() -> usize {
-    4
+    16
 }
 fn default_attempts() -> u32 {
     10

@@ -34,6 +34,9 @@ pub struct Metrics {
     token_refreshes: Family<Labels, Counter>,
     app_reinstall_needed: Family<Labels, Gauge>,
     rule_answers: Family<Labels, Counter>,
+    batch_requests: Family<Labels, Counter>,
+    batch_callers: Family<Labels, Counter>,
+    batch_commands: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -131,7 +134,30 @@ impl Metrics {
             "Answers to the automation rule (bizproc.event.send) by portal and result",
             rule_answers.clone(),
         );
+        // Batch fill: commands per shared request = commands / requests;
+        // jobs sharing a request = callers / requests.
+        let batch_requests = Family::<Labels, Counter>::default();
+        registry.register(
+            "batch_requests",
+            "batch requests sent on behalf of the transfers, by portal",
+            batch_requests.clone(),
+        );
+        let batch_callers = Family::<Labels, Counter>::default();
+        registry.register(
+            "batch_callers",
+            "Transfer steps carried by those batch requests (several share one while the portal's bucket is the limit)",
+            batch_callers.clone(),
+        );
+        let batch_commands = Family::<Labels, Counter>::default();
+        registry.register(
+            "batch_commands",
+            "Commands carried by those batch requests (at most 50 each)",
+            batch_commands.clone(),
+        );
         Self {
+            batch_requests,
+            batch_callers,
+            batch_commands,
             token_refreshes,
             app_reinstall_needed,
             rule_answers,
@@ -149,6 +175,19 @@ impl Metrics {
             rate_limit_wait_seconds,
             intake,
         }
+    }
+
+    /// One shared `batch` request to `portal` with `callers` transfer
+    /// steps and `commands` commands in it.
+    pub fn batch_sent(&self, portal: &str, callers: usize, commands: usize) {
+        let labels = vec![("portal", portal.to_owned())];
+        self.batch_requests.get_or_create(&labels).inc();
+        self.batch_callers
+            .get_or_create(&labels)
+            .inc_by(callers as u64);
+        self.batch_commands
+            .get_or_create(&labels)
+            .inc_by(commands as u64);
     }
 
     pub fn transfer_finished(&self, route: &str, result: &str, took: Duration) {
@@ -309,6 +348,10 @@ impl Observer for PortalObserver {
 
     fn rate_limit_waited(&self, _host: &str, waited: Duration) {
         self.metrics.rate_limit_waited(&self.name, waited);
+    }
+
+    fn batch_sent(&self, _host: &str, callers: usize, commands: usize) {
+        self.metrics.batch_sent(&self.name, callers, commands);
     }
 }
 

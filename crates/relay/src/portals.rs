@@ -75,6 +75,8 @@ impl Portals {
             rate_limits.set_portal(&portal.webhook.portal(), bucket)?;
             let client = Client::builder(portal.webhook.clone(), rate_limits.clone())
                 .observer(PortalObserver::new(name, metrics.clone()))
+                // Transfers of different deals to one portal share batch requests.
+                .coalesce_batches(true)
                 .build()?;
             by_name.insert(
                 name.clone(),

@@ -49,7 +49,7 @@ writeback = {{ comment = true, field = "ufCrm_ESB" }}
 fn parses_a_full_config_and_hides_secrets() {
     let dir = tempfile::tempdir().unwrap();
     let config = Config::parse(&sample(&dir)).unwrap();
-    assert_eq!(config.workers, 4);
+    assert_eq!(config.workers, 16);
     assert_eq!(config.portals["partner"].rate.burst, 50);
     assert_eq!(config.portals["esb"].public_url, "https://esb.test");
     let route = config.route("p2e").unwrap();

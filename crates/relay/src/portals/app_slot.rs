@@ -23,6 +23,8 @@ impl PortalHandle {
     pub fn build_app_client(&self, oauth: b24_client::OAuth) -> Result<Client, ClientError> {
         Client::builder(oauth, self.rate_limits.clone())
             .observer(PortalObserver::new(&self.config.name, self.metrics.clone()))
+            // Transfers of different deals to one portal share batch requests.
+            .coalesce_batches(true)
             .build()
     }
 
