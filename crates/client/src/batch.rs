@@ -426,9 +426,12 @@ impl Client {
 /// `{"halt":0,"cmd":{"name":"method?query",..}}` with the commands in the
 /// order they were added: Bitrix24 runs them in body order, and
 /// `serde_json::Map` would sort them by name.
-fn batch_body(halt_on_error: bool, cmd: &[(String, String)]) -> EncodedBody {
+pub(crate) fn batch_body<'a>(
+    halt_on_error: bool,
+    cmd: impl IntoIterator<Item = &'a (String, String)>,
+) -> EncodedBody {
     let mut body = format!("{{\"halt\":{},\"cmd\":{{", u8::from(halt_on_error));
-    for (index, (name, line)) in cmd.iter().enumerate() {
+    for (index, (name, line)) in cmd.into_iter().enumerate() {
         if index > 0 {
             body.push(',');
         }

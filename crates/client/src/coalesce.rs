@@ -25,8 +25,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, oneshot};
 
-use crate::batch::MAX_BATCH_COMMANDS;
-use crate::client::{BodyFormat, EncodedBody};
+use crate::batch::{MAX_BATCH_COMMANDS, batch_body};
 use crate::{Client, Error, Response};
 
 /// The queue of one portal client's shared batch requests.
@@ -187,7 +186,7 @@ impl Coalescer {
             .inner
             .observer
             .batch_sent(client.portal(), 1 + others.len(), commands.len());
-        let body = batch_body(&commands);
+        let body = batch_body(false, commands.iter().copied());
         match client.execute_prepaid("batch", &body, read_only).await {
             Ok(response) => {
                 let response = Arc::new(response);
@@ -229,31 +228,10 @@ async fn send_alone(
     commands: &[(String, String)],
     read_only: bool,
 ) -> Result<Arc<Response>, Error> {
-    let commands: Vec<&(String, String)> = commands.iter().collect();
     client
-        .execute("batch", &batch_body(&commands), read_only)
+        .execute("batch", &batch_body(false, commands), read_only)
         .await
         .map(Arc::new)
-}
-
-/// `{"halt":0,"cmd":{..}}` with the commands in order (Bitrix24 runs them
-/// in body order; `serde_json::Map` would sort them by name).
-pub(crate) fn batch_body(commands: &[&(String, String)]) -> EncodedBody {
-    use serde_json::Value;
-    let mut body = String::from("{\"halt\":0,\"cmd\":{");
-    for (index, (name, line)) in commands.iter().enumerate() {
-        if index > 0 {
-            body.push(',');
-        }
-        body.push_str(&Value::from(name.as_str()).to_string());
-        body.push(':');
-        body.push_str(&Value::from(line.as_str()).to_string());
-    }
-    body.push_str("}}");
-    EncodedBody {
-        bytes: body.into_bytes(),
-        format: BodyFormat::Json,
-    }
 }
 
 fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
