@@ -255,7 +255,7 @@ impl Metrics {
         let send_timeouts = Counter::default();
         registry.register(
             "b24_edge_send_timeouts",
-            "Client connections dropped because the client stopped reading its response for send_timeout",
+            "Client connections dropped (HTTP/1.1) or h2 streams reset because the client took none of its response for send_timeout",
             send_timeouts.clone(),
         );
         let client_body_timeouts = Counter::default();

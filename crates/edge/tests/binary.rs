@@ -357,6 +357,50 @@ async fn sigterm_with_idle_connections_exits_at_once() {
     assert!(edge.log().contains("stopped"), "{}", edge.log());
 }
 
+/// An h2 client that never opens its window for a response held the
+/// request in flight, so SIGTERM waited the whole shutdown_timeout. Its
+/// stream is reset at send_timeout and the process exits, drained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_stream_given_no_window_exits_at_send_timeout() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = TestCerts::new(dir.path());
+    let upstream = Upstream::start().await;
+    let config = config_text(
+        &certs,
+        dir.path(),
+        &upstream,
+        "shutdown_timeout = \"1h\"\nsend_timeout = \"2s\"",
+    );
+    let mut edge = run_edge(dir.path(), &config).await;
+    // A listed client (127.0.0.1 is in the list) with no window at all.
+    let mut stingy = StingyH2::connect(&certs, "127.0.0.1", edge.https, 0).await;
+    let (status, body) = stingy
+        .get(&format!("https://localhost:{}/big", edge.https.port()))
+        .await;
+    assert_eq!(status, 200);
+
+    edge.signal("TERM");
+    let exit = tokio::time::timeout(GENEROUS, edge.child.wait())
+        .await
+        .expect("b24-edge waited for the stalled stream")
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+    let log = edge.log();
+    assert!(log.contains("stopped"), "{log}");
+    assert!(!log.contains("still open at the shutdown timeout"), "{log}");
+    let (received, end) = read_without_window(body).await;
+    assert_eq!(received, 0);
+    assert_ne!(end, StreamEnd::Complete);
+    assert_ne!(end, StreamEnd::StillOpen);
+    // The upstream connection that carried the answer was let go too.
+    eventually("the upstream connection is closed", || {
+        let closed = upstream.open_connections() == 0;
+        async move { closed }
+    })
+    .await;
+}
+
 /// Issue 10, item 7: a second b24-edge on the same `listen` address started
 /// silently and the kernel split the connections (SO_REUSEPORT). It must
 /// refuse to start, saying why, and leave the first one serving.
