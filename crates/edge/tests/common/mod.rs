@@ -121,13 +121,14 @@ pub struct Seen {
 /// A plain-HTTP upstream on 127.0.0.1 that records requests. Paths:
 /// `/slow/<ms>` answers after a delay, `/echo` returns the body it got,
 /// `/stall` sends the start of a body and then nothing, `/big` answers
-/// 32 MiB, anything else
-/// answers `upstream saw <path>`.
+/// 32 MiB, `/hold` answers once [`Upstream::release_held`] is called,
+/// anything else answers `upstream saw <path>`.
 pub struct Upstream {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
     connections: Arc<std::sync::atomic::AtomicUsize>,
     open: Arc<std::sync::atomic::AtomicUsize>,
+    release: watch::Sender<bool>,
     _stop: watch::Sender<bool>,
 }
 
@@ -160,6 +161,7 @@ impl Upstream {
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let (stop, mut stopped) = watch::channel(false);
+        let (release, released) = watch::channel(false);
         let task_seen = seen.clone();
         let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let task_connections = connections.clone();
@@ -178,11 +180,13 @@ impl Upstream {
                 task_open.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let open = OpenGuard(task_open.clone());
                 let seen = task_seen.clone();
+                let released = released.clone();
                 let mut conn_stopped = stopped.clone();
                 let tls = tls.clone();
                 tokio::spawn(async move {
                     let _open = open;
-                    let service = service_fn(move |req| answer(req, seen.clone()));
+                    let service =
+                        service_fn(move |req| answer(req, seen.clone(), released.clone()));
                     let builder = http1::Builder::new();
                     match tls {
                         None => {
@@ -211,8 +215,14 @@ impl Upstream {
             seen,
             connections,
             open,
+            release,
             _stop: stop,
         }
+    }
+
+    /// Lets every `/hold` request, now and later, have its answer.
+    pub fn release_held(&self) {
+        self.release.send_replace(true);
     }
 
     pub fn url(&self) -> String {
@@ -263,9 +273,20 @@ fn full(body: impl Into<Bytes>) -> UpstreamBody {
 async fn answer(
     req: Request<Incoming>,
     seen: Arc<Mutex<Vec<Seen>>>,
+    mut released: watch::Receiver<bool>,
 ) -> Result<Response<UpstreamBody>, Infallible> {
     let path = req.uri().path().to_owned();
     let headers = req.headers().clone();
+    if path == "/hold" {
+        // Recorded first, so a test can tell the request is in flight.
+        seen.lock().unwrap().push(Seen {
+            path: path.clone(),
+            headers,
+            body_len: 0,
+        });
+        let _ = released.wait_for(|released| *released).await;
+        return Ok(Response::new(full(format!("upstream saw {path}"))));
+    }
     if path == "/stall" {
         seen.lock().unwrap().push(Seen {
             path: path.clone(),
