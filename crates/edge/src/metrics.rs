@@ -101,6 +101,10 @@ pub struct Metrics {
     pub client_body_timeouts: Counter,
     pub send_timeouts: Counter,
     pub open_connections: Gauge,
+    /// `server.max_connections` and `server.reserved_connections`, so that
+    /// alerts and dashboards can compare the open connections with them.
+    pub max_connections: Gauge,
+    pub reserved_connections: Gauge,
     pub certificate_expiry: Gauge,
     pub certificate_reload_failures: Counter,
     nodes_networks: Family<FamilyLabels, Gauge>,
@@ -298,6 +302,18 @@ impl Metrics {
             "Client connections open now",
             open_connections.clone(),
         );
+        let max_connections = Gauge::default();
+        registry.register(
+            "b24_edge_max_connections",
+            "Client connections the edge serves at once (server.max_connections)",
+            max_connections.clone(),
+        );
+        let reserved_connections = Gauge::default();
+        registry.register(
+            "b24_edge_reserved_connections",
+            "Of those, the slots kept for clients admitted by address (server.reserved_connections)",
+            reserved_connections.clone(),
+        );
         let certificate_expiry = Gauge::default();
         registry.register(
             "b24_edge_certificate_expiry_timestamp_seconds",
@@ -358,6 +374,8 @@ impl Metrics {
             client_body_timeouts,
             send_timeouts,
             open_connections,
+            max_connections,
+            reserved_connections,
             certificate_expiry,
             certificate_reload_failures,
             nodes_networks,

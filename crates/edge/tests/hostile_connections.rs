@@ -245,6 +245,9 @@ async fn one_address_cannot_take_every_slot() {
         ),
         15.0
     );
+    // The limits are exported beside the open connections, for alerts.
+    assert_eq!(sample(&metrics, "b24_edge_max_connections"), 100.0);
+    assert_eq!(sample(&metrics, "b24_edge_reserved_connections"), 10.0);
     // The slots come back when the attacker leaves.
     drop(held);
     eventually("the address's slots are free again", || async {
