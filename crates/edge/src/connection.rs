@@ -49,7 +49,7 @@ use crate::metrics::{BadRequest, Metrics};
 use crate::request::{self, ClientSource};
 use crate::slots::{ConnectionSlots, Slot};
 use crate::state::EdgeState;
-use crate::stream_deadline::{SendProgress, StreamExecutor};
+use crate::stream_deadline::{StreamExecutor, StreamSend};
 
 /// After GOAWAY (or the close of an idle HTTP/1.1 connection), how long a
 /// connection with nothing in flight may take to go away by itself.
@@ -392,12 +392,11 @@ impl Drop for InFlight {
 }
 
 /// A response body that keeps its request counted as in flight until it
-/// is sent or dropped, and on h2 tells its stream's send deadline how
-/// hyper takes its chunks.
+/// is sent or dropped; on h2 it goes through the stream's [`StreamSend`].
 pub(crate) struct Tracked<B> {
     inner: B,
     _in_flight: InFlight,
-    progress: Option<Arc<SendProgress>>,
+    send: Option<StreamSend>,
 }
 
 impl<B> Tracked<B> {
@@ -406,7 +405,7 @@ impl<B> Tracked<B> {
         Tracked {
             inner,
             _in_flight: in_flight,
-            progress: SendProgress::current(),
+            send: StreamSend::current(),
         }
     }
 }
@@ -420,25 +419,25 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = &mut *self;
-        let Some(progress) = &this.progress else {
-            return Pin::new(&mut this.inner).poll_frame(cx);
-        };
-        progress.pulled();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if frame.data_ref().is_some_and(|data| !data.is_empty()) {
-                progress.handed_chunk();
-            }
+        match &mut this.send {
+            None => Pin::new(&mut this.inner).poll_frame(cx),
+            Some(send) => send.poll_frame(&mut this.inner, cx),
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        let ended = self.inner.is_end_stream();
+        self.send
+            .as_ref()
+            .map_or(ended, |send| send.is_end_stream(ended))
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let hint = self.inner.size_hint();
+        match &self.send {
+            None => hint,
+            Some(send) => send.size_hint(hint),
+        }
     }
 }
 

@@ -14,14 +14,21 @@
 //! hyper runs each h2 stream as a task it hands to the connection's
 //! executor, so [`StreamExecutor`] wraps every such task in a [`Watched`]
 //! future and lends it a [`SendProgress`] through a task-local. The
-//! response body ([`crate::connection::Tracked`]) notes in it when it
-//! hands hyper a chunk and when hyper asks for the next one. When a chunk
-//! was handed and hyper did not ask again for `send_timeout` (the chunk
-//! is waiting for window), the task is dropped: h2 resets the stream
-//! (RST_STREAM CANCEL), the upstream response is dropped with its
-//! connection, and the connection's other streams carry on. A body that
-//! waits for its upstream is not the client's fault and is not timed here
-//! (the upstream body timeout is).
+//! response body ([`crate::connection::Tracked`], through [`StreamSend`])
+//! notes in it when it hands hyper a chunk and when hyper asks for the
+//! next one. When a chunk was handed and hyper did not ask again for
+//! `send_timeout` (the chunk is waiting for window), the task is dropped:
+//! h2 resets the stream (RST_STREAM CANCEL), the upstream response is
+//! dropped with its connection, and the connection's other streams carry
+//! on. A body that waits for its upstream is not the client's fault and
+//! is not timed here (the upstream body timeout is).
+//!
+//! Chunks are handed at most [`PIECE`] bytes at a time (slices, not
+//! copies): hyper queues a whole chunk once the window has room for one
+//! byte of it, and a stream's last chunk, once queued, is no longer
+//! watched. So whatever a client's window, "asked again" means it took
+//! about a frame more, and what it can leave queued on a stream it stalls
+//! at the very end is one frame, not an upstream read buffer.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -30,6 +37,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
 use tokio::task::futures::TaskLocalFuture;
 use tokio::time::{Instant, Sleep};
 use tracing::debug;
@@ -66,6 +75,74 @@ impl SendProgress {
     /// client's window is what the stream waits for.
     pub(crate) fn handed_chunk(&self) {
         self.handed.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The most of a response chunk handed to hyper at once: h2's default
+/// frame size.
+pub(crate) const PIECE: usize = 16 * 1024;
+
+/// A response body's h2 side: hands hyper at most [`PIECE`] bytes at a
+/// time and notes for the stream's [`Watched`] deadline how hyper takes
+/// them.
+pub(crate) struct StreamSend {
+    progress: Arc<SendProgress>,
+    /// What is left of a chunk larger than a piece.
+    rest: Option<Bytes>,
+}
+
+impl StreamSend {
+    /// For a body made on the task of an h2 stream; `None` elsewhere
+    /// (HTTP/1.1 has the connection's write deadline).
+    pub(crate) fn current() -> Option<StreamSend> {
+        SendProgress::current().map(|progress| StreamSend {
+            progress,
+            rest: None,
+        })
+    }
+
+    pub(crate) fn poll_frame<B>(
+        &mut self,
+        inner: &mut B,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>>
+    where
+        B: Body<Data = Bytes> + Unpin,
+    {
+        self.progress.pulled();
+        let mut data = match self.rest.take() {
+            Some(rest) => rest,
+            None => match std::task::ready!(Pin::new(inner).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => data,
+                    Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
+                },
+                ended => return Poll::Ready(ended),
+            },
+        };
+        if data.len() > PIECE {
+            self.rest = Some(data.split_off(PIECE));
+        }
+        if !data.is_empty() {
+            self.progress.handed_chunk();
+        }
+        Poll::Ready(Some(Ok(Frame::data(data))))
+    }
+
+    /// Whether the body is done, given whether the inner body is.
+    pub(crate) fn is_end_stream(&self, inner_ended: bool) -> bool {
+        self.rest.is_none() && inner_ended
+    }
+
+    /// The inner body's size hint plus what is left of its last chunk.
+    pub(crate) fn size_hint(&self, inner: SizeHint) -> SizeHint {
+        let held = self.rest.as_ref().map_or(0, |rest| rest.len() as u64);
+        let mut hint = SizeHint::new();
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper.saturating_add(held));
+        }
+        hint.set_lower(inner.lower().saturating_add(held));
+        hint
     }
 }
 
@@ -151,5 +228,48 @@ impl<F: Future> Future for Watched<F> {
         this.metrics.send_timeouts.inc();
         debug!("h2 stream reset: the client gave its response no window for send_timeout");
         Poll::Ready(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::Full;
+
+    fn frame_len(polled: Poll<Option<Result<Frame<Bytes>, std::convert::Infallible>>>) -> usize {
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap().len(),
+            other => panic!("expected data, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_large_chunk_is_handed_piece_by_piece_and_each_piece_is_noted() {
+        let progress = Arc::new(SendProgress::default());
+        let mut send = StreamSend {
+            progress: progress.clone(),
+            rest: None,
+        };
+        let mut body = Full::new(Bytes::from(vec![7u8; 2 * PIECE + 100]));
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        assert_eq!(
+            send.size_hint(body.size_hint()).exact(),
+            Some(2 * PIECE as u64 + 100)
+        );
+        let mut pieces = Vec::new();
+        while !send.is_end_stream(body.is_end_stream()) {
+            pieces.push(frame_len(send.poll_frame(&mut body, &mut cx)));
+            assert!(progress.handed.load(Ordering::Relaxed));
+        }
+        assert_eq!(pieces, [PIECE, PIECE, 100]);
+        assert_eq!(progress.pulls.load(Ordering::Relaxed), 3);
+        assert!(matches!(
+            send.poll_frame(&mut body, &mut cx),
+            Poll::Ready(None)
+        ));
+        assert!(
+            !progress.handed.load(Ordering::Relaxed),
+            "asked again: nothing waits"
+        );
     }
 }

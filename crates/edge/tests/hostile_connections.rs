@@ -433,6 +433,14 @@ async fn an_h2_stream_given_no_window_is_reset_and_lets_its_upstream_go() {
         },
     )
     .await;
+    // A client that reads gets the whole large answer over h2 (handed to
+    // hyper in frame-sized pieces), uncut.
+    let reader = client(&certs, NODE, true);
+    let response = reader.get(url(&edge, "/big")).send().await.unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    let body = response.bytes().await.unwrap();
+    assert_eq!(body.len(), 32 << 20);
+    assert!(body.iter().all(|&b| b == b'b'));
     let served = probe.finish().await;
     assert!(served >= 2);
     let metrics = scrape(&edge).await;
