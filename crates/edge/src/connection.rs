@@ -16,7 +16,9 @@
 //! - **sending**: a write that waits longer than `send_timeout` (the
 //!   client stopped reading its response) drops the connection, as nginx's
 //!   `send_timeout` does; an h2 client that stops reading altogether also
-//!   misses the PINGs;
+//!   misses the PINGs, and an h2 stream whose response waits longer than
+//!   `send_timeout` for the client's flow-control window is reset
+//!   ([`crate::stream_deadline`]);
 //! - **shutdown**: idle connections are closed (h2: GOAWAY) at once,
 //!   busy ones once their requests end.
 //!
@@ -32,7 +34,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulConnection;
 use tokio::net::TcpStream;
@@ -47,6 +49,7 @@ use crate::metrics::{BadRequest, Metrics};
 use crate::request::{self, ClientSource};
 use crate::slots::{ConnectionSlots, Slot};
 use crate::state::EdgeState;
+use crate::stream_deadline::{StreamExecutor, StreamSend};
 
 /// After GOAWAY (or the close of an idle HTTP/1.1 connection), how long a
 /// connection with nothing in flight may take to go away by itself.
@@ -69,9 +72,9 @@ pub(crate) struct ConnContext {
 /// and only a client that offered no ALPN is sniffed.
 #[derive(Clone)]
 struct HttpBuilders {
-    h1: auto::Builder<TokioExecutor>,
-    h2: auto::Builder<TokioExecutor>,
-    sniff: auto::Builder<TokioExecutor>,
+    h1: auto::Builder<StreamExecutor>,
+    h2: auto::Builder<StreamExecutor>,
+    sniff: auto::Builder<StreamExecutor>,
 }
 
 impl ConnContext {
@@ -82,7 +85,7 @@ impl ConnContext {
         slots: Arc<ConnectionSlots>,
         stop: CancellationToken,
     ) -> ConnContext {
-        let sniff = http_builder(&state.limits);
+        let sniff = http_builder(&state.limits, &state.metrics);
         ConnContext {
             http: Arc::new(HttpBuilders {
                 h1: sniff.clone().http1_only(),
@@ -98,8 +101,9 @@ impl ConnContext {
     }
 }
 
-fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+fn http_builder(limits: &Limits, metrics: &Arc<Metrics>) -> auto::Builder<StreamExecutor> {
+    let executor = StreamExecutor::new(limits.send_timeout, metrics.clone());
+    let mut builder = auto::Builder::new(executor);
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -388,17 +392,20 @@ impl Drop for InFlight {
 }
 
 /// A response body that keeps its request counted as in flight until it
-/// is sent or dropped.
+/// is sent or dropped; on h2 it goes through the stream's [`StreamSend`].
 pub(crate) struct Tracked<B> {
     inner: B,
     _in_flight: InFlight,
+    send: Option<StreamSend>,
 }
 
 impl<B> Tracked<B> {
+    /// Called on the task that serves the request (for h2, the stream's).
     pub(crate) fn new(inner: B, in_flight: InFlight) -> Tracked<B> {
         Tracked {
             inner,
             _in_flight: in_flight,
+            send: StreamSend::current(),
         }
     }
 }
@@ -411,15 +418,26 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let this = &mut *self;
+        match &mut this.send {
+            None => Pin::new(&mut this.inner).poll_frame(cx),
+            Some(send) => send.poll_frame(&mut this.inner, cx),
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        let ended = self.inner.is_end_stream();
+        self.send
+            .as_ref()
+            .map_or(ended, |send| send.is_end_stream(ended))
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let hint = self.inner.size_hint();
+        match &self.send {
+            None => hint,
+            Some(send) => send.size_hint(hint),
+        }
     }
 }
 

@@ -34,6 +34,7 @@ mod request;
 pub mod server;
 mod slots;
 mod state;
+mod stream_deadline;
 pub mod tls;
 mod worker;
 

@@ -101,6 +101,10 @@ pub struct Metrics {
     pub client_body_timeouts: Counter,
     pub send_timeouts: Counter,
     pub open_connections: Gauge,
+    /// `server.max_connections` and `server.reserved_connections`, so that
+    /// alerts and dashboards can compare the open connections with them.
+    pub max_connections: Gauge,
+    pub reserved_connections: Gauge,
     pub certificate_expiry: Gauge,
     pub certificate_reload_failures: Counter,
     nodes_networks: Family<FamilyLabels, Gauge>,
@@ -255,7 +259,7 @@ impl Metrics {
         let send_timeouts = Counter::default();
         registry.register(
             "b24_edge_send_timeouts",
-            "Client connections dropped because the client stopped reading its response for send_timeout",
+            "Client connections dropped (HTTP/1.1) or h2 streams reset because the client took none of its response for send_timeout",
             send_timeouts.clone(),
         );
         let client_body_timeouts = Counter::default();
@@ -297,6 +301,18 @@ impl Metrics {
             "b24_edge_open_connections",
             "Client connections open now",
             open_connections.clone(),
+        );
+        let max_connections = Gauge::default();
+        registry.register(
+            "b24_edge_max_connections",
+            "Client connections the edge serves at once (server.max_connections)",
+            max_connections.clone(),
+        );
+        let reserved_connections = Gauge::default();
+        registry.register(
+            "b24_edge_reserved_connections",
+            "Of those, the slots kept for clients admitted by address (server.reserved_connections)",
+            reserved_connections.clone(),
         );
         let certificate_expiry = Gauge::default();
         registry.register(
@@ -358,6 +374,8 @@ impl Metrics {
             client_body_timeouts,
             send_timeouts,
             open_connections,
+            max_connections,
+            reserved_connections,
             certificate_expiry,
             certificate_reload_failures,
             nodes_networks,

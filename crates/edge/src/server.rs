@@ -138,6 +138,13 @@ pub async fn start(config: Config) -> Result<EdgeHandle, StartError> {
     let acceptor = TlsAcceptor::from(crate::tls::server_config(certs.clone())?);
     let metrics = Arc::new(Metrics::new());
     metrics.certificate_expiry.set(certs.not_after());
+    let limits = &config.server.limits;
+    for (gauge, value) in [
+        (&metrics.max_connections, limits.max_connections),
+        (&metrics.reserved_connections, limits.reserved_connections),
+    ] {
+        gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
+    }
     let routes = RouteTable::new(&config.routes, &config.nodes.extra, &metrics);
 
     let options = FetchOptions {

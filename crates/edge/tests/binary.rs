@@ -11,11 +11,6 @@ use tokio::process::{Child, Command};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_b24-edge");
 
-async fn free_port() -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    listener.local_addr().unwrap().port()
-}
-
 struct Running {
     child: Child,
     https: std::net::SocketAddr,
@@ -29,18 +24,17 @@ impl Running {
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        read_log(&self.log)
     }
 }
 
-/// Starts the binary with `config` (in which `{https}` and `{admin}` are
-/// replaced by free ports) and waits until it answers `/healthz`.
+/// Starts the binary with `config`, in which `{https}` and `{admin}` become
+/// port 0, and waits until it says it started: the addresses come from
+/// that line, so no port is picked, freed and raced for.
 async fn run_edge(dir: &Path, config: &str) -> Running {
-    let https: std::net::SocketAddr = format!("127.0.0.1:{}", free_port().await).parse().unwrap();
-    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port().await).parse().unwrap();
     let config = config
-        .replace("{https}", &https.to_string())
-        .replace("{admin}", &admin.to_string());
+        .replace("{https}", "127.0.0.1:0")
+        .replace("{admin}", "127.0.0.1:0");
     let path = dir.join("edge.toml");
     std::fs::write(&path, config).unwrap();
     let log = dir.join("edge.log");
@@ -53,19 +47,44 @@ async fn run_edge(dir: &Path, config: &str) -> Running {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
+    let mut child = child;
+    let mut started = None;
+    eventually("the binary says it started", || {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("b24-edge exited at start-up ({status}): {}", read_log(&log));
+        }
+        started = started_addresses(&read_log(&log));
+        let done = started.is_some();
+        async move { done }
+    })
+    .await;
+    let (https, admin) = started.expect("waited for it");
     let running = Running {
         child,
         https,
         admin,
         log,
     };
-    eventually("the binary answers /healthz", || async {
-        reqwest::get(format!("http://{admin}/healthz"))
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
-    .await;
+    let healthz = reqwest::get(format!("http://{admin}/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(healthz.status(), 200);
     running
+}
+
+fn read_log(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// The first listen address and the admin address from the binary's
+/// "b24-edge started" line (logged once every socket is bound).
+fn started_addresses(log: &str) -> Option<(std::net::SocketAddr, std::net::SocketAddr)> {
+    let line = log.lines().find(|l| l.contains("b24-edge started"))?;
+    let listen = line.split(" listen=[").nth(1)?;
+    let listen = listen.split([',', ']']).next()?.parse().ok()?;
+    let admin = line.split(" metrics_listen=").nth(1)?;
+    let admin = admin.split_whitespace().next()?.parse().ok()?;
+    Some((listen, admin))
 }
 
 fn config_text(certs: &TestCerts, dir: &Path, upstream: &Upstream, server_extra: &str) -> String {
@@ -266,19 +285,32 @@ async fn sigterm_finishes_the_request_in_flight_and_exits_0() {
     let tls = tls_over(&certs, tcp_from("127.0.0.1", edge.https).await)
         .await
         .unwrap();
+    // What the log is checked for below has happened before the signal.
+    eventually("the start-up refresh failed", || async {
+        edge.log().contains("nodes refresh failed")
+    })
+    .await;
     let mut conn = h1_over(tls).await;
-    let in_flight = tokio::spawn(async move { send_get(&mut conn, "/slow/1500").await });
-    eventually("the slow request reached the upstream", || async {
+    // The upstream holds its answer until the test lets it go: the request
+    // is in flight when the signal comes, whatever the machine's speed.
+    let in_flight = tokio::spawn(async move { send_get(&mut conn, "/hold").await });
+    eventually("the request reached the upstream", || async {
         upstream.count() == 1
     })
     .await;
 
     edge.signal("TERM");
+    eventually("b24-edge took the signal", || async {
+        edge.log().contains("finishing in-flight requests")
+    })
+    .await;
+    assert!(!in_flight.is_finished(), "the request is still in flight");
+    upstream.release_held();
     let (status, body) = tokio::time::timeout(GENEROUS, in_flight)
         .await
         .unwrap()
         .unwrap();
-    assert_eq!((status, body.as_str()), (200, "upstream saw /slow/1500"));
+    assert_eq!((status, body.as_str()), (200, "upstream saw /hold"));
     let exit = tokio::time::timeout(GENEROUS, edge.child.wait())
         .await
         .unwrap()
@@ -288,7 +320,6 @@ async fn sigterm_finishes_the_request_in_flight_and_exits_0() {
     assert!(tokio::net::TcpStream::connect(edge.https).await.is_err());
 
     let log = edge.log();
-    assert!(log.contains("finishing in-flight requests"), "{log}");
     // The source URL's token never reaches the log, even at debug level and
     // with the source failing.
     assert!(log.contains("nodes refresh failed"), "{log}");
@@ -357,6 +388,50 @@ async fn sigterm_with_idle_connections_exits_at_once() {
     assert!(edge.log().contains("stopped"), "{}", edge.log());
 }
 
+/// An h2 client that never opens its window for a response held the
+/// request in flight, so SIGTERM waited the whole shutdown_timeout. Its
+/// stream is reset at send_timeout and the process exits, drained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_stream_given_no_window_exits_at_send_timeout() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = TestCerts::new(dir.path());
+    let upstream = Upstream::start().await;
+    let config = config_text(
+        &certs,
+        dir.path(),
+        &upstream,
+        "shutdown_timeout = \"1h\"\nsend_timeout = \"2s\"",
+    );
+    let mut edge = run_edge(dir.path(), &config).await;
+    // A listed client (127.0.0.1 is in the list) with no window at all.
+    let mut stingy = StingyH2::connect(&certs, "127.0.0.1", edge.https, 0).await;
+    let (status, body) = stingy
+        .get(&format!("https://localhost:{}/big", edge.https.port()))
+        .await;
+    assert_eq!(status, 200);
+
+    edge.signal("TERM");
+    let exit = tokio::time::timeout(GENEROUS, edge.child.wait())
+        .await
+        .expect("b24-edge waited for the stalled stream")
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+    let log = edge.log();
+    assert!(log.contains("stopped"), "{log}");
+    assert!(!log.contains("still open at the shutdown timeout"), "{log}");
+    let (received, end) = read_without_window(body).await;
+    assert_eq!(received, 0);
+    assert_ne!(end, StreamEnd::Complete);
+    assert_ne!(end, StreamEnd::StillOpen);
+    // The upstream connection that carried the answer was let go too.
+    eventually("the upstream connection is closed", || {
+        let closed = upstream.open_connections() == 0;
+        async move { closed }
+    })
+    .await;
+}
+
 /// Issue 10, item 7: a second b24-edge on the same `listen` address started
 /// silently and the kernel split the connections (SO_REUSEPORT). It must
 /// refuse to start, saying why, and leave the first one serving.
@@ -371,12 +446,9 @@ async fn a_second_instance_on_a_served_address_refuses_to_start() {
     // The same listen address, another admin port.
     let second_dir = dir.path().join("second");
     std::fs::create_dir(&second_dir).unwrap();
-    let second_config = std::fs::read_to_string(dir.path().join("edge.toml"))
-        .unwrap()
-        .replace(
-            &first.admin.to_string(),
-            &format!("127.0.0.1:{}", free_port().await),
-        );
+    let second_config = config
+        .replace("{https}", &first.https.to_string())
+        .replace("{admin}", "127.0.0.1:0");
     let path = second_dir.join("edge.toml");
     std::fs::write(&path, second_config).unwrap();
     let output = tokio::time::timeout(

@@ -245,6 +245,9 @@ async fn one_address_cannot_take_every_slot() {
         ),
         15.0
     );
+    // The limits are exported beside the open connections, for alerts.
+    assert_eq!(sample(&metrics, "b24_edge_max_connections"), 100.0);
+    assert_eq!(sample(&metrics, "b24_edge_reserved_connections"), 10.0);
     // The slots come back when the attacker leaves.
     drop(held);
     eventually("the address's slots are free again", || async {
@@ -354,5 +357,102 @@ async fn a_client_that_stops_reading_its_answer_is_dropped() {
     })
     .await;
     drop(tls);
+    assert!(edge.shutdown().await);
+}
+
+/// An h2 client that answers PINGs but never opens its flow-control
+/// window held its stream, and the upstream response, forever. Each such
+/// stream is reset at send_timeout and counted, the upstream connection
+/// that carried it is let go, and the connection's other streams and a
+/// listed client stay served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_stream_given_no_window_is_reset_and_lets_its_upstream_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = TestCerts::new(dir.path());
+    let upstream = Upstream::start().await;
+    // Only the stalled responses go here.
+    let big = Upstream::start().await;
+    let edge = start_edge(&format!(
+        "{}{}{}{}{}",
+        server_section(
+            &certs,
+            "127.0.0.1:0",
+            "send_timeout = \"1s\"\nidle_timeout = \"1h\""
+        ),
+        nodes_file(dir.path(), &[NODE]),
+        route("/", &upstream.url(), &["nodes"]),
+        route("/public/", &upstream.url(), &["any"]),
+        route("/big", &big.url(), &["any"]),
+    ))
+    .await;
+    list_loaded(&edge).await;
+    let addr = edge.addrs()[0];
+    let probe = ListedProbe::start(&certs, NODE, url(&edge, "/hook"));
+    probe.wait_for(2).await;
+
+    // No window at all: the response head comes, not one byte of its body.
+    let mut shut = StingyH2::connect(&certs, ATTACKER, addr, 0).await;
+    let (status, body) = shut.get(&url(&edge, "/big")).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        read_without_window(body).await,
+        (0, StreamEnd::Reset(h2::Reason::CANCEL))
+    );
+
+    // A tiny window (1 KiB a stream, never reopened): while one stream
+    // stalls, the same connection's other streams are served.
+    let mut tiny = StingyH2::connect(&certs, ATTACKER, addr, 1024).await;
+    let (status, stalled) = tiny.get(&url(&edge, "/big")).await;
+    assert_eq!(status, 200);
+    let stalled = tokio::spawn(read_without_window(stalled));
+    let small = "upstream saw /public/meanwhile".len();
+    let (status, body) = tiny.get(&url(&edge, "/public/meanwhile")).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        read_without_window(body).await,
+        (small, StreamEnd::Complete)
+    );
+    let (received, end) = stalled.await.unwrap();
+    assert_eq!(end, StreamEnd::Reset(h2::Reason::CANCEL));
+    assert!(received <= 1024, "{received}");
+    // The connection outlives its reset stream.
+    let (status, body) = tiny.get(&url(&edge, "/public/meanwhile")).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        read_without_window(body).await,
+        (small, StreamEnd::Complete)
+    );
+
+    // Both upstream connections that carried a stalled answer are closed,
+    // not held for the attacker.
+    eventually(
+        "the stalled answers' upstream connections are closed",
+        || {
+            let done = big.connections() == 2 && big.open_connections() == 0;
+            async move { done }
+        },
+    )
+    .await;
+    // A client that reads gets the whole large answer over h2 (handed to
+    // hyper in frame-sized pieces), uncut.
+    let reader = client(&certs, NODE, true);
+    let response = reader.get(url(&edge, "/big")).send().await.unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    let body = response.bytes().await.unwrap();
+    assert_eq!(body.len(), 32 << 20);
+    assert!(body.iter().all(|&b| b == b'b'));
+    let served = probe.finish().await;
+    assert!(served >= 2);
+    let metrics = scrape(&edge).await;
+    assert_eq!(sample(&metrics, "b24_edge_send_timeouts_total"), 2.0);
+    assert_eq!(
+        sample(
+            &metrics,
+            "b24_edge_upstream_errors_total{route=\"/big\",kind=\"body_timeout\"}"
+        ),
+        0.0,
+        "the client's stall is not the upstream's fault"
+    );
+    drop((shut, tiny));
     assert!(edge.shutdown().await);
 }

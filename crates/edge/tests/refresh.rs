@@ -22,12 +22,23 @@ fn write_cache(path: &std::path::Path, source: &str, entries: &[&str]) {
     record.store(path).unwrap();
 }
 
-/// An http:// URL on which nothing listens.
-async fn dead_url() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    format!("http://{addr}/webhook/app.json?token=s3cret-in-url")
+/// An http:// URL that refuses every connection while it is held: its
+/// port is bound (without SO_REUSEADDR, so no other socket can take it)
+/// and never listened on, so a connection is reset at once. (A port bound
+/// and freed again may meanwhile be another test's listener.)
+struct DeadUrl {
+    _port: tokio::net::TcpSocket,
+    url: String,
+}
+
+fn dead_url() -> DeadUrl {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    DeadUrl {
+        _port: socket,
+        url: format!("http://{addr}/webhook/app.json?token=s3cret-in-url"),
+    }
 }
 
 /// The one test that waits for a real refresh cycle (the 60 s floor that
@@ -81,7 +92,8 @@ async fn starts_from_the_cache_with_the_source_down() {
     let dir = tempfile::tempdir().unwrap();
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
-    let source = dead_url().await;
+    let dead = dead_url();
+    let source = dead.url.clone();
     let cache = dir.path().join("cache.json");
     write_cache(&cache, &source, &["127.0.0.2"]);
     let edge = start_edge(&format!(
@@ -117,7 +129,8 @@ async fn no_list_at_all_fails_closed_and_is_not_ready() {
     let dir = tempfile::tempdir().unwrap();
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
-    let source = dead_url().await;
+    let dead = dead_url();
+    let source = dead.url.clone();
     let edge = start_edge(&format!(
         "{}{}{}{}",
         server_section(&certs, "127.0.0.1:0", ""),

@@ -121,13 +121,24 @@ pub struct Seen {
 /// A plain-HTTP upstream on 127.0.0.1 that records requests. Paths:
 /// `/slow/<ms>` answers after a delay, `/echo` returns the body it got,
 /// `/stall` sends the start of a body and then nothing, `/big` answers
-/// 32 MiB, anything else
-/// answers `upstream saw <path>`.
+/// 32 MiB, `/hold` answers once [`Upstream::release_held`] is called,
+/// anything else answers `upstream saw <path>`.
 pub struct Upstream {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
     connections: Arc<std::sync::atomic::AtomicUsize>,
+    open: Arc<std::sync::atomic::AtomicUsize>,
+    release: watch::Sender<bool>,
     _stop: watch::Sender<bool>,
+}
+
+/// Counts an upstream connection as open until its task ends.
+struct OpenGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Upstream {
@@ -150,9 +161,12 @@ impl Upstream {
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let (stop, mut stopped) = watch::channel(false);
+        let (release, released) = watch::channel(false);
         let task_seen = seen.clone();
         let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let task_connections = connections.clone();
+        let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let task_open = open.clone();
         tokio::spawn(async move {
             loop {
                 let stream = tokio::select! {
@@ -163,11 +177,16 @@ impl Upstream {
                     _ = stopped.changed() => return,
                 };
                 task_connections.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                task_open.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let open = OpenGuard(task_open.clone());
                 let seen = task_seen.clone();
+                let released = released.clone();
                 let mut conn_stopped = stopped.clone();
                 let tls = tls.clone();
                 tokio::spawn(async move {
-                    let service = service_fn(move |req| answer(req, seen.clone()));
+                    let _open = open;
+                    let service =
+                        service_fn(move |req| answer(req, seen.clone(), released.clone()));
                     let builder = http1::Builder::new();
                     match tls {
                         None => {
@@ -195,8 +214,15 @@ impl Upstream {
             addr,
             seen,
             connections,
+            open,
+            release,
             _stop: stop,
         }
+    }
+
+    /// Lets every `/hold` request, now and later, have its answer.
+    pub fn release_held(&self) {
+        self.release.send_replace(true);
     }
 
     pub fn url(&self) -> String {
@@ -214,6 +240,11 @@ impl Upstream {
     /// TCP connections accepted so far.
     pub fn connections(&self) -> usize {
         self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// TCP connections open now (accepted and not yet ended).
+    pub fn open_connections(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn count(&self) -> usize {
@@ -242,9 +273,20 @@ fn full(body: impl Into<Bytes>) -> UpstreamBody {
 async fn answer(
     req: Request<Incoming>,
     seen: Arc<Mutex<Vec<Seen>>>,
+    mut released: watch::Receiver<bool>,
 ) -> Result<Response<UpstreamBody>, Infallible> {
     let path = req.uri().path().to_owned();
     let headers = req.headers().clone();
+    if path == "/hold" {
+        // Recorded first, so a test can tell the request is in flight.
+        seen.lock().unwrap().push(Seen {
+            path: path.clone(),
+            headers,
+            body_len: 0,
+        });
+        let _ = released.wait_for(|released| *released).await;
+        return Ok(Response::new(full(format!("upstream saw {path}"))));
+    }
     if path == "/stall" {
         seen.lock().unwrap().push(Seen {
             path: path.clone(),
@@ -723,5 +765,73 @@ impl Drop for Nginx {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// An h2 client (the `h2` crate, over real TLS) that gives every stream
+/// `window` bytes of flow-control window and never a byte more: it
+/// answers PINGs and SETTINGS, but never sends WINDOW_UPDATE.
+pub struct StingyH2 {
+    send: h2::client::SendRequest<Bytes>,
+    _conn: tokio::task::JoinHandle<Result<(), h2::Error>>,
+}
+
+/// How a response body ended for a client.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StreamEnd {
+    Complete,
+    /// The server reset the stream.
+    Reset(h2::Reason),
+    /// The stream or connection failed otherwise.
+    Failed(String),
+    /// Still open after [`GENEROUS`].
+    StillOpen,
+}
+
+impl StingyH2 {
+    pub async fn connect(certs: &TestCerts, local: &str, to: SocketAddr, window: u32) -> StingyH2 {
+        let tls = tls_from(certs, local, to, &[b"h2"]).await.unwrap();
+        let (send, conn) = h2::client::Builder::new()
+            .initial_window_size(window)
+            .initial_connection_window_size(1 << 20)
+            .handshake::<_, Bytes>(tls)
+            .await
+            .unwrap();
+        StingyH2 {
+            send,
+            _conn: tokio::spawn(conn),
+        }
+    }
+
+    /// Sends a GET for `url`; returns the response status and its body.
+    pub async fn get(&mut self, url: &str) -> (u16, h2::RecvStream) {
+        let request = Request::get(url).body(()).unwrap();
+        let mut send = self.send.clone().ready().await.unwrap();
+        let (response, _) = send.send_request(request, true).unwrap();
+        let response = tokio::time::timeout(GENEROUS, response)
+            .await
+            .expect("a response head")
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.into_body())
+    }
+}
+
+/// Reads a body to its end without releasing any window: the bytes that
+/// came and how it ended.
+pub async fn read_without_window(mut body: h2::RecvStream) -> (usize, StreamEnd) {
+    let mut received = 0;
+    loop {
+        match tokio::time::timeout(GENEROUS, body.data()).await {
+            Err(_) => return (received, StreamEnd::StillOpen),
+            Ok(None) => return (received, StreamEnd::Complete),
+            Ok(Some(Ok(data))) => received += data.len(),
+            Ok(Some(Err(e))) => {
+                return match e.reason() {
+                    Some(reason) if e.is_reset() => (received, StreamEnd::Reset(reason)),
+                    _ => (received, StreamEnd::Failed(e.to_string())),
+                };
+            }
+        }
     }
 }
