@@ -415,7 +415,10 @@ pub async fn run(parts: &Parts, request: &Request, stop: &StopFlag) -> anyhow::R
     store
         .end_backfill(&route.name, &runner.holder, runner.cursor, finished)
         .await?;
-    runner.progress.finish_line();
+    let handled = runner.handled();
+    runner
+        .progress
+        .show_last(&runner.counts, handled, runner.outstanding.len());
     if let Some(signal) = stop_signal(stop) {
         return Err(runner.stopped(signal, request).into());
     }

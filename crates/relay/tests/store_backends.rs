@@ -590,7 +590,7 @@ async fn live_jobs_are_claimed_before_backfill_jobs() {
         }
         let deals: Vec<i64> = order.iter().map(|(d, _)| *d).collect();
         assert_eq!(deals, vec![3, 100, 200, 1, 2, 4, 5], "{name}: {order:?}");
-        assert_eq!(live.coalesced, false);
+        assert!(!live.coalesced);
     }
 }
 

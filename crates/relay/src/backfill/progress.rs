@@ -129,11 +129,13 @@ impl Progress {
         }
     }
 
-    /// The final line: always printed, terminal or not.
-    pub fn final_line(&mut self, counts: &Counts, handled: u64, waiting: usize) -> String {
+    /// The last state, shown whatever the interval, and the line ended.
+    pub fn show_last(&mut self, counts: &Counts, handled: u64, waiting: usize) {
         let line = self.line(counts, handled, waiting);
+        if self.last.as_deref() != Some(line.as_str()) {
+            self.show(line);
+        }
         self.finish_line();
-        line
     }
 }
 
