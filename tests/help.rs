@@ -22,6 +22,7 @@ const COMMANDS: &[&[&str]] = &[
     &["b24-relay", "app", "register"],
     &["b24-relay", "app", "unregister"],
     &["b24-relay", "app", "status"],
+    &["b24-relay", "backfill"],
     &["nodesync"],
     &["b24-emulator"],
     &["b24-demo"],
