@@ -691,6 +691,24 @@ async fn careless_admin() {
     let by_origin = target_by_origin(&setup.target);
     assert_eq!(by_origin.len(), 30);
     assert!(by_origin.values().all(|d| d.len() == 1));
+    // Again: everything is there. With --update: queued, updated, not created.
+    let serve = setup.serving().await;
+    let again = setup.run_backfill("again", &[]).await;
+    assert!(
+        again.stdout.contains("0 queued this run") && again.stdout.contains("30 already on esb"),
+        "{again:?}"
+    );
+    let update = setup.run_backfill("update", &["--update"]).await;
+    assert_eq!(update.code(), Some(0), "{update:?}");
+    assert!(
+        update.stdout.contains("30 queued this run (30 transferred"),
+        "{update:?}"
+    );
+    all_jobs_ended(&store).await;
+    stop(serve);
+    let by_origin = target_by_origin(&setup.target);
+    assert_eq!(by_origin.len(), 30);
+    assert!(by_origin.values().all(|d| d.len() == 1));
     store.close().await;
     setup.source.shutdown().await;
     setup.target.shutdown().await;
