@@ -130,7 +130,7 @@ writeback = {{ comment = true, field = "ufCrm_ESB_DEAL_ID" }}
         deals as f64 / finished_at[deals - 1].as_secs_f64() * 60.0
     );
     println!(
-        "backfill sustained: {sustained:.1} deals/min (last {} deals), bound at 2 req/s and {busiest:.2} requests/transfer: {bound:.1}/min = {:.0} %; today's one-request-per-deal bound into one target: 120/min",
+        "backfill sustained: {sustained:.1} deals/min (last {} deals), bound at 2 req/s and {busiest:.2} requests/transfer: {bound:.1}/min = {:.0} %",
         deals - skip,
         sustained / bound * 100.0
     );
