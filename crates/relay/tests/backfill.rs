@@ -528,6 +528,16 @@ async fn stop_and_resume(store: Option<&str>) {
     );
     let row = store.backfill(ROUTE).await.unwrap().unwrap();
     assert_eq!(row.holder, None, "the lease is let go");
+    let status = Command::new(env!("CARGO_BIN_EXE_b24-relay"))
+        .args(["store", "status", "--config"])
+        .arg(&setup.config)
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.contains("backfill partner-to-esb: stopped (run it again to resume)"),
+        "{status}"
+    );
     let after_first = row.cursor;
     assert!(after_first.enqueued >= 100 && (after_first.enqueued as usize) < DEALS);
 
