@@ -60,6 +60,8 @@ pub fn target_seed() -> Value {
 }
 
 pub async fn start_portals(burst: u32, drain: f64) -> (Portal, Portal) {
+    // The relay's clients (Relay::start in-process) need it, as main does.
+    b24_testkit::install_crypto_provider();
     let source = Portal::builder()
         .domain("partner.test")
         .webhook(1, SOURCE_SECRET, &["crm", "user", "im"])
@@ -292,6 +294,7 @@ pub async fn start_fast_portals() -> (Portal, Portal) {
 
 /// Portals seeded with the business-like corpus ([`corpus`]), at [`TEST_RATE`].
 pub async fn start_corpus_portals() -> (Portal, Portal) {
+    b24_testkit::install_crypto_provider();
     let source = Portal::builder()
         .domain("partner.test")
         .webhook(1, SOURCE_SECRET, &["crm", "user", "im"])
