@@ -28,6 +28,7 @@ const COMMANDS: &[&[&str]] = &[
     &["b24-relay", "store", "copy"],
     &["b24-relay", "links"],
     &["b24-relay", "links", "rebuild"],
+    &["b24-relay", "backfill"],
     &["nodesync"],
     &["b24-emulator"],
     &["b24-demo"],

@@ -94,6 +94,17 @@ impl Admin {
             .map(|(id, _)| id)
     }
 
+    /// Deletes a record as a user on the portal would (no events): its id
+    /// is not given again, so id lists have a gap there. `false` if absent.
+    pub fn delete_record(&self, entity: EntityType, id: i64) -> bool {
+        let mut store = self.shared.store();
+        store.product_rows.remove(&(entity, id));
+        store
+            .records
+            .get_mut(&entity)
+            .is_some_and(|records| records.remove(&id).is_some())
+    }
+
     pub fn product_rows(&self, entity: EntityType, id: i64) -> Vec<Record> {
         self.shared
             .store()

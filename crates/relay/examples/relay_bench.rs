@@ -13,39 +13,16 @@
 
 use std::time::{Duration, Instant};
 
-use b24_emulator::{EntityType, Portal};
+mod bench_support;
+
+use b24_emulator::EntityType;
 use b24_relay::{Config, JobState, Relay};
+use bench_support::{arg, portal, write};
 use serde_json::json;
 
 const SOURCE_SECRET: &str = "benchSourceSecret";
 const TARGET_SECRET: &str = "benchTargetSecret";
 const RULE_SECRET: &str = "benchRuleSecret";
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-async fn portal(domain: &str, secret: &str, seed: serde_json::Value) -> Portal {
-    Portal::builder()
-        .domain(domain)
-        .webhook(1, secret, &["crm", "user"])
-        .rate_limit(50, 2.0)
-        .seed(seed)
-        .start()
-        .await
-        .expect("portal starts")
-}
-
-fn write(dir: &std::path::Path, name: &str, text: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path.display().to_string()
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;

@@ -1,4 +1,4 @@
-//! The command line: `serve`, `check`, `transfer`, `fields`, `jobs`, `app`, `store`, `links`.
+//! The command line: `serve`, `check`, `transfer`, `fields`, `jobs`, `app`, `store`, `links`, `backfill`.
 
 use std::path::PathBuf;
 
@@ -35,6 +35,7 @@ Examples:
   b24-relay serve --config /etc/b24-relay/relay.toml
   b24-relay jobs list --state failed --config /etc/b24-relay/relay.toml
   b24-relay jobs replay --failed --config /etc/b24-relay/relay.toml
+  b24-relay backfill --route partner-to-esb --dry-run --config /etc/b24-relay/relay.toml
 
 Run `b24-relay help COMMAND` (or COMMAND --help) for a command's details.";
 
@@ -225,6 +226,9 @@ pub enum Command {
         #[command(subcommand)]
         action: LinksAction,
     },
+    /// Move a route's existing source deals through the queue (an initial migration).
+    #[command(after_long_help = crate::cli_backfill::BACKFILL_HELP)]
+    Backfill(crate::cli_backfill::BackfillArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -355,6 +359,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Links {
             action: LinksAction::Rebuild { route, dry_run },
         } => links_rebuild(config, &route, dry_run).await,
+        Command::Backfill(args) => crate::cli_backfill::run(config, args).await,
     }
 }
 

@@ -157,6 +157,25 @@ pub async fn run(config: Config, action: StoreAction) -> anyhow::Result<()> {
             if let Some(replicas) = stats.replicas {
                 println!("  serving replicas: {replicas}");
             }
+            let (live, backfill) = store.pending_by_trigger().await?;
+            println!("  waiting jobs: {live} live, {backfill} backfill");
+            for route in &config.routes {
+                if let Some(row) = store.backfill(&route.name).await? {
+                    let state = match (&row.holder, row.finished_at_ms) {
+                        (Some(holder), _) => format!("running ({holder})"),
+                        (None, Some(_)) => "finished".to_owned(),
+                        (None, None) => "stopped (run it again to resume)".to_owned(),
+                    };
+                    println!(
+                        "  backfill {}: {state}; {} queued, {} already there, after deal {} ({})",
+                        route.name,
+                        row.cursor.enqueued,
+                        row.cursor.already,
+                        row.cursor.last_id.unwrap_or(0),
+                        row.filter
+                    );
+                }
+            }
             store.close().await;
             Ok(())
         }

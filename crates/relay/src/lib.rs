@@ -5,8 +5,10 @@
 
 pub mod app;
 pub mod application;
+pub mod backfill;
 pub mod cli;
 pub mod cli_app;
+pub mod cli_backfill;
 pub mod cli_check;
 pub mod cli_fields;
 pub mod cli_store;

@@ -21,6 +21,7 @@ pub struct Metrics {
     registry: Registry,
     jobs: Family<Labels, Gauge>,
     queue_depth: Gauge,
+    pending_by_kind: Family<Labels, Gauge>,
     replicas: Gauge,
     shared_budget: Family<Labels, Gauge<f64, AtomicU64>>,
     shared_budget_size: Family<Labels, Gauge<f64, AtomicU64>>,
@@ -55,6 +56,12 @@ impl Metrics {
             "queue_depth",
             "Jobs waiting or running",
             queue_depth.clone(),
+        );
+        let pending_by_kind = Family::<Labels, Gauge>::default();
+        registry.register(
+            "pending_jobs",
+            "Jobs waiting, by kind: live (events, rule runs, the CLI) or backfill (`b24-relay backfill`, claimed after every live job)",
+            pending_by_kind.clone(),
         );
         let replicas = Gauge::default();
         registry.register(
@@ -164,6 +171,7 @@ impl Metrics {
             registry,
             jobs,
             queue_depth,
+            pending_by_kind,
             replicas,
             shared_budget,
             shared_budget_size,
@@ -233,6 +241,15 @@ impl Metrics {
                 .oldest_pending_age
                 .map_or(0.0, |age| age.as_secs_f64()),
         );
+    }
+
+    /// Waiting jobs: live ones and backfill ones.
+    pub fn set_pending_by_kind(&self, live: u64, backfill: u64) {
+        for (kind, count) in [("live", live), ("backfill", backfill)] {
+            self.pending_by_kind
+                .get_or_create(&vec![("kind", kind.to_owned())])
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
     }
 
     /// The shared rate budget of a portal host: its level and its size.
@@ -370,6 +387,7 @@ mod tests {
             oldest_pending_age: Some(Duration::from_secs(7)),
             replicas: Some(3),
         });
+        metrics.set_pending_by_kind(2, 40);
         metrics.request_finished(&RequestEvent {
             portal: "127.0.0.1:5",
             method: "batch",
@@ -386,6 +404,8 @@ mod tests {
             "b24_relay_replicas 3",
             "b24_relay_oldest_pending_job_age_seconds 7",
             "b24_relay_jobs{state=\"pending\"} 3",
+            "b24_relay_pending_jobs{kind=\"live\"} 2",
+            "b24_relay_pending_jobs{kind=\"backfill\"} 40",
             "b24_relay_portal_requests_total{portal=\"127.0.0.1:5\",method=\"batch\",code=\"ok\"} 1",
             "b24_relay_rate_limit_waits_total{portal=\"127.0.0.1:5\"} 1",
             "b24_relay_intake_requests_total{kind=\"event\",status=\"200\"} 1",

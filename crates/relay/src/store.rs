@@ -280,10 +280,12 @@ pub(crate) fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+mod backfills;
 pub mod copy;
 mod handle;
 mod postgres;
 mod postgres_app;
+mod postgres_backfills;
 mod postgres_claims;
 mod postgres_copy;
 mod postgres_jobs;
@@ -294,7 +296,9 @@ mod sqlite_claims;
 mod sqlite_copy;
 mod sqlite_jobs;
 
+pub use backfills::{BackfillCursor, BackfillRow, BackfillStart};
 pub use handle::{Store, StoreOptions};
+pub use sqlite_jobs::BACKFILL_TRIGGER;
 
 /// Copies everything of `from` (named `from_name` in the destination's
 /// records) into `to`, then checks that every row of the snapshot is there.

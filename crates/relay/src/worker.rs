@@ -47,6 +47,9 @@ impl Workers {
                 if let Ok(stats) = workers.transfer.store.stats().await {
                     workers.metrics.set_queue(&stats);
                 }
+                if let Ok((live, backfill)) = workers.transfer.store.pending_by_trigger().await {
+                    workers.metrics.set_pending_by_kind(live, backfill);
+                }
                 tokio::select! {
                     _ = stop_stats.cancelled() => break,
                     _ = tokio::time::sleep(Duration::from_secs(2)) => {}

@@ -537,3 +537,219 @@ async fn an_expected_echo_is_taken_once_and_more_events_are_real() {
         );
     }
 }
+
+/// Live before bulk: with backfill jobs waiting, a live request queued
+/// after them is claimed first; a live request for a deal whose backfill
+/// job waits merges into it and makes it live; a backfill request for a
+/// deal with a waiting live job leaves that job live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_jobs_are_claimed_before_backfill_jobs() {
+    use b24_relay::store::BACKFILL_TRIGGER;
+    for backend in Backend::all("live_jobs_are_claimed_before_backfill_jobs") {
+        let name = backend.name();
+        let store = backend.open().await;
+        for deal in 1..=5 {
+            store
+                .enqueue("partner", deal, BACKFILL_TRIGGER)
+                .await
+                .unwrap();
+        }
+        let live = store.enqueue("partner", 100, "rule").await.unwrap();
+        // A live event for deal 3, whose backfill job waits: one job, live now.
+        let merged = store
+            .enqueue("partner", 3, "ONCRMDEALUPDATE")
+            .await
+            .unwrap();
+        assert!(merged.coalesced, "{name}");
+        let job = store.job(merged.job_id).await.unwrap().unwrap();
+        assert_eq!(job.trigger, "ONCRMDEALUPDATE", "{name}");
+        // A backfill request for a deal with a live job waiting: still live.
+        let live_200 = store.enqueue("partner", 200, "rule").await.unwrap();
+        let again = store
+            .enqueue("partner", 200, BACKFILL_TRIGGER)
+            .await
+            .unwrap();
+        assert_eq!(again.job_id, live_200.job_id, "{name}");
+        assert_eq!(
+            store.job(again.job_id).await.unwrap().unwrap().trigger,
+            "rule",
+            "{name}"
+        );
+        assert_eq!(
+            store.pending_by_trigger().await.unwrap(),
+            (3, 4),
+            "{name}: (live, backfill) pending"
+        );
+        let mut order = Vec::new();
+        while let Some(job) = store.claim(LEASE).await.unwrap() {
+            order.push((job.deal_id, job.trigger.clone()));
+            store
+                .finish(job.id, JobState::Done, "ok", None)
+                .await
+                .unwrap();
+        }
+        let deals: Vec<i64> = order.iter().map(|(d, _)| *d).collect();
+        assert_eq!(deals, vec![3, 100, 200, 1, 2, 4, 5], "{name}: {order:?}");
+        assert!(!live.coalesced);
+    }
+}
+
+/// The backfill cursor: one holder at a time, the cursor moves only with
+/// the enqueue it records, a run with the same filter resumes, another
+/// filter or --restart starts over, a dead holder can be taken over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_has_one_holder_and_resumes_from_its_cursor() {
+    use b24_relay::store::{BackfillCursor, BackfillStart};
+    for backend in Backend::all("a_backfill_has_one_holder_and_resumes_from_its_cursor") {
+        let name = backend.name();
+        let (one, two) = (backend.open().await, backend.open().await);
+        let filter = "category 2, stages C2:PREPARATION, created any time";
+        let started = one
+            .begin_backfill("r", filter, "host/1", LEASE, None, false)
+            .await
+            .unwrap();
+        assert!(
+            matches!(&started, BackfillStart::Started { resumed: false, row } if row.cursor == BackfillCursor::default()),
+            "{name}: {started:?}"
+        );
+        let held = two
+            .begin_backfill("r", filter, "host/2", LEASE, None, false)
+            .await
+            .unwrap();
+        assert!(
+            matches!(&held, BackfillStart::Held(row) if row.holder.as_deref() == Some("host/1")),
+            "{name}: {held:?}"
+        );
+        let cursor = BackfillCursor {
+            last_id: Some(10),
+            enqueued: 1,
+            already: 0,
+        };
+        let queued = one
+            .backfill_enqueue("r", "host/1", "partner", 10, cursor, LEASE)
+            .await
+            .unwrap()
+            .expect("the holder queues");
+        // Not the holder: nothing queued, the cursor does not move.
+        let refused = two
+            .backfill_enqueue(
+                "r",
+                "host/2",
+                "partner",
+                11,
+                BackfillCursor {
+                    last_id: Some(11),
+                    enqueued: 2,
+                    already: 0,
+                },
+                LEASE,
+            )
+            .await
+            .unwrap();
+        assert_eq!(refused, None, "{name}");
+        assert_eq!(one.jobs(None, 10).await.unwrap().len(), 1, "{name}");
+        let job = one.job(queued.job_id).await.unwrap().unwrap();
+        assert_eq!(job.trigger, "backfill", "{name}");
+        assert_eq!(
+            one.waiting_backfill_jobs("partner").await.unwrap(),
+            vec![queued.job_id],
+            "{name}"
+        );
+        assert_eq!(
+            one.job_states(&[queued.job_id, 9999]).await.unwrap(),
+            vec![(queued.job_id, JobState::Pending)],
+            "{name}"
+        );
+        // A dead holder is taken over on request; its cursor is kept.
+        let taken = two
+            .begin_backfill("r", filter, "host/2", LEASE, Some("host/1"), false)
+            .await
+            .unwrap();
+        assert!(
+            matches!(&taken, BackfillStart::Started { resumed: true, row } if row.cursor == cursor),
+            "{name}: {taken:?}"
+        );
+        // The first holder lost it: its saves say so.
+        assert!(
+            !one.save_backfill("r", "host/1", cursor, LEASE)
+                .await
+                .unwrap(),
+            "{name}"
+        );
+        two.end_backfill("r", "host/2", cursor, false)
+            .await
+            .unwrap();
+        let row = one.backfill("r").await.unwrap().unwrap();
+        assert_eq!((row.holder, row.finished_at_ms), (None, None), "{name}");
+        // Same filter: resumed. Another filter: over again.
+        let resumed = one
+            .begin_backfill("r", filter, "host/1", LEASE, None, false)
+            .await
+            .unwrap();
+        assert!(
+            matches!(&resumed, BackfillStart::Started { resumed: true, row } if row.cursor.last_id == Some(10)),
+            "{name}: {resumed:?}"
+        );
+        one.end_backfill("r", "host/1", cursor, false)
+            .await
+            .unwrap();
+        let other = one
+            .begin_backfill(
+                "r",
+                "category 2, stages any, created any time",
+                "host/1",
+                LEASE,
+                None,
+                false,
+            )
+            .await
+            .unwrap();
+        assert!(
+            matches!(&other, BackfillStart::Started { resumed: false, row } if row.cursor == BackfillCursor::default()),
+            "{name}: {other:?}"
+        );
+        // Finished: the next run starts over; --restart too.
+        one.end_backfill("r", "host/1", cursor, true).await.unwrap();
+        assert!(
+            one.backfill("r")
+                .await
+                .unwrap()
+                .unwrap()
+                .finished_at_ms
+                .is_some()
+        );
+        let again = one
+            .begin_backfill(
+                "r",
+                "category 2, stages any, created any time",
+                "host/1",
+                LEASE,
+                None,
+                false,
+            )
+            .await
+            .unwrap();
+        assert!(
+            matches!(&again, BackfillStart::Started { resumed: false, .. }),
+            "{name}: {again:?}"
+        );
+        one.save_backfill("r", "host/1", cursor, LEASE)
+            .await
+            .unwrap();
+        let restarted = one
+            .begin_backfill(
+                "r",
+                "category 2, stages any, created any time",
+                "host/1",
+                LEASE,
+                None,
+                true,
+            )
+            .await
+            .unwrap();
+        assert!(
+            matches!(&restarted, BackfillStart::Started { resumed: false, row } if row.cursor.last_id.is_none()),
+            "{name}: {restarted:?}"
+        );
+    }
+}

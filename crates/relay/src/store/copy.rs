@@ -8,7 +8,11 @@
 //! instead of duplicating, and a waiting job merges into the destination's
 //! waiting job for the same deal (the destination's replicas may already be
 //! serving). Party claims and expected echoes are short-lived and are not
-//! copied; rate budgets and the replica list neither.
+//! copied; rate budgets and the replica list neither. Backfill cursors are
+//! not copied either: a cursor is only valid with the jobs it queued, and a
+//! copied job is a new job of the destination; `backfill` run again on the
+//! destination scans from the start and skips every deal already linked
+//! (links are copied), so nothing is moved twice and nothing is missed.
 
 use super::{AppInstall, Attempt, Job, JobState, LinkKind, StoreError};
 

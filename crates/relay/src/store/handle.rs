@@ -23,12 +23,12 @@ use crate::config::{StoreConfig, StoreLocation};
 /// installed applications. Cheap to clone; clones share one backend.
 #[derive(Clone)]
 pub struct Store {
-    backend: Backend,
+    pub(super) backend: Backend,
     options: StoreOptions,
 }
 
 #[derive(Clone)]
-enum Backend {
+pub(super) enum Backend {
     Sqlite(Arc<SqliteStore>),
     Postgres(Arc<PgStore>),
 }

@@ -21,6 +21,7 @@ use crate::config::PostgresConfig;
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("postgres/0001_init.sql")),
     (2, include_str!("postgres/0002_claims.sql")),
+    (3, include_str!("postgres/0003_backfill.sql")),
 ];
 
 /// Key of the advisory lock taken while migrating.

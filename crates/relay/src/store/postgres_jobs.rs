@@ -17,6 +17,12 @@ use super::{
 
 const JOB_COLUMNS: &str = "id, portal, deal_id, trigger, state, attempts, interruptions, coalesced, created_at, updated_at, message, target_deal_id";
 
+/// How a request merges into the deal's pending job (`ON CONFLICT`): one
+/// more request counted, and a backfill job made live by a live request
+/// (see `sqlite_jobs::enqueue`).
+pub(super) const MERGE: &str = "coalesced = jobs.coalesced + 1, updated_at = EXCLUDED.updated_at,
+    trigger = CASE WHEN jobs.trigger = 'backfill' THEN EXCLUDED.trigger ELSE jobs.trigger END";
+
 /// The per-deal advisory lock (held to the end of the transaction).
 const DEAL_LOCK: &str =
     "SELECT pg_advisory_xact_lock(hashtextextended($1::text || '/' || $2::bigint::text, 0))";
@@ -52,13 +58,13 @@ impl PgStore {
         let client = self.client().await?;
         let row = client
             .query_one(
-                "WITH locked AS (
+                &format!("WITH locked AS (
                     SELECT pg_advisory_xact_lock(hashtextextended($1::text || '/' || $2::bigint::text, 0)))
                  INSERT INTO jobs (portal, deal_id, trigger, state, next_run_at, created_at, updated_at)
                  SELECT $1, $2, $3, 'pending', b24_now_ms(), b24_now_ms(), b24_now_ms() FROM locked
                  ON CONFLICT (portal, deal_id) WHERE state = 'pending'
-                 DO UPDATE SET coalesced = jobs.coalesced + 1, updated_at = EXCLUDED.updated_at
-                 RETURNING id, (xmax::text <> '0') AS merged",
+                 DO UPDATE SET {MERGE}
+                 RETURNING id, (xmax::text <> '0') AS merged"),
                 &[&portal, &deal_id, &trigger],
             )
             .await?;
@@ -82,11 +88,11 @@ impl PgStore {
         tx.execute(DEAL_LOCK, &[&portal, &deal_id]).await?;
         let row = tx
             .query_one(
-                "INSERT INTO jobs (portal, deal_id, trigger, state, next_run_at, created_at, updated_at)
+                &format!("INSERT INTO jobs (portal, deal_id, trigger, state, next_run_at, created_at, updated_at)
                  VALUES ($1, $2, 'app-rule', 'pending', b24_now_ms(), b24_now_ms(), b24_now_ms())
                  ON CONFLICT (portal, deal_id) WHERE state = 'pending'
-                 DO UPDATE SET coalesced = jobs.coalesced + 1, updated_at = EXCLUDED.updated_at
-                 RETURNING id, (xmax::text <> '0') AS merged",
+                 DO UPDATE SET {MERGE}
+                 RETURNING id, (xmax::text <> '0') AS merged"),
                 &[&portal, &deal_id],
             )
             .await?;
@@ -180,7 +186,8 @@ impl PgStore {
         Ok(())
     }
 
-    /// Claims the next due job whose deal no replica is transferring.
+    /// Claims the next due job whose deal no replica is transferring: live
+    /// jobs before backfill jobs (see `sqlite_jobs::claim`).
     pub(super) async fn claim(
         &self,
         lease: Duration,
@@ -198,7 +205,7 @@ impl PgStore {
                         WHERE j.state = 'pending' AND j.next_run_at <= b24_now_ms()
                           AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.portal = j.portal
                                           AND r.deal_id = j.deal_id AND r.state = 'running')
-                        ORDER BY j.next_run_at, j.id
+                        ORDER BY (j.trigger = 'backfill'), j.next_run_at, j.id
                         LIMIT 1 FOR UPDATE SKIP LOCKED)
                      RETURNING {JOB_COLUMNS}"
                 ),
@@ -433,10 +440,10 @@ impl PgStore {
             let (portal, deal_id): (String, i64) = (row.get(0), row.get(1));
             tx.execute(DEAL_LOCK, &[&portal, &deal_id]).await?;
             tx.execute(
-                "INSERT INTO jobs (portal, deal_id, trigger, state, next_run_at, created_at, updated_at)
+                &format!("INSERT INTO jobs (portal, deal_id, trigger, state, next_run_at, created_at, updated_at)
                  VALUES ($1, $2, 'replay', 'pending', b24_now_ms(), b24_now_ms(), b24_now_ms())
                  ON CONFLICT (portal, deal_id) WHERE state = 'pending'
-                 DO UPDATE SET coalesced = jobs.coalesced + 1, updated_at = EXCLUDED.updated_at",
+                 DO UPDATE SET {MERGE}"),
                 &[&portal, &deal_id],
             )
             .await?;

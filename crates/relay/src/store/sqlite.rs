@@ -31,7 +31,7 @@ const MAX_BATCH: usize = 512;
 /// Idle time after which the writer truncates the WAL.
 const IDLE: Duration = Duration::from_secs(1);
 /// The schema version this build writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
@@ -114,6 +114,18 @@ CREATE TABLE IF NOT EXISTS party_claims (
     holder TEXT NOT NULL,
     until INTEGER NOT NULL,
     PRIMARY KEY (kind, source_portal, source_id, target_portal)
+);
+CREATE TABLE IF NOT EXISTS backfills (
+    route TEXT PRIMARY KEY,
+    filter TEXT NOT NULL,
+    last_id INTEGER,
+    enqueued INTEGER NOT NULL DEFAULT 0,
+    already INTEGER NOT NULL DEFAULT 0,
+    holder TEXT,
+    lease_until INTEGER,
+    started_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    finished_at INTEGER
 );
 CREATE TABLE IF NOT EXISTS expected_echoes (
     portal TEXT NOT NULL,
@@ -314,6 +326,7 @@ fn migrate(connection: &mut Connection, path: &Path) -> Result<usize, StoreError
     if has_table == 1 && has_column == 0 {
         tx.execute_batch("ALTER TABLE app_installs ADD COLUMN server_endpoint TEXT;")?;
     }
+    // 2 → 3: backfill cursors (a new table, made by SCHEMA).
     tx.execute_batch(SCHEMA)?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;

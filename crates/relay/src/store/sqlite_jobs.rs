@@ -34,7 +34,14 @@ fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
     })
 }
 
-/// Queues `deal_id`, merging into a pending job for the deal.
+/// What a bulk transfer (`b24-relay backfill`) queues its jobs as: they
+/// are claimed after every due live job, and a live request merged into
+/// one of them makes it live.
+pub const BACKFILL_TRIGGER: &str = "backfill";
+
+/// Queues `deal_id`, merging into a pending job for the deal (which takes
+/// the new trigger if it was a backfill job: a live request must not wait
+/// behind the bulk).
 pub(super) fn enqueue(
     c: &Connection,
     portal: &str,
@@ -44,9 +51,10 @@ pub(super) fn enqueue(
     let now = now_ms();
     let merged: Option<i64> = c
         .query_row(
-            "UPDATE jobs SET coalesced = coalesced + 1, updated_at = ?3
+            "UPDATE jobs SET coalesced = coalesced + 1, updated_at = ?3,
+                    trigger = CASE WHEN trigger = ?5 THEN ?4 ELSE trigger END
              WHERE portal = ?1 AND deal_id = ?2 AND state = 'pending' RETURNING id",
-            params![portal, deal_id, now],
+            params![portal, deal_id, now, trigger, BACKFILL_TRIGGER],
             |row| row.get(0),
         )
         .optional()?;
@@ -132,7 +140,9 @@ fn interrupted(
     Ok(released as u64)
 }
 
-/// Claims the next due job whose deal is not being transferred already.
+/// Claims the next due job whose deal is not being transferred already:
+/// live jobs (events, rules, the CLI) before backfill jobs, then the
+/// earliest due.
 pub(super) fn claim(
     c: &Connection,
     lease: Duration,
@@ -149,10 +159,10 @@ pub(super) fn claim(
                 WHERE j.state = 'pending' AND j.next_run_at <= ?1
                   AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.portal = j.portal
                                   AND r.deal_id = j.deal_id AND r.state = 'running')
-                ORDER BY j.next_run_at, j.id LIMIT 1)
+                ORDER BY (j.trigger = ?3), j.next_run_at, j.id LIMIT 1)
              RETURNING {JOB_COLUMNS}"
         ),
-        params![now, now + ms(lease)],
+        params![now, now + ms(lease), BACKFILL_TRIGGER],
         job_from_row,
     )
     .optional()?)
