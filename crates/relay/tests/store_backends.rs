@@ -753,3 +753,44 @@ async fn a_backfill_has_one_holder_and_resumes_from_its_cursor() {
         );
     }
 }
+
+/// Fairness between sources: while a busy source's jobs hold workers, a
+/// quiet source's new job is claimed before the busy source's next one,
+/// although it arrived last; live jobs still go before backfill jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_source_cannot_take_every_worker() {
+    for backend in Backend::all("a_busy_source_cannot_take_every_worker") {
+        let name = backend.name();
+        let store = backend.open().await;
+        for deal in 1..=20 {
+            store
+                .enqueue("busy", deal, "ONCRMDEALUPDATE")
+                .await
+                .unwrap();
+        }
+        let mut running = Vec::new();
+        for _ in 0..3 {
+            let job = store.claim(LEASE).await.unwrap().unwrap();
+            assert_eq!(job.portal, "busy", "{name}: only the busy source waits");
+            running.push(job.id);
+        }
+        store.enqueue("quiet", 1, "ONCRMDEALUPDATE").await.unwrap();
+        let next = store.claim(LEASE).await.unwrap().unwrap();
+        assert_eq!(
+            (next.portal.as_str(), next.deal_id),
+            ("quiet", 1),
+            "{name}: the quiet source's deal goes before the busy source's 4th"
+        );
+        // With one running each, the busy source's oldest waiting deal is next.
+        store
+            .finish(next.id, JobState::Done, "transferred", Some(1))
+            .await
+            .unwrap();
+        let after = store.claim(LEASE).await.unwrap().unwrap();
+        assert_eq!(
+            (after.portal.as_str(), after.deal_id),
+            ("busy", 4),
+            "{name}"
+        );
+    }
+}

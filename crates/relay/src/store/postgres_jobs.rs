@@ -205,7 +205,9 @@ impl PgStore {
                         WHERE j.state = 'pending' AND j.next_run_at <= b24_now_ms()
                           AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.portal = j.portal
                                           AND r.deal_id = j.deal_id AND r.state = 'running')
-                        ORDER BY (j.trigger = 'backfill'), j.next_run_at, j.id
+                        ORDER BY (j.trigger = 'backfill'),
+                                 (SELECT COUNT(*) FROM jobs b WHERE b.portal = j.portal AND b.state = 'running'),
+                                 j.next_run_at, j.id
                         LIMIT 1 FOR UPDATE SKIP LOCKED)
                      RETURNING {JOB_COLUMNS}"
                 ),

@@ -141,8 +141,10 @@ fn interrupted(
 }
 
 /// Claims the next due job whose deal is not being transferred already:
-/// live jobs (events, rules, the CLI) before backfill jobs, then the
-/// earliest due.
+/// live jobs (events, rules, the CLI) before backfill jobs, then the job of
+/// the source portal with the fewest jobs running (one busy source cannot
+/// take every worker while another source's deals wait), then the earliest
+/// due.
 pub(super) fn claim(
     c: &Connection,
     lease: Duration,
@@ -159,7 +161,9 @@ pub(super) fn claim(
                 WHERE j.state = 'pending' AND j.next_run_at <= ?1
                   AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.portal = j.portal
                                   AND r.deal_id = j.deal_id AND r.state = 'running')
-                ORDER BY (j.trigger = ?3), j.next_run_at, j.id LIMIT 1)
+                ORDER BY (j.trigger = ?3),
+                         (SELECT COUNT(*) FROM jobs b WHERE b.portal = j.portal AND b.state = 'running'),
+                         j.next_run_at, j.id LIMIT 1)
              RETURNING {JOB_COLUMNS}"
         ),
         params![now, now + ms(lease), BACKFILL_TRIGGER],
