@@ -22,6 +22,9 @@ const TARGET_SECRET: &str = "benchTargetSecret";
 async fn main() {
     b24_cli_support::install_crypto_provider();
     let deals = arg("--backfill-deals", 2000);
+    // The relay's default; transfers waiting for the same portal share its
+    // batch requests, so more workers move more deals per request.
+    let workers = arg("--workers", 16);
     let source = portal(
         "partner.test",
         SOURCE_SECRET,
@@ -52,7 +55,7 @@ async fn main() {
         r#"
 listen = "127.0.0.1:0"
 store = "sqlite://{db}"
-workers = 8
+workers = {workers}
 [portal.partner]
 webhook = {{ file = "{sh}" }}
 rate = {{ burst = 50, per_second = 2 }}

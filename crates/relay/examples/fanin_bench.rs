@@ -11,40 +11,17 @@
 //!
 //! Usage: cargo run --release -p b24-relay --example fanin_bench -- [--sources S] [--deals D] [--workers W]
 
+mod bench_support;
+
 use std::time::{Duration, Instant};
 
-use b24_emulator::{EntityType, Portal};
+use b24_emulator::EntityType;
 use b24_relay::{Config, JobState, Relay};
+use bench_support::{arg, portal, write};
 use serde_json::json;
 
 const SECRET: &str = "benchHookSecret";
 const RULE_SECRET: &str = "benchRuleSecret";
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-async fn portal(domain: &str, seed: serde_json::Value) -> Portal {
-    Portal::builder()
-        .domain(domain)
-        .webhook(1, SECRET, &["crm", "user"])
-        .rate_limit(50, 2.0)
-        .seed(seed)
-        .start()
-        .await
-        .expect("portal starts")
-}
-
-fn write(dir: &std::path::Path, name: &str, text: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path.display().to_string()
-}
 
 /// The sum of a metric's samples whose line contains `filter`.
 fn metric(text: &str, name: &str, filter: &str) -> f64 {
@@ -63,10 +40,11 @@ async fn main() {
     let source_seed = json!({"pipelines": [{"id": 2, "name": "P", "stages": [{"id": "C2:NEW", "name": "New"}, {"id": "C2:PREPARATION", "name": "Ready"}]}]});
     let mut sources = Vec::new();
     for n in 0..sources_n {
-        sources.push(portal(&format!("partner{n}.test"), source_seed.clone()).await);
+        sources.push(portal(&format!("partner{n}.test"), SECRET, source_seed.clone()).await);
     }
     let target = portal(
         "esb.test",
+        SECRET,
         json!({"pipelines": [{"id": 3, "name": "T", "stages": [{"id": "C3:NEW", "name": "New"}]}]}),
     )
     .await;
