@@ -135,51 +135,28 @@ impl PgStore {
             if still.is_none() {
                 continue;
             }
-            let pending: Option<i64> = tx
-                .query_opt(
-                    "SELECT id FROM jobs WHERE portal = $1 AND deal_id = $2 AND state = 'pending'",
-                    &[&portal, &deal_id],
+            if !supersede_by_waiting(&tx, id, &portal, deal_id).await? {
+                let delay = ms(options.interrupted_delay);
+                let max = i32::try_from(options.max_interruptions).unwrap_or(i32::MAX);
+                tx.execute(
+                    "UPDATE jobs SET state = 'pending', lease_until = NULL, lease_owner = NULL,
+                            attempts = GREATEST(attempts - 1, 0), interruptions = interruptions + 1,
+                            next_run_at = b24_now_ms() + $2::bigint * (1 << LEAST(interruptions + 1, 6)),
+                            message = 'interrupted: the relay stopped during an attempt',
+                            updated_at = b24_now_ms()
+                     WHERE id = $1",
+                    &[&id, &delay],
                 )
-                .await?
-                .map(|r| r.get(0));
-            match pending {
-                Some(newer) => {
-                    tx.execute(
-                        "UPDATE rule_calls SET job_id = $2 WHERE job_id = $1 AND answered_at IS NULL",
-                        &[&id, &newer],
-                    )
-                    .await?;
-                    tx.execute(
-                        "UPDATE jobs SET state = 'done', message = 'superseded by a newer request',
-                                lease_until = NULL, lease_owner = NULL, updated_at = b24_now_ms()
-                         WHERE id = $1",
-                        &[&id],
-                    )
-                    .await?;
-                }
-                None => {
-                    let delay = ms(options.interrupted_delay);
-                    let max = i32::try_from(options.max_interruptions).unwrap_or(i32::MAX);
-                    tx.execute(
-                        "UPDATE jobs SET state = 'pending', lease_until = NULL, lease_owner = NULL,
-                                attempts = GREATEST(attempts - 1, 0), interruptions = interruptions + 1,
-                                next_run_at = b24_now_ms() + $2::bigint * (1 << LEAST(interruptions + 1, 6)),
-                                message = 'interrupted: the relay stopped during an attempt',
-                                updated_at = b24_now_ms()
-                         WHERE id = $1",
-                        &[&id, &delay],
-                    )
-                    .await?;
-                    tx.execute(
-                        "UPDATE jobs SET state = 'failed', updated_at = b24_now_ms(), message =
-                            'the relay stopped ' || interruptions || ' times while transferring this deal '
-                            || '(killed, crashed or restarted mid-transfer); not tried again automatically: '
-                            || 'find in the log what stopped it, then run `b24-relay jobs replay ' || id || '`'
-                         WHERE id = $1 AND interruptions > $2",
-                        &[&id, &max],
-                    )
-                    .await?;
-                }
+                .await?;
+                tx.execute(
+                    "UPDATE jobs SET state = 'failed', updated_at = b24_now_ms(), message =
+                        'the relay stopped ' || interruptions || ' times while transferring this deal '
+                        || '(killed, crashed or restarted mid-transfer); not tried again automatically: '
+                        || 'find in the log what stopped it, then run `b24-relay jobs replay ' || id || '`'
+                     WHERE id = $1 AND interruptions > $2",
+                    &[&id, &max],
+                )
+                .await?;
             }
             tx.commit().await?;
         }
@@ -351,38 +328,15 @@ impl PgStore {
         };
         let (portal, deal_id): (String, i64) = (job.get(0), job.get(1));
         tx.execute(DEAL_LOCK, &[&portal, &deal_id]).await?;
-        let waiting: Option<i64> = tx
-            .query_opt(
-                "SELECT id FROM jobs WHERE portal = $1 AND deal_id = $2 AND state = 'pending'",
-                &[&portal, &deal_id],
+        if !supersede_by_waiting(&tx, job_id, &portal, deal_id).await? {
+            tx.execute(
+                "UPDATE jobs SET state = 'pending', lease_until = NULL, lease_owner = NULL,
+                        attempts = GREATEST(attempts - 1, 0), next_run_at = b24_now_ms(),
+                        updated_at = b24_now_ms()
+                 WHERE id = $1",
+                &[&job_id],
             )
-            .await?
-            .map(|r| r.get(0));
-        match waiting {
-            Some(other) => {
-                tx.execute(
-                    "UPDATE rule_calls SET job_id = $2 WHERE job_id = $1 AND answered_at IS NULL",
-                    &[&job_id, &other],
-                )
-                .await?;
-                tx.execute(
-                    "UPDATE jobs SET state = 'done', message = 'superseded by a newer request',
-                            lease_until = NULL, lease_owner = NULL, updated_at = b24_now_ms()
-                     WHERE id = $1",
-                    &[&job_id],
-                )
-                .await?;
-            }
-            None => {
-                tx.execute(
-                    "UPDATE jobs SET state = 'pending', lease_until = NULL, lease_owner = NULL,
-                            attempts = GREATEST(attempts - 1, 0), next_run_at = b24_now_ms(),
-                            updated_at = b24_now_ms()
-                     WHERE id = $1",
-                    &[&job_id],
-                )
-                .await?;
-            }
+            .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -644,4 +598,38 @@ impl PgStore {
             })
             .collect())
     }
+}
+
+/// If a newer job waits for the same deal, `job_id` is ended as superseded
+/// and its unanswered rule runs follow the waiting job; `true` then. Runs in
+/// the caller's transaction, under its deal lock.
+async fn supersede_by_waiting(
+    tx: &tokio_postgres::Transaction<'_>,
+    job_id: i64,
+    portal: &str,
+    deal_id: i64,
+) -> Result<bool, StoreError> {
+    let waiting: Option<i64> = tx
+        .query_opt(
+            "SELECT id FROM jobs WHERE portal = $1 AND deal_id = $2 AND state = 'pending'",
+            &[&portal, &deal_id],
+        )
+        .await?
+        .map(|r| r.get(0));
+    let Some(waiting) = waiting else {
+        return Ok(false);
+    };
+    tx.execute(
+        "UPDATE rule_calls SET job_id = $2 WHERE job_id = $1 AND answered_at IS NULL",
+        &[&job_id, &waiting],
+    )
+    .await?;
+    tx.execute(
+        "UPDATE jobs SET state = 'done', message = 'superseded by a newer request',
+                lease_until = NULL, lease_owner = NULL, updated_at = b24_now_ms()
+         WHERE id = $1",
+        &[&job_id],
+    )
+    .await?;
+    Ok(true)
 }
