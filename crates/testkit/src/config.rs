@@ -120,10 +120,23 @@ impl EdgeToml {
         self
     }
 
+    /// Leaves a default `[server]` key out (`workers`: one per CPU, as in
+    /// production).
+    pub fn unset_server(mut self, key: &str) -> Self {
+        self.server.remove(key);
+        self
+    }
+
     /// `[nodes] source`: a URL or a file (as nodesync writes it).
     pub fn nodes_source(mut self, source: impl AsRef<str>) -> Self {
         self.nodes
             .insert("source".into(), value(source.as_ref().to_owned()));
+        self
+    }
+
+    /// `[nodes] source` as a file (what nodesync writes), given as a path.
+    pub fn nodes_file(mut self, path: &Path) -> Self {
+        self.nodes.insert("source".into(), path_value(path));
         self
     }
 
@@ -387,6 +400,20 @@ mod tests {
         assert_eq!(parsed["nodes"]["allow_special"].as_bool(), Some(true));
         let route = &parsed["route"].as_array().unwrap()[0];
         assert_eq!(route["allow"].as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn an_edge_config_leaves_out_an_unset_key_and_takes_a_list_file() {
+        let text = EdgeToml::new("/c.pem", "/k.pem")
+            .unset_server("workers")
+            .nodes_file(Path::new("/var/lib/nodesync/app.json"))
+            .render();
+        let parsed: Table = toml::from_str(&text).unwrap();
+        assert!(parsed["server"].get("workers").is_none(), "{text}");
+        assert_eq!(
+            parsed["nodes"]["source"].as_str(),
+            Some("/var/lib/nodesync/app.json")
+        );
     }
 
     #[test]
