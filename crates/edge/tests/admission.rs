@@ -6,25 +6,18 @@ mod common;
 use b24_testkit::{NodesServer, Reply};
 use common::*;
 
-fn nodes_section_url(server: &NodesServer, dir: &std::path::Path) -> String {
-    nodes_section(
-        &server.url(),
-        &format!("cache = \"{}\"", dir.join("nodes-cache.json").display()),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_are_admitted_and_others_refused_before_tls() {
     let dir = tempfile::tempdir().unwrap();
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
     let nodes = NodesServer::start(Reply::nodes(&["127.0.0.2", "127.0.1.0/24"])).await;
-    let edge = start_edge(&format!(
-        "{}{}{}",
-        server_section(&certs, "127.0.0.1:0", ""),
-        nodes_section_url(&nodes, dir.path()),
-        route("/", &upstream.url(), &["nodes"]),
-    ))
+    let edge = start_edge(
+        &edge_config(&certs)
+            .nodes_source(nodes.url())
+            .nodes_cache(&dir.path().join("nodes-cache.json"))
+            .route(EdgeRoute::new("/", &upstream.url())),
+    )
     .await;
     // The first refresh happens at start-up.
     eventually("the list is loaded", || async {
@@ -116,12 +109,12 @@ async fn debug_mode_answers_403_after_tls() {
     let dir = tempfile::tempdir().unwrap();
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
-    let edge = start_edge(&format!(
-        "{}{}{}",
-        server_section(&certs, "127.0.0.1:0", "refuse_before_tls = false"),
-        nodes_file(dir.path(), &["127.0.0.2"]),
-        route("/", &upstream.url(), &["nodes"]),
-    ))
+    let edge = start_edge(
+        &edge_config(&certs)
+            .server("refuse_before_tls", false)
+            .nodes_file(&nodes_list(dir.path(), &["127.0.0.2"]))
+            .route(EdgeRoute::new("/", &upstream.url())),
+    )
     .await;
     list_loaded(&edge).await;
     for http2 in [false, true] {
@@ -150,19 +143,17 @@ async fn any_and_cidr_routes_and_longest_prefix() {
     let dir = tempfile::tempdir().unwrap();
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
-    let edge = start_edge(&format!(
-        "{}{}{}{}{}{}",
-        server_section(&certs, "127.0.0.1:0", ""),
-        nodes_file(dir.path(), &["127.0.0.2"]),
-        route("/", &upstream.url(), &["nodes"]),
-        route("/public/", &upstream.url(), &["any"]),
-        route(
-            "/office/",
-            &upstream.url(),
-            &["127.0.0.4/32", "127.0.2.0/24"]
-        ),
-        route("/office/events/", &upstream.url(), &["nodes"]),
-    ))
+    let edge = start_edge(
+        &edge_config(&certs)
+            .nodes_file(&nodes_list(dir.path(), &["127.0.0.2"]))
+            .route(EdgeRoute::new("/", &upstream.url()))
+            .route(EdgeRoute::new("/public/", &upstream.url()).allow(&["any"]))
+            .route(
+                EdgeRoute::new("/office/", &upstream.url())
+                    .allow(&["127.0.0.4/32", "127.0.2.0/24"]),
+            )
+            .route(EdgeRoute::new("/office/events/", &upstream.url())),
+    )
     .await;
     eventually("the list is loaded", || async {
         edge.nodes().current().is_some()
@@ -217,11 +208,9 @@ async fn no_route_is_denied() {
     let dir = tempfile::tempdir().unwrap();
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
-    let edge = start_edge(&format!(
-        "{}{}",
-        server_section(&certs, "127.0.0.1:0", ""),
-        route("/hooks/", &upstream.url(), &["any"]),
-    ))
+    let edge = start_edge(
+        &edge_config(&certs).route(EdgeRoute::new("/hooks/", &upstream.url()).allow(&["any"])),
+    )
     .await;
     let anyone = client(&certs, "127.0.0.3", false);
     assert_eq!(get(&anyone, &url(&edge, "/hooks/1")).await.0, 200);
@@ -249,13 +238,13 @@ async fn ipv6_clients() {
     let dir = tempfile::tempdir().unwrap();
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
-    let edge = start_edge(&format!(
-        "{}{}{}{}",
-        server_section(&certs, "[::1]:0", ""),
-        nodes_file(dir.path(), &["::1"]),
-        route("/", &upstream.url(), &["nodes"]),
-        route("/v4/", &upstream.url(), &["127.0.0.0/8"]),
-    ))
+    let edge = start_edge(
+        &edge_config(&certs)
+            .listen("[::1]:0")
+            .nodes_file(&nodes_list(dir.path(), &["::1"]))
+            .route(EdgeRoute::new("/", &upstream.url()))
+            .route(EdgeRoute::new("/v4/", &upstream.url()).allow(&["127.0.0.0/8"])),
+    )
     .await;
     eventually("the list is loaded", || async {
         edge.nodes().current().is_some()
@@ -275,12 +264,11 @@ async fn h2_and_streaming_bodies() {
     let dir = tempfile::tempdir().unwrap();
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
-    let edge = start_edge(&format!(
-        "{}{}{}",
-        server_section(&certs, "127.0.0.1:0", ""),
-        nodes_file(dir.path(), &["127.0.0.2"]),
-        route("/", &upstream.url(), &["nodes"]),
-    ))
+    let edge = start_edge(
+        &edge_config(&certs)
+            .nodes_file(&nodes_list(dir.path(), &["127.0.0.2"]))
+            .route(EdgeRoute::new("/", &upstream.url())),
+    )
     .await;
     eventually("the list is loaded", || async {
         edge.nodes().current().is_some()
@@ -326,12 +314,12 @@ async fn refused_posts_with_a_body_get_a_clean_403() {
     let dir = tempfile::tempdir().unwrap();
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
-    let edge = start_edge(&format!(
-        "{}{}{}",
-        server_section(&certs, "127.0.0.1:0", "refuse_before_tls = false"),
-        nodes_file(dir.path(), &["127.0.0.2"]),
-        route("/", &upstream.url(), &["nodes"]),
-    ))
+    let edge = start_edge(
+        &edge_config(&certs)
+            .server("refuse_before_tls", false)
+            .nodes_file(&nodes_list(dir.path(), &["127.0.0.2"]))
+            .route(EdgeRoute::new("/", &upstream.url())),
+    )
     .await;
     eventually("the list is loaded", || async {
         edge.nodes().current().is_some()

@@ -28,15 +28,11 @@ impl Running {
     }
 }
 
-/// Starts the binary with `config`, in which `{https}` and `{admin}` become
-/// port 0, and waits until it says it started: the addresses come from
-/// that line, so no port is picked, freed and raced for.
-async fn run_edge(dir: &Path, config: &str) -> Running {
-    let config = config
-        .replace("{https}", "127.0.0.1:0")
-        .replace("{admin}", "127.0.0.1:0");
-    let path = dir.join("edge.toml");
-    std::fs::write(&path, config).unwrap();
+/// Starts the binary with `config` (its listeners on port 0 unless the
+/// test chose), and waits until it says it started: the addresses come
+/// from that line, so no port is picked, freed and raced for.
+async fn run_edge(dir: &Path, config: &EdgeToml) -> Running {
+    let path = config.write(dir);
     let log = dir.join("edge.log");
     let child = Command::new(BINARY)
         .arg("--config")
@@ -87,17 +83,22 @@ fn started_addresses(log: &str) -> Option<(std::net::SocketAddr, std::net::Socke
     Some((listen, admin))
 }
 
-fn config_text(certs: &TestCerts, dir: &Path, upstream: &Upstream, server_extra: &str) -> String {
-    let cache = dir.join("cache.json");
-    let list = NodeListFile::write(&cache);
-    format!(
-        "[server]\nlisten = \"{{https}}\"\nmetrics_listen = \"{{admin}}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n{server_extra}\n\
-         [nodes]\n# The tests use loopback addresses.\nallow_special = true\nsource = \"http://127.0.0.1:9/webhook/app.json?token=s3cret-token\"\ncache = \"{}\"\n\n{}",
-        certs.cert_path.display(),
-        certs.key_path.display(),
-        list.display(),
-        route("/", &upstream.url(), &["nodes"]),
-    )
+/// A nodes source that is never reachable, with a secret in its URL that
+/// the logs must not show.
+const SOURCE: &str = "http://127.0.0.1:9/webhook/app.json?token=s3cret-token";
+
+/// [`SOURCE`] and a cache in `dir` holding 127.0.0.1; `route` the only
+/// route.
+fn routed_config(certs: &TestCerts, dir: &Path, route: EdgeRoute) -> EdgeToml {
+    edge_config(certs)
+        .nodes_source(SOURCE)
+        .nodes_cache(&NodeListFile::write(&dir.join("cache.json")))
+        .route(route)
+}
+
+/// [`routed_config`] with `/` for the nodes only, going to `upstream`.
+fn binary_config(certs: &TestCerts, dir: &Path, upstream: &Upstream) -> EdgeToml {
+    routed_config(certs, dir, EdgeRoute::new("/", &upstream.url()))
 }
 
 /// A cache file holding 127.0.0.1, for a source that is never reachable.
@@ -111,9 +112,7 @@ impl NodeListFile {
         )
         .unwrap();
         // The source as the cache names it (query hidden): the config's.
-        let source: b24_nodes::Source = "http://127.0.0.1:9/webhook/app.json?token=s3cret-token"
-            .parse()
-            .unwrap();
+        let source: b24_nodes::Source = SOURCE.parse().unwrap();
         let mut record = b24_nodes::CacheRecord::new(source.to_string());
         record.set_list(&list);
         record.store(path).unwrap();
@@ -143,11 +142,14 @@ async fn check_config_accepts_good_and_names_the_bad_key() {
     let dir = tempfile::tempdir().unwrap();
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
-    let good = config_text(&certs, dir.path(), &upstream, "")
-        .replace("{https}", "127.0.0.1:8443")
-        .replace("{admin}", "127.0.0.1:9901");
-    let path = dir.path().join("edge.toml");
-    std::fs::write(&path, &good).unwrap();
+    // Fixed ports: --check-config binds nothing.
+    let good = |route: EdgeRoute| {
+        routed_config(&certs, dir.path(), route)
+            .listen("127.0.0.1:8443")
+            .metrics_listen("127.0.0.1:9901")
+    };
+    let nodes_route = || EdgeRoute::new("/", &upstream.url());
+    let path = good(nodes_route()).write(dir.path());
     let output = Command::new(BINARY)
         .arg("--config")
         .arg(&path)
@@ -163,24 +165,18 @@ async fn check_config_accepts_good_and_names_the_bad_key() {
 
     let cases = [
         (
-            good.replace("[nodes]", "[nodes]\nrefresh = \"10s\""),
+            good(nodes_route()).nodes_key("refresh", "10s"),
             "nodes.refresh",
         ),
+        (good(nodes_route().allow(&["everyone"])), "route[0].allow"),
+        (good(nodes_route()).listen("localhost"), "server.listen"),
         (
-            good.replace("allow = [\"nodes\"]", "allow = [\"everyone\"]"),
-            "route[0].allow",
-        ),
-        (good.replace("127.0.0.1:8443", "localhost"), "server.listen"),
-        (
-            good.replace(
-                &certs.key_path.display().to_string(),
-                "/nonexistent/key.pem",
-            ),
+            good(nodes_route()).server("tls_key", "/nonexistent/key.pem"),
             "/nonexistent/key.pem",
         ),
     ];
-    for (text, key) in cases {
-        std::fs::write(&path, &text).unwrap();
+    for (config, key) in cases {
+        config.write(dir.path());
         let output = Command::new(BINARY)
             .arg("--config")
             .arg(&path)
@@ -209,7 +205,7 @@ async fn sighup_reloads_the_certificate_for_new_connections() {
     let mut certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
     // The file watcher is slowed down so that only SIGHUP can explain a reload.
-    let config = config_text(&certs, dir.path(), &upstream, "tls_reload_poll = \"1h\"");
+    let config = binary_config(&certs, dir.path(), &upstream).server("tls_reload_poll", "1h");
     let edge = run_edge(dir.path(), &config).await;
     let first = certs.leaf_der.clone();
 
@@ -272,7 +268,7 @@ async fn sigterm_finishes_the_request_in_flight_and_exits_0() {
     let upstream = Upstream::start().await;
     // Unlisted clients get a 403 after TLS here, so that a denied request
     // whose path carries a webhook secret is logged, but without the path.
-    let config = config_text(&certs, dir.path(), &upstream, "refuse_before_tls = false");
+    let config = binary_config(&certs, dir.path(), &upstream).server("refuse_before_tls", false);
     let mut edge = run_edge(dir.path(), &config).await;
 
     let stranger = tls_over(&certs, tcp_from("127.0.0.3", edge.https).await)
@@ -336,12 +332,10 @@ async fn sigterm_with_idle_connections_exits_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
-    let config = config_text(
-        &certs,
-        dir.path(),
-        &upstream,
-        "shutdown_timeout = \"1h\"\nidle_timeout = \"1h\"\nheader_timeout = \"1h\"",
-    );
+    let config = binary_config(&certs, dir.path(), &upstream)
+        .server("shutdown_timeout", "1h")
+        .server("idle_timeout", "1h")
+        .server("header_timeout", "1h");
     let mut edge = run_edge(dir.path(), &config).await;
     // An h2 client idle after one request…
     let tls = tls_from(&certs, "127.0.0.1", edge.https, &[b"h2"])
@@ -397,12 +391,9 @@ async fn sigterm_with_a_stream_given_no_window_exits_at_send_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
-    let config = config_text(
-        &certs,
-        dir.path(),
-        &upstream,
-        "shutdown_timeout = \"1h\"\nsend_timeout = \"2s\"",
-    );
+    let config = binary_config(&certs, dir.path(), &upstream)
+        .server("shutdown_timeout", "1h")
+        .server("send_timeout", "2s");
     let mut edge = run_edge(dir.path(), &config).await;
     // A listed client (127.0.0.1 is in the list) with no window at all.
     let mut stingy = StingyH2::connect(&certs, "127.0.0.1", edge.https, 0).await;
@@ -441,16 +432,12 @@ async fn a_second_instance_on_a_served_address_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
-    let config = config_text(&certs, dir.path(), &upstream, "");
+    let config = binary_config(&certs, dir.path(), &upstream);
     let first = run_edge(dir.path(), &config).await;
     // The same listen address, another admin port.
     let second_dir = dir.path().join("second");
     std::fs::create_dir(&second_dir).unwrap();
-    let second_config = config
-        .replace("{https}", &first.https.to_string())
-        .replace("{admin}", "127.0.0.1:0");
-    let path = second_dir.join("edge.toml");
-    std::fs::write(&path, second_config).unwrap();
+    let path = config.listen(first.https).write(&second_dir);
     let output = tokio::time::timeout(
         GENEROUS,
         Command::new(BINARY).arg("--config").arg(&path).output(),

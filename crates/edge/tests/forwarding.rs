@@ -15,12 +15,13 @@ async fn edge_behind_proxy(
     upstream: &Upstream,
     mode: &str,
 ) -> b24_edge::EdgeHandle {
-    let edge = start_edge(&format!(
-        "{}{}[client_ip]\nmode = \"{mode}\"\ntrusted_proxies = [\"127.0.0.5/32\"]\n{}",
-        server_section(certs, "127.0.0.1:0", ""),
-        nodes_file(dir, &["127.0.0.2"]),
-        route("/", &upstream.url(), &["nodes"]),
-    ))
+    let edge = start_edge(
+        &edge_config(certs)
+            .nodes_file(&nodes_list(dir, &["127.0.0.2"]))
+            .client_ip("mode", mode)
+            .client_ip("trusted_proxies", vec!["127.0.0.5/32"])
+            .route(EdgeRoute::new("/", &upstream.url())),
+    )
     .await;
     list_loaded(&edge).await;
     edge
@@ -170,22 +171,12 @@ async fn proxy_protocol_v1_and_v2_from_trusted_peers_only() {
     assert!(edge.shutdown().await);
 }
 
-/// Anyone may use `/`; the upstream is configurable per test.
-async fn open_edge(certs: &TestCerts, upstream: &str, server_extra: &str) -> b24_edge::EdgeHandle {
-    start_edge(&format!(
-        "{}{}",
-        server_section(certs, "127.0.0.1:0", server_extra),
-        route("/", upstream, &["any"]),
-    ))
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_over_the_limit_get_413() {
     let dir = tempfile::tempdir().unwrap();
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
-    let edge = open_edge(&certs, &upstream.url(), "max_body = \"1KiB\"").await;
+    let edge = open_edge(edge_config(&certs).server("max_body", "1KiB"), &upstream).await;
     for http2 in [false, true] {
         let client = client(&certs, "127.0.0.3", http2);
         let declared = client
@@ -233,7 +224,11 @@ async fn slow_headers_get_the_connection_closed() {
     let dir = tempfile::tempdir().unwrap();
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
-    let edge = open_edge(&certs, &upstream.url(), "header_timeout = \"500ms\"").await;
+    let edge = open_edge(
+        edge_config(&certs).server("header_timeout", "500ms"),
+        &upstream,
+    )
+    .await;
     let tcp = tcp_from("127.0.0.3", edge.addrs()[0]).await;
     let mut tls = tls_over(&certs, tcp).await.unwrap();
     tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
@@ -264,12 +259,12 @@ async fn refused_upstream_is_502_and_slow_upstream_is_504() {
     let closed_addr = closed.local_addr().unwrap();
     drop(closed);
     let upstream = Upstream::start().await;
-    let edge = start_edge(&format!(
-        "{}{}{}",
-        server_section(&certs, "127.0.0.1:0", "upstream_timeout = \"300ms\""),
-        route("/", &upstream.url(), &["any"]),
-        route("/gone/", &format!("http://{closed_addr}"), &["any"]),
-    ))
+    let edge = start_edge(
+        &edge_config(&certs)
+            .server("upstream_timeout", "300ms")
+            .route(EdgeRoute::new("/", &upstream.url()).allow(&["any"]))
+            .route(EdgeRoute::new("/gone/", &format!("http://{closed_addr}")).allow(&["any"])),
+    )
     .await;
     let client = client(&certs, "127.0.0.3", false);
     assert_eq!(get(&client, &url(&edge, "/gone/x")).await.0, 502);
@@ -312,7 +307,7 @@ async fn pooled_upstream_connections_are_reused() {
     let dir = tempfile::tempdir().unwrap();
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
-    let edge = open_edge(&certs, &upstream.url(), "").await;
+    let edge = open_edge(edge_config(&certs), &upstream).await;
     let client = client(&certs, "127.0.0.3", false);
     for _ in 0..5 {
         assert_eq!(get(&client, &url(&edge, "/pooled")).await.0, 200);
@@ -330,7 +325,11 @@ async fn certificate_files_changing_are_picked_up_for_new_connections() {
     let dir = tempfile::tempdir().unwrap();
     let mut certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
-    let edge = open_edge(&certs, &upstream.url(), "tls_reload_poll = \"100ms\"").await;
+    let edge = open_edge(
+        edge_config(&certs).server("tls_reload_poll", "100ms"),
+        &upstream,
+    )
+    .await;
     let first = certs.leaf_der.clone();
     let metrics = scrape(&edge).await;
     let expiry_2031 = 1_924_992_000.0; // 2031-01-01T00:00:00Z
@@ -385,17 +384,15 @@ async fn connection_and_nodes_gauges() {
     let dir = tempfile::tempdir().unwrap();
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
-    let list = dir.path().join("app.json");
-    replace_file(
-        &list,
-        nodes_json(&["127.0.0.2", "127.0.1.0/24", "::1", "2001:db8::/48"]).as_bytes(),
+    let list = nodes_list(
+        dir.path(),
+        &["127.0.0.2", "127.0.1.0/24", "::1", "2001:db8::/48"],
     );
-    let edge = start_edge(&format!(
-        "{}{}{}",
-        server_section(&certs, "127.0.0.1:0", ""),
-        nodes_section(&list.display().to_string(), ""),
-        route("/", &upstream.url(), &["nodes"]),
-    ))
+    let edge = start_edge(
+        &edge_config(&certs)
+            .nodes_file(&list)
+            .route(EdgeRoute::new("/", &upstream.url())),
+    )
     .await;
     eventually("the list is loaded", || async {
         edge.nodes().current().is_some()
@@ -450,7 +447,7 @@ async fn tls_1_2_and_1_3_with_alpn() {
     let dir = tempfile::tempdir().unwrap();
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
-    let edge = open_edge(&certs, &upstream.url(), "").await;
+    let edge = open_edge(edge_config(&certs), &upstream).await;
     let cases = [
         (
             &rustls::version::TLS12,
@@ -490,17 +487,14 @@ async fn listed_clients_keep_reserved_slots_and_wait_for_a_free_one() {
     let dir = tempfile::tempdir().unwrap();
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
-    let edge = start_edge(&format!(
-        "{}{}{}{}",
-        server_section(
-            &certs,
-            "127.0.0.1:0",
-            "max_connections = 2\nreserved_connections = 1"
-        ),
-        nodes_file(dir.path(), &["127.0.0.2"]),
-        route("/", &upstream.url(), &["nodes"]),
-        route("/public/", &upstream.url(), &["any"]),
-    ))
+    let edge = start_edge(
+        &edge_config(&certs)
+            .server("max_connections", 2)
+            .server("reserved_connections", 1)
+            .nodes_file(&nodes_list(dir.path(), &["127.0.0.2"]))
+            .route(EdgeRoute::new("/", &upstream.url()))
+            .route(EdgeRoute::new("/public/", &upstream.url()).allow(&["any"])),
+    )
     .await;
     list_loaded(&edge).await;
     let addr = edge.addrs()[0];
@@ -560,15 +554,19 @@ async fn https_upstream_with_its_own_ca() {
     std::fs::write(&upstream_ca, &upstream_certs.ca_pem).unwrap();
     let wrong_ca = dir.path().join("wrong-ca.pem");
     std::fs::write(&wrong_ca, &certs.ca_pem).unwrap();
-    let edge = start_edge(&format!(
-        "{}[[route]]\nprefix = \"/\"\nupstream = \"{}\"\nca_file = \"{}\"\nallow = [\"any\"]\n\
-         [[route]]\nprefix = \"/untrusted/\"\nupstream = \"{}\"\nca_file = \"{}\"\nallow = [\"any\"]\n",
-        server_section(&certs, "127.0.0.1:0", ""),
-        upstream.https_url(),
-        upstream_ca.display(),
-        upstream.https_url(),
-        wrong_ca.display(),
-    ))
+    let edge = start_edge(
+        &edge_config(&certs)
+            .route(
+                EdgeRoute::new("/", &upstream.https_url())
+                    .ca_file(&upstream_ca)
+                    .allow(&["any"]),
+            )
+            .route(
+                EdgeRoute::new("/untrusted/", &upstream.https_url())
+                    .ca_file(&wrong_ca)
+                    .allow(&["any"]),
+            ),
+    )
     .await;
     let client = client(&certs, "127.0.0.3", false);
     let (status, body) = get(&client, &url(&edge, "/over-tls")).await;

@@ -31,13 +31,13 @@ async fn unlisted_flood_is_refused_before_tls_while_a_node_is_served() {
     let dir = tempfile::tempdir().unwrap();
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
-    let edge = start_edge(&format!(
-        "{}{}{}{}",
-        server_section(&certs, "127.0.0.1:0", "max_connections = 50"),
-        nodes_file(dir.path(), &[NODE]),
-        route("/", &upstream.url(), &["nodes"]),
-        route("/bitrix/admin/", &upstream.url(), &["127.0.0.9/32"]),
-    ))
+    let edge = start_edge(
+        &edge_config(&certs)
+            .server("max_connections", 50)
+            .nodes_file(&nodes_list(dir.path(), &[NODE]))
+            .route(EdgeRoute::new("/", &upstream.url()))
+            .route(EdgeRoute::new("/bitrix/admin/", &upstream.url()).allow(&["127.0.0.9/32"])),
+    )
     .await;
     list_loaded(&edge).await;
     let addr = edge.addrs()[0];
@@ -118,18 +118,16 @@ async fn idle_connections_of_every_protocol_are_closed_and_never_lock_out_a_node
     let upstream = Upstream::start().await;
     // The attacker may use the public route, so it gets through TLS: the
     // deadlines, not the pre-TLS refusal, must save the node here.
-    let edge = start_edge(&format!(
-        "{}{}{}{}",
-        server_section(
-            &certs,
-            "127.0.0.1:0",
-            "max_connections = 24\nmax_connections_per_address = 1000\n\
-             header_timeout = \"1s\"\nidle_timeout = \"1s\""
-        ),
-        nodes_file(dir.path(), &[NODE]),
-        route("/", &upstream.url(), &["nodes"]),
-        route("/public/", &upstream.url(), &["any"]),
-    ))
+    let edge = start_edge(
+        &edge_config(&certs)
+            .server("max_connections", 24)
+            .server("max_connections_per_address", 1000)
+            .server("header_timeout", "1s")
+            .server("idle_timeout", "1s")
+            .nodes_file(&nodes_list(dir.path(), &[NODE]))
+            .route(EdgeRoute::new("/", &upstream.url()))
+            .route(EdgeRoute::new("/public/", &upstream.url()).allow(&["any"])),
+    )
     .await;
     list_loaded(&edge).await;
     let addr = edge.addrs()[0];
@@ -205,17 +203,14 @@ async fn one_address_cannot_take_every_slot() {
     let dir = tempfile::tempdir().unwrap();
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
-    let edge = start_edge(&format!(
-        "{}{}{}{}",
-        server_section(
-            &certs,
-            "127.0.0.1:0",
-            "max_connections = 100\nmax_connections_per_address = 5"
-        ),
-        nodes_file(dir.path(), &[NODE]),
-        route("/", &upstream.url(), &["nodes"]),
-        route("/public/", &upstream.url(), &["any"]),
-    ))
+    let edge = start_edge(
+        &edge_config(&certs)
+            .server("max_connections", 100)
+            .server("max_connections_per_address", 5)
+            .nodes_file(&nodes_list(dir.path(), &[NODE]))
+            .route(EdgeRoute::new("/", &upstream.url()))
+            .route(EdgeRoute::new("/public/", &upstream.url()).allow(&["any"])),
+    )
     .await;
     list_loaded(&edge).await;
     let addr = edge.addrs()[0];
@@ -264,15 +259,12 @@ async fn the_admin_listener_closes_half_sent_and_idle_connections() {
     let dir = tempfile::tempdir().unwrap();
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
-    let edge = start_edge(&format!(
-        "{}{}",
-        server_section(
-            &certs,
-            "127.0.0.1:0",
-            "header_timeout = \"1s\"\nidle_timeout = \"1s\""
-        ),
-        route("/", &upstream.url(), &["any"]),
-    ))
+    let edge = open_edge(
+        edge_config(&certs)
+            .server("header_timeout", "1s")
+            .server("idle_timeout", "1s"),
+        &upstream,
+    )
     .await;
     let admin = edge.metrics_addr().unwrap();
     // A request line that never ends (the issue: held open forever).
@@ -299,12 +291,7 @@ async fn a_second_request_head_sent_byte_by_byte_is_cut_off() {
     let dir = tempfile::tempdir().unwrap();
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
-    let edge = start_edge(&format!(
-        "{}{}",
-        server_section(&certs, "127.0.0.1:0", "idle_timeout = \"1s\""),
-        route("/", &upstream.url(), &["any"]),
-    ))
-    .await;
+    let edge = open_edge(edge_config(&certs).server("idle_timeout", "1s"), &upstream).await;
     let mut tls = tls_from(&certs, ATTACKER, edge.addrs()[0], &[b"http/1.1"])
         .await
         .unwrap();
@@ -338,11 +325,10 @@ async fn a_client_that_stops_reading_its_answer_is_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
-    let edge = start_edge(&format!(
-        "{}{}",
-        server_section(&certs, "127.0.0.1:0", "send_timeout = \"500ms\""),
-        route("/", &upstream.url(), &["any"]),
-    ))
+    let edge = open_edge(
+        edge_config(&certs).server("send_timeout", "500ms"),
+        &upstream,
+    )
     .await;
     let mut tls = tls_from(&certs, ATTACKER, edge.addrs()[0], &[b"http/1.1"])
         .await
@@ -372,18 +358,15 @@ async fn an_h2_stream_given_no_window_is_reset_and_lets_its_upstream_go() {
     let upstream = Upstream::start().await;
     // Only the stalled responses go here.
     let big = Upstream::start().await;
-    let edge = start_edge(&format!(
-        "{}{}{}{}{}",
-        server_section(
-            &certs,
-            "127.0.0.1:0",
-            "send_timeout = \"1s\"\nidle_timeout = \"1h\""
-        ),
-        nodes_file(dir.path(), &[NODE]),
-        route("/", &upstream.url(), &["nodes"]),
-        route("/public/", &upstream.url(), &["any"]),
-        route("/big", &big.url(), &["any"]),
-    ))
+    let edge = start_edge(
+        &edge_config(&certs)
+            .server("send_timeout", "1s")
+            .server("idle_timeout", "1h")
+            .nodes_file(&nodes_list(dir.path(), &[NODE]))
+            .route(EdgeRoute::new("/", &upstream.url()))
+            .route(EdgeRoute::new("/public/", &upstream.url()).allow(&["any"]))
+            .route(EdgeRoute::new("/big", &big.url()).allow(&["any"])),
+    )
     .await;
     list_loaded(&edge).await;
     let addr = edge.addrs()[0];

@@ -67,14 +67,15 @@ async fn path_tricks_do_not_cross_route_allow_lists() {
     let dir = tempfile::tempdir().unwrap();
     let certs = TestCerts::new(dir.path());
     let backend = Nginx::start(NORMALIZING_BACKEND).await;
-    let edge = start_edge(&format!(
-        "{}{}{}{}{}",
-        server_section(&certs, "127.0.0.1:0", ""),
-        nodes_file(dir.path(), &[NODE]),
-        route("/", &backend.url(), &["any"]),
-        route("/hook/", &backend.url(), &["nodes"]),
-        route("/bitrix/admin/", &backend.url(), &[&format!("{OFFICE}/32")]),
-    ))
+    let edge = start_edge(
+        &edge_config(&certs)
+            .nodes_file(&nodes_list(dir.path(), &[NODE]))
+            .route(EdgeRoute::new("/", &backend.url()).allow(&["any"]))
+            .route(EdgeRoute::new("/hook/", &backend.url()))
+            .route(
+                EdgeRoute::new("/bitrix/admin/", &backend.url()).allow(&[&format!("{OFFICE}/32")]),
+            ),
+    )
     .await;
     list_loaded(&edge).await;
 
@@ -181,13 +182,15 @@ async fn forwarded_for_behind_a_real_nginx_balancer() {
     let upstream = Upstream::start().await;
     // The balancer's own address is allowed on an internal route: the
     // attack is to be taken for the balancer.
-    let edge = start_edge(&format!(
-        "{}{}[client_ip]\nmode = \"x_forwarded_for\"\ntrusted_proxies = [\"{BALANCER}/32\"]\n{}{}",
-        server_section(&certs, "127.0.0.1:0", ""),
-        nodes_file(dir.path(), &[NODE]),
-        route("/", &upstream.url(), &["nodes"]),
-        route("/internal/", &upstream.url(), &[&format!("{BALANCER}/32")]),
-    ))
+    let balancer_net = format!("{BALANCER}/32");
+    let edge = start_edge(
+        &edge_config(&certs)
+            .nodes_file(&nodes_list(dir.path(), &[NODE]))
+            .client_ip("mode", "x_forwarded_for")
+            .client_ip("trusted_proxies", vec![balancer_net.as_str()])
+            .route(EdgeRoute::new("/", &upstream.url()))
+            .route(EdgeRoute::new("/internal/", &upstream.url()).allow(&[&balancer_net])),
+    )
     .await;
     list_loaded(&edge).await;
     let edge_addr = edge.addrs()[0];
@@ -289,13 +292,14 @@ async fn proxy_protocol_never_believes_x_forwarded_for() {
     let dir = tempfile::tempdir().unwrap();
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
-    let edge = start_edge(&format!(
-        "{}{}[client_ip]\nmode = \"proxy_protocol\"\ntrusted_proxies = [\"{BALANCER}/32\"]\n{}{}",
-        server_section(&certs, "127.0.0.1:0", ""),
-        nodes_file(dir.path(), &[NODE]),
-        route("/", &upstream.url(), &["nodes"]),
-        route("/public/", &upstream.url(), &["any"]),
-    ))
+    let edge = start_edge(
+        &edge_config(&certs)
+            .nodes_file(&nodes_list(dir.path(), &[NODE]))
+            .client_ip("mode", "proxy_protocol")
+            .client_ip("trusted_proxies", vec![format!("{BALANCER}/32")])
+            .route(EdgeRoute::new("/", &upstream.url()))
+            .route(EdgeRoute::new("/public/", &upstream.url()).allow(&["any"])),
+    )
     .await;
     list_loaded(&edge).await;
     let dst = edge.addrs()[0];
@@ -331,20 +335,6 @@ async fn proxy_protocol_never_believes_x_forwarded_for() {
     assert!(edge.shutdown().await);
 }
 
-/// Anyone may use `/`.
-async fn open_edge(
-    certs: &TestCerts,
-    upstream: &Upstream,
-    server_extra: &str,
-) -> b24_edge::EdgeHandle {
-    start_edge(&format!(
-        "{}{}",
-        server_section(certs, "127.0.0.1:0", server_extra),
-        route("/", &upstream.url(), &["any"]),
-    ))
-    .await
-}
-
 fn chunks(count: usize, size: usize) -> reqwest::Body {
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
         (0..count).map(|_| Ok(vec![b'x'; size])).collect();
@@ -356,7 +346,7 @@ async fn oversized_bodies_never_reach_the_upstream() {
     let dir = tempfile::tempdir().unwrap();
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
-    let edge = open_edge(&certs, &upstream, "max_body = \"1MiB\"").await;
+    let edge = open_edge(edge_config(&certs).server("max_body", "1MiB"), &upstream).await;
     for http2 in [false, true] {
         let client = client(&certs, ATTACKER, http2);
         // 2.5 MiB of unknown length: chunked over HTTP/1.1, no
@@ -428,9 +418,11 @@ async fn slow_uploads_are_the_clients_time_and_stalled_ones_get_408() {
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
     let edge = open_edge(
-        &certs,
+        edge_config(&certs)
+            .server("upstream_timeout", "300ms")
+            .server("client_body_timeout", "3s")
+            .server("body_buffer", "1KiB"),
         &upstream,
-        "upstream_timeout = \"300ms\"\nclient_body_timeout = \"3s\"\nbody_buffer = \"1KiB\"",
     )
     .await;
     // Steady but slow — longer in total than upstream_timeout, each pause
@@ -482,7 +474,7 @@ async fn malformed_framing_and_hosts_are_client_errors() {
     let dir = tempfile::tempdir().unwrap();
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
-    let edge = open_edge(&certs, &upstream, "").await;
+    let edge = open_edge(edge_config(&certs), &upstream).await;
     let addr = edge.addrs()[0];
     let exchange = |request: &'static [u8]| raw_exchange(&certs, ATTACKER, addr, request, GENEROUS);
 
@@ -575,13 +567,12 @@ async fn denied_clients_are_not_invited_to_upload() {
     let dir = tempfile::tempdir().unwrap();
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
-    let edge = start_edge(&format!(
-        "{}{}{}{}",
-        server_section(&certs, "127.0.0.1:0", ""),
-        nodes_file(dir.path(), &[NODE]),
-        route("/", &upstream.url(), &["nodes"]),
-        route("/public/", &upstream.url(), &["any"]),
-    ))
+    let edge = start_edge(
+        &edge_config(&certs)
+            .nodes_file(&nodes_list(dir.path(), &[NODE]))
+            .route(EdgeRoute::new("/", &upstream.url()))
+            .route(EdgeRoute::new("/public/", &upstream.url()).allow(&["any"])),
+    )
     .await;
     list_loaded(&edge).await;
     let head = b"POST /hook HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\nExpect: 100-continue\r\n\r\n";
@@ -616,7 +607,11 @@ async fn a_stalled_upstream_body_is_given_up() {
     let dir = tempfile::tempdir().unwrap();
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
-    let edge = open_edge(&certs, &upstream, "upstream_timeout = \"300ms\"").await;
+    let edge = open_edge(
+        edge_config(&certs).server("upstream_timeout", "300ms"),
+        &upstream,
+    )
+    .await;
     for http2 in [false, true] {
         let response = client(&certs, ATTACKER, http2)
             .get(url(&edge, "/stall"))

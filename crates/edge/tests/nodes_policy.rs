@@ -8,15 +8,14 @@ mod common;
 
 use common::*;
 
-fn nodes_section(sources: &[&std::path::Path], extra_keys: &str) -> String {
-    let quoted: Vec<String> = sources
-        .iter()
-        .map(|p| format!("\"{}\"", p.display()))
-        .collect();
-    format!(
-        "[nodes]\nsource = [{}]\nfile_poll = \"50ms\"\n{extra_keys}",
-        quoted.join(", ")
-    )
+/// Debug mode (a 403 after TLS), `sources` as a list polled every 50 ms.
+fn policy_config(certs: &TestCerts, sources: &[&std::path::Path], upstream: &Upstream) -> EdgeToml {
+    let sources: Vec<String> = sources.iter().map(|p| p.display().to_string()).collect();
+    edge_config(certs)
+        .server("refuse_before_tls", false)
+        .nodes_key("source", sources)
+        .nodes_key("file_poll", "50ms")
+        .route(EdgeRoute::new("/", &upstream.url()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -24,15 +23,11 @@ async fn a_loopback_list_is_refused_without_allow_special() {
     let dir = tempfile::tempdir().unwrap();
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
-    let list = dir.path().join("app.json");
-    replace_file(&list, nodes_json(&["127.0.0.2"]).as_bytes());
-    let edge = start_edge(&format!(
-        "{}{}{}",
-        server_section(&certs, "127.0.0.1:0", "refuse_before_tls = false"),
-        nodes_section(&[&list], ""),
-        route("/", &upstream.url(), &["nodes"]),
-    ))
-    .await;
+    let list = nodes_list(dir.path(), &["127.0.0.2"]);
+    // What is under test: no allow_special (the other tests need it).
+    let edge =
+        start_edge(&policy_config(&certs, &[&list], &upstream).nodes_key("allow_special", false))
+            .await;
     eventually("the list was refused", || async {
         edge.nodes().status().refused.is_some()
     })
@@ -58,16 +53,10 @@ async fn a_list_that_opens_the_world_keeps_the_last_good_list_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
-    let list = dir.path().join("app.json");
-    replace_file(&list, nodes_json(&["127.0.0.2"]).as_bytes());
-    let edge = start_edge(&format!(
-        "{}{}{}",
-        server_section(&certs, "127.0.0.1:0", "refuse_before_tls = false"),
-        // Loopback is what the test can use; broad entries stay refused.
-        nodes_section(&[&list], "allow_special = true\n"),
-        route("/", &upstream.url(), &["nodes"]),
-    ))
-    .await;
+    let list = nodes_list(dir.path(), &["127.0.0.2"]);
+    // Loopback is what the test can use (allow_special); broad entries
+    // stay refused.
+    let edge = start_edge(&policy_config(&certs, &[&list], &upstream)).await;
     eventually("the list is loaded", || async {
         edge.nodes().contains(ip("127.0.0.2")) == Some(true)
     })
@@ -115,13 +104,10 @@ async fn several_sources_are_admitted_as_a_union() {
     let russia = dir.path().join("app-ru.json");
     replace_file(&world, nodes_json(&["127.0.0.2"]).as_bytes());
     replace_file(&russia, nodes_json(&["127.0.0.3"]).as_bytes());
-    let edge = start_edge(&format!(
-        "{}{}cache = \"{}\"\n{}",
-        server_section(&certs, "127.0.0.1:0", "refuse_before_tls = false"),
-        nodes_section(&[&world, &russia], "allow_special = true\n"),
-        dir.path().join("cache.json").display(),
-        route("/", &upstream.url(), &["nodes"]),
-    ))
+    let edge = start_edge(
+        &policy_config(&certs, &[&world, &russia], &upstream)
+            .nodes_cache(&dir.path().join("cache.json")),
+    )
     .await;
     eventually("both parts are loaded", || async {
         edge.nodes().contains(ip("127.0.0.2")) == Some(true)

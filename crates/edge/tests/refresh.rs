@@ -52,15 +52,13 @@ async fn url_source_failure_keeps_cache_then_new_list_flips_admission() {
     let nodes = NodesServer::start(Reply::Status(500, "<html>down</html>".into())).await;
     let cache = dir.path().join("cache.json");
     write_cache(&cache, &nodes.url(), &["127.0.0.3"]);
-    let edge = start_edge(&format!(
-        "{}{}{}",
-        server_section(&certs, "127.0.0.1:0", ""),
-        nodes_section(
-            &nodes.url(),
-            &format!("cache = \"{}\"\nrefresh = \"60s\"", cache.display())
-        ),
-        route("/", &upstream.url(), &["nodes"]),
-    ))
+    let edge = start_edge(
+        &edge_config(&certs)
+            .nodes_source(nodes.url())
+            .nodes_cache(&cache)
+            .nodes_key("refresh", "60s")
+            .route(EdgeRoute::new("/", &upstream.url())),
+    )
     .await;
     eventually("the start-up refresh failed", || async {
         edge.nodes().status().total_failures >= 1
@@ -96,12 +94,12 @@ async fn starts_from_the_cache_with_the_source_down() {
     let source = dead.url.clone();
     let cache = dir.path().join("cache.json");
     write_cache(&cache, &source, &["127.0.0.2"]);
-    let edge = start_edge(&format!(
-        "{}{}{}",
-        server_section(&certs, "127.0.0.1:0", ""),
-        nodes_section(&source, &format!("cache = \"{}\"", cache.display())),
-        route("/", &upstream.url(), &["nodes"]),
-    ))
+    let edge = start_edge(
+        &edge_config(&certs)
+            .nodes_source(&source)
+            .nodes_cache(&cache)
+            .route(EdgeRoute::new("/", &upstream.url())),
+    )
     .await;
     // Served from the cache before and after the source was found down.
     assert_eq!(
@@ -131,16 +129,13 @@ async fn no_list_at_all_fails_closed_and_is_not_ready() {
     let upstream = Upstream::start().await;
     let dead = dead_url();
     let source = dead.url.clone();
-    let edge = start_edge(&format!(
-        "{}{}{}{}",
-        server_section(&certs, "127.0.0.1:0", ""),
-        nodes_section(
-            &source,
-            &format!("cache = \"{}\"", dir.path().join("cache.json").display())
-        ),
-        route("/", &upstream.url(), &["nodes"]),
-        route("/public/", &upstream.url(), &["any"]),
-    ))
+    let edge = start_edge(
+        &edge_config(&certs)
+            .nodes_source(&source)
+            .nodes_cache(&dir.path().join("cache.json"))
+            .route(EdgeRoute::new("/", &upstream.url()))
+            .route(EdgeRoute::new("/public/", &upstream.url()).allow(&["any"])),
+    )
     .await;
     eventually("the start-up refresh failed", || async {
         edge.nodes().status().total_failures >= 1
@@ -176,14 +171,13 @@ async fn file_source_garbage_keeps_the_list_and_a_rewrite_is_picked_up() {
     let dir = tempfile::tempdir().unwrap();
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
-    let list = dir.path().join("app.json");
-    replace_file(&list, nodes_json(&["127.0.0.2"]).as_bytes());
-    let edge = start_edge(&format!(
-        "{}{}{}",
-        server_section(&certs, "127.0.0.1:0", ""),
-        nodes_section(&list.display().to_string(), "file_poll = \"100ms\""),
-        route("/", &upstream.url(), &["nodes"]),
-    ))
+    let list = nodes_list(dir.path(), &["127.0.0.2"]);
+    let edge = start_edge(
+        &edge_config(&certs)
+            .nodes_file(&list)
+            .nodes_key("file_poll", "100ms")
+            .route(EdgeRoute::new("/", &upstream.url())),
+    )
     .await;
     eventually("the list is loaded", || async {
         edge.nodes().current().is_some()
@@ -235,14 +229,13 @@ async fn twenty_swaps_under_load_fail_no_request() {
     let dir = tempfile::tempdir().unwrap();
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
-    let list = dir.path().join("app.json");
-    replace_file(&list, nodes_json(&["127.0.0.2", "127.0.9.0"]).as_bytes());
-    let edge = start_edge(&format!(
-        "{}{}{}",
-        server_section(&certs, "127.0.0.1:0", ""),
-        nodes_section(&list.display().to_string(), "file_poll = \"50ms\""),
-        route("/", &upstream.url(), &["nodes"]),
-    ))
+    let list = nodes_list(dir.path(), &["127.0.0.2", "127.0.9.0"]);
+    let edge = start_edge(
+        &edge_config(&certs)
+            .nodes_file(&list)
+            .nodes_key("file_poll", "50ms")
+            .route(EdgeRoute::new("/", &upstream.url())),
+    )
     .await;
     eventually("the list is loaded", || async {
         edge.nodes().current().is_some()

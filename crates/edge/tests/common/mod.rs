@@ -24,6 +24,8 @@ use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+pub use b24_testkit::config::{EdgeRoute, EdgeToml};
+
 pub const GENEROUS: Duration = Duration::from_secs(60);
 
 pub fn init() {
@@ -329,42 +331,34 @@ async fn answer(
     Ok(Response::new(full(format!("upstream saw {path}"))))
 }
 
-/// The `[server]` table for tests: TLS files, a listener and an admin
-/// listener on ephemeral ports, plus `extra` lines.
-pub fn server_section(certs: &TestCerts, listen: &str, extra: &str) -> String {
-    format!(
-        "[server]\nlisten = \"{listen}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\nmetrics_listen = \"127.0.0.1:0\"\n{extra}\n",
-        certs.cert_path.display(),
-        certs.key_path.display()
-    )
+/// An edge config for these tests: the test certificate, a listener and an
+/// admin listener on ephemeral ports, the default workers (one per CPU, as
+/// in production), and special-purpose addresses accepted in nodes lists
+/// because the tests list loopback ones.
+pub fn edge_config(certs: &TestCerts) -> EdgeToml {
+    EdgeToml::new(&certs.cert_path, &certs.key_path)
+        .unset_server("workers")
+        .allow_special()
 }
 
-/// The `[nodes]` table of every test config: `source` (a file or URL) plus
-/// `more` lines. The one place to add what every test list needs.
-pub fn nodes_section(source: &str, more: &str) -> String {
-    // The tests' lists hold loopback addresses, which a real list may not.
-    format!("[nodes]\nallow_special = true\nsource = \"{source}\"\n{more}\n")
-}
-
-/// A nodes list file holding `entries`, and the `[nodes]` table reading it.
-pub fn nodes_file(dir: &Path, entries: &[&str]) -> String {
+/// Writes a nodes list holding `entries` as `dir/app.json`, as nodesync
+/// does, and returns its path.
+pub fn nodes_list(dir: &Path, entries: &[&str]) -> PathBuf {
     let list = dir.join("app.json");
     replace_file(&list, nodes_json(entries).as_bytes());
-    nodes_section(&list.display().to_string(), "")
+    list
 }
 
-pub fn route(prefix: &str, upstream: &str, allow: &[&str]) -> String {
-    let allow: Vec<String> = allow.iter().map(|a| format!("\"{a}\"")).collect();
-    format!(
-        "[[route]]\nprefix = \"{prefix}\"\nupstream = \"{upstream}\"\nallow = [{}]\n",
-        allow.join(", ")
-    )
-}
-
-pub async fn start_edge(toml: &str) -> b24_edge::EdgeHandle {
+pub async fn start_edge(config: &EdgeToml) -> b24_edge::EdgeHandle {
     init();
-    let config = b24_edge::Config::from_toml(toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
+    let toml = config.render();
+    let config = b24_edge::Config::from_toml(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
     b24_edge::start(config).await.unwrap()
+}
+
+/// Anyone may use `/`, which goes to `upstream`.
+pub async fn open_edge(config: EdgeToml, upstream: &Upstream) -> b24_edge::EdgeHandle {
+    start_edge(&config.route(EdgeRoute::new("/", &upstream.url()).allow(&["any"]))).await
 }
 
 /// An HTTPS client trusting the test CA, connecting from `local`.
