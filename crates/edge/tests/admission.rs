@@ -20,10 +20,7 @@ async fn nodes_are_admitted_and_others_refused_before_tls() {
     )
     .await;
     // The first refresh happens at start-up.
-    eventually("the list is loaded", || async {
-        edge.nodes().current().is_some()
-    })
-    .await;
+    list_loaded(&edge).await;
     assert_eq!(nodes.hits(), 1);
 
     let (status, body) = get(
@@ -110,10 +107,8 @@ async fn debug_mode_answers_403_after_tls() {
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
     let edge = start_edge(
-        &edge_config(&certs)
-            .server("refuse_before_tls", false)
-            .nodes_file(&nodes_list(dir.path(), &["127.0.0.2"]))
-            .route(EdgeRoute::new("/", &upstream.url())),
+        &nodes_config(&certs, dir.path(), &["127.0.0.2"], &upstream)
+            .server("refuse_before_tls", false),
     )
     .await;
     list_loaded(&edge).await;
@@ -144,9 +139,7 @@ async fn any_and_cidr_routes_and_longest_prefix() {
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
     let edge = start_edge(
-        &edge_config(&certs)
-            .nodes_file(&nodes_list(dir.path(), &["127.0.0.2"]))
-            .route(EdgeRoute::new("/", &upstream.url()))
+        &nodes_config(&certs, dir.path(), &["127.0.0.2"], &upstream)
             .route(EdgeRoute::new("/public/", &upstream.url()).allow(&["any"]))
             .route(
                 EdgeRoute::new("/office/", &upstream.url())
@@ -155,10 +148,7 @@ async fn any_and_cidr_routes_and_longest_prefix() {
             .route(EdgeRoute::new("/office/events/", &upstream.url())),
     )
     .await;
-    eventually("the list is loaded", || async {
-        edge.nodes().current().is_some()
-    })
-    .await;
+    list_loaded(&edge).await;
     let stranger = client(&certs, "127.0.0.3", false);
     let office = client(&certs, "127.0.2.9", false);
     let node = client(&certs, "127.0.0.2", false);
@@ -239,17 +229,12 @@ async fn ipv6_clients() {
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
     let edge = start_edge(
-        &edge_config(&certs)
+        &nodes_config(&certs, dir.path(), &["::1"], &upstream)
             .listen("[::1]:0")
-            .nodes_file(&nodes_list(dir.path(), &["::1"]))
-            .route(EdgeRoute::new("/", &upstream.url()))
             .route(EdgeRoute::new("/v4/", &upstream.url()).allow(&["127.0.0.0/8"])),
     )
     .await;
-    eventually("the list is loaded", || async {
-        edge.nodes().current().is_some()
-    })
-    .await;
+    list_loaded(&edge).await;
     let v6 = client(&certs, "::1", false);
     let (status, body) = get(&v6, &url(&edge, "/hook")).await;
     assert_eq!((status, body.as_str()), (200, "upstream saw /hook"));
@@ -264,16 +249,8 @@ async fn h2_and_streaming_bodies() {
     let dir = tempfile::tempdir().unwrap();
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
-    let edge = start_edge(
-        &edge_config(&certs)
-            .nodes_file(&nodes_list(dir.path(), &["127.0.0.2"]))
-            .route(EdgeRoute::new("/", &upstream.url())),
-    )
-    .await;
-    eventually("the list is loaded", || async {
-        edge.nodes().current().is_some()
-    })
-    .await;
+    let edge = start_edge(&nodes_config(&certs, dir.path(), &["127.0.0.2"], &upstream)).await;
+    list_loaded(&edge).await;
 
     // ALPN picks h2 when the client offers it.
     let h2 = client(&certs, "127.0.0.2", true);
@@ -315,16 +292,11 @@ async fn refused_posts_with_a_body_get_a_clean_403() {
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
     let edge = start_edge(
-        &edge_config(&certs)
-            .server("refuse_before_tls", false)
-            .nodes_file(&nodes_list(dir.path(), &["127.0.0.2"]))
-            .route(EdgeRoute::new("/", &upstream.url())),
+        &nodes_config(&certs, dir.path(), &["127.0.0.2"], &upstream)
+            .server("refuse_before_tls", false),
     )
     .await;
-    eventually("the list is loaded", || async {
-        edge.nodes().current().is_some()
-    })
-    .await;
+    list_loaded(&edge).await;
     let event = format!(
         "event=ONCRMDEALUPDATE&data[FIELDS][ID]=662&ts=1724140800&auth[domain]=partner.bitrix24.ru{}",
         "&auth[application_token]=51856fefc120afa4b628cc82d3935cce".repeat(40)

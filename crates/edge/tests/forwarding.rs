@@ -16,11 +16,9 @@ async fn edge_behind_proxy(
     mode: &str,
 ) -> b24_edge::EdgeHandle {
     let edge = start_edge(
-        &edge_config(certs)
-            .nodes_file(&nodes_list(dir, &["127.0.0.2"]))
+        &nodes_config(certs, dir, &["127.0.0.2"], upstream)
             .client_ip("mode", mode)
-            .client_ip("trusted_proxies", vec!["127.0.0.5/32"])
-            .route(EdgeRoute::new("/", &upstream.url())),
+            .client_ip("trusted_proxies", vec!["127.0.0.5/32"]),
     )
     .await;
     list_loaded(&edge).await;
@@ -394,10 +392,7 @@ async fn connection_and_nodes_gauges() {
             .route(EdgeRoute::new("/", &upstream.url())),
     )
     .await;
-    eventually("the list is loaded", || async {
-        edge.nodes().current().is_some()
-    })
-    .await;
+    list_loaded(&edge).await;
     let metrics = scrape(&edge).await;
     assert_eq!(
         sample(&metrics, "b24_edge_nodes_networks{family=\"ipv4\"}"),
@@ -488,11 +483,9 @@ async fn listed_clients_keep_reserved_slots_and_wait_for_a_free_one() {
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
     let edge = start_edge(
-        &edge_config(&certs)
+        &nodes_config(&certs, dir.path(), &["127.0.0.2"], &upstream)
             .server("max_connections", 2)
             .server("reserved_connections", 1)
-            .nodes_file(&nodes_list(dir.path(), &["127.0.0.2"]))
-            .route(EdgeRoute::new("/", &upstream.url()))
             .route(EdgeRoute::new("/public/", &upstream.url()).allow(&["any"])),
     )
     .await;

@@ -32,10 +32,8 @@ async fn unlisted_flood_is_refused_before_tls_while_a_node_is_served() {
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
     let edge = start_edge(
-        &edge_config(&certs)
+        &nodes_config(&certs, dir.path(), &[NODE], &upstream)
             .server("max_connections", 50)
-            .nodes_file(&nodes_list(dir.path(), &[NODE]))
-            .route(EdgeRoute::new("/", &upstream.url()))
             .route(EdgeRoute::new("/bitrix/admin/", &upstream.url()).allow(&["127.0.0.9/32"])),
     )
     .await;
@@ -119,13 +117,11 @@ async fn idle_connections_of_every_protocol_are_closed_and_never_lock_out_a_node
     // The attacker may use the public route, so it gets through TLS: the
     // deadlines, not the pre-TLS refusal, must save the node here.
     let edge = start_edge(
-        &edge_config(&certs)
+        &nodes_config(&certs, dir.path(), &[NODE], &upstream)
             .server("max_connections", 24)
             .server("max_connections_per_address", 1000)
             .server("header_timeout", "1s")
             .server("idle_timeout", "1s")
-            .nodes_file(&nodes_list(dir.path(), &[NODE]))
-            .route(EdgeRoute::new("/", &upstream.url()))
             .route(EdgeRoute::new("/public/", &upstream.url()).allow(&["any"])),
     )
     .await;
@@ -204,11 +200,9 @@ async fn one_address_cannot_take_every_slot() {
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
     let edge = start_edge(
-        &edge_config(&certs)
+        &nodes_config(&certs, dir.path(), &[NODE], &upstream)
             .server("max_connections", 100)
             .server("max_connections_per_address", 5)
-            .nodes_file(&nodes_list(dir.path(), &[NODE]))
-            .route(EdgeRoute::new("/", &upstream.url()))
             .route(EdgeRoute::new("/public/", &upstream.url()).allow(&["any"])),
     )
     .await;
@@ -359,11 +353,9 @@ async fn an_h2_stream_given_no_window_is_reset_and_lets_its_upstream_go() {
     // Only the stalled responses go here.
     let big = Upstream::start().await;
     let edge = start_edge(
-        &edge_config(&certs)
+        &nodes_config(&certs, dir.path(), &[NODE], &upstream)
             .server("send_timeout", "1s")
             .server("idle_timeout", "1h")
-            .nodes_file(&nodes_list(dir.path(), &[NODE]))
-            .route(EdgeRoute::new("/", &upstream.url()))
             .route(EdgeRoute::new("/public/", &upstream.url()).allow(&["any"]))
             .route(EdgeRoute::new("/big", &big.url()).allow(&["any"])),
     )

@@ -184,11 +184,9 @@ async fn forwarded_for_behind_a_real_nginx_balancer() {
     // attack is to be taken for the balancer.
     let balancer_net = format!("{BALANCER}/32");
     let edge = start_edge(
-        &edge_config(&certs)
-            .nodes_file(&nodes_list(dir.path(), &[NODE]))
+        &nodes_config(&certs, dir.path(), &[NODE], &upstream)
             .client_ip("mode", "x_forwarded_for")
             .client_ip("trusted_proxies", vec![balancer_net.as_str()])
-            .route(EdgeRoute::new("/", &upstream.url()))
             .route(EdgeRoute::new("/internal/", &upstream.url()).allow(&[&balancer_net])),
     )
     .await;
@@ -293,11 +291,9 @@ async fn proxy_protocol_never_believes_x_forwarded_for() {
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
     let edge = start_edge(
-        &edge_config(&certs)
-            .nodes_file(&nodes_list(dir.path(), &[NODE]))
+        &nodes_config(&certs, dir.path(), &[NODE], &upstream)
             .client_ip("mode", "proxy_protocol")
             .client_ip("trusted_proxies", vec![format!("{BALANCER}/32")])
-            .route(EdgeRoute::new("/", &upstream.url()))
             .route(EdgeRoute::new("/public/", &upstream.url()).allow(&["any"])),
     )
     .await;
@@ -568,9 +564,7 @@ async fn denied_clients_are_not_invited_to_upload() {
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
     let edge = start_edge(
-        &edge_config(&certs)
-            .nodes_file(&nodes_list(dir.path(), &[NODE]))
-            .route(EdgeRoute::new("/", &upstream.url()))
+        &nodes_config(&certs, dir.path(), &[NODE], &upstream)
             .route(EdgeRoute::new("/public/", &upstream.url()).allow(&["any"])),
     )
     .await;

@@ -179,10 +179,7 @@ async fn file_source_garbage_keeps_the_list_and_a_rewrite_is_picked_up() {
             .route(EdgeRoute::new("/", &upstream.url())),
     )
     .await;
-    eventually("the list is loaded", || async {
-        edge.nodes().current().is_some()
-    })
-    .await;
+    list_loaded(&edge).await;
     let node = client(&certs, "127.0.0.2", false);
     assert_eq!(get(&node, &url(&edge, "/a")).await.0, 200);
 
@@ -237,10 +234,7 @@ async fn twenty_swaps_under_load_fail_no_request() {
             .route(EdgeRoute::new("/", &upstream.url())),
     )
     .await;
-    eventually("the list is loaded", || async {
-        edge.nodes().current().is_some()
-    })
-    .await;
+    list_loaded(&edge).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let succeeded = Arc::new(AtomicUsize::new(0));

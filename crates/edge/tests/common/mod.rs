@@ -349,6 +349,19 @@ pub fn nodes_list(dir: &Path, entries: &[&str]) -> PathBuf {
     list
 }
 
+/// [`edge_config`] with a nodes list of `nodes` in `dir` and `/` for them,
+/// going to `upstream`: the edge as Bitrix24's deliveries meet it.
+pub fn nodes_config(
+    certs: &TestCerts,
+    dir: &Path,
+    nodes: &[&str],
+    upstream: &Upstream,
+) -> EdgeToml {
+    edge_config(certs)
+        .nodes_file(&nodes_list(dir, nodes))
+        .route(EdgeRoute::new("/", &upstream.url()))
+}
+
 pub async fn start_edge(config: &EdgeToml) -> b24_edge::EdgeHandle {
     init();
     let toml = config.render();
