@@ -377,12 +377,18 @@ pub async fn open_edge(config: EdgeToml, upstream: &Upstream) -> b24_edge::EdgeH
 /// An HTTPS client trusting the test CA, connecting from `local`.
 pub fn client(certs: &TestCerts, local: &str, http2: bool) -> reqwest::Client {
     init();
-    let mut builder = reqwest::Client::builder()
-        .tls_certs_only([reqwest::Certificate::from_pem(certs.ca_pem.as_bytes()).unwrap()])
-        .local_address(ip(local))
+    client_trusting(&certs.ca_pem, ip(local), http2)
+}
+
+/// [`client`] from the CA's PEM alone, for a task that cannot borrow the
+/// certificates.
+fn client_trusting(ca_pem: &str, local: IpAddr, http2: bool) -> reqwest::Client {
+    let builder = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap()])
+        .local_address(local)
         .timeout(GENEROUS)
         .no_proxy();
-    builder = if http2 {
+    let builder = if http2 {
         builder.http2_prior_knowledge()
     } else {
         builder.http1_only()
@@ -614,18 +620,8 @@ impl ListedProbe {
         let task = tokio::spawn(async move {
             let mut http2 = false;
             while !task_stop.load(Ordering::Relaxed) {
-                let mut builder = reqwest::Client::builder()
-                    .tls_certs_only([reqwest::Certificate::from_pem(ca.as_bytes()).unwrap()])
-                    .local_address(local)
-                    .timeout(GENEROUS)
-                    .no_proxy();
-                builder = if http2 {
-                    builder.http2_prior_knowledge()
-                } else {
-                    builder.http1_only()
-                };
+                let client = client_trusting(&ca, local, http2);
                 http2 = !http2;
-                let client = builder.build().unwrap();
                 match client.get(&url).send().await {
                     Ok(r) if r.status() == 200 => {
                         task_served.fetch_add(1, Ordering::Relaxed);
