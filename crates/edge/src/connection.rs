@@ -33,6 +33,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -40,12 +41,14 @@ use hyper_util::server::graceful::GracefulConnection;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::config::Limits;
 use crate::forward::Forwarder;
 use crate::metrics::{BadRequest, Metrics};
+use crate::park::{CloseWhenIdle, PARK_AFTER, Parking};
 use crate::request::{self, ClientSource};
 use crate::slots::{ConnectionSlots, Slot};
 use crate::state::EdgeState;
@@ -72,7 +75,9 @@ pub(crate) struct ConnContext {
 /// and only a client that offered no ALPN is sniffed.
 #[derive(Clone)]
 struct HttpBuilders {
-    h1: auto::Builder<StreamExecutor>,
+    /// hyper's own HTTP/1.1 server, whose connections can be parked
+    /// ([`crate::park`]).
+    h1: http1::Builder,
     h2: auto::Builder<StreamExecutor>,
     sniff: auto::Builder<StreamExecutor>,
 }
@@ -88,7 +93,7 @@ impl ConnContext {
         let sniff = http_builder(&state.limits, &state.metrics);
         ConnContext {
             http: Arc::new(HttpBuilders {
-                h1: sniff.clone().http1_only(),
+                h1: http1_builder(),
                 h2: sniff.clone().http2_only(),
                 sniff,
             }),
@@ -99,6 +104,16 @@ impl ConnContext {
             stop,
         }
     }
+}
+
+/// The same HTTP/1.1 settings as [`http_builder`]'s.
+fn http1_builder() -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .keep_alive(true);
+    builder
 }
 
 fn http_builder(limits: &Limits, metrics: &Arc<Metrics>) -> auto::Builder<StreamExecutor> {
@@ -150,18 +165,16 @@ pub(crate) async fn serve(
     let _open = OpenConnection::new(&state.metrics);
     let _ = stream.set_nodelay(true);
     let remaining = deadline.saturating_duration_since(Instant::now());
-    let tls = match crate::tls::handshake(&ctx.acceptor, stream, remaining).await {
+    // Boxed like everything a connection only needs for a while: the
+    // task's size is memory every idle connection holds.
+    let handshake = Box::pin(crate::tls::handshake(&ctx.acceptor, stream, remaining));
+    let tls = match handshake.await {
         Ok(tls) => tls,
         Err(e) => {
             debug!(?source, error = %e, "TLS handshake failed");
             state.metrics.tls_handshake_failures.inc();
             return;
         }
-    };
-    let builder = match tls.get_ref().1.alpn_protocol() {
-        Some(b"h2") => &ctx.http.h2,
-        Some(_) => &ctx.http.h1,
-        None => &ctx.http.sniff,
     };
     let activity = Arc::new(Activity::new());
     let service_activity = activity.clone();
@@ -175,15 +188,25 @@ pub(crate) async fn serve(
             Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
         }
     });
+    let io = Box::new(WriteDeadline::new(
+        tls,
+        state.limits.send_timeout,
+        state.metrics.clone(),
+    ));
+    let builder = match io.inner.get_ref().1.alpn_protocol() {
+        Some(b"h2") => &ctx.http.h2,
+        Some(_) => return serve_http1(&ctx, io, service, activity, deadline).await,
+        None => &ctx.http.sniff,
+    };
     // Owned, so that the future does not borrow the builder (which also
     // keeps the compiler's Send check simple).
-    let io = WriteDeadline::new(tls, state.limits.send_timeout, state.metrics.clone());
-    let conn = builder
-        .serve_connection(TokioIo::new(io), service)
-        .into_owned();
-    let conn = std::pin::pin!(conn);
+    let mut conn = Box::pin(
+        builder
+            .serve_connection(TokioIo::new(io), service)
+            .into_owned(),
+    );
     drive(
-        conn,
+        conn.as_mut(),
         &activity,
         deadline,
         &state.limits,
@@ -191,6 +214,152 @@ pub(crate) async fn serve(
         &state.metrics,
     )
     .await;
+}
+
+/// Boxed, so that moving it between hyper and the parked wait copies a
+/// pointer, and the task keeps room for one of it, not one per state.
+type ClientStream = Box<WriteDeadline<TlsStream<TcpStream>>>;
+
+/// Serves an HTTP/1.1 connection (ALPN `http/1.1`) as a series of hyper
+/// connections on the same TLS stream, parked in between while idle
+/// ([`crate::park`]): an idle client holds its TLS session and nothing else.
+async fn serve_http1<S>(
+    ctx: &ConnContext,
+    mut io: ClientStream,
+    service: S,
+    activity: Arc<Activity>,
+    first_deadline: Instant,
+) where
+    S: hyper::service::HttpService<hyper::body::Incoming> + Clone + Send + Unpin + 'static,
+    S::Future: Send + 'static,
+    S::ResBody: Send + 'static,
+    <S::ResBody as Body>::Data: Send,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    <S::ResBody as Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (limits, metrics) = (&ctx.state.limits, &ctx.state.metrics);
+    loop {
+        let close = Arc::new(CloseWhenIdle::default());
+        let parking = Parking::new(io, activity.clone(), close.clone(), PARK_AFTER);
+        let conn = ctx
+            .http
+            .h1
+            .serve_connection(TokioIo::new(parking), service.clone())
+            .without_shutdown();
+        // Boxed, so that a parked connection's task does not keep room for
+        // hyper's connection state.
+        let mut run = Box::pin(ParkableHttp1 {
+            conn: Box::pin(conn),
+            close,
+            parts: None,
+        });
+        drive(
+            run.as_mut(),
+            &activity,
+            first_deadline,
+            limits,
+            &ctx.stop,
+            metrics,
+        )
+        .await;
+        let Some(parts) = run.parts.take() else {
+            // Closed by the client, by an error or by a deadline.
+            return;
+        };
+        let close_asked = run.close.asked();
+        drop(run);
+        let parking = parts.io.into_inner();
+        let parked = parking.parked();
+        io = parking.into_inner();
+        if !parked || close_asked || ctx.stop.is_cancelled() || !parts.read_buf.is_empty() {
+            // hyper ended the connection itself (the client closed, or
+            // keep-alive ended), or the edge is stopping. (hyper never
+            // hands back unparsed bytes here: a read ends only with its
+            // buffer empty.)
+            close_gently(&mut io).await;
+            return;
+        }
+        if !wait_for_request(&io, &activity, first_deadline, limits, &ctx.stop, metrics).await {
+            close_gently(&mut io).await;
+            return;
+        }
+    }
+}
+
+/// Waits, parked, until the client sends something: `false` when the
+/// connection should close instead (its idle or first-request deadline
+/// passed, or the edge is stopping).
+async fn wait_for_request(
+    io: &ClientStream,
+    activity: &Activity,
+    first_deadline: Instant,
+    limits: &Limits,
+    stop: &CancellationToken,
+    metrics: &Metrics,
+) -> bool {
+    let (tcp, session) = io.inner.get_ref();
+    if !session.wants_read() {
+        // Decrypted bytes (or the client's close_notify) are already
+        // waiting: hyper reads them.
+        return true;
+    }
+    let deadline = activity
+        .idle_deadline(first_deadline, limits.idle_timeout)
+        .unwrap_or_else(|| Instant::now() + limits.idle_timeout);
+    tokio::select! {
+        biased;
+        readable = tcp.readable() => readable.is_ok(),
+        () = tokio::time::sleep_until(deadline) => {
+            if activity.served() {
+                metrics.idle_closes.inc();
+            } else {
+                metrics.request_head_timeouts.inc();
+            }
+            false
+        }
+        () = stop.cancelled() => false,
+    }
+}
+
+/// Sends TLS close_notify and closes, giving a client that does not read
+/// [`CLOSE_GRACE`] before the socket is simply dropped.
+async fn close_gently(io: &mut ClientStream) {
+    use tokio::io::AsyncWriteExt;
+    let _ = tokio::time::timeout(CLOSE_GRACE, io.inner.shutdown()).await;
+}
+
+/// An HTTP/1.1 connection run until it ends or parks; on a clean end
+/// hyper's [`Parts`](http1::Parts) are kept for the caller.
+struct ParkableHttp1<F, P> {
+    conn: Pin<Box<F>>,
+    close: Arc<CloseWhenIdle>,
+    parts: Option<P>,
+}
+
+impl<F, P> Served for ParkableHttp1<F, P>
+where
+    F: std::future::Future<Output = hyper::Result<P>> + Send,
+    P: Send + Unpin,
+{
+    fn poll_served(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Ended> {
+        let this = self.get_mut();
+        let ended = std::task::ready!(this.conn.as_mut().poll(cx));
+        Poll::Ready(match ended {
+            Ok(parts) => {
+                this.parts = Some(parts);
+                Ended::Cleanly
+            }
+            Err(e) if e.is_parse() || e.is_parse_too_large() => Ended::BadHead(e.to_string()),
+            Err(e) => Ended::Error(e.to_string()),
+        })
+    }
+
+    /// hyper's graceful shutdown for HTTP/1.1 would also mark the response
+    /// in flight `Connection: close`; asking the stream to end once nothing
+    /// is in flight closes at the same moment.
+    fn shut_down(self: Pin<&mut Self>) {
+        self.close.ask();
+    }
 }
 
 /// A served HTTP connection as the driver sees it. (A trait object rather
@@ -358,11 +527,11 @@ impl Activity {
         InFlight(self.clone())
     }
 
-    fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    fn served(&self) -> bool {
+    pub(crate) fn served(&self) -> bool {
         self.served.load(Ordering::Relaxed)
     }
 

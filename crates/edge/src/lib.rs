@@ -30,6 +30,7 @@ pub mod forward;
 pub mod head;
 mod listen;
 pub mod metrics;
+mod park;
 mod request;
 pub mod server;
 mod slots;
