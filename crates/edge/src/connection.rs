@@ -41,22 +41,22 @@ use hyper_util::server::graceful::GracefulConnection;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::config::Limits;
 use crate::forward::Forwarder;
 use crate::metrics::{BadRequest, Metrics};
-use crate::park::{CloseWhenIdle, PARK_AFTER, Parking};
+use crate::park::{self, ClientStream};
 use crate::request::{self, ClientSource};
 use crate::slots::{ConnectionSlots, Slot};
+use crate::sniff::{Prefixed, Protocol, sniff};
 use crate::state::EdgeState;
 use crate::stream_deadline::{StreamExecutor, StreamSend};
 
 /// After GOAWAY (or the close of an idle HTTP/1.1 connection), how long a
 /// connection with nothing in flight may take to go away by itself.
-const CLOSE_GRACE: Duration = Duration::from_secs(1);
+pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// What each connection's task needs (cloned per connection, so every
 /// field is a handle: the task's size is memory each idle connection holds).
@@ -68,18 +68,17 @@ pub(crate) struct ConnContext {
     pub slots: Arc<ConnectionSlots>,
     /// Cancelled when the edge shuts down.
     pub stop: CancellationToken,
-    http: Arc<HttpBuilders>,
+    pub http: Arc<HttpBuilders>,
 }
 
-/// One builder per protocol: ALPN's choice is served without sniffing,
-/// and only a client that offered no ALPN is sniffed.
+/// One builder per protocol, chosen by ALPN or, without it, by
+/// [`crate::sniff`].
 #[derive(Clone)]
-struct HttpBuilders {
+pub(crate) struct HttpBuilders {
     /// hyper's own HTTP/1.1 server, whose connections can be parked
     /// ([`crate::park`]).
-    h1: http1::Builder,
+    pub h1: http1::Builder,
     h2: auto::Builder<StreamExecutor>,
-    sniff: auto::Builder<StreamExecutor>,
 }
 
 impl ConnContext {
@@ -90,12 +89,10 @@ impl ConnContext {
         slots: Arc<ConnectionSlots>,
         stop: CancellationToken,
     ) -> ConnContext {
-        let sniff = http_builder(&state.limits, &state.metrics);
         ConnContext {
             http: Arc::new(HttpBuilders {
                 h1: http1_builder(),
-                h2: sniff.clone().http2_only(),
-                sniff,
+                h2: http_builder(&state.limits, &state.metrics).http2_only(),
             }),
             state,
             forwarder: Arc::new(forwarder),
@@ -188,16 +185,34 @@ pub(crate) async fn serve(
             Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
         }
     });
-    let io = Box::new(WriteDeadline::new(
+    let mut io: ClientStream = Box::new(Prefixed::new(WriteDeadline::new(
         tls,
         state.limits.send_timeout,
         state.metrics.clone(),
-    ));
-    let builder = match io.inner.get_ref().1.alpn_protocol() {
-        Some(b"h2") => &ctx.http.h2,
-        Some(_) => return serve_http1(&ctx, io, service, activity, deadline).await,
-        None => &ctx.http.sniff,
+    )));
+    let protocol = match io.get_ref().get_ref().get_ref().1.alpn_protocol() {
+        Some(b"h2") => Protocol::H2,
+        Some(_) => Protocol::Http1,
+        None => tokio::select! {
+            sniffed = sniff(&mut io) => match sniffed {
+                Ok(protocol) => protocol,
+                Err(e) => {
+                    debug!(?source, error = %e, "closed before its first request");
+                    return;
+                }
+            },
+            () = tokio::time::sleep_until(deadline) => {
+                state.metrics.request_head_timeouts.inc();
+                return;
+            }
+            // Nothing was ever asked of this connection: nothing is owed.
+            () = ctx.stop.cancelled() => return,
+        },
     };
+    if protocol == Protocol::Http1 {
+        return park::serve_http1(&ctx, io, service, activity, deadline).await;
+    }
+    let builder = &ctx.http.h2;
     // Owned, so that the future does not borrow the builder (which also
     // keeps the compiler's Send check simple).
     let mut conn = Box::pin(
@@ -214,152 +229,6 @@ pub(crate) async fn serve(
         &state.metrics,
     )
     .await;
-}
-
-/// Boxed, so that moving it between hyper and the parked wait copies a
-/// pointer, and the task keeps room for one of it, not one per state.
-type ClientStream = Box<WriteDeadline<TlsStream<TcpStream>>>;
-
-/// Serves an HTTP/1.1 connection (ALPN `http/1.1`) as a series of hyper
-/// connections on the same TLS stream, parked in between while idle
-/// ([`crate::park`]): an idle client holds its TLS session and nothing else.
-async fn serve_http1<S>(
-    ctx: &ConnContext,
-    mut io: ClientStream,
-    service: S,
-    activity: Arc<Activity>,
-    first_deadline: Instant,
-) where
-    S: hyper::service::HttpService<hyper::body::Incoming> + Clone + Send + Unpin + 'static,
-    S::Future: Send + 'static,
-    S::ResBody: Send + 'static,
-    <S::ResBody as Body>::Data: Send,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    <S::ResBody as Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let (limits, metrics) = (&ctx.state.limits, &ctx.state.metrics);
-    loop {
-        let close = Arc::new(CloseWhenIdle::default());
-        let parking = Parking::new(io, activity.clone(), close.clone(), PARK_AFTER);
-        let conn = ctx
-            .http
-            .h1
-            .serve_connection(TokioIo::new(parking), service.clone())
-            .without_shutdown();
-        // Boxed, so that a parked connection's task does not keep room for
-        // hyper's connection state.
-        let mut run = Box::pin(ParkableHttp1 {
-            conn: Box::pin(conn),
-            close,
-            parts: None,
-        });
-        drive(
-            run.as_mut(),
-            &activity,
-            first_deadline,
-            limits,
-            &ctx.stop,
-            metrics,
-        )
-        .await;
-        let Some(parts) = run.parts.take() else {
-            // Closed by the client, by an error or by a deadline.
-            return;
-        };
-        let close_asked = run.close.asked();
-        drop(run);
-        let parking = parts.io.into_inner();
-        let parked = parking.parked();
-        io = parking.into_inner();
-        if !parked || close_asked || ctx.stop.is_cancelled() || !parts.read_buf.is_empty() {
-            // hyper ended the connection itself (the client closed, or
-            // keep-alive ended), or the edge is stopping. (hyper never
-            // hands back unparsed bytes here: a read ends only with its
-            // buffer empty.)
-            close_gently(&mut io).await;
-            return;
-        }
-        if !wait_for_request(&io, &activity, first_deadline, limits, &ctx.stop, metrics).await {
-            close_gently(&mut io).await;
-            return;
-        }
-    }
-}
-
-/// Waits, parked, until the client sends something: `false` when the
-/// connection should close instead (its idle or first-request deadline
-/// passed, or the edge is stopping).
-async fn wait_for_request(
-    io: &ClientStream,
-    activity: &Activity,
-    first_deadline: Instant,
-    limits: &Limits,
-    stop: &CancellationToken,
-    metrics: &Metrics,
-) -> bool {
-    let (tcp, session) = io.inner.get_ref();
-    if !session.wants_read() {
-        // Decrypted bytes (or the client's close_notify) are already
-        // waiting: hyper reads them.
-        return true;
-    }
-    let deadline = activity
-        .idle_deadline(first_deadline, limits.idle_timeout)
-        .unwrap_or_else(|| Instant::now() + limits.idle_timeout);
-    tokio::select! {
-        biased;
-        readable = tcp.readable() => readable.is_ok(),
-        () = tokio::time::sleep_until(deadline) => {
-            if activity.served() {
-                metrics.idle_closes.inc();
-            } else {
-                metrics.request_head_timeouts.inc();
-            }
-            false
-        }
-        () = stop.cancelled() => false,
-    }
-}
-
-/// Sends TLS close_notify and closes, giving a client that does not read
-/// [`CLOSE_GRACE`] before the socket is simply dropped.
-async fn close_gently(io: &mut ClientStream) {
-    use tokio::io::AsyncWriteExt;
-    let _ = tokio::time::timeout(CLOSE_GRACE, io.inner.shutdown()).await;
-}
-
-/// An HTTP/1.1 connection run until it ends or parks; on a clean end
-/// hyper's [`Parts`](http1::Parts) are kept for the caller.
-struct ParkableHttp1<F, P> {
-    conn: Pin<Box<F>>,
-    close: Arc<CloseWhenIdle>,
-    parts: Option<P>,
-}
-
-impl<F, P> Served for ParkableHttp1<F, P>
-where
-    F: std::future::Future<Output = hyper::Result<P>> + Send,
-    P: Send + Unpin,
-{
-    fn poll_served(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Ended> {
-        let this = self.get_mut();
-        let ended = std::task::ready!(this.conn.as_mut().poll(cx));
-        Poll::Ready(match ended {
-            Ok(parts) => {
-                this.parts = Some(parts);
-                Ended::Cleanly
-            }
-            Err(e) if e.is_parse() || e.is_parse_too_large() => Ended::BadHead(e.to_string()),
-            Err(e) => Ended::Error(e.to_string()),
-        })
-    }
-
-    /// hyper's graceful shutdown for HTTP/1.1 would also mark the response
-    /// in flight `Connection: close`; asking the stream to end once nothing
-    /// is in flight closes at the same moment.
-    fn shut_down(self: Pin<&mut Self>) {
-        self.close.ask();
-    }
 }
 
 /// A served HTTP connection as the driver sees it. (A trait object rather
@@ -537,7 +406,7 @@ impl Activity {
 
     /// When the connection must have shown a new request head: `None`
     /// while requests are in flight.
-    fn idle_deadline(&self, first_deadline: Instant, idle: Duration) -> Option<Instant> {
+    pub(crate) fn idle_deadline(&self, first_deadline: Instant, idle: Duration) -> Option<Instant> {
         if self.in_flight() > 0 {
             return None;
         }
@@ -621,6 +490,10 @@ pub(crate) struct WriteDeadline<IO> {
 }
 
 impl<IO> WriteDeadline<IO> {
+    pub(crate) fn get_ref(&self) -> &IO {
+        &self.inner
+    }
+
     pub(crate) fn new(inner: IO, timeout: Duration, metrics: Arc<Metrics>) -> WriteDeadline<IO> {
         WriteDeadline {
             inner,

@@ -34,6 +34,7 @@ mod park;
 mod request;
 pub mod server;
 mod slots;
+mod sniff;
 mod state;
 mod stream_deadline;
 pub mod tls;

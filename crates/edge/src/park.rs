@@ -27,10 +27,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use http_body::Body;
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
+use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
 
-use crate::connection::Activity;
+use crate::config::Limits;
+use crate::connection::{Activity, CLOSE_GRACE, ConnContext, Ended, Served, WriteDeadline, drive};
+use crate::metrics::Metrics;
+use crate::sniff::Prefixed;
 
 /// How long an HTTP/1.1 connection with nothing in flight keeps hyper's
 /// buffers before it parks: longer than a busy client's gap between a
@@ -185,5 +193,151 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Parking<IO> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Boxed, so that moving it between hyper and the parked wait copies a
+/// pointer, and the task keeps room for one of it, not one per state.
+pub(crate) type ClientStream = Box<Prefixed<WriteDeadline<TlsStream<TcpStream>>>>;
+
+/// Serves an HTTP/1.1 connection (ALPN `http/1.1`) as a series of hyper
+/// connections on the same TLS stream, parked in between while idle
+/// ([`crate::park`]): an idle client holds its TLS session and nothing else.
+pub(crate) async fn serve_http1<S>(
+    ctx: &ConnContext,
+    mut io: ClientStream,
+    service: S,
+    activity: Arc<Activity>,
+    first_deadline: Instant,
+) where
+    S: hyper::service::HttpService<hyper::body::Incoming> + Clone + Send + Unpin + 'static,
+    S::Future: Send + 'static,
+    S::ResBody: Send + 'static,
+    <S::ResBody as Body>::Data: Send,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    <S::ResBody as Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (limits, metrics) = (&ctx.state.limits, &ctx.state.metrics);
+    loop {
+        let close = Arc::new(CloseWhenIdle::default());
+        let parking = Parking::new(io, activity.clone(), close.clone(), PARK_AFTER);
+        let conn = ctx
+            .http
+            .h1
+            .serve_connection(TokioIo::new(parking), service.clone())
+            .without_shutdown();
+        // Boxed, so that a parked connection's task does not keep room for
+        // hyper's connection state.
+        let mut run = Box::pin(ParkableHttp1 {
+            conn: Box::pin(conn),
+            close,
+            parts: None,
+        });
+        drive(
+            run.as_mut(),
+            &activity,
+            first_deadline,
+            limits,
+            &ctx.stop,
+            metrics,
+        )
+        .await;
+        let Some(parts) = run.parts.take() else {
+            // Closed by the client, by an error or by a deadline.
+            return;
+        };
+        let close_asked = run.close.asked();
+        drop(run);
+        let parking = parts.io.into_inner();
+        let parked = parking.parked();
+        io = parking.into_inner();
+        if !parked || close_asked || ctx.stop.is_cancelled() || !parts.read_buf.is_empty() {
+            // hyper ended the connection itself (the client closed, or
+            // keep-alive ended), or the edge is stopping. (hyper never
+            // hands back unparsed bytes here: a read ends only with its
+            // buffer empty.)
+            close_gently(&mut io).await;
+            return;
+        }
+        if !wait_for_request(&io, &activity, first_deadline, limits, &ctx.stop, metrics).await {
+            close_gently(&mut io).await;
+            return;
+        }
+    }
+}
+
+/// Waits, parked, until the client sends something: `false` when the
+/// connection should close instead (its idle or first-request deadline
+/// passed, or the edge is stopping).
+async fn wait_for_request(
+    io: &ClientStream,
+    activity: &Activity,
+    first_deadline: Instant,
+    limits: &Limits,
+    stop: &CancellationToken,
+    metrics: &Metrics,
+) -> bool {
+    let (tcp, session) = io.get_ref().get_ref().get_ref();
+    if io.has_prefix() || !session.wants_read() {
+        // Decrypted bytes (or the client's close_notify) are already
+        // waiting: hyper reads them.
+        return true;
+    }
+    let deadline = activity
+        .idle_deadline(first_deadline, limits.idle_timeout)
+        .unwrap_or_else(|| Instant::now() + limits.idle_timeout);
+    tokio::select! {
+        biased;
+        readable = tcp.readable() => readable.is_ok(),
+        () = tokio::time::sleep_until(deadline) => {
+            if activity.served() {
+                metrics.idle_closes.inc();
+            } else {
+                metrics.request_head_timeouts.inc();
+            }
+            false
+        }
+        () = stop.cancelled() => false,
+    }
+}
+
+/// Sends TLS close_notify and closes, giving a client that does not read
+/// [`CLOSE_GRACE`] before the socket is simply dropped.
+async fn close_gently(io: &mut ClientStream) {
+    use tokio::io::AsyncWriteExt;
+    let _ = tokio::time::timeout(CLOSE_GRACE, io.shutdown()).await;
+}
+
+/// An HTTP/1.1 connection run until it ends or parks; on a clean end
+/// hyper's [`Parts`](http1::Parts) are kept for the caller.
+struct ParkableHttp1<F, P> {
+    conn: Pin<Box<F>>,
+    close: Arc<CloseWhenIdle>,
+    parts: Option<P>,
+}
+
+impl<F, P> Served for ParkableHttp1<F, P>
+where
+    F: std::future::Future<Output = hyper::Result<P>> + Send,
+    P: Send + Unpin,
+{
+    fn poll_served(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Ended> {
+        let this = self.get_mut();
+        let ended = std::task::ready!(this.conn.as_mut().poll(cx));
+        Poll::Ready(match ended {
+            Ok(parts) => {
+                this.parts = Some(parts);
+                Ended::Cleanly
+            }
+            Err(e) if e.is_parse() || e.is_parse_too_large() => Ended::BadHead(e.to_string()),
+            Err(e) => Ended::Error(e.to_string()),
+        })
+    }
+
+    /// hyper's graceful shutdown for HTTP/1.1 would also mark the response
+    /// in flight `Connection: close`; asking the stream to end once nothing
+    /// is in flight closes at the same moment.
+    fn shut_down(self: Pin<&mut Self>) {
+        self.close.ask();
     }
 }
