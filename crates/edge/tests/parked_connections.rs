@@ -275,3 +275,40 @@ async fn shutdown_closes_parked_connections_and_finishes_requests_in_flight() {
     assert_eq!((status, body.as_str()), (200, "upstream saw /slow/1500"));
     assert!(shutdown.await.unwrap(), "shutdown did not finish in time");
 }
+
+/// A client that offers no ALPN (wrk, scripts on raw OpenSSL) is served
+/// in whichever protocol it speaks, and parks like any other over HTTP/1.1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_without_alpn_are_served_in_the_protocol_they_speak() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = TestCerts::new(dir.path());
+    let upstream = Upstream::start().await;
+    let edge = open_edge(edge_config(&certs), &upstream).await;
+    let addr = edge.addrs()[0];
+    let h1 = tls_from(&certs, CLIENT, addr, &[]).await.unwrap();
+    assert_eq!(h1.get_ref().1.alpn_protocol(), None);
+    let mut h1 = h1_over(h1).await;
+    for path in ["/h1-first", "/h1-after-a-pause"] {
+        let (status, connection, text) = request(&mut h1, "GET", path, b"").await;
+        assert_eq!((status, connection), (200, None));
+        assert_eq!(text, format!("upstream saw {path}"));
+        tokio::time::sleep(PAUSE).await;
+    }
+    let h2 = tls_from(&certs, CLIENT, addr, &[]).await.unwrap();
+    let h2 = h2_over(h2).await;
+    for path in ["/h2-first", "/h2-after-a-pause"] {
+        let request = http::Request::get(format!("https://localhost{path}"))
+            .body(Full::default())
+            .unwrap();
+        let response = h2.clone().send_request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, format!("upstream saw {path}"));
+        tokio::time::sleep(PAUSE).await;
+    }
+    assert_eq!(
+        sample(&scrape(&edge).await, "b24_edge_open_connections"),
+        2.0
+    );
+    assert!(edge.shutdown().await);
+}
