@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const CLIENT: &str = "127.0.0.2";
 
-/// Longer than the edge's park delay (200 ms): after it the connection
+/// Longer than the edge's park delay (50 ms): after it the connection
 /// is parked.
 const PAUSE: Duration = Duration::from_millis(600);
 
