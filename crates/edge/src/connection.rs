@@ -33,6 +33,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -46,14 +47,16 @@ use tracing::debug;
 use crate::config::Limits;
 use crate::forward::Forwarder;
 use crate::metrics::{BadRequest, Metrics};
+use crate::park::{self, ClientStream};
 use crate::request::{self, ClientSource};
 use crate::slots::{ConnectionSlots, Slot};
+use crate::sniff::{Prefixed, Protocol, sniff};
 use crate::state::EdgeState;
 use crate::stream_deadline::{StreamExecutor, StreamSend};
 
 /// After GOAWAY (or the close of an idle HTTP/1.1 connection), how long a
 /// connection with nothing in flight may take to go away by itself.
-const CLOSE_GRACE: Duration = Duration::from_secs(1);
+pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// What each connection's task needs (cloned per connection, so every
 /// field is a handle: the task's size is memory each idle connection holds).
@@ -65,16 +68,17 @@ pub(crate) struct ConnContext {
     pub slots: Arc<ConnectionSlots>,
     /// Cancelled when the edge shuts down.
     pub stop: CancellationToken,
-    http: Arc<HttpBuilders>,
+    pub http: Arc<HttpBuilders>,
 }
 
-/// One builder per protocol: ALPN's choice is served without sniffing,
-/// and only a client that offered no ALPN is sniffed.
+/// One builder per protocol, chosen by ALPN or, without it, by
+/// [`crate::sniff`].
 #[derive(Clone)]
-struct HttpBuilders {
-    h1: auto::Builder<StreamExecutor>,
+pub(crate) struct HttpBuilders {
+    /// hyper's own HTTP/1.1 server, whose connections can be parked
+    /// ([`crate::park`]).
+    pub h1: http1::Builder,
     h2: auto::Builder<StreamExecutor>,
-    sniff: auto::Builder<StreamExecutor>,
 }
 
 impl ConnContext {
@@ -85,12 +89,10 @@ impl ConnContext {
         slots: Arc<ConnectionSlots>,
         stop: CancellationToken,
     ) -> ConnContext {
-        let sniff = http_builder(&state.limits, &state.metrics);
         ConnContext {
             http: Arc::new(HttpBuilders {
-                h1: sniff.clone().http1_only(),
-                h2: sniff.clone().http2_only(),
-                sniff,
+                h1: http1_builder(),
+                h2: http_builder(&state.limits, &state.metrics).http2_only(),
             }),
             state,
             forwarder: Arc::new(forwarder),
@@ -99,6 +101,16 @@ impl ConnContext {
             stop,
         }
     }
+}
+
+/// The same HTTP/1.1 settings as [`http_builder`]'s.
+fn http1_builder() -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .keep_alive(true);
+    builder
 }
 
 fn http_builder(limits: &Limits, metrics: &Arc<Metrics>) -> auto::Builder<StreamExecutor> {
@@ -150,18 +162,16 @@ pub(crate) async fn serve(
     let _open = OpenConnection::new(&state.metrics);
     let _ = stream.set_nodelay(true);
     let remaining = deadline.saturating_duration_since(Instant::now());
-    let tls = match crate::tls::handshake(&ctx.acceptor, stream, remaining).await {
+    // Boxed like everything a connection only needs for a while: the
+    // task's size is memory every idle connection holds.
+    let handshake = Box::pin(crate::tls::handshake(&ctx.acceptor, stream, remaining));
+    let tls = match handshake.await {
         Ok(tls) => tls,
         Err(e) => {
             debug!(?source, error = %e, "TLS handshake failed");
             state.metrics.tls_handshake_failures.inc();
             return;
         }
-    };
-    let builder = match tls.get_ref().1.alpn_protocol() {
-        Some(b"h2") => &ctx.http.h2,
-        Some(_) => &ctx.http.h1,
-        None => &ctx.http.sniff,
     };
     let activity = Arc::new(Activity::new());
     let service_activity = activity.clone();
@@ -175,15 +185,43 @@ pub(crate) async fn serve(
             Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
         }
     });
+    let mut io: ClientStream = Box::new(Prefixed::new(WriteDeadline::new(
+        tls,
+        state.limits.send_timeout,
+        state.metrics.clone(),
+    )));
+    let protocol = match io.get_ref().get_ref().get_ref().1.alpn_protocol() {
+        Some(b"h2") => Protocol::H2,
+        Some(_) => Protocol::Http1,
+        None => tokio::select! {
+            sniffed = sniff(&mut io) => match sniffed {
+                Ok(protocol) => protocol,
+                Err(e) => {
+                    debug!(?source, error = %e, "closed before its first request");
+                    return;
+                }
+            },
+            () = tokio::time::sleep_until(deadline) => {
+                state.metrics.request_head_timeouts.inc();
+                return;
+            }
+            // Nothing was ever asked of this connection: nothing is owed.
+            () = ctx.stop.cancelled() => return,
+        },
+    };
+    if protocol == Protocol::Http1 {
+        return park::serve_http1(&ctx, io, service, activity, deadline).await;
+    }
+    let builder = &ctx.http.h2;
     // Owned, so that the future does not borrow the builder (which also
     // keeps the compiler's Send check simple).
-    let io = WriteDeadline::new(tls, state.limits.send_timeout, state.metrics.clone());
-    let conn = builder
-        .serve_connection(TokioIo::new(io), service)
-        .into_owned();
-    let conn = std::pin::pin!(conn);
+    let mut conn = Box::pin(
+        builder
+            .serve_connection(TokioIo::new(io), service)
+            .into_owned(),
+    );
     drive(
-        conn,
+        conn.as_mut(),
         &activity,
         deadline,
         &state.limits,
@@ -358,17 +396,17 @@ impl Activity {
         InFlight(self.clone())
     }
 
-    fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    fn served(&self) -> bool {
+    pub(crate) fn served(&self) -> bool {
         self.served.load(Ordering::Relaxed)
     }
 
     /// When the connection must have shown a new request head: `None`
     /// while requests are in flight.
-    fn idle_deadline(&self, first_deadline: Instant, idle: Duration) -> Option<Instant> {
+    pub(crate) fn idle_deadline(&self, first_deadline: Instant, idle: Duration) -> Option<Instant> {
         if self.in_flight() > 0 {
             return None;
         }
@@ -452,6 +490,10 @@ pub(crate) struct WriteDeadline<IO> {
 }
 
 impl<IO> WriteDeadline<IO> {
+    pub(crate) fn get_ref(&self) -> &IO {
+        &self.inner
+    }
+
     pub(crate) fn new(inner: IO, timeout: Duration, metrics: Arc<Metrics>) -> WriteDeadline<IO> {
         WriteDeadline {
             inner,

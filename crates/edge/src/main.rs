@@ -11,11 +11,6 @@ use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 
-// Proxying allocates and frees many small buffers per request; mimalloc
-// does that measurably cheaper than glibc (docs/benchmarks.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const AFTER_LONG_HELP: &str = "\
 Configuration:
   One TOML file, validated before anything starts; every key with its
