@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Limits;
 use crate::connection::{Activity, CLOSE_GRACE, ConnContext, Ended, Served, WriteDeadline, drive};
 use crate::metrics::Metrics;
-use crate::sniff::Prefixed;
+use crate::sniff::{Prefixed, delegate_writes};
 
 /// How long an HTTP/1.1 connection with nothing in flight keeps hyper's
 /// buffers before it parks: longer than a busy client's gap between a
@@ -156,25 +156,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Parking<IO> {
 }
 
 impl<IO: AsyncWrite + Unpin> AsyncWrite for Parking<IO> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
+    delegate_writes!();
 
     /// hyper flushes after each response (and on every turn of its loop):
     /// a flush that completes with nothing in flight means everything the
@@ -191,10 +173,6 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Parking<IO> {
             }
         }
         Poll::Ready(flushed)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

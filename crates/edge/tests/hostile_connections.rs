@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 const NODE: &str = "127.0.0.2";
 const ATTACKER: &str = "127.0.0.66";
@@ -17,14 +17,6 @@ const ATTACKER: &str = "127.0.0.66";
 /// that then never sends HEADERS.
 const H2_PREFACE_AND_SETTINGS: &[u8] =
     b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
-
-/// Reads until the edge closes the connection; true if it did.
-async fn closed_by_edge<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> bool {
-    let mut sink = Vec::new();
-    tokio::time::timeout(GENEROUS, stream.read_to_end(&mut sink))
-        .await
-        .is_ok()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unlisted_flood_is_refused_before_tls_while_a_node_is_served() {
@@ -286,28 +278,15 @@ async fn a_second_request_head_sent_byte_by_byte_is_cut_off() {
     let certs = TestCerts::new(dir.path());
     let upstream = Upstream::start().await;
     let edge = open_edge(edge_config(&certs).server("idle_timeout", "1s"), &upstream).await;
-    let mut tls = tls_from(&certs, ATTACKER, edge.addrs()[0], &[b"http/1.1"])
-        .await
-        .unwrap();
-    tls.write_all(b"GET /first HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = vec![0u8; 4096];
-    let n = tls.read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let mut tls = answered_once(&certs, ATTACKER, edge.addrs()[0], "/first").await;
     // Then a second head, a byte every 100 ms, forever: the edge stops
     // waiting at the idle deadline.
-    let slow = async {
-        for byte in b"GET /second HTTP/1.1\r\nX-Slow: ".iter().cycle() {
-            if tls.write_all(&[*byte]).await.is_err() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
-    tokio::time::timeout(GENEROUS, slow)
-        .await
-        .expect("the edge kept the slow connection open");
+    drip_until_closed(
+        &mut tls,
+        b"GET /second HTTP/1.1\r\nX-Slow: ",
+        Duration::from_millis(100),
+    )
+    .await;
     assert_eq!(upstream.count(), 1);
     assert!(edge.shutdown().await);
 }

@@ -20,6 +20,18 @@ const CLIENT: &str = "127.0.0.2";
 /// is parked.
 const PAUSE: Duration = Duration::from_millis(600);
 
+/// An edge with `/` open to anyone, proxying to a recording upstream (and
+/// the directory its files are in, kept while the test runs).
+async fn setup(
+    configure: impl FnOnce(EdgeToml) -> EdgeToml,
+) -> (TestCerts, Upstream, b24_edge::EdgeHandle, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = TestCerts::new(dir.path());
+    let upstream = Upstream::start().await;
+    let edge = open_edge(configure(edge_config(&certs)), &upstream).await;
+    (certs, upstream, edge, dir)
+}
+
 async fn request(
     sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
     method: &str,
@@ -46,20 +58,9 @@ async fn request(
     )
 }
 
-/// Reads until the edge closes the connection; true if it did in time.
-async fn closed_by_edge<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> bool {
-    let mut sink = Vec::new();
-    tokio::time::timeout(GENEROUS, stream.read_to_end(&mut sink))
-        .await
-        .is_ok()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_keep_alive_connection_serves_every_kind_of_request_across_pauses() {
-    let dir = tempfile::tempdir().unwrap();
-    let certs = TestCerts::new(dir.path());
-    let upstream = Upstream::start().await;
-    let edge = open_edge(edge_config(&certs), &upstream).await;
+    let (certs, upstream, edge, _dir) = setup(|config| config).await;
     let tls = tls_from(&certs, CLIENT, edge.addrs()[0], &[b"http/1.1"])
         .await
         .unwrap();
@@ -99,10 +100,7 @@ async fn one_keep_alive_connection_serves_every_kind_of_request_across_pauses() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_are_all_answered_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let certs = TestCerts::new(dir.path());
-    let upstream = Upstream::start().await;
-    let edge = open_edge(edge_config(&certs), &upstream).await;
+    let (certs, upstream, edge, _dir) = setup(|config| config).await;
     let mut tls = tls_from(&certs, CLIENT, edge.addrs()[0], &[b"http/1.1"])
         .await
         .unwrap();
@@ -153,10 +151,7 @@ async fn pipelined_requests_are_all_answered_in_order() {
 /// forwarded, and the request before it was answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pipelined_head_left_unfinished_is_closed_unforwarded() {
-    let dir = tempfile::tempdir().unwrap();
-    let certs = TestCerts::new(dir.path());
-    let upstream = Upstream::start().await;
-    let edge = open_edge(edge_config(&certs), &upstream).await;
+    let (certs, upstream, edge, _dir) = setup(|config| config).await;
     let mut tls = tls_from(&certs, CLIENT, edge.addrs()[0], &[b"http/1.1"])
         .await
         .unwrap();
@@ -177,19 +172,8 @@ async fn a_pipelined_head_left_unfinished_is_closed_unforwarded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parked_connection_still_closes_at_its_idle_deadline() {
-    let dir = tempfile::tempdir().unwrap();
-    let certs = TestCerts::new(dir.path());
-    let upstream = Upstream::start().await;
-    let edge = open_edge(edge_config(&certs).server("idle_timeout", "1s"), &upstream).await;
-    let mut tls = tls_from(&certs, CLIENT, edge.addrs()[0], &[b"http/1.1"])
-        .await
-        .unwrap();
-    tls.write_all(b"GET /once HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = vec![0u8; 4096];
-    let n = tls.read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let (certs, _upstream, edge, _dir) = setup(|config| config.server("idle_timeout", "1s")).await;
+    let mut tls = answered_once(&certs, CLIENT, edge.addrs()[0], "/once").await;
     assert!(
         closed_by_edge(&mut tls).await,
         "kept open past idle_timeout"
@@ -208,31 +192,15 @@ async fn a_parked_connection_still_closes_at_its_idle_deadline() {
 /// bytes keep coming.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_head_after_a_parked_pause_is_cut_off() {
-    let dir = tempfile::tempdir().unwrap();
-    let certs = TestCerts::new(dir.path());
-    let upstream = Upstream::start().await;
-    let edge = open_edge(edge_config(&certs).server("idle_timeout", "2s"), &upstream).await;
-    let mut tls = tls_from(&certs, "127.0.0.66", edge.addrs()[0], &[b"http/1.1"])
-        .await
-        .unwrap();
-    tls.write_all(b"GET /first HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = vec![0u8; 4096];
-    let n = tls.read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let (certs, upstream, edge, _dir) = setup(|config| config.server("idle_timeout", "2s")).await;
+    let mut tls = answered_once(&certs, "127.0.0.66", edge.addrs()[0], "/first").await;
     tokio::time::sleep(PAUSE).await;
-    let slow = async {
-        for byte in b"GET /second HTTP/1.1\r\nX-Slow: ".iter().cycle() {
-            if tls.write_all(&[*byte]).await.is_err() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-    };
-    tokio::time::timeout(GENEROUS, slow)
-        .await
-        .expect("the edge kept the slow connection open");
+    drip_until_closed(
+        &mut tls,
+        b"GET /second HTTP/1.1\r\nX-Slow: ",
+        Duration::from_millis(300),
+    )
+    .await;
     assert_eq!(upstream.count(), 1);
     assert!(edge.shutdown().await);
 }
@@ -241,21 +209,9 @@ async fn a_slow_head_after_a_parked_pause_is_cut_off() {
 /// flight on another connection finish.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_parked_connections_and_finishes_requests_in_flight() {
-    let dir = tempfile::tempdir().unwrap();
-    let certs = TestCerts::new(dir.path());
-    let upstream = Upstream::start().await;
-    let edge = open_edge(edge_config(&certs), &upstream).await;
+    let (certs, upstream, edge, _dir) = setup(|config| config).await;
     let addr = edge.addrs()[0];
-    let mut parked = tls_from(&certs, CLIENT, addr, &[b"http/1.1"])
-        .await
-        .unwrap();
-    parked
-        .write_all(b"GET /before HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = vec![0u8; 4096];
-    let n = parked.read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let mut parked = answered_once(&certs, CLIENT, addr, "/before").await;
     let busy = tls_from(&certs, CLIENT, addr, &[b"http/1.1"])
         .await
         .unwrap();
@@ -280,10 +236,7 @@ async fn shutdown_closes_parked_connections_and_finishes_requests_in_flight() {
 /// in whichever protocol it speaks, and parks like any other over HTTP/1.1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_without_alpn_are_served_in_the_protocol_they_speak() {
-    let dir = tempfile::tempdir().unwrap();
-    let certs = TestCerts::new(dir.path());
-    let upstream = Upstream::start().await;
-    let edge = open_edge(edge_config(&certs), &upstream).await;
+    let (certs, _upstream, edge, _dir) = setup(|config| config).await;
     let addr = edge.addrs()[0];
     let h1 = tls_from(&certs, CLIENT, addr, &[]).await.unwrap();
     assert_eq!(h1.get_ref().1.alpn_protocol(), None);

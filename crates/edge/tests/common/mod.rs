@@ -838,3 +838,54 @@ pub async fn read_without_window(mut body: h2::RecvStream) -> (usize, StreamEnd)
         }
     }
 }
+
+/// A raw HTTP/1.1 connection from `local` (ALPN http/1.1) that has had
+/// `GET path` answered 200: what an idle keep-alive client looks like.
+pub async fn answered_once(
+    certs: &TestCerts,
+    local: &str,
+    to: SocketAddr,
+    path: &str,
+) -> TlsStream<TcpStream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tls = tls_from(certs, local, to, &[b"http/1.1"]).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tls.read(&mut buf).await.unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    tls
+}
+
+/// Slowloris: writes `head` a byte every `every`, over and over, until the
+/// edge closes the connection; fails the test if it has not within
+/// [`GENEROUS`].
+pub async fn drip_until_closed<S: tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+    head: &[u8],
+    every: Duration,
+) {
+    use tokio::io::AsyncWriteExt;
+    let drip = async {
+        for byte in head.iter().cycle() {
+            if stream.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(every).await;
+        }
+    };
+    tokio::time::timeout(GENEROUS, drip)
+        .await
+        .expect("the edge kept the slow connection open");
+}
+
+/// Reads until the edge closes the connection; true if it did within
+/// [`GENEROUS`].
+pub async fn closed_by_edge<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut sink = Vec::new();
+    tokio::time::timeout(GENEROUS, stream.read_to_end(&mut sink))
+        .await
+        .is_ok()
+}
