@@ -13,11 +13,11 @@
 
 mod bench_support;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use b24_emulator::EntityType;
-use b24_relay::{Config, JobState, Relay};
-use bench_support::{arg, portal, write};
+use b24_relay::{Config, Relay};
+use bench_support::{arg, portal, sustained_per_minute, wait_for_transfers, write};
 use serde_json::json;
 
 const SECRET: &str = "benchHookSecret";
@@ -126,25 +126,7 @@ writeback = {{ comment = true }}
         assert_eq!(response.status(), 200);
     }
     let store = relay.store.clone();
-    let mut finished_at: Vec<Duration> = Vec::new();
-    let mut seen = std::collections::BTreeSet::new();
-    while seen.len() < total {
-        for job in store.jobs(Some(JobState::Done), 100_000).await.unwrap() {
-            if job.target_deal_id.is_some() && seen.insert(job.id) {
-                finished_at.push(started.elapsed());
-            }
-        }
-        if !store
-            .jobs(Some(JobState::Failed), 1)
-            .await
-            .unwrap()
-            .is_empty()
-        {
-            panic!("a transfer failed");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    finished_at.sort();
+    let finished_at = wait_for_transfers(&store, total, started, |_| true).await;
     let target_deals = target.admin().records(EntityType::Deal).len();
     assert_eq!(target_deals, total, "one target deal per source deal");
     let metrics = relay.metrics.render();
@@ -164,8 +146,7 @@ writeback = {{ comment = true }}
     );
     // After the target's initial burst (50 requests) is spent.
     let skip = (total / 3).max(1);
-    let window = finished_at[total - 1] - finished_at[skip - 1];
-    let sustained = (total - skip) as f64 / window.as_secs_f64() * 60.0;
+    let sustained = sustained_per_minute(&finished_at, skip);
     let target_commands_per_deal = commands / total as f64;
     let target_bound = 2.0 * 50.0 / target_commands_per_deal * 60.0;
     let source_bound = sources_n as f64 * 2.0 / source_requests * 60.0;

@@ -17,7 +17,7 @@ mod bench_support;
 
 use b24_emulator::EntityType;
 use b24_relay::{Config, JobState, Relay};
-use bench_support::{arg, portal, write};
+use bench_support::{arg, portal, sustained_per_minute, wait_for_transfers, write};
 use serde_json::json;
 
 const SOURCE_SECRET: &str = "benchSourceSecret";
@@ -174,31 +174,13 @@ writeback = {{ comment = true, field = "ufCrm_ESB_DEAL_ID" }}
             .unwrap();
         assert_eq!(response.status(), 200);
     }
-    let mut finished_at: Vec<Duration> = Vec::new();
-    let mut seen = std::collections::BTreeSet::new();
-    while seen.len() < deals {
-        for job in store.jobs(Some(JobState::Done), 100_000).await.unwrap() {
-            if job.portal == "partner" && job.target_deal_id.is_some() && seen.insert(job.id) {
-                finished_at.push(started.elapsed());
-            }
-        }
-        if !store
-            .jobs(Some(JobState::Failed), 1)
-            .await
-            .unwrap()
-            .is_empty()
-        {
-            panic!("a transfer failed");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    finished_at.sort();
+    let finished_at =
+        wait_for_transfers(&store, deals, started, |job| job.portal == "partner").await;
     let source_requests = source.admin().total_requests() as f64 / deals as f64;
     let target_requests = target.admin().total_requests() as f64 / deals as f64;
     // Sustained: completions after the burst is spent, per minute.
     let skip = (deals / 3).max(1);
-    let window = finished_at[deals - 1] - finished_at[skip - 1];
-    let sustained = (deals - skip) as f64 / window.as_secs_f64() * 60.0;
+    let sustained = sustained_per_minute(&finished_at, skip);
     let busiest = source_requests.max(target_requests);
     let bound = 2.0 / busiest * 60.0;
     println!(
