@@ -92,7 +92,7 @@ impl ConnContext {
         ConnContext {
             http: Arc::new(HttpBuilders {
                 h1: http1_builder(),
-                h2: http_builder(&state.limits, &state.metrics).http2_only(),
+                h2: h2_builder(&state.limits, &state.metrics),
             }),
             state,
             forwarder: Arc::new(forwarder),
@@ -103,25 +103,19 @@ impl ConnContext {
     }
 }
 
-/// The same HTTP/1.1 settings as [`http_builder`]'s.
 fn http1_builder() -> http1::Builder {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
+        // The driver below keeps the deadlines, for both protocols alike.
         .header_read_timeout(None)
         .keep_alive(true);
     builder
 }
 
-fn http_builder(limits: &Limits, metrics: &Arc<Metrics>) -> auto::Builder<StreamExecutor> {
+fn h2_builder(limits: &Limits, metrics: &Arc<Metrics>) -> auto::Builder<StreamExecutor> {
     let executor = StreamExecutor::new(limits.send_timeout, metrics.clone());
-    let mut builder = auto::Builder::new(executor);
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        // The driver below keeps the deadlines, for both protocols alike.
-        .header_read_timeout(None)
-        .keep_alive(true);
+    let mut builder = auto::Builder::new(executor).http2_only();
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -190,7 +184,7 @@ pub(crate) async fn serve(
         state.limits.send_timeout,
         state.metrics.clone(),
     )));
-    let protocol = match io.get_ref().get_ref().get_ref().1.alpn_protocol() {
+    let protocol = match park::tls_of(&io).get_ref().1.alpn_protocol() {
         Some(b"h2") => Protocol::H2,
         Some(_) => Protocol::Http1,
         None => tokio::select! {
@@ -249,6 +243,15 @@ pub(crate) enum Ended {
     Error(String),
 }
 
+impl Ended {
+    pub(crate) fn failed(error: &impl ConnectionError) -> Ended {
+        match error.as_hyper() {
+            Some(h) if h.is_parse() || h.is_parse_too_large() => Ended::BadHead(error.to_string()),
+            _ => Ended::Error(error.to_string()),
+        }
+    }
+}
+
 impl<C> Served for C
 where
     C: GracefulConnection + Send,
@@ -257,10 +260,7 @@ where
     fn poll_served(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Ended> {
         self.poll(cx).map(|ended| match ended {
             Ok(()) => Ended::Cleanly,
-            Err(e) => match e.as_hyper() {
-                Some(h) if h.is_parse() || h.is_parse_too_large() => Ended::BadHead(e.to_string()),
-                _ => Ended::Error(e.to_string()),
-            },
+            Err(e) => Ended::failed(&e),
         })
     }
 

@@ -180,7 +180,12 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Parking<IO> {
 /// pointer, and the task keeps room for one of it, not one per state.
 pub(crate) type ClientStream = Box<Prefixed<WriteDeadline<TlsStream<TcpStream>>>>;
 
-/// Serves an HTTP/1.1 connection (ALPN `http/1.1`) as a series of hyper
+/// The TLS stream under a client stream's wrappers.
+pub(crate) fn tls_of(io: &ClientStream) -> &TlsStream<TcpStream> {
+    io.get_ref().get_ref()
+}
+
+/// Serves an HTTP/1.1 connection (by ALPN or sniffed) as a series of hyper
 /// connections on the same TLS stream, parked in between while idle
 /// ([`crate::park`]): an idle client holds its TLS session and nothing else.
 pub(crate) async fn serve_http1<S>(
@@ -206,8 +211,9 @@ pub(crate) async fn serve_http1<S>(
             .h1
             .serve_connection(TokioIo::new(parking), service.clone())
             .without_shutdown();
-        // Boxed, so that a parked connection's task does not keep room for
-        // hyper's connection state.
+        // Both boxed, so that a parked connection's task keeps room for
+        // neither hyper's state nor the parts it hands back (inline, they
+        // would add 150 bytes to every connection's task).
         let mut run = Box::pin(ParkableHttp1 {
             conn: Box::pin(conn),
             close,
@@ -257,7 +263,7 @@ async fn wait_for_request(
     stop: &CancellationToken,
     metrics: &Metrics,
 ) -> bool {
-    let (tcp, session) = io.get_ref().get_ref().get_ref();
+    let (tcp, session) = tls_of(io).get_ref();
     if io.has_prefix() || !session.wants_read() {
         // Decrypted bytes (or the client's close_notify) are already
         // waiting: hyper reads them.
@@ -309,8 +315,7 @@ where
                 this.parts = Some(parts);
                 Ended::Cleanly
             }
-            Err(e) if e.is_parse() || e.is_parse_too_large() => Ended::BadHead(e.to_string()),
-            Err(e) => Ended::Error(e.to_string()),
+            Err(e) => Ended::failed(&e),
         })
     }
 
