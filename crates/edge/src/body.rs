@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
 use crate::metrics::{Metrics, RouteLabel};
+use crate::upstream::Lease;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -284,17 +285,34 @@ pub struct UpstreamBodyTimeout;
 /// An upstream's response body, given up (and counted as an upstream error
 /// of kind `body_timeout`) when no data comes for `upstream_timeout`, as
 /// nginx's `proxy_read_timeout` does.
+///
+/// It holds the upstream connection it comes on, and gives it back to its
+/// pool at its end (so a connection is reused only once its response has
+/// been read whole).
 pub struct UpstreamBody {
     inner: Incoming,
+    lease: Lease,
     idle: IdleTimer,
     metrics: Arc<Metrics>,
     route: RouteLabel,
 }
 
 impl UpstreamBody {
-    pub fn new(inner: Incoming, idle: Duration, metrics: Arc<Metrics>, route: RouteLabel) -> Self {
+    pub fn new(
+        inner: Incoming,
+        mut lease: Lease,
+        idle: Duration,
+        metrics: Arc<Metrics>,
+        route: RouteLabel,
+    ) -> Self {
+        // A response without a body (HEAD, 204, 304, a zero length) may
+        // never be polled.
+        if inner.is_end_stream() {
+            lease.release();
+        }
         UpstreamBody {
             inner,
+            lease,
             idle: IdleTimer::new(idle),
             metrics,
             route,
@@ -322,10 +340,18 @@ impl Body for UpstreamBody {
             }
             Poll::Ready(Some(Ok(frame))) => {
                 this.idle.progress();
+                // The server sending this body stops polling once it says
+                // it has ended.
+                if this.inner.is_end_stream() {
+                    this.lease.release();
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                this.lease.release();
+                Poll::Ready(None)
+            }
         }
     }
 

@@ -27,12 +27,6 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 
 use crate::admit::{Route, RouteTable};
 use crate::body::{
@@ -41,6 +35,7 @@ use crate::body::{
 };
 use crate::config::{Limits, RouteConfig};
 use crate::metrics::Metrics;
+use crate::upstream::{ExchangeError, UpstreamPool};
 
 pub use crate::body::BoxError;
 /// The body of every response the edge sends.
@@ -130,8 +125,6 @@ pub struct Forwarded<'a> {
     pub path: Option<String>,
 }
 
-type UpstreamClient = Client<HttpsConnector<HttpConnector>, ForwardBody>;
-
 /// Where a route's requests go: the upstream's scheme and authority (the
 /// request's own path is kept), and for `https` the CA file to trust.
 #[derive(Debug, Clone)]
@@ -153,12 +146,24 @@ impl UpstreamTarget {
             ca_file: route.ca_file.clone(),
         }
     }
+
+    pub fn scheme(&self) -> &Scheme {
+        &self.scheme
+    }
+
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    pub fn ca_file(&self) -> Option<&std::path::Path> {
+        self.ca_file.as_deref()
+    }
 }
 
-/// One pooled client per route, owned by one worker thread.
+/// One pool of upstream connections per route, owned by one worker thread.
 pub struct Forwarder {
     /// Indexed by [`Route::id`].
-    clients: Vec<UpstreamClient>,
+    pools: Vec<UpstreamPool>,
     limits: Limits,
     metrics: Arc<Metrics>,
 }
@@ -166,7 +171,7 @@ pub struct Forwarder {
 impl std::fmt::Debug for Forwarder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Forwarder")
-            .field("upstreams", &self.clients.len())
+            .field("upstreams", &self.pools.len())
             .finish()
     }
 }
@@ -177,13 +182,13 @@ impl Forwarder {
         limits: &Limits,
         metrics: Arc<Metrics>,
     ) -> Result<Forwarder, UpstreamSetupError> {
-        let clients = routes
+        let pools = routes
             .in_config_order()
             .into_iter()
-            .map(|route| build_client(route.upstream(), limits))
+            .map(|route| UpstreamPool::new(route.upstream(), limits.upstream_connect_timeout))
             .collect::<Result<_, _>>()?;
         Ok(Forwarder {
-            clients,
+            pools,
             limits: limits.clone(),
             metrics,
         })
@@ -239,8 +244,7 @@ impl Forwarder {
         rewrite_request(&mut parts, route.upstream(), who, &body)
             .map_err(ForwardError::Protocol)?;
         let request = Request::from_parts(parts, body);
-        let client = &self.clients[route.id()];
-        let mut exchange = std::pin::pin!(client.request(request));
+        let mut exchange = std::pin::pin!(self.pools[route.id()].send(request));
         // The upstream's time starts once it has the whole request: a slow
         // upload is the client's (client_body_timeout), not a 504.
         let result = match body_sent {
@@ -250,18 +254,16 @@ impl Forwarder {
                 _ = sent => tokio::time::timeout(limits.upstream_timeout, exchange.as_mut()).await,
             },
         };
-        let response = match result {
+        let (response, lease) = match result {
             Err(_) => return Err(ForwardError::Timeout),
-            Ok(Err(e)) => {
+            Ok(Err(ExchangeError::Connect(e))) => return Err(ForwardError::Connect(e.to_string())),
+            Ok(Err(ExchangeError::Exchange(e))) => {
                 if let Some(client_fault) = client_body_error(&e) {
                     return Err(ForwardError::ClientBody(client_fault.clone()));
                 }
-                if e.is_connect() {
-                    return Err(ForwardError::Connect(error_chain(&e)));
-                }
                 return Err(ForwardError::Protocol(error_chain(&e)));
             }
-            Ok(Ok(response)) => response,
+            Ok(Ok(answered)) => answered,
         };
         let (mut parts, body) = response.into_parts();
         remove_hop_by_hop(&mut parts.headers);
@@ -270,67 +272,13 @@ impl Forwarder {
         }
         let body = UpstreamBody::new(
             body,
+            lease,
             limits.upstream_timeout,
             self.metrics.clone(),
             route.metrics().label().clone(),
         );
         Ok(Response::from_parts(parts, body.boxed_unsync()))
     }
-}
-
-fn build_client(
-    upstream: &UpstreamTarget,
-    limits: &Limits,
-) -> Result<UpstreamClient, UpstreamSetupError> {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(limits.upstream_connect_timeout));
-    let builder = HttpsConnectorBuilder::new();
-    let builder = match &upstream.ca_file {
-        Some(path) => {
-            let ca_err = |detail: String| UpstreamSetupError::CaFile {
-                path: path.display().to_string(),
-                detail,
-            };
-            let mut roots = rustls::RootCertStore::empty();
-            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-                .map_err(|e| ca_err(e.to_string()))?
-                .collect::<Result<_, _>>()
-                .map_err(|e| ca_err(e.to_string()))?;
-            if certs.is_empty() {
-                return Err(ca_err("no PEM certificate in it".into()));
-            }
-            for cert in certs {
-                roots.add(cert).map_err(|e| ca_err(e.to_string()))?;
-            }
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let config = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map_err(|e| UpstreamSetupError::Tls(e.to_string()))?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            builder.with_tls_config(config)
-        }
-        None if upstream.scheme == Scheme::HTTPS => builder
-            .with_native_roots()
-            .map_err(|e| UpstreamSetupError::NativeRoots(e.to_string()))?,
-        // Plain HTTP: a TLS configuration is still required by the type but
-        // never used.
-        None => {
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let config = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map_err(|e| UpstreamSetupError::Tls(e.to_string()))?
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth();
-            builder.with_tls_config(config)
-        }
-    };
-    let connector = builder.https_or_http().enable_http1().wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .build(connector))
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -372,7 +320,12 @@ fn rewrite_request(
             parts.headers.insert(header::HOST, host);
         }
         None => {
+            // HTTP/1.0 without a Host: HTTP/1.1 requires one, the
+            // upstream's own name is the one that says nothing new.
             parts.headers.remove(&X_FORWARDED_HOST);
+            let authority = HeaderValue::from_str(upstream.authority.as_str())
+                .map_err(|_| "the upstream's authority is not a header value".to_owned())?;
+            parts.headers.insert(header::HOST, authority);
         }
     }
     if let ForwardBody::Full(bytes) = body {
@@ -398,12 +351,8 @@ fn rewrite_request(
             PathAndQuery::try_from(path).map_err(|e| e.to_string())?
         }
     };
-    parts.uri = Uri::builder()
-        .scheme(upstream.scheme.clone())
-        .authority(upstream.authority.clone())
-        .path_and_query(path)
-        .build()
-        .map_err(|e| e.to_string())?;
+    // Origin form: the upstream is the server, not a proxy.
+    parts.uri = Uri::from(path);
     parts.version = Version::HTTP_11;
     Ok(())
 }

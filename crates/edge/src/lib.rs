@@ -8,7 +8,8 @@
 //!    header, or a trusted proxy's X-Forwarded-For);
 //! 3. [`tls`] terminates TLS;
 //! 4. [`admit`] picks the [`admit::Route`] and makes the [`admit::Decision`];
-//! 5. [`forward`] sends an admitted request upstream.
+//! 5. [`forward`] sends an admitted request upstream, on a connection
+//!    from its route's [`upstream`] pool.
 //!
 //! [`accept`] also reads the PROXY header and hands out connection
 //! [`slots`]; [`connection`] drives one connection through TLS and serves
@@ -38,6 +39,7 @@ mod sniff;
 mod state;
 mod stream_deadline;
 pub mod tls;
+mod upstream;
 mod worker;
 
 pub use config::{Config, ConfigError};
