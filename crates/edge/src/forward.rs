@@ -297,18 +297,23 @@ fn rewrite_request(
     // The edge answered (or skipped) the client's 100-continue itself.
     parts.headers.remove(header::EXPECT);
 
-    let mut chain = String::with_capacity(who.hops.len() * 17);
-    for (i, hop) in who.hops.iter().enumerate() {
-        if i > 0 {
-            chain.push_str(", ");
+    let real_ip = header_value(&who.client.to_string())?;
+    // A client that reached the edge itself (the usual case) is the whole
+    // chain. `insert` drops every value the client sent.
+    let chain = if who.hops == [who.client] {
+        real_ip.clone()
+    } else {
+        let mut chain = String::with_capacity(who.hops.len() * 17);
+        for (i, hop) in who.hops.iter().enumerate() {
+            if i > 0 {
+                chain.push_str(", ");
+            }
+            let _ = write!(chain, "{hop}");
         }
-        let _ = write!(chain, "{hop}");
-    }
-    parts.headers.remove(&X_FORWARDED_FOR);
-    parts.headers.insert(X_FORWARDED_FOR, header_value(&chain)?);
-    parts
-        .headers
-        .insert(X_REAL_IP, header_value(&who.client.to_string())?);
+        header_value(&chain)?
+    };
+    parts.headers.insert(X_FORWARDED_FOR, chain);
+    parts.headers.insert(X_REAL_IP, real_ip);
     parts
         .headers
         .insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
@@ -394,24 +399,32 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 /// Removes the hop-by-hop headers, plus whatever the `Connection` header
 /// names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none of them (a request through the edge usually
-    // has no `Connection` header at all): one pass over the few names
-    // present is cheaper than hashing and probing for all nine.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
-        return;
+    // Most messages carry none of them, or only `Connection`: one pass over
+    // the few names present, then a removal for each one found, is cheaper
+    // than hashing and probing for all nine.
+    let mut present = [false; 9];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present[i] = true;
+        }
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    // HOP_BY_HOP[0] is `Connection`.
+    if present[0] {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    for (name, present) in HOP_BY_HOP.iter().zip(present) {
+        if present {
+            headers.remove(name);
+        }
     }
 }
 

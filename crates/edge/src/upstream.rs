@@ -174,7 +174,10 @@ impl UpstreamPool {
         loop {
             let (mut sender, reused) = match self.shared.checkout() {
                 Some(sender) => (sender, true),
-                None => (self.shared.connect().await?, false),
+                // Boxed: the TLS handshake's state would otherwise make
+                // every request's future (moved into hyper's per-request
+                // slot) as large as a rare connect needs.
+                None => (Box::pin(self.shared.connect()).await?, false),
             };
             match sender.try_send_request(request).await {
                 Ok(response) => {
