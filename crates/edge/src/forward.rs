@@ -297,7 +297,7 @@ fn rewrite_request(
     // The edge answered (or skipped) the client's 100-continue itself.
     parts.headers.remove(header::EXPECT);
 
-    let real_ip = header_value(&who.client.to_string())?;
+    let real_ip = ip_header_value(who.client);
     // A client that reached the edge itself (the usual case) is the whole
     // chain. `insert` drops every value the client sent.
     let chain = if who.hops == [who.client] {
@@ -362,6 +362,16 @@ fn rewrite_request(
     Ok(())
 }
 
+/// An address as a header value, formatted without a temporary `String`.
+fn ip_header_value(ip: IpAddr) -> HeaderValue {
+    // The longest address text: an IPv6 address with an embedded IPv4 one.
+    let mut text = [0u8; 45];
+    let mut cursor = std::io::Cursor::new(&mut text[..]);
+    let _ = std::io::Write::write_fmt(&mut cursor, format_args!("{ip}"));
+    let len = usize::try_from(cursor.position()).unwrap_or(0);
+    HeaderValue::from_bytes(&text[..len]).expect("an address is a valid header value")
+}
+
 fn header_value(text: &str) -> Result<HeaderValue, String> {
     HeaderValue::from_str(text).map_err(|_| "a forwarding header value is not valid".to_owned())
 }
@@ -410,12 +420,21 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
     // HOP_BY_HOP[0] is `Connection`.
     if present[0] {
+        // `keep-alive` and `close`, the usual tokens, name nothing more
+        // to remove: only other names are parsed (and allocated).
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .map(str::trim)
+            .filter(|token| {
+                !token.eq_ignore_ascii_case("close")
+                    && !HOP_BY_HOP
+                        .iter()
+                        .any(|hop| hop.as_str().eq_ignore_ascii_case(token))
+            })
+            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
             .collect();
         for name in named {
             headers.remove(name);
@@ -463,11 +482,25 @@ mod tests {
     }
 
     #[test]
+    fn addresses_as_header_values() {
+        for ip in [
+            "192.0.2.1",
+            "255.255.255.255",
+            "2001:db8::1",
+            "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255",
+            "::ffff:192.0.2.1",
+        ] {
+            let addr: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_header_value(addr), addr.to_string().as_str());
+        }
+    }
+
+    #[test]
     fn hop_by_hop_headers_go() {
         let mut headers = HeaderMap::new();
         headers.insert(
             header::CONNECTION,
-            "keep-alive, x-secret-hop".parse().unwrap(),
+            "keep-alive, X-Secret-Hop ,close".parse().unwrap(),
         );
         headers.insert("x-secret-hop", "1".parse().unwrap());
         headers.insert("keep-alive", "timeout=5".parse().unwrap());

@@ -46,9 +46,13 @@ pub(crate) async fn handle(
     };
     let host = match request_host(version, req.uri(), req.headers()) {
         Ok(None) => None,
-        Ok(Some(text)) => match HeaderValue::from_str(text) {
-            Ok(value) => Some(value),
-            Err(_) => return bad_request(state, unrouted, started, version, BadRequest::Host),
+        // The Host header as sent, when that is the host (no copy).
+        Ok(Some(text)) => match req.headers().get(header::HOST) {
+            Some(sent) if sent.as_bytes() == text.as_bytes() => Some(sent.clone()),
+            _ => match HeaderValue::from_str(text) {
+                Ok(value) => Some(value),
+                Err(_) => return bad_request(state, unrouted, started, version, BadRequest::Host),
+            },
         },
         Err(e) => {
             debug!(error = %e, "bad request host");
