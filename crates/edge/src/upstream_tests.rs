@@ -315,3 +315,38 @@ fn a_ca_file_without_certificates_is_refused_at_start() {
     .unwrap_err();
     assert!(err.to_string().contains("no PEM certificate"), "{err}");
 }
+
+/// An upstream (or a desynchronised backend behind it) that sends more
+/// than its response's length: the surplus is never delivered as the next
+/// request's answer, and that connection is not reused.
+#[tokio::test]
+async fn bytes_after_a_response_never_answer_the_next_request() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let mut connections = 0;
+        let mut open = Vec::new();
+        loop {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            connections += 1;
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = tcp.read(&mut buf).await.unwrap();
+                assert!(n > 0);
+                head.extend_from_slice(&buf[..n]);
+            }
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n{connections}\
+                 HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled"
+            );
+            tcp.write_all(answer.as_bytes()).await.unwrap();
+            open.push(tcp);
+        }
+    });
+    let pool = pool_for(addr);
+    assert_eq!(fetch(&pool, "/").await.1, "1");
+    assert_eq!(fetch(&pool, "/").await.1, "2", "a new connection answered");
+    assert_eq!(fetch(&pool, "/").await.1, "3");
+    server.abort();
+}
