@@ -109,6 +109,8 @@ pub struct Limits {
     /// Most time a write to a client may wait: a client that stops reading
     /// its response is dropped.
     pub send_timeout: Duration,
+    /// Time to connect to an upstream, with an https upstream's TLS
+    /// handshake (502 after it).
     pub upstream_connect_timeout: Duration,
     /// Time the upstream has to start its response once the request is
     /// sent (504 after it), and most time between two reads of its body.
