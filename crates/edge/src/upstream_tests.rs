@@ -63,6 +63,14 @@ impl TestUpstream {
                                     Bytes::from_static(b"bye")
                                 }
                                 "/big" => Bytes::from(vec![b'x'; 1 << 20]),
+                                "/204" => {
+                                    answer = answer.status(StatusCode::NO_CONTENT);
+                                    Bytes::new()
+                                }
+                                "/304" => {
+                                    answer = answer.status(StatusCode::NOT_MODIFIED);
+                                    Bytes::new()
+                                }
                                 "/hold" => {
                                     g.acquire().await.unwrap().forget();
                                     Bytes::from_static(b"held")
@@ -132,11 +140,19 @@ fn get(path: &str) -> Request<ForwardBody> {
 /// Sends `path` and reads the answer whole through the body the edge
 /// gives its clients, which hands the connection back at its end.
 async fn fetch(pool: &UpstreamPool, path: &str) -> (StatusCode, Bytes) {
-    let (response, lease) = pool.send(get(path)).await.unwrap();
+    exchange(pool, get(path)).await
+}
+
+async fn exchange(pool: &UpstreamPool, request: Request<ForwardBody>) -> (StatusCode, Bytes) {
+    let (response, lease) = pool.send(request).await.unwrap();
     let (parts, body) = response.into_parts();
     let metrics = Arc::new(Metrics::new());
     let label = metrics.route("/").label().clone();
     let body = UpstreamBody::new(body, lease, Duration::from_secs(5), metrics, label);
+    // As hyper's server does: a body that says it has ended is not polled.
+    if http_body::Body::is_end_stream(&body) {
+        return (parts.status, Bytes::new());
+    }
     (parts.status, body.collect().await.unwrap().to_bytes())
 }
 
@@ -159,6 +175,30 @@ async fn sequential_requests_share_one_connection() {
     }
     assert_eq!(upstream.accepted(), 1, "five requests, one connection");
     assert_eq!(pool.idle_count(), 1);
+}
+
+/// Answers without a body may never have their body polled by the server
+/// sending them on: their connection goes back at once.
+#[tokio::test]
+async fn answers_without_a_body_give_their_connection_back() {
+    let upstream = TestUpstream::start().await;
+    let pool = pool_for(upstream.addr);
+    let head = Request::head("/ok")
+        .header("host", "upstream.test")
+        .body(ForwardBody::Full(None))
+        .unwrap();
+    assert_eq!(exchange(&pool, head).await, (StatusCode::OK, Bytes::new()));
+    assert_eq!(pool.idle_count(), 1);
+    assert_eq!(fetch(&pool, "/204").await.0, StatusCode::NO_CONTENT);
+    assert_eq!(fetch(&pool, "/304").await.0, StatusCode::NOT_MODIFIED);
+    let upload = Request::post("/ok")
+        .header("host", "upstream.test")
+        .header("content-length", "12")
+        .body(ForwardBody::full(Bytes::from("сделка")))
+        .unwrap();
+    assert_eq!(exchange(&pool, upload).await, (StatusCode::OK, "ok".into()));
+    assert_eq!(fetch(&pool, "/ok").await, (StatusCode::OK, "ok".into()));
+    assert_eq!(upstream.accepted(), 1, "one connection for all five");
 }
 
 #[tokio::test]
