@@ -5,8 +5,11 @@
 //! `--iface` names an interface of this host, every table, chain and set
 //! about to be replaced is nodesync's own ([`crate::owner`]), and the new
 //! rules would not lock the admin out of SSH ([`crate::guard`]). Then each
-//! format is loaded so that a failure leaves the previous rules in place:
-//! `nft -f` is one transaction, `ipset restore` stops before the swap,
+//! format is loaded so that a failure leaves the previous rules in place,
+//! and so that no packet of a listed client meets a half-loaded state:
+//! nftables is updated in place ([`crate::nftupdate`]: new sets filled
+//! before any rule uses them, then one transaction), `ipset restore` fills
+//! a set aside and swaps it in (or stops before the swap),
 //! `iptables-restore` commits a table at once.
 
 use b24_nodes::NodeList;
@@ -14,7 +17,8 @@ use b24_nodes::NodeList;
 use crate::cli::exit;
 use crate::emit::{self, Family, Format, IpsetPlan, RuleOptions};
 use crate::guard::{self, Host, Lockout};
-use crate::owner::{self, Found, IptablesListing};
+use crate::nftupdate::{self, Plan};
+use crate::owner::{self, Found, IptablesListing, NftTable};
 pub use crate::tools::find_tool;
 use crate::tools::{self, ToolError, run_args, run_capture, run_with_file, run_with_stdin};
 
@@ -75,11 +79,24 @@ pub fn apply(
         Format::Nftables => {
             tools::require("nft")?;
             check_interface(options)?;
-            check_nft_ownership(options)?;
-            if !options.set_only {
-                check_lockout(list, options, safety)?;
+            let live = check_nft_ownership(options)?;
+            if options.set_only {
+                // The sets are refilled in place: no moment without them.
+                run_with_file("nft", &["-f"], rendered)?;
+                return Ok(());
             }
-            run_with_file("nft", &["-f"], rendered)?;
+            check_lockout(list, options, safety)?;
+            match nftupdate::plan(live.as_ref()) {
+                Plan::InPlace { missing_sets } => {
+                    if !missing_sets.is_empty() {
+                        let create = nftupdate::create_sets(list, options, &missing_sets);
+                        run_with_file("nft", &["-f"], &create)?;
+                    }
+                    let update = nftupdate::update(list, options, live.as_ref());
+                    run_with_file("nft", &["-f"], &update)?;
+                }
+                Plan::Replace(_) => run_with_file("nft", &["-f"], rendered)?,
+            }
             Ok(())
         }
         Format::Ipset => {
@@ -214,7 +231,9 @@ fn interfaces() -> Vec<String> {
         .collect()
 }
 
-fn check_nft_ownership(options: &RuleOptions) -> Result<(), ApplyError> {
+/// Checks that the table (or, with `--set-only`, its two sets) may be
+/// changed, and returns the live table as the check read it.
+fn check_nft_ownership(options: &RuleOptions) -> Result<Option<NftTable>, ApplyError> {
     let table = owner::nft_table(&options.table)?;
     if options.set_only {
         for (name, kind) in [("nodes_v4", "ipv4_addr"), ("nodes_v6", "ipv6_addr")] {
@@ -224,17 +243,16 @@ fn check_nft_ownership(options: &RuleOptions) -> Result<(), ApplyError> {
                 return Err(ApplyError::NotOurs(why));
             }
         }
-        return Ok(());
+        return Ok(table);
     }
-    match table {
-        None => Ok(()),
-        Some(table) => match owner::judge_full_table(&options.table, &table) {
-            Found::Foreign(why) => Err(ApplyError::NotOurs(format!(
-                "{why} (to fill sets in a table of your own, use --set-only)"
-            ))),
-            _ => Ok(()),
-        },
+    if let Some(live) = &table
+        && let Found::Foreign(why) = owner::judge_full_table(&options.table, live)
+    {
+        return Err(ApplyError::NotOurs(format!(
+            "{why} (to fill sets in a table of your own, use --set-only)"
+        )));
     }
+    Ok(table)
 }
 
 fn check_lockout(list: &NodeList, options: &RuleOptions, safety: Safety) -> Result<(), ApplyError> {

@@ -147,7 +147,8 @@ fn header(out: &mut String, what: &str) {
     );
 }
 
-fn set_declaration(out: &mut String, name: &str, kind: &str, nets: &[String]) {
+/// A set's declaration inside a `table` block, with its elements.
+pub fn set_declaration(out: &mut String, name: &str, kind: &str, nets: &[String]) {
     let _ = write!(
         out,
         "\tset {name} {{\n\t\ttype {kind}\n\t\tflags interval\n\t\tcomment \"{MARKER}\"\n"
@@ -176,13 +177,115 @@ fn nets_v6(list: &NodeList) -> Vec<String> {
         .collect()
 }
 
-/// The full nftables script. It declares the table (so that the delete
-/// never fails on a first run), deletes it, and defines it again with its
-/// sets and chains: `nft -f` applies the file as one transaction, so the
-/// kernel switches from the old table to the new one at once — no moment
-/// with an empty set, and no chain left over from an earlier version or
-/// configuration. The table carries [`MARKER`]; `--apply` replaces only a
-/// table that does.
+/// The named sets of nodesync's table and their types: the list's two
+/// families, then `--extra`'s. `--extra` lives in sets of its own, filled
+/// in place like the list's, so that replacing the rules never creates a
+/// set the new rules look up (see [`crate::nftupdate`]).
+pub const NFT_SETS: [(&str, &str); 4] = [
+    ("nodes_v4", "ipv4_addr"),
+    ("nodes_v6", "ipv6_addr"),
+    ("extra_v4", "ipv4_addr"),
+    ("extra_v6", "ipv6_addr"),
+];
+
+/// One chain of nodesync's table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NftChainSpec {
+    pub name: &'static str,
+    /// For a base chain, what follows `type`, exactly as `nft list chains`
+    /// shows it (so that a live chain can be compared with it).
+    pub hook: Option<String>,
+    pub rules: Vec<String>,
+}
+
+/// The chains of nodesync's table, jump targets last. A protected port is
+/// one rule of its own rather than an anonymous set: nothing in a rule is
+/// created along with it, whatever set type the kernel would pick.
+pub fn nft_chains(options: &RuleOptions) -> Vec<NftChainSpec> {
+    let iface = options
+        .iface
+        .as_ref()
+        .map(|i| format!("iifname \"{i}\" "))
+        .unwrap_or_default();
+    let mut chains = vec![NftChainSpec {
+        name: "input",
+        hook: Some("filter hook input priority filter - 10; policy accept;".into()),
+        rules: options
+            .ports
+            .iter()
+            .map(|port| format!("{iface}tcp dport {port} jump protected"))
+            .collect(),
+    }];
+    if options.forward {
+        // A published container port is DNAT-ed before routing: the packet
+        // is forwarded with the container's port, and only conntrack still
+        // knows the port the client asked for.
+        chains.push(NftChainSpec {
+            name: "forward",
+            hook: Some("filter hook forward priority filter - 10; policy accept;".into()),
+            rules: options
+                .ports
+                .iter()
+                .map(|port| {
+                    format!(
+                        "{iface}ct status dnat ct direction original meta l4proto tcp ct original proto-dst {port} jump protected"
+                    )
+                })
+                .collect(),
+        });
+    }
+    chains.push(NftChainSpec {
+        name: "protected",
+        hook: None,
+        rules: [
+            "iif \"lo\" accept",
+            "ct state established,related accept",
+            "ip saddr @nodes_v4 accept",
+            "ip6 saddr @nodes_v6 accept",
+            "ip saddr @extra_v4 accept",
+            "ip6 saddr @extra_v6 accept",
+            "counter drop",
+        ]
+        .map(String::from)
+        .to_vec(),
+    });
+    chains
+}
+
+/// What each of [`NFT_SETS`] holds, in the same order.
+pub fn nft_set_contents(list: &NodeList, options: &RuleOptions) -> [Vec<String>; 4] {
+    let extra = |v6| {
+        options
+            .extra_of(v6)
+            .into_iter()
+            .map(display_network)
+            .collect()
+    };
+    [nets_v4(list), nets_v6(list), extra(false), extra(true)]
+}
+
+/// A chain's declaration inside a `table` block: its comment, its hook if
+/// it is a base chain, and `rules` (none when they are added separately).
+pub fn nft_chain_declaration(out: &mut String, chain: &NftChainSpec, rules: &[String]) {
+    let _ = write!(out, "\tchain {} {{\n\t\tcomment \"{MARKER}\"\n", chain.name);
+    if let Some(hook) = &chain.hook {
+        let _ = writeln!(out, "\t\ttype {hook}");
+    }
+    for rule in rules {
+        let _ = writeln!(out, "\t\t{rule}");
+    }
+    out.push_str("\t}\n");
+}
+
+/// The full nftables script, for a file loaded at boot (`--output`, a glob
+/// include) or by hand. It declares the table (so that the delete never
+/// fails on a first run), deletes it, and defines it again with its sets
+/// and chains, as one `nft -f` transaction: whatever an earlier version or
+/// configuration left in the table is gone. `--apply` does not load this
+/// on a live table — sets created in the same transaction as the rules
+/// that look them up match nothing for a moment on current kernels (see
+/// [`crate::nftupdate`]) — but reaches the same table. The table carries
+/// [`MARKER`]; `--apply` replaces only a table that does.
 fn nftables(list: &NodeList, options: &RuleOptions) -> String {
     let table = &options.table;
     let mut out = String::new();
@@ -200,54 +303,16 @@ fn nftables(list: &NodeList, options: &RuleOptions) -> String {
     let _ = writeln!(out, "table inet {table} {{\n\tcomment \"{MARKER}\"\n}}");
     let _ = writeln!(out, "delete table inet {table}");
     let _ = writeln!(out, "table inet {table} {{\n\tcomment \"{MARKER}\"");
-    set_declaration(&mut out, "nodes_v4", "ipv4_addr", &nets_v4(list));
-    set_declaration(&mut out, "nodes_v6", "ipv6_addr", &nets_v6(list));
-    let iface = options
-        .iface
-        .as_ref()
-        .map(|i| format!("iifname \"{i}\" "))
-        .unwrap_or_default();
+    for ((name, kind), nets) in NFT_SETS.iter().zip(nft_set_contents(list, options)) {
+        set_declaration(&mut out, name, kind, &nets);
+    }
     // Each chain carries the marker too: `nft list chains` shows chain
     // comments cheaply, where the table's needs a listing of every element.
-    let _ = write!(
-        out,
-        "\n\tchain input {{\n\t\tcomment \"{MARKER}\"\n\t\ttype filter hook input priority filter - 10; policy accept;\n"
-    );
-    let _ = writeln!(
-        out,
-        "\t\t{iface}tcp dport {{ {} }} jump protected\n\t}}",
-        options.port_list()
-    );
-    if options.forward {
-        // A published container port is DNAT-ed before routing: the packet
-        // is forwarded with the container's port, and only conntrack still
-        // knows the port the client asked for.
-        let _ = write!(
-            out,
-            "\n\tchain forward {{\n\t\tcomment \"{MARKER}\"\n\t\ttype filter hook forward priority filter - 10; policy accept;\n"
-        );
-        let _ = writeln!(
-            out,
-            "\t\t{iface}ct status dnat ct direction original meta l4proto tcp ct original proto-dst {{ {} }} jump protected\n\t}}",
-            options.port_list()
-        );
+    for chain in nft_chains(options) {
+        out.push('\n');
+        nft_chain_declaration(&mut out, &chain, &chain.rules);
     }
-    let _ = write!(out, "\n\tchain protected {{\n\t\tcomment \"{MARKER}\"\n");
-    out.push_str("\t\tiif \"lo\" accept\n");
-    out.push_str("\t\tct state established,related accept\n");
-    out.push_str("\t\tip saddr @nodes_v4 accept\n");
-    out.push_str("\t\tip6 saddr @nodes_v6 accept\n");
-    for (v6, keyword) in [(false, "ip"), (true, "ip6")] {
-        let extra: Vec<String> = options
-            .extra_of(v6)
-            .into_iter()
-            .map(display_network)
-            .collect();
-        if !extra.is_empty() {
-            let _ = writeln!(out, "\t\t{keyword} saddr {{ {} }} accept", extra.join(", "));
-        }
-    }
-    out.push_str("\t\tcounter drop\n\t}\n}\n");
+    out.push_str("}\n");
     out
 }
 
@@ -513,8 +578,13 @@ mod tests {
             ..RuleOptions::default()
         };
         let script = render(Format::Nftables, &list(), &options);
-        assert!(script.contains("iifname \"eth0\" tcp dport { 443, 80 } jump protected"));
-        assert!(script.contains("ct original proto-dst { 443, 80 } jump protected"));
+        for port in [443, 80] {
+            assert!(script.contains(&format!("iifname \"eth0\" tcp dport {port} jump protected")));
+            assert!(script.contains(&format!("ct original proto-dst {port} jump protected")));
+        }
+        // No anonymous set anywhere: the rules create nothing they look up.
+        let chains = &script[script.find("chain input").unwrap()..];
+        assert!(!chains.contains(" { "), "{chains}");
         assert!(script.contains("delete table inet bitrix24\ntable inet bitrix24 {\n\tcomment"));
         assert!(script.contains("10.1.0.0/16, 195.208.184.200,"));
         let protected = &script[script.find("chain protected").unwrap()..];
@@ -592,8 +662,13 @@ mod tests {
             ..RuleOptions::default()
         };
         let script = render(Format::Nftables, &list(), &options);
-        assert!(script.contains("ip saddr { 192.168.0.0/16 } accept"));
-        assert!(script.contains("ip6 saddr { fd00::/8 } accept"));
+        let extra_v4 = &script[script.find("set extra_v4").unwrap()..];
+        assert!(extra_v4[..extra_v4.find("\t}").unwrap()].contains("192.168.0.0/16,"));
+        let extra_v6 = &script[script.find("set extra_v6").unwrap()..];
+        assert!(extra_v6[..extra_v6.find("\t}").unwrap()].contains("fd00::/8,"));
+        let nodes_v4 = &script[script.find("set nodes_v4").unwrap()..];
+        assert!(!nodes_v4[..nodes_v4.find("\t}").unwrap()].contains("192.168."));
+        assert!(script.contains("ip saddr @extra_v4 accept\n"));
         let ipset = render(Format::Ipset, &list(), &options);
         assert!(!ipset.contains("192.168."));
         assert!(

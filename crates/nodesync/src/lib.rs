@@ -12,6 +12,7 @@ pub mod emit;
 pub mod guard;
 pub mod lock;
 pub mod news;
+pub mod nftupdate;
 pub mod owner;
 pub mod run;
 pub mod state;

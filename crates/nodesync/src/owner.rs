@@ -38,6 +38,9 @@ pub struct NftTable {
 pub struct NftChain {
     pub name: String,
     pub comment: Option<String>,
+    /// A base chain's `type … hook … priority …; policy …;` line, without
+    /// the leading `type `; `None` for a regular chain.
+    pub hook: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -99,8 +102,11 @@ pub fn parse_nft_table(listings: &[&str], name: &str) -> Option<NftTable> {
                         }
                     }
                     Some(Block::Chain(at)) => {
+                        let chain = &mut table.chains[at];
                         if let Some(comment) = quoted_after(text, "comment") {
-                            table.chains[at].comment = Some(comment);
+                            chain.comment = Some(comment);
+                        } else if let Some(hook) = text.strip_prefix("type ") {
+                            chain.hook = Some(hook.to_string());
                         }
                     }
                     None => {}
@@ -136,7 +142,7 @@ impl NftTable {
         }
         self.chains.push(NftChain {
             name,
-            comment: None,
+            ..NftChain::default()
         });
         self.chains.len() - 1
     }
@@ -167,11 +173,17 @@ pub fn judge_full_table(name: &str, table: &NftTable) -> Found {
     }
     let set_names: Vec<&str> = table.sets.iter().map(|s| s.name.as_str()).collect();
     let chain_names: Vec<&str> = table.chains.iter().map(|c| c.name.as_str()).collect();
-    // nodesync 0.1: the two sets, input and protected, no comments.
+    // nodesync 0.1: the two sets, input and protected, no comments; an
+    // update may have added the marked --extra sets before it replaced
+    // the chains ([`crate::nftupdate`]).
+    let legacy_set = |s: &NftSet| {
+        ["nodes_v4", "nodes_v6"].contains(&s.name.as_str())
+            || (["extra_v4", "extra_v6"].contains(&s.name.as_str()) && marked(&s.comment))
+    };
     let legacy = table.comment.is_none()
         && table.others.is_empty()
         && table.chains.iter().all(|c| c.comment.is_none())
-        && set_names.len() == 2
+        && table.sets.iter().all(legacy_set)
         && set_names.contains(&"nodes_v4")
         && set_names.contains(&"nodes_v6")
         && chain_names.contains(&"protected")
@@ -353,6 +365,11 @@ mod tests {
         assert_eq!(t.sets.len(), 1);
         assert_eq!(t.sets[0].kind, "ipv4_addr");
         assert_eq!(t.chains.len(), 2);
+        assert_eq!(
+            t.chains[0].hook.as_deref(),
+            Some("filter hook input priority filter - 10; policy accept;")
+        );
+        assert_eq!(t.chains[1].hook, None);
         assert_eq!(judge_full_table("bitrix24", &t), Found::Ours);
         assert!(parse_nft_table(&[CHAINS], "nope").is_none());
         let empty = parse_nft_table(&[CHAINS], "empty").unwrap();
@@ -375,6 +392,20 @@ mod tests {
             judge_full_table("bitrix24", &table(old, "bitrix24")),
             Found::Ours
         );
+        // Half way through an update: the marked --extra sets are there.
+        let mut half = table(old, "bitrix24");
+        half.sets.push(NftSet {
+            name: "extra_v4".into(),
+            kind: "ipv4_addr".into(),
+            flags: "interval".into(),
+            comment: Some(MARKER.into()),
+        });
+        assert_eq!(judge_full_table("bitrix24", &half), Found::Ours);
+        half.sets[2].comment = None;
+        assert!(matches!(
+            judge_full_table("bitrix24", &half),
+            Found::Foreign(_)
+        ));
         assert_eq!(
             judge_set(
                 "bitrix24",
