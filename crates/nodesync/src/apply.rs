@@ -66,15 +66,32 @@ pub struct Safety {
     pub allow_lockout: bool,
 }
 
+/// What a successful apply has to say besides "loaded".
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The other firewall mode's rules for this `--table` (left by an
+    /// earlier `--apply` in that mode) could not all be removed: why. The
+    /// rules asked for are in force either way.
+    pub leftovers: Option<String>,
+}
+
 /// Checks, then loads the rules for `format` (`rendered` is what `render`
 /// produced for it).
+///
+/// nftables (full table) and iptables are two ways of filtering the same
+/// ports: once one is in force, what the other left for the same `--table`
+/// is removed — never before, so the ports are never unguarded, and never
+/// left, because no longer updated it would go on filtering with the list
+/// it had (a server added to the list later would be refused). `--emit
+/// ipset` and `--set-only` fill sets for the admin's own rules and remove
+/// nothing.
 pub fn apply(
     format: Format,
     rendered: &str,
     list: &NodeList,
     options: &RuleOptions,
     safety: Safety,
-) -> Result<(), ApplyError> {
+) -> Result<Applied, ApplyError> {
     match format {
         Format::Nftables => {
             tools::require("nft")?;
@@ -83,7 +100,7 @@ pub fn apply(
             if options.set_only {
                 // The sets are refilled in place: no moment without them.
                 run_with_file("nft", &["-f"], rendered)?;
-                return Ok(());
+                return Ok(Applied::default());
             }
             check_lockout(list, options, safety)?;
             match nftupdate::plan(live.as_ref()) {
@@ -97,12 +114,15 @@ pub fn apply(
                 }
                 Plan::Replace(_) => run_with_file("nft", &["-f"], rendered)?,
             }
-            Ok(())
+            Ok(Applied {
+                leftovers: remove_iptables_mode(options).err(),
+            })
         }
         Format::Ipset => {
             tools::require("ipset")?;
             let plan = ipset_plan(options, &[false, true])?;
-            load_ipset(list, options, Family::Both, &plan)
+            load_ipset(list, options, Family::Both, &plan)?;
+            Ok(Applied::default())
         }
         Format::Iptables | Format::Ip6tables => {
             let families: Vec<bool> = if format == Format::Ip6tables {
@@ -155,7 +175,11 @@ pub fn apply(
                 run_with_file(restore, &["-w", "--noflush"], &rules)?;
                 ensure_jumps(tool, &listing, options)?;
             }
-            Ok(())
+            // Only when every family of the host is filtered here now.
+            let leftovers = (format == Format::Iptables)
+                .then(|| remove_nftables_mode(options).err())
+                .flatten();
+            Ok(Applied { leftovers })
         }
         Format::Nginx | Format::Plain | Format::Json => {
             Err(ApplyError::Unsupported(format.name().to_string()))
@@ -377,6 +401,88 @@ fn ensure_jumps(
         }
     }
     Ok(())
+}
+
+/// Removes what `--emit iptables --apply` left for this `--table`: the
+/// jumps into its chain and the chain, in each family, when the chain is
+/// nodesync's (the ipset sets stay: the admin's own rules may name them).
+/// Called once the nftables rules are in force. A host without iptables
+/// (no tool, or a listing the kernel cannot give) has nothing left.
+fn remove_iptables_mode(options: &RuleOptions) -> Result<(), String> {
+    let problems: Vec<String> = [false, true]
+        .into_iter()
+        .filter_map(|v6| remove_iptables_chain(iptables_tools(v6).0, options, v6).err())
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+fn remove_iptables_chain(tool: &str, options: &RuleOptions, v6: bool) -> Result<(), String> {
+    let chain = options.iptables_chain();
+    let target = format!("-j {chain}");
+    if find_tool(tool).is_none() {
+        return Ok(());
+    }
+    let Ok(listing) = IptablesListing::read(tool) else {
+        return Ok(());
+    };
+    if listing.judge_chain(&chain, &[options.ipset_name(v6)]) != Found::Ours {
+        return Ok(());
+    }
+    let failed = |e: ToolError| {
+        format!(
+            "{tool} chain {chain} of an earlier --emit iptables --apply still filters, with the list it had: {e}"
+        )
+    };
+    for parent in ["INPUT", "FORWARD", "DOCKER-USER"] {
+        for line in listing.rules(parent) {
+            if line.ends_with(&target) {
+                let mut args = vec!["-w".to_string(), "-D".into(), parent.to_string()];
+                args.extend(shell_words(line));
+                run_args(tool, &args).map_err(failed)?;
+            }
+        }
+    }
+    let now = IptablesListing::read(tool).map_err(failed)?;
+    if let Some(jump) = now
+        .lines
+        .iter()
+        .find(|l| l.starts_with("-A ") && l.ends_with(&target))
+    {
+        return Err(format!(
+            "{tool} chain {chain} of an earlier --emit iptables --apply is left in place, with the list it had: a rule of yours still jumps to it ({jump}); remove that rule, and the chain goes on the next run"
+        ));
+    }
+    for action in ["-F", "-X"] {
+        run_args(tool, &["-w".into(), action.into(), chain.clone()]).map_err(failed)?;
+    }
+    Ok(())
+}
+
+/// Removes the table that `--emit nftables --apply` left under this name,
+/// when it is nodesync's whole table (not one `--set-only` fills). Called
+/// once the iptables rules are in force for every family of the host.
+fn remove_nftables_mode(options: &RuleOptions) -> Result<(), String> {
+    if find_tool("nft").is_none() {
+        return Ok(());
+    }
+    let Ok(Some(table)) = owner::nft_table(&options.table) else {
+        return Ok(());
+    };
+    if owner::judge_full_table(&options.table, &table) != Found::Ours {
+        return Ok(());
+    }
+    run_capture("nft", &["delete", "table", "inet", &options.table])
+        .map(drop)
+        .map_err(|e| {
+            format!(
+                "nftables table inet {} of an earlier --emit nftables --apply still filters, with the list it had: {e}",
+                options.table
+            )
+        })
 }
 
 /// Splits an `iptables -S` rule into arguments, keeping quoted comments

@@ -273,7 +273,9 @@ async fn pipeline(
         });
         said.note(state, "apply", problem, settings.verbose);
         match result {
-            Ok(()) => {
+            Ok(applied) => {
+                let leftovers = applied.leftovers.map(|why| format!("warning: {why}"));
+                said.note(state, "leftovers", leftovers, settings.verbose);
                 apply_failed = Some(false);
                 if settings.verbose {
                     let _ = writeln!(said.news, "nodesync: applied {} rules", format.name());

@@ -576,6 +576,92 @@ fn iptables_on_a_realistic_host() {
 }
 
 #[test]
+fn a_switch_between_nftables_and_iptables_leaves_no_stale_filter() {
+    if !common::can_run_as_root(
+        "a_switch_between_nftables_and_iptables_leaves_no_stale_filter",
+        TOOLS,
+    ) {
+        return;
+    }
+    let lab = Lab::new("b");
+    // The second list admits UNLISTED too: a filter of the backend left
+    // behind, no longer updated, would still refuse it.
+    let wider = [LISTED, LISTED6, UNLISTED, "192.0.2.1"];
+    let apply = |format: &str, entries: &[&str]| {
+        lab.write_list(entries);
+        let run = lab.nodesync(&["--emit", format, "--apply", "--ports", PROTECTED]);
+        assert_code(&run, 0, &format!("--emit {format}"));
+    };
+    let nft_table = || {
+        lab.sh(&lab.server, "nft list tables")
+            .contains("inet bitrix24")
+    };
+    let iptables_chain = |tool: &str| {
+        lab.sh(&lab.server, &format!("{tool} -w -S"))
+            .contains("BITRIX24")
+    };
+
+    apply("iptables", LIST);
+    lab.expect(
+        "iptables",
+        &[(LISTED, SERVER, WEB, true), (UNLISTED, SERVER, WEB, false)],
+    );
+    apply("nftables", &wider);
+    lab.expect(
+        "nftables after iptables",
+        &[
+            (LISTED, SERVER, WEB, true),
+            (UNLISTED, SERVER, WEB, true),
+            (ADMIN, SERVER, WEB, false),
+            (UNLISTED6, SERVER6, WEB, false),
+        ],
+    );
+    assert!(
+        !iptables_chain("iptables") && !iptables_chain("ip6tables"),
+        "iptables mode's chain and jumps are gone"
+    );
+    // ipset mode only fills sets for the admin's own rules: it leaves the
+    // nftables table alone.
+    apply("ipset", &wider);
+    assert!(nft_table());
+
+    apply("nftables", LIST);
+    apply("iptables", &wider);
+    lab.expect(
+        "iptables after nftables",
+        &[
+            (LISTED, SERVER, WEB, true),
+            (UNLISTED, SERVER, WEB, true),
+            (ADMIN, SERVER, WEB, false),
+            (UNLISTED6, SERVER6, WEB, false),
+        ],
+    );
+    assert!(!nft_table(), "nftables mode's table is gone");
+
+    // A rule of the admin's own that jumps to the chain: the chain stays
+    // (with a warning, once), and goes once that rule is gone.
+    lab.sh(
+        &lab.server,
+        "iptables -w -N MINE && iptables -w -A MINE -j BITRIX24",
+    );
+    lab.write_list(LIST);
+    let nftables = || lab.nodesync(&["--emit", "nftables", "--apply", "--ports", PROTECTED]);
+    let run = nftables();
+    assert_code(&run, 0, "a chain the admin still uses");
+    assert!(
+        run.stderr.contains("a rule of yours still jumps to it"),
+        "{}",
+        run.said()
+    );
+    assert!(iptables_chain("iptables") && !iptables_chain("ip6tables"));
+    assert_eq!(nftables().said(), "", "said once");
+    lab.sh(&lab.server, "iptables -w -F MINE");
+    let run = nftables();
+    assert!(run.stdout.contains("resolved"), "{}", run.said());
+    assert!(!iptables_chain("iptables"));
+}
+
+#[test]
 fn runs_are_serialised_and_reloads_never_drop_a_listed_client() {
     let mut tools = TOOLS.to_vec();
     tools.extend(["flock", "setpriv"]);
