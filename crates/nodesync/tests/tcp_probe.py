@@ -13,12 +13,16 @@ check SECS SRC>DST:PORT ...    try each connection in parallel; print one line
 hold SRC DST PORT              open a connection to an sshd, print "held", keep
                                it until stdin closes, then print "alive" if it
                                still echoes
-count SECS SRC DST PORT        connect every 20 ms for SECS seconds, print
-                               "ok fail"
+count SECS SRC DST PORT        connect from 3 threads at once, one connection
+                               after another, for SECS seconds; print "clean
+                               retried failed": connected at the first try,
+                               connected only after the kernel sent a packet
+                               again (one was dropped on the way), not at all
 Addresses may be IPv6 (DST:PORT is then [DST]:PORT).
 """
 import json
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -157,16 +161,44 @@ def hold(src, dst, port):
         print("dead", flush=True)
 
 
+def attempt(src, dst, port):
+    """One connection: "clean", "retried" or "failed". A dropped SYN (or
+    any packet of ours) is sent again after a second, which TCP_INFO's
+    tcpi_total_retrans counts: that tells a drop from a slow server
+    without a timing."""
+    family = socket.AF_INET6 if ":" in dst else socket.AF_INET
+    try:
+        with socket.socket(family) as c:
+            c.settimeout(1.5)
+            c.bind((src, 0))
+            c.connect((dst, port))
+            if c.recv(3) != b"ok\n":
+                return "failed"
+            info = c.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+            total_retrans = struct.unpack_from("I", info, 100)[0]
+            # Closed with a reset: thousands of connections leave no
+            # TIME-WAIT sockets for the server's /proc/net/tcp to list.
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            return "retried" if total_retrans else "clean"
+    except OSError:
+        return "failed"
+
+
 def count(secs, src, dst, port):
-    ok = fail = 0
+    counts = {"clean": 0, "retried": 0, "failed": 0}
+    lock = threading.Lock()
     end = time.monotonic() + float(secs)
-    while time.monotonic() < end:
-        if try_connect(src, dst, int(port), 1.0):
-            ok += 1
-        else:
-            fail += 1
-        time.sleep(0.02)
-    print(f"{ok} {fail}", flush=True)
+
+    def worker():
+        while time.monotonic() < end:
+            outcome = attempt(src, dst, int(port))
+            with lock:
+                counts[outcome] += 1
+
+    threads = [forever(worker) for _ in range(3)]
+    for t in threads:
+        t.join()
+    print(f"{counts['clean']} {counts['retried']} {counts['failed']}", flush=True)
 
 
 if __name__ == "__main__":

@@ -383,7 +383,8 @@ impl Lab {
         }
     }
 
-    /// Starts counting connection attempts from `src` to `port` for `secs`.
+    /// Starts connecting from `src` to `port`, three connections at a
+    /// time, for `secs`; [`counted`] reads the outcome.
     pub fn count(&self, secs: f64, src: &str, port: u16) -> Child {
         Command::new("ip")
             .args(["netns", "exec", &self.client, "python3"])
@@ -504,12 +505,41 @@ impl Drop for Held {
     }
 }
 
-/// Reads a counter started by [`Lab::count`]: (succeeded, failed).
-pub fn counted(child: Child) -> (u32, u32) {
+/// What a counter started by [`Lab::count`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counted {
+    /// Connected at the first try.
+    pub clean: u32,
+    /// Connected, but only after a packet was sent again: one was dropped.
+    pub retried: u32,
+    /// Not connected.
+    pub failed: u32,
+}
+
+impl Counted {
+    pub fn connected(&self) -> u32 {
+        self.clean + self.retried
+    }
+
+    /// Attempts that met a dropped packet or were refused.
+    pub fn hindered(&self) -> u32 {
+        self.retried + self.failed
+    }
+}
+
+pub fn counted(child: Child) -> Counted {
     let out = child.wait_with_output().unwrap();
     let line = text(&out.stdout);
-    let mut words = line.split_whitespace().map(|w| w.parse().unwrap());
-    (words.next().unwrap(), words.next().unwrap())
+    let words: Vec<u32> = line
+        .split_whitespace()
+        .map(|w| w.parse().unwrap())
+        .collect();
+    assert_eq!(words.len(), 3, "{line:?}");
+    Counted {
+        clean: words[0],
+        retried: words[1],
+        failed: words[2],
+    }
 }
 
 fn serde_json_line(argv: &[String]) -> String {
