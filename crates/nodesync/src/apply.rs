@@ -109,7 +109,7 @@ pub fn apply(
                         let create = nftupdate::create_sets(list, options, &missing_sets);
                         run_with_file("nft", &["-f"], &create)?;
                     }
-                    let update = nftupdate::update(list, options, live.as_ref());
+                    let update = nftupdate::update(list, options, live.as_ref(), &missing_sets);
                     run_with_file("nft", &["-f"], &update)?;
                 }
                 Plan::Replace(_) => run_with_file("nft", &["-f"], rendered)?,
