@@ -73,6 +73,15 @@ impl fmt::Debug for LoadedCert {
     }
 }
 
+/// The certificates of a PEM file, in order; the error says why not, for
+/// the caller to name the file.
+pub(crate) fn pem_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    CertificateDer::pem_file_iter(path)
+        .map_err(|e| e.to_string())?
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())
+}
+
 /// Reads and checks a certificate chain and its private key.
 pub fn load_cert(cert_path: &Path, key_path: &Path) -> Result<LoadedCert, TlsError> {
     let cert_err = |detail: String| TlsError::Cert {
@@ -84,10 +93,7 @@ pub fn load_cert(cert_path: &Path, key_path: &Path) -> Result<LoadedCert, TlsErr
         path: key_path.display().to_string(),
         detail,
     };
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
-        .map_err(|e| cert_err(e.to_string()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| cert_err(e.to_string()))?;
+    let chain = pem_certificates(cert_path).map_err(cert_err)?;
     let leaf = chain
         .first()
         .ok_or_else(|| cert_err("no PEM certificate in it".into()))?;

@@ -30,8 +30,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -364,10 +363,7 @@ fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, UpstreamSe
                 path: path.display().to_string(),
                 detail,
             };
-            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-                .map_err(|e| ca_err(e.to_string()))?
-                .collect::<Result<_, _>>()
-                .map_err(|e| ca_err(e.to_string()))?;
+            let certs = crate::tls::pem_certificates(path).map_err(ca_err)?;
             if certs.is_empty() {
                 return Err(ca_err("no PEM certificate in it".into()));
             }

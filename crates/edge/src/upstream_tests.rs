@@ -156,6 +156,17 @@ async fn exchange(pool: &UpstreamPool, request: Request<ForwardBody>) -> (Status
     (parts.status, body.collect().await.unwrap().to_bytes())
 }
 
+/// For the raw upstreams below: reads one request head (no body).
+async fn read_head(tcp: &mut tokio::net::TcpStream) {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tcp.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the request head was cut off");
+        head.extend_from_slice(&buf[..n]);
+    }
+}
+
 async fn until(what: &str, mut done: impl FnMut() -> bool) {
     for _ in 0..500 {
         if done() {
@@ -237,13 +248,7 @@ async fn a_connection_the_upstream_closed_while_idle_is_not_used() {
         let mut served = 0;
         loop {
             let (mut tcp, _) = listener.accept().await.unwrap();
-            let mut head = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                let n = tcp.read(&mut buf).await.unwrap();
-                assert!(n > 0, "the request head was cut off");
-                head.extend_from_slice(&buf[..n]);
-            }
+            read_head(&mut tcp).await;
             served += 1;
             let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n{served}");
             tcp.write_all(answer.as_bytes()).await.unwrap();
@@ -369,13 +374,7 @@ async fn bytes_after_a_response_never_answer_the_next_request() {
         loop {
             let (mut tcp, _) = listener.accept().await.unwrap();
             connections += 1;
-            let mut head = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                let n = tcp.read(&mut buf).await.unwrap();
-                assert!(n > 0);
-                head.extend_from_slice(&buf[..n]);
-            }
+            read_head(&mut tcp).await;
             let answer = format!(
                 "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n{connections}\
                  HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled"

@@ -334,16 +334,22 @@ fn nftables_sets_only(list: &NodeList, options: &RuleOptions) -> String {
     set_declaration(&mut out, "nodes_v6", "ipv6_addr", &[]);
     out.push_str("}\n");
     for (name, nets) in [("nodes_v4", nets_v4(list)), ("nodes_v6", nets_v6(list))] {
-        let _ = writeln!(out, "flush set inet {table} {name}");
-        if !nets.is_empty() {
-            let _ = writeln!(out, "add element inet {table} {name} {{");
-            for chunk in nets.chunks(8) {
-                let _ = writeln!(out, "\t{},", chunk.join(", "));
-            }
-            out.push_str("}\n");
-        }
+        refill_set(&mut out, table, name, &nets);
     }
     out
+}
+
+/// Replaces a live set's contents within the script's transaction: the set
+/// keeps answering from its old contents until the commit.
+pub fn refill_set(out: &mut String, table: &str, name: &str, nets: &[String]) {
+    let _ = writeln!(out, "flush set inet {table} {name}");
+    if !nets.is_empty() {
+        let _ = writeln!(out, "add element inet {table} {name} {{");
+        for chunk in nets.chunks(8) {
+            let _ = writeln!(out, "\t{},", chunk.join(", "));
+        }
+        out.push_str("}\n");
+    }
 }
 
 /// Which families an ipset script covers.

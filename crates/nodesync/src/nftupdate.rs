@@ -139,16 +139,8 @@ pub fn update(
     }
     out.push_str("}\n");
     for ((name, _), nets) in NFT_SETS.iter().zip(emit::nft_set_contents(list, options)) {
-        if filled.contains(name) {
-            continue;
-        }
-        let _ = writeln!(out, "flush set inet {table} {name}");
-        if !nets.is_empty() {
-            let _ = writeln!(out, "add element inet {table} {name} {{");
-            for chunk in nets.chunks(8) {
-                let _ = writeln!(out, "\t{},", chunk.join(", "));
-            }
-            out.push_str("}\n");
+        if !filled.contains(name) {
+            emit::refill_set(&mut out, table, name, &nets);
         }
     }
     for chain in &wanted {
