@@ -519,6 +519,8 @@ pub async fn send_get(
         .header("host", "localhost")
         .body(Full::default())
         .unwrap();
+    // A response just read may still be finishing in the connection's task.
+    sender.ready().await.unwrap();
     let response = sender.send_request(request).await.unwrap();
     let status = response.status().as_u16();
     let body = response.into_body().collect().await.unwrap().to_bytes();
