@@ -30,6 +30,10 @@ import threading
 import time
 from pathlib import Path
 
+# The scenarios `edge-loadgen pump` is a floor for (--floor). Not h2
+# throughput: there the pump answers itself and does no proxying at all. Not
+# idle h1: the pump keeps an upstream connection and two copy buffers per client.
+FLOOR_SCENARIOS = ("h1", "newconn", "idle-h2")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
@@ -244,6 +248,13 @@ allow = ["nodes"]
             env=env, log=w / "edge.log")
         self.proxies["nginx"] = Proxy(
             "nginx", nginx_port, [nginx, "-p", w / "proxy", "-c", w / "proxy.conf", "-g", "daemon off;"])
+        if self.args.floor:
+            pump_port = free_port()
+            self.proxies["pump"] = Proxy(
+                "pump", pump_port,
+                self.loadgen("pump", "--listen", f"127.0.0.1:{pump_port}",
+                             "--upstream", f"127.0.0.1:{upstream_port}",
+                             "--cert", w / "cert.pem", "--key", w / "key.pem"))
         for proxy in self.proxies.values():
             proxy.start()
 
@@ -453,6 +464,8 @@ allow = ["nodes"]
             for index, (key, scenario) in enumerate(self.scenarios()):
                 pair = order if (round_ + index) % 2 == 0 else order[::-1]
                 for proxy in pair:
+                    if proxy.name == "pump" and key not in FLOOR_SCENARIOS:
+                        continue
                     started = time.time()
                     profiler = self.profile(proxy, key, round_)
                     try:
@@ -481,10 +494,19 @@ allow = ["nodes"]
                 return None
             return e / n
 
-        rows = [("scenario / metric", "edge median (min-max)", "nginx median (min-max)",
-                 "edge/nginx", "per-round ratio")]
+        def cell(values):
+            if not values:
+                return "-"
+            return f"{fmt(statistics.median(values))} ({fmt(min(values))}-{fmt(max(values))})"
+
+        floor = "pump" in self.proxies
+        header = ["scenario / metric", "edge median (min-max)", "nginx median (min-max)",
+                  "edge/nginx", "per-round ratio"]
+        if floor:
+            header += ["pump median (min-max)", "pump/nginx"]
+        rows = [tuple(header)]
         for scenario, metrics in self.results.items():
-            rows.append((scenario, "", "", "", ""))
+            rows.append((scenario,) + ("",) * (len(header) - 1))
             for metric, by_proxy in metrics.items():
                 e, n = by_proxy.get("edge", []), by_proxy.get("nginx", [])
                 me = statistics.median(e) if e else None
@@ -492,11 +514,13 @@ allow = ["nodes"]
                 per_round = [r for r in (ratio(x, y) for x, y in zip(e, n)) if r is not None]
                 spread = (f"x{min(per_round):.2f}-x{max(per_round):.2f}" if per_round else "-")
                 r = ratio(me, mn)
-                rows.append((f"  {metric}",
-                             f"{fmt(me)} ({fmt(min(e)) if e else '-'}-{fmt(max(e)) if e else '-'})",
-                             f"{fmt(mn)} ({fmt(min(n)) if n else '-'}-{fmt(max(n)) if n else '-'})",
-                             f"x{r:.2f}" if r is not None else "-", spread))
-        widths = [max(len(row[i]) for row in rows) for i in range(5)]
+                row = [f"  {metric}", cell(e), cell(n), f"x{r:.2f}" if r is not None else "-", spread]
+                if floor:
+                    f = by_proxy.get("pump", [])
+                    rf = ratio(statistics.median(f), mn) if f else None
+                    row += [cell(f), f"x{rf:.2f}" if rf is not None else "-"]
+                rows.append(tuple(row))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
         print("== medians over rounds (spread: min-max of the rounds)")
         for row in rows:
             print("  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i])
@@ -522,6 +546,10 @@ def main():
     p.add_argument("--json", help="also write the raw figures to this file")
     p.add_argument("--perf", metavar="DIR",
                    help="record a perf profile of the edge during each scenario into DIR")
+    p.add_argument("--floor", action="store_true",
+                   help="also measure `edge-loadgen pump` (h1: a TLS byte pump, no HTTP; h2: "
+                        "hyper answering itself): the floor under any proxy on tokio, rustls "
+                        "and hyper, in the h1, newconn and idle-h2 scenarios")
     p.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs)")
     p.add_argument("--edge-bin", required=True)
     p.add_argument("--loadgen", required=True)

@@ -11,6 +11,7 @@
 mod client;
 mod flood;
 mod hold;
+mod pump;
 mod tls;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -96,10 +97,45 @@ enum Mode {
         #[arg(long, default_value_t = 10.0)]
         duration: f64,
     },
+    /// A TLS byte pump to `upstream`, no HTTP: the floor under any proxy on
+    /// tokio + rustls (bench.py --floor). Serves until killed.
+    Pump {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        upstream: SocketAddr,
+        #[arg(long)]
+        cert: std::path::PathBuf,
+        #[arg(long)]
+        key: std::path::PathBuf,
+        /// Worker threads, one single-threaded runtime each (the edge's
+        /// default: one per CPU).
+        #[arg(long)]
+        workers: Option<usize>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Mode::Pump {
+        listen,
+        upstream,
+        cert,
+        key,
+        workers,
+    } = cli.mode
+    {
+        let workers = workers.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        });
+        return pump::run(pump::Options {
+            listen,
+            upstream,
+            cert,
+            key,
+            workers,
+        });
+    }
     let runtime = if cli.threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -154,6 +190,7 @@ fn main() -> anyhow::Result<()> {
                 })
                 .await
             }
+            Mode::Pump { .. } => unreachable!("served above"),
         }
     })?;
     println!("{report}");
