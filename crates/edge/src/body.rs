@@ -30,8 +30,47 @@ pub enum ClientBodyError {
     TooLarge,
     #[error("the client paused its request body longer than client_body_timeout")]
     Timeout,
-    #[error("malformed or cut-off request body: {0}")]
+    #[error("malformed request body: {0}")]
     Malformed(String),
+    /// The client closed its connection, or reset its h2 stream, before
+    /// the body ended: nobody is left to answer (nginx logs these as 499).
+    #[error("the client went away before its request body ended")]
+    Aborted,
+}
+
+impl ClientBodyError {
+    /// What reading a client's body with hyper failed of: the client
+    /// leaving (end of input, a reset from its side) or its framing.
+    fn reading(e: &hyper::Error) -> ClientBodyError {
+        if e.is_incomplete_message() || client_left(e) {
+            ClientBodyError::Aborted
+        } else {
+            ClientBodyError::Malformed(e.to_string())
+        }
+    }
+}
+
+/// Whether `e` comes from the client's side going away: its connection
+/// ended or was reset mid-body, or it reset its h2 stream or connection
+/// (RST_STREAM, GOAWAY) — not an h2 error the edge detected itself.
+fn client_left(e: &hyper::Error) -> bool {
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if let Some(h2) = c.downcast_ref::<h2::Error>() {
+            return h2.is_remote() || h2.is_io();
+        }
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+            );
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// The client body error somewhere in `e`'s chain of causes.
@@ -62,7 +101,7 @@ pub async fn read_whole(
         let frame = match tokio::time::timeout(idle, body.frame()).await {
             Err(_) => return Err(ClientBodyError::Timeout),
             Ok(None) => break,
-            Ok(Some(Err(e))) => return Err(ClientBodyError::Malformed(e.to_string())),
+            Ok(Some(Err(e))) => return Err(ClientBodyError::reading(&e)),
             Ok(Some(Ok(frame))) => frame,
         };
         // Trailers are not forwarded: the body is re-sent with a length.
@@ -250,7 +289,7 @@ impl Body for StreamedBody {
                 this.finish();
                 Poll::Ready(None)
             }
-            Poll::Ready(Some(Err(e))) => this.fail(ClientBodyError::Malformed(e.to_string())),
+            Poll::Ready(Some(Err(e))) => this.fail(ClientBodyError::reading(&e)),
             Poll::Ready(Some(Ok(frame))) => {
                 this.idle.progress();
                 if let Some(data) = frame.data_ref() {

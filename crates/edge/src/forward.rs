@@ -79,6 +79,7 @@ impl ForwardError {
             ForwardError::ClientBody(ClientBodyError::TooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
             ForwardError::ClientBody(ClientBodyError::Timeout) => StatusCode::REQUEST_TIMEOUT,
             ForwardError::ClientBody(ClientBodyError::Malformed(_)) => StatusCode::BAD_REQUEST,
+            ForwardError::ClientBody(ClientBodyError::Aborted) => CLIENT_CLOSED_REQUEST,
             ForwardError::Connect(_) | ForwardError::Protocol(_) => StatusCode::BAD_GATEWAY,
             ForwardError::Timeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -100,11 +101,20 @@ impl ForwardError {
             ForwardError::ClientBody(ClientBodyError::TooLarge) => "request body too large\n",
             ForwardError::ClientBody(ClientBodyError::Timeout) => "request body timeout\n",
             ForwardError::ClientBody(ClientBodyError::Malformed(_)) => "bad request body\n",
+            ForwardError::ClientBody(ClientBodyError::Aborted) => "client closed request\n",
             ForwardError::Connect(_) | ForwardError::Protocol(_) => "bad gateway\n",
             ForwardError::Timeout => "gateway timeout\n",
         }
     }
 }
+
+/// nginx's status for a request whose client went away before it could
+/// be answered; it only ever reaches the metrics (the answer has nobody to
+/// go to).
+pub const CLIENT_CLOSED_REQUEST: StatusCode = match StatusCode::from_u16(499) {
+    Ok(status) => status,
+    Err(_) => panic!("499 is a valid status code"),
+};
 
 /// How much more of an oversized body the edge reads and drops before its
 /// 413, and for how long at most.

@@ -184,7 +184,9 @@ reason_label! {
         Host => "host",
         /// X-Forwarded-For from a trusted proxy without a readable client.
         ForwardedFor => "forwarded_for",
-        /// A malformed or cut-off request body (chunked framing, say).
+        /// A malformed request body (chunked framing, say). A body cut off by
+        /// the client leaving is no bad request: it is counted as a 499 in
+        /// `requests_total`, as nginx logs it.
         Body => "body",
         /// A request head hyper could not parse (it answers 400 itself).
         Head => "head",

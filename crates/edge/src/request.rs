@@ -107,6 +107,9 @@ pub(crate) async fn handle(
                             debug!(%client, detail, "bad request body");
                             state.metrics.record_bad_request(BadRequest::Body);
                         }
+                        ForwardError::ClientBody(ClientBodyError::Aborted) => {
+                            debug!(%client, "the client went away during its request body");
+                        }
                         _ => {}
                     }
                     if let Some(kind) = e.metric_kind() {

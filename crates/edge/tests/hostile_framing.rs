@@ -1,12 +1,16 @@
-//! Request smuggling from a client on a public route: HTTP/1.1 heads
-//! whose body length two parsers could read differently. Whatever the
-//! edge answers, the upstream (a real HTTP parser, hyper) must see only
+//! Request framing from a client on a public route. Smuggling: HTTP/1.1
+//! heads whose body length two parsers could read differently — whatever
+//! the edge answers, the upstream (a real HTTP parser, hyper) must see only
 //! the request the edge answered for, framed by the edge, and never a
-//! second request hidden in the first one's body.
+//! second request hidden in the first one's body. And bodies cut off by
+//! the client leaving, which are neither the client's bad framing nor the
+//! upstream's fault.
 
 mod common;
 
+use bytes::Bytes;
 use common::*;
+use tokio::io::AsyncWriteExt;
 
 const ATTACKER: &str = "127.0.0.66";
 
@@ -174,5 +178,73 @@ async fn smuggled_requests_never_reach_the_upstream() {
         !metrics.contains("b24_edge_upstream_errors_total{"),
         "{metrics}"
     );
+    assert!(edge.shutdown().await);
+}
+
+/// A client that leaves during its upload — closes its connection in the
+/// middle of a declared or chunked body, or resets its h2 stream — is
+/// counted as nginx logs it (499, "client closed request"), not as a bad
+/// request (its framing was fine so far) nor as an upstream error, and the
+/// upstream sees nothing of it. Before, each was a 400 with a
+/// `bad_requests_total{reason="body"}`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_leave_mid_body_are_499_not_bad_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = TestCerts::new(dir.path());
+    let upstream = Upstream::start().await;
+    let edge = open_edge(edge_config(&certs), &upstream).await;
+    let addr = edge.addrs()[0];
+
+    let cut_off: [&[u8]; 2] = [
+        b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\n0123456789",
+        b"POST /echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\na\r\n0123456789\r\n",
+    ];
+    for request in cut_off {
+        let mut tls = tls_from(&certs, ATTACKER, addr, &[b"http/1.1"])
+            .await
+            .unwrap();
+        tls.write_all(request).await.unwrap();
+        tls.flush().await.unwrap();
+        // close_notify and FIN: the client is done, mid-body.
+        tls.shutdown().await.unwrap();
+        assert!(closed_by_edge(&mut tls).await);
+    }
+
+    let tls = tls_from(&certs, ATTACKER, addr, &[b"h2"]).await.unwrap();
+    let (mut h2, mut connection) = h2::client::handshake(tls).await.unwrap();
+    let mut ping_pong = connection.ping_pong().unwrap();
+    let connection = tokio::spawn(connection);
+    let request = http::Request::post(format!("https://localhost:{}/echo", addr.port()))
+        .body(())
+        .unwrap();
+    let (_response, mut stream) = h2.send_request(request, false).unwrap();
+    stream
+        .send_data(Bytes::from_static(b"0123456789"), false)
+        .unwrap();
+    // The PONG comes after the edge has read (and taken) the stream's
+    // HEADERS and DATA, so the reset below cuts a body it is reading.
+    ping_pong.ping(h2::Ping::opaque()).await.unwrap();
+    stream.send_reset(h2::Reason::CANCEL);
+
+    eventually("the three requests are counted as 499", || async {
+        sample(
+            &scrape(&edge).await,
+            "b24_edge_requests_total{route=\"/\",status=\"499\"}",
+        ) == 3.0
+    })
+    .await;
+    let metrics = scrape(&edge).await;
+    assert_eq!(
+        sample(&metrics, "b24_edge_bad_requests_total{reason=\"body\"}"),
+        0.0
+    );
+    assert!(
+        !metrics.contains("b24_edge_upstream_errors_total{"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("status=\"400\""), "{metrics}");
+    assert!(upstream.seen().is_empty());
+    drop(h2);
+    connection.abort();
     assert!(edge.shutdown().await);
 }
