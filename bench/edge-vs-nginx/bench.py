@@ -59,17 +59,23 @@ def children_of(pid):
     return kids
 
 
-def cpu_seconds(pids):
-    """utime + stime of the processes (all their threads), in seconds."""
-    total = 0
+def cpu_split(pids):
+    """(utime, stime) of the processes (all their threads), in seconds."""
+    user = system = 0
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])
-    return total / CLK_TCK
+        user += int(fields[11])
+        system += int(fields[12])
+    return user / CLK_TCK, system / CLK_TCK
+
+
+def cpu_seconds(pids):
+    """utime + stime of the processes (all their threads), in seconds."""
+    return sum(cpu_split(pids))
 
 
 def rss_kb(pids):
@@ -144,6 +150,7 @@ class Bench:
         self.upstream = None
         self.proxies = {}
         self.results = {}  # scenario -> metric -> proxy name -> [values per round]
+        self.last_split = (0.0, 0.0)  # user, kernel CPU seconds of the last measured_cpu
 
     # ---- setup -------------------------------------------------------------
     def setup(self):
@@ -275,11 +282,24 @@ allow = ["nodes"]
         self.results.setdefault(scenario, {}).setdefault(metric, {}).setdefault(proxy, []).append(value)
 
     def measured_cpu(self, proxy, run):
-        """Runs `run()` and returns (its result, the proxy's CPU seconds)."""
+        """Runs `run()` and returns (its result, the proxy's CPU seconds).
+        The split between user space and the kernel is kept for
+        `record_cpu`."""
         pids = proxy.pids()
-        before = cpu_seconds(pids)
+        user, system = cpu_split(pids)
         result = run()
-        return result, cpu_seconds(pids) - before
+        user_after, system_after = cpu_split(pids)
+        self.last_split = (user_after - user, system_after - system)
+        return result, sum(self.last_split)
+
+    def record_cpu(self, scenario, proxy, requests):
+        """CPU µs per request of the last `measured_cpu`, in all and split
+        into user space (HTTP, TLS, the runtime) and the kernel (sockets)."""
+        user, system = self.last_split
+        per = 1e6 / max(requests, 1)
+        self.record(scenario, "CPU µs/req", proxy.name, (user + system) * per)
+        self.record(scenario, "CPU in user space µs/req", proxy.name, user * per)
+        self.record(scenario, "CPU in the kernel µs/req", proxy.name, system * per)
 
     # ---- scenarios ---------------------------------------------------------
     def h1_keepalive(self, proxy):
@@ -289,7 +309,7 @@ allow = ["nodes"]
             return subprocess.run(
                 ["wrk", "-t2", f"-c{c}", f"-d{s:g}s", "--latency", f"https://127.0.0.1:{proxy.port}/"],
                 capture_output=True, text=True, check=True).stdout
-        out, cpu = self.measured_cpu(proxy, run)
+        out, _ = self.measured_cpu(proxy, run)
         rps = p99 = None
         requests = 0
         for line in out.splitlines():
@@ -304,7 +324,7 @@ allow = ["nodes"]
                 raise SystemExit(f"{proxy.name}: wrk saw non-2xx answers:\n{out}")
         self.record("h1 keep-alive", "req/s", proxy.name, rps)
         self.record("h1 keep-alive", "p99 ms", proxy.name, p99)
-        self.record("h1 keep-alive", "CPU µs/req", proxy.name, cpu * 1e6 / max(requests, 1))
+        self.record_cpu("h1 keep-alive", proxy, requests)
 
     def h2_keepalive(self, proxy):
         s = self.args.seconds
@@ -315,7 +335,7 @@ allow = ["nodes"]
                 ["h2load", "-t2", f"-c{self.args.h2_connections}", f"-m{self.args.h2_streams}",
                  "-D", f"{s:g}", "--log-file", log, f"https://127.0.0.1:{proxy.port}/"],
                 capture_output=True, text=True, check=True).stdout
-        out, cpu = self.measured_cpu(proxy, run)
+        out, _ = self.measured_cpu(proxy, run)
         rps, ok, total = None, 0, 0
         for line in out.splitlines():
             if line.startswith("finished in"):
@@ -331,7 +351,7 @@ allow = ["nodes"]
         log.unlink()
         self.record("h2 keep-alive", "req/s", proxy.name, rps)
         self.record("h2 keep-alive", "p99 ms", proxy.name, p99)
-        self.record("h2 keep-alive", "CPU µs/req", proxy.name, cpu * 1e6 / max(ok, 1))
+        self.record_cpu("h2 keep-alive", proxy, ok)
 
     def client(self, proxy, proto, connections, seconds):
         return subprocess.Popen(
@@ -349,13 +369,12 @@ allow = ["nodes"]
     def new_connection(self, proxy):
         run = lambda: self.report(self.client(proxy, "h1-new-conn", self.args.new_conn_clients,
                                               self.args.seconds))
-        r, cpu = self.measured_cpu(proxy, run)
+        r, _ = self.measured_cpu(proxy, run)
         if r["errors"] or r["non_200"]:
             raise SystemExit(f"{proxy.name}: new-connection client saw errors: {r}")
         self.record("new TLS connection per request", "req/s", proxy.name, r["rate"])
         self.record("new TLS connection per request", "p99 ms", proxy.name, r["p99_ms"])
-        self.record("new TLS connection per request", "CPU µs/req", proxy.name,
-                    cpu * 1e6 / max(r["requests"], 1))
+        self.record_cpu("new TLS connection per request", proxy, r["requests"])
 
     def listed_clients(self, proxy):
         """The listed client (127.0.0.1): keep-alive and new-connection
