@@ -248,3 +248,43 @@ async fn clients_that_leave_mid_body_are_499_not_bad_requests() {
     connection.abort();
     assert!(edge.shutdown().await);
 }
+
+/// CONNECT (a tunnel to wherever the client names) and the asterisk form
+/// (`OPTIONS *`, a question to the server itself) name no resource of a
+/// route: 400 (CONNECT over HTTP/1.1 and h2), and the upstream never sees
+/// them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnels_and_asterisk_requests_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = TestCerts::new(dir.path());
+    let upstream = Upstream::start().await;
+    let edge = open_edge(edge_config(&certs), &upstream).await;
+    let addr = edge.addrs()[0];
+
+    let h1: [&[u8]; 2] = [
+        b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n",
+        b"OPTIONS * HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    ];
+    for request in h1 {
+        let answer = raw_exchange(&certs, ATTACKER, addr, request, GENEROUS).await;
+        assert_eq!(status_of(&answer), "400", "{answer}");
+    }
+
+    let tls = tls_from(&certs, ATTACKER, addr, &[b"h2"]).await.unwrap();
+    let (h2, connection) = h2::client::handshake(tls).await.unwrap();
+    let connection = tokio::spawn(connection);
+    // (An h2 client library cannot send `:path: *` with an authority; the
+    // h1 case above stands for the asterisk form.)
+    let mut h2 = h2.ready().await.unwrap();
+    let request = http::Request::builder()
+        .method("CONNECT")
+        .uri("evil.example:443")
+        .body(())
+        .unwrap();
+    let (response, _) = h2.send_request(request, true).unwrap();
+    assert_eq!(response.await.unwrap().status(), 400);
+    assert!(upstream.seen().is_empty());
+    drop(h2);
+    connection.abort();
+    assert!(edge.shutdown().await);
+}
