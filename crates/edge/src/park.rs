@@ -119,14 +119,16 @@ impl<IO> Parking<IO> {
         if self.close.asked() {
             return Poll::Ready(());
         }
-        let deadline = Instant::now() + self.delay;
-        let timer = self
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
         if !self.timing {
-            timer.as_mut().reset(deadline);
+            // The clock is read once per idle spell, not at every poll.
+            let deadline = Instant::now() + self.delay;
+            match &mut self.timer {
+                Some(timer) => timer.as_mut().reset(deadline),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
             self.timing = true;
         }
+        let timer = self.timer.as_mut().expect("armed above");
         timer.as_mut().poll(cx)
     }
 }
