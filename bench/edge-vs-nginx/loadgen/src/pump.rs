@@ -1,8 +1,8 @@
 //! `edge-loadgen pump`: the floor under any proxy built on tokio, rustls
 //! and hyper, as the edge is.
 //!
-//! - HTTP/1.1 (by ALPN, or none): it terminates TLS with the edge's
-//!   protocol versions and cipher suites, opens one TCP connection upstream
+//! - HTTP/1.1 (by ALPN, or none): it terminates TLS with the edge's own
+//!   configuration (`b24_edge::tls::server_config`), opens one TCP connection upstream
 //!   per client connection and copies bytes both ways. It parses no HTTP,
 //!   admits everyone, adds no header and keeps no timer: what the edge costs
 //!   above it is the edge's HTTP work; what it costs above nginx is tokio +
@@ -20,13 +20,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
+use b24_edge::tls::{CertStore, server_config};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::ServerConfig;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
@@ -40,7 +38,9 @@ pub struct Options {
 
 /// Serves until the process is killed.
 pub fn run(options: Options) -> anyhow::Result<()> {
-    let acceptor = TlsAcceptor::from(server_config(&options)?);
+    let store = CertStore::open(&options.cert, &options.key)
+        .context("cannot load the pump's certificate and key")?;
+    let acceptor = TlsAcceptor::from(server_config(Arc::new(store))?);
     let listener = std::net::TcpListener::bind(options.listen)
         .with_context(|| format!("cannot listen on {}", options.listen))?;
     listener.set_nonblocking(true)?;
@@ -95,21 +95,4 @@ async fn serve(client: TcpStream, acceptor: TlsAcceptor, upstream: SocketAddr) {
     };
     let _ = backend.set_nodelay(true);
     let _ = tokio::io::copy_bidirectional(&mut tls, &mut backend).await;
-}
-
-/// What the edge's `tls::server_config` offers.
-fn server_config(options: &Options) -> anyhow::Result<Arc<ServerConfig>> {
-    let certs = CertificateDer::pem_file_iter(&options.cert)
-        .with_context(|| format!("cannot read {}", options.cert.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .context("a certificate in the file is not PEM")?;
-    let key = PrivateKeyDer::from_pem_file(&options.key)
-        .with_context(|| format!("cannot read a private key from {}", options.key.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
 }
