@@ -73,11 +73,6 @@ def cpu_split(pids):
     return user / CLK_TCK, system / CLK_TCK
 
 
-def cpu_seconds(pids):
-    """utime + stime of the processes (all their threads), in seconds."""
-    return sum(cpu_split(pids))
-
-
 def rss_kb(pids):
     total = 0
     for pid in pids:
@@ -150,7 +145,6 @@ class Bench:
         self.upstream = None
         self.proxies = {}
         self.results = {}  # scenario -> metric -> proxy name -> [values per round]
-        self.last_split = (0.0, 0.0)  # user, kernel CPU seconds of the last measured_cpu
 
     # ---- setup -------------------------------------------------------------
     def setup(self):
@@ -282,20 +276,18 @@ allow = ["nodes"]
         self.results.setdefault(scenario, {}).setdefault(metric, {}).setdefault(proxy, []).append(value)
 
     def measured_cpu(self, proxy, run):
-        """Runs `run()` and returns (its result, the proxy's CPU seconds).
-        The split between user space and the kernel is kept for
-        `record_cpu`."""
+        """Runs `run()` and returns (its result, the proxy's CPU seconds in
+        user space and in the kernel)."""
         pids = proxy.pids()
         user, system = cpu_split(pids)
         result = run()
         user_after, system_after = cpu_split(pids)
-        self.last_split = (user_after - user, system_after - system)
-        return result, sum(self.last_split)
+        return result, (user_after - user, system_after - system)
 
-    def record_cpu(self, scenario, proxy, requests):
-        """CPU µs per request of the last `measured_cpu`, in all and split
-        into user space (HTTP, TLS, the runtime) and the kernel (sockets)."""
-        user, system = self.last_split
+    def record_cpu(self, scenario, proxy, requests, cpu):
+        """CPU µs per request, in all and split into user space (HTTP, TLS,
+        the runtime) and the kernel (sockets)."""
+        user, system = cpu
         per = 1e6 / max(requests, 1)
         self.record(scenario, "CPU µs/req", proxy.name, (user + system) * per)
         self.record(scenario, "CPU in user space µs/req", proxy.name, user * per)
@@ -309,7 +301,7 @@ allow = ["nodes"]
             return subprocess.run(
                 ["wrk", "-t2", f"-c{c}", f"-d{s:g}s", "--latency", f"https://127.0.0.1:{proxy.port}/"],
                 capture_output=True, text=True, check=True).stdout
-        out, _ = self.measured_cpu(proxy, run)
+        out, cpu = self.measured_cpu(proxy, run)
         rps = p99 = None
         requests = 0
         for line in out.splitlines():
@@ -324,7 +316,7 @@ allow = ["nodes"]
                 raise SystemExit(f"{proxy.name}: wrk saw non-2xx answers:\n{out}")
         self.record("h1 keep-alive", "req/s", proxy.name, rps)
         self.record("h1 keep-alive", "p99 ms", proxy.name, p99)
-        self.record_cpu("h1 keep-alive", proxy, requests)
+        self.record_cpu("h1 keep-alive", proxy, requests, cpu)
 
     def h2_keepalive(self, proxy):
         s = self.args.seconds
@@ -335,7 +327,7 @@ allow = ["nodes"]
                 ["h2load", "-t2", f"-c{self.args.h2_connections}", f"-m{self.args.h2_streams}",
                  "-D", f"{s:g}", "--log-file", log, f"https://127.0.0.1:{proxy.port}/"],
                 capture_output=True, text=True, check=True).stdout
-        out, _ = self.measured_cpu(proxy, run)
+        out, cpu = self.measured_cpu(proxy, run)
         rps, ok, total = None, 0, 0
         for line in out.splitlines():
             if line.startswith("finished in"):
@@ -351,7 +343,7 @@ allow = ["nodes"]
         log.unlink()
         self.record("h2 keep-alive", "req/s", proxy.name, rps)
         self.record("h2 keep-alive", "p99 ms", proxy.name, p99)
-        self.record_cpu("h2 keep-alive", proxy, ok)
+        self.record_cpu("h2 keep-alive", proxy, ok, cpu)
 
     def client(self, proxy, proto, connections, seconds):
         return subprocess.Popen(
@@ -369,12 +361,12 @@ allow = ["nodes"]
     def new_connection(self, proxy):
         run = lambda: self.report(self.client(proxy, "h1-new-conn", self.args.new_conn_clients,
                                               self.args.seconds))
-        r, _ = self.measured_cpu(proxy, run)
+        r, cpu = self.measured_cpu(proxy, run)
         if r["errors"] or r["non_200"]:
             raise SystemExit(f"{proxy.name}: new-connection client saw errors: {r}")
         self.record("new TLS connection per request", "req/s", proxy.name, r["rate"])
         self.record("new TLS connection per request", "p99 ms", proxy.name, r["p99_ms"])
-        self.record_cpu("new TLS connection per request", proxy, r["requests"])
+        self.record_cpu("new TLS connection per request", proxy, r["requests"], cpu)
 
     def listed_clients(self, proxy):
         """The listed client (127.0.0.1): keep-alive and new-connection
@@ -424,7 +416,7 @@ allow = ["nodes"]
         self.record("flood alone", "not refused (timeouts, errors, 2xx)", proxy.name,
                     r["skipped"] + o["connect_failed"] + o["timed_out"] + o["answered_other"]
                     + o["closed_after_tls"])
-        self.record("flood alone", "CPU µs/refused conn", proxy.name, cpu * 1e6 / max(refused, 1))
+        self.record("flood alone", "CPU µs/refused conn", proxy.name, sum(cpu) * 1e6 / max(refused, 1))
 
     def idle_memory(self, proxy, proto):
         # A fresh process, so that memory freed by earlier scenarios and kept
