@@ -515,7 +515,19 @@ pub async fn send_get(
     sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
     path: &str,
 ) -> (u16, String) {
-    let request = Request::get(path)
+    send(sender, "GET", path).await
+}
+
+/// One request without a body over an HTTP/1.1 connection of the test's
+/// own; returns the status and the body read whole.
+pub async fn send(
+    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    method: &str,
+    path: &str,
+) -> (u16, String) {
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
         .header("host", "localhost")
         .body(Full::default())
         .unwrap();
