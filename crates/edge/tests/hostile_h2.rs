@@ -101,7 +101,7 @@ async fn flood(
     let (mut reader, mut writer) = tokio::io::split(tls);
     // Reading all along, so that a flood the edge answers (PING, SETTINGS)
     // is never stopped by the attacker's own full receive buffer.
-    let answers = tokio::spawn(async move {
+    let mut answers = tokio::spawn(async move {
         let mut got = Vec::new();
         let result = tokio::time::timeout(GENEROUS, reader.read_to_end(&mut got)).await;
         (got, matches!(result, Ok(Ok(_))))
@@ -120,25 +120,24 @@ async fn flood(
         }
         batch.clear();
     }
-    if !refused && then == Then::Leave {
+    let joined = if !refused && then == Then::Leave {
         // The attacker's frames are all out and the edge is expected to be
         // fine with the connection: a moment for its answers, no more.
         let _ = writer.flush().await;
-        let ended = tokio::time::timeout(std::time::Duration::from_secs(3), async {
-            while !answers.is_finished() {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        match tokio::time::timeout(std::time::Duration::from_secs(3), &mut answers).await {
+            Ok(joined) => joined,
+            Err(_) => {
+                answers.abort();
+                return Outcome {
+                    goaway: None,
+                    closed_by_edge: false,
+                };
             }
-        })
-        .await;
-        if ended.is_err() {
-            answers.abort();
-            return Outcome {
-                goaway: None,
-                closed_by_edge: false,
-            };
         }
-    }
-    let (got, closed) = answers.await.unwrap();
+    } else {
+        answers.await
+    };
+    let (got, closed) = joined.unwrap();
     Outcome {
         goaway: goaway_code(&got),
         closed_by_edge: closed,
